@@ -1,0 +1,224 @@
+//! `kindex-bench`: builds a kindex engine on a dataset, sweeps efSearch and
+//! prints one JSON line per point (recall@k, single-thread QPS, latency
+//! percentiles, build time, memory, snapshot speed). `bench/hnsw_compare.sh`
+//! runs hnswlib on the same files in the same run for ratios.
+
+mod data;
+mod npy;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use kindex_node::config::StructuralConfig;
+use kindex_node::engine::distance::Metric;
+use kindex_node::engine::filter::Filter;
+use kindex_node::engine::{Engine, EngineKnobs, PointInput};
+use kindex_node::snapshot::{self, SaveOptions};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "kindex-bench", about = "kindex benchmarks")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Recall / QPS sweep of the HNSW engine.
+    Hnsw(HnswArgs),
+    /// Write a seeded synthetic set (base, query, exact ground truth) as .npy.
+    Synth(SynthArgs),
+    /// Enqueue latency of single-vector writes (p50/p99).
+    Enqueue {
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
+        #[arg(long, default_value_t = 50_000)]
+        n: usize,
+    },
+}
+
+#[derive(clap::Args)]
+struct SynthArgs {
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 200_000)]
+    n: usize,
+    #[arg(long, default_value_t = 1_000)]
+    queries: usize,
+    #[arg(long, default_value_t = 128)]
+    dim: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    #[arg(long, default_value = "l2")]
+    metric: String,
+}
+
+#[derive(clap::Args)]
+struct HnswArgs {
+    /// Base vectors (.npy, float32, rows × dim).
+    #[arg(long)]
+    base: PathBuf,
+    #[arg(long)]
+    query: PathBuf,
+    /// Ground-truth row ids (.npy int32); computed by brute force if absent.
+    #[arg(long)]
+    gt: Option<PathBuf>,
+    #[arg(long, default_value = "cosine")]
+    metric: String,
+    #[arg(long, default_value_t = 16)]
+    m: u32,
+    #[arg(long, default_value_t = 200)]
+    ef_construction: u32,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long, default_value = "16,24,32,48,64,96,128,256")]
+    ef: String,
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Also measure snapshot save/load speed (files go to a temp dir here).
+    #[arg(long)]
+    snapshot_dir: Option<PathBuf>,
+    /// Dataset label for the output.
+    #[arg(long, default_value = "")]
+    name: String,
+}
+
+fn metric(s: &str) -> anyhow::Result<Metric> {
+    Metric::parse(s).with_context(|| format!("unknown metric {s}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Args::parse().cmd {
+        Cmd::Hnsw(a) => hnsw(a),
+        Cmd::Synth(a) => synth(a),
+        Cmd::Enqueue { dim, n } => enqueue(dim, n),
+    }
+}
+
+fn synth(a: SynthArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.out)?;
+    let mixture = data::Mixture::new(a.dim, (a.n / 200).max(1), a.seed);
+    let base = mixture.sample(a.n, a.seed + 1);
+    let query = mixture.sample(a.queries, a.seed + 2);
+    let gt = data::ground_truth(&base, &query, metric(&a.metric)?, 100);
+    let stem = format!("synth-{}k-{}d", a.n / 1000, a.dim);
+    npy::write_f32(&a.out.join(format!("{stem}.base.npy")), &base)?;
+    npy::write_f32(&a.out.join(format!("{stem}.query.npy")), &query)?;
+    npy::write_i32(&a.out.join(format!("{stem}.gt_ids.npy")), &gt)?;
+    println!("{}", json!({"wrote": a.out.join(stem).display().to_string(), "n": a.n, "dim": a.dim}));
+    Ok(())
+}
+
+fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
+    let metric = metric(&a.metric)?;
+    let base = npy::read_f32(&a.base)?;
+    let query = npy::read_f32(&a.query)?;
+    if base.cols != query.cols {
+        bail!("base has {} dims, queries {}", base.cols, query.cols);
+    }
+    let gt = match &a.gt {
+        Some(p) => npy::read_i32(p)?,
+        None => data::ground_truth(&base, &query, metric, a.k),
+    };
+    if gt.cols < a.k || gt.rows < query.rows {
+        bail!("ground truth has {}×{}, need {}×{}", gt.rows, gt.cols, query.rows, a.k);
+    }
+    let structural = StructuralConfig {
+        dimension: base.cols as u32,
+        metric,
+        m: a.m,
+        ef_construction: a.ef_construction,
+        shards: 1,
+    };
+    let knobs = EngineKnobs { ef_search: 64, threads: a.threads, batch_size: 1024, queue_capacity: base.rows + 1 };
+    let engine = Engine::new(structural.clone(), knobs);
+
+    // Build: enqueue everything, then wait for the workers to index it.
+    let points: Vec<PointInput> = (0..base.rows)
+        .map(|i| PointInput { id: i.to_string(), vector: base.row(i).to_vec(), payload: None })
+        .collect();
+    let t = Instant::now();
+    for chunk in points.chunks(5_000) {
+        engine.upsert(chunk)?;
+    }
+    drop(points);
+    if !engine.drain(Duration::from_secs(3600)) {
+        bail!("indexing did not finish");
+    }
+    let build_secs = t.elapsed().as_secs_f64();
+
+    let (save_mbps, load_mbps, snapshot_bytes) = match &a.snapshot_dir {
+        Some(dir) => snapshot_speed(&engine, dir, &structural, knobs)?,
+        None => (0.0, 0.0, 0),
+    };
+
+    for ef in a.ef.split(',').map(|s| s.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>()? {
+        let filter = Filter::default();
+        // Warm-up pass so the first point does not pay for page faults.
+        for i in 0..query.rows.min(100) {
+            engine.search(query.row(i), a.k, Some(ef), &filter)?;
+        }
+        let mut lat = Vec::with_capacity(query.rows);
+        let mut hits = 0usize;
+        let t = Instant::now();
+        for i in 0..query.rows {
+            let s = Instant::now();
+            let res = engine.search(query.row(i), a.k, Some(ef), &filter)?;
+            lat.push(s.elapsed());
+            let truth = &gt.row(i)[..a.k];
+            hits += res.iter().filter(|h| h.id.parse::<i32>().is_ok_and(|id| truth.contains(&id))).count();
+        }
+        let secs = t.elapsed().as_secs_f64();
+        lat.sort();
+        let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)].as_secs_f64() * 1e6;
+        println!(
+            "{}",
+            json!({
+                "engine": "kindex", "dataset": a.name, "n": base.rows, "dim": base.cols, "metric": a.metric,
+                "m": a.m, "ef_construction": a.ef_construction, "threads": a.threads, "ef": ef, "k": a.k,
+                "recall": hits as f64 / (query.rows * a.k) as f64,
+                "qps": query.rows as f64 / secs,
+                "p50_us": pct(50), "p99_us": pct(99),
+                "build_s": build_secs,
+                "bytes_per_vector": engine.bytes_per_vector(),
+                "snapshot_bytes": snapshot_bytes,
+                "snapshot_save_mb_s": save_mbps, "snapshot_load_mb_s": load_mbps,
+            })
+        );
+    }
+    Ok(())
+}
+
+/// Save and load (with full checksum validation) speeds in MB/s, warm page cache.
+fn snapshot_speed(engine: &Engine, dir: &std::path::Path, s: &StructuralConfig, knobs: EngineKnobs) -> anyhow::Result<(f64, f64, u64)> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = tempfile::tempdir_in(dir)?;
+    let saved = snapshot::save(engine, tmp.path(), &SaveOptions::default())?;
+    let mb = saved.bytes as f64 / 1e6;
+    let save = mb / saved.duration.as_secs_f64();
+    // Load twice; report the second (warm cache), as the acceptance asks.
+    let _ = snapshot::load(&saved.dir, s, knobs)?;
+    let loaded = snapshot::load(&saved.dir, s, knobs)?;
+    let load = mb / loaded.duration.as_secs_f64();
+    Ok((save, load, saved.bytes))
+}
+
+fn enqueue(dim: usize, n: usize) -> anyhow::Result<()> {
+    let s = StructuralConfig { dimension: dim as u32, metric: Metric::Cosine, m: 16, ef_construction: 200, shards: 1 };
+    let engine = Engine::new(s, EngineKnobs { ef_search: 64, threads: 1, batch_size: 1024, queue_capacity: n + 1 });
+    let data = data::Mixture::new(dim, 100, 3).sample(n, 4);
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = [PointInput { id: i.to_string(), vector: data.row(i).to_vec(), payload: None }];
+        let t = Instant::now();
+        engine.upsert(&p)?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)].as_secs_f64() * 1e6;
+    println!("{}", json!({"bench": "enqueue", "n": n, "dim": dim, "p50_us": pct(50), "p99_us": pct(99), "max_us": lat[n - 1].as_secs_f64() * 1e6}));
+    Ok(())
+}

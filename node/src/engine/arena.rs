@@ -1,0 +1,211 @@
+//! Append-only, chunked storage that never moves what it holds.
+//!
+//! Searches read vectors and links while the apply path appends and indexing
+//! workers link new nodes. Chunks are allocated once and never reallocated, so a
+//! reference to a published slot stays valid for the life of the arena without
+//! a lock on the read path.
+
+use std::cell::UnsafeCell;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+/// Slots per chunk (2^14). Small enough that a fresh chunk is cheap, large
+/// enough that the chunk table stays tiny.
+pub const CHUNK_BITS: u32 = 14;
+pub const CHUNK_SLOTS: usize = 1 << CHUNK_BITS;
+/// 2^14 chunks × 2^14 slots = 268M slots per shard.
+pub const MAX_CHUNKS: usize = 1 << 14;
+pub const MAX_SLOTS: usize = CHUNK_SLOTS * MAX_CHUNKS;
+
+/// A fixed number (`stride`) of `T` per slot, in lazily allocated chunks.
+/// `T` must be safe to share (atomics, locks, `OnceLock`s).
+pub struct Chunked<T> {
+    stride: usize,
+    chunks: Box<[OnceLock<Box<[T]>>]>,
+}
+
+impl<T: Default + Sync> Chunked<T> {
+    pub fn new(stride: usize) -> Self {
+        Chunked {
+            stride,
+            chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The `stride` elements of slot `i`, allocating its chunk on first use.
+    #[inline]
+    pub fn slot(&self, i: u32) -> &[T] {
+        let i = i as usize;
+        let chunk = self.chunks[i >> CHUNK_BITS].get_or_init(|| {
+            (0..CHUNK_SLOTS * self.stride)
+                .map(|_| T::default())
+                .collect()
+        });
+        let off = (i & (CHUNK_SLOTS - 1)) * self.stride;
+        &chunk[off..off + self.stride]
+    }
+
+    #[inline]
+    pub fn first(&self, i: u32) -> &T {
+        &self.slot(i)[0]
+    }
+}
+
+/// Vectors of one fixed dimension. One writer appends (serialised by an
+/// internal lock); any number of readers read published slots.
+pub struct VectorArena {
+    dim: usize,
+    chunks: Box<[OnceLock<Box<[UnsafeCell<f32>]>>]>,
+    len: AtomicUsize,
+    writer: Mutex<()>,
+}
+
+// SAFETY: a slot is written exactly once, by the single writer holding
+// `writer`, before `len` is advanced with Release; readers only touch slots
+// below `len` loaded with Acquire, so no slot is read while it is written.
+unsafe impl Sync for VectorArena {}
+unsafe impl Send for VectorArena {}
+
+#[derive(Debug, thiserror::Error)]
+#[error("vector store is full ({MAX_SLOTS} slots per shard)")]
+pub struct ArenaFull;
+
+impl VectorArena {
+    pub fn new(dim: usize) -> Self {
+        VectorArena {
+            dim,
+            chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect(),
+            len: AtomicUsize::new(0),
+            writer: Mutex::new(()),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of published vectors.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends vectors (each `dim` long, concatenated) and publishes them
+    /// together. Returns the first new slot.
+    pub fn extend(&self, flat: &[f32]) -> Result<u32, ArenaFull> {
+        assert_eq!(flat.len() % self.dim.max(1), 0, "flat length is a multiple of dim");
+        let _guard = self.writer.lock();
+        let start = self.len.load(Ordering::Relaxed);
+        let count = flat.len() / self.dim.max(1);
+        if start + count > MAX_SLOTS {
+            return Err(ArenaFull);
+        }
+        for (k, v) in flat.chunks_exact(self.dim).enumerate() {
+            let i = start + k;
+            let chunk = self.chunks[i >> CHUNK_BITS].get_or_init(|| {
+                (0..CHUNK_SLOTS * self.dim)
+                    .map(|_| UnsafeCell::new(0.0))
+                    .collect()
+            });
+            let off = (i & (CHUNK_SLOTS - 1)) * self.dim;
+            // SAFETY: slot i >= len is not yet visible to readers and we are
+            // the only writer (guard held).
+            unsafe {
+                let dst = chunk[off].get();
+                std::ptr::copy_nonoverlapping(v.as_ptr(), dst, self.dim);
+            }
+        }
+        self.len.store(start + count, Ordering::Release);
+        Ok(start as u32)
+    }
+
+    /// The vector in slot `i`; `i` must be below `len()`.
+    #[inline]
+    pub fn get(&self, i: u32) -> &[f32] {
+        let i = i as usize;
+        assert!(i < self.len(), "slot {i} is not published");
+        let chunk = self.chunks[i >> CHUNK_BITS]
+            .get()
+            .expect("published slots have their chunk allocated");
+        let off = (i & (CHUNK_SLOTS - 1)) * self.dim;
+        // SAFETY: published slots are never written again (see the Sync impl).
+        unsafe { std::slice::from_raw_parts(chunk[off].get() as *const f32, self.dim) }
+    }
+
+    /// Hints the CPU to load slot `i`; a no-op for unpublished slots.
+    #[inline(always)]
+    pub fn prefetch(&self, i: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let i = i as usize;
+            if let Some(chunk) = self.chunks[i >> CHUNK_BITS].get() {
+                let off = (i & (CHUNK_SLOTS - 1)) * self.dim;
+                if off < chunk.len() {
+                    let p = chunk[off].get() as *const i8;
+                    // SAFETY: prefetch never faults; the pointer is in bounds anyway.
+                    unsafe {
+                        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                        _mm_prefetch(p, _MM_HINT_T0);
+                        _mm_prefetch(p.wrapping_add(64), _MM_HINT_T0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Published vectors as contiguous runs (one per chunk), for snapshots.
+    pub fn runs(&self) -> impl Iterator<Item = &[f32]> + '_ {
+        let len = self.len();
+        (0..len.div_ceil(CHUNK_SLOTS)).map(move |c| {
+            let slots = (len - c * CHUNK_SLOTS).min(CHUNK_SLOTS);
+            let chunk = self.chunks[c].get().expect("published chunk");
+            // SAFETY: as in `get`, for all published slots of this chunk.
+            unsafe { std::slice::from_raw_parts(chunk[0].get() as *const f32, slots * self.dim) }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    #[test]
+    fn vectors_survive_chunk_boundaries() {
+        let a = VectorArena::new(3);
+        let n = CHUNK_SLOTS + 10;
+        let flat: Vec<f32> = (0..n * 3).map(|x| x as f32).collect();
+        assert_eq!(a.extend(&flat[..30]).unwrap(), 0);
+        assert_eq!(a.extend(&flat[30..]).unwrap(), 10);
+        assert_eq!(a.len(), n);
+        assert_eq!(a.get(0), &[0.0, 1.0, 2.0]);
+        let last = (n - 1) as u32;
+        assert_eq!(a.get(last)[0], ((n - 1) * 3) as f32);
+        let total: usize = a.runs().map(|r| r.len()).sum();
+        assert_eq!(total, n * 3);
+    }
+
+    #[test]
+    #[should_panic]
+    fn reading_past_len_panics() {
+        let a = VectorArena::new(2);
+        a.extend(&[1.0, 2.0]).unwrap();
+        let _ = a.get(1);
+    }
+
+    #[test]
+    fn chunked_slots_are_independent() {
+        let c: Chunked<AtomicU32> = Chunked::new(4);
+        c.slot(5)[2].store(9, Ordering::Relaxed);
+        assert_eq!(c.slot(5)[2].load(Ordering::Relaxed), 9);
+        assert_eq!(c.slot(4)[2].load(Ordering::Relaxed), 0);
+        c.first(CHUNK_SLOTS as u32 * 3).store(1, Ordering::Relaxed);
+        assert_eq!(c.first(CHUNK_SLOTS as u32 * 3).load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,407 @@
+//! Hierarchical navigable small-world graph over slots of a `VectorArena`.
+//!
+//! Link lists are arrays of atomics: readers never lock, writers lock one node
+//! at a time. A reader may see a list half-way through an update; every id it
+//! sees is still a valid published slot, which is all a greedy search needs.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::BinaryHeap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::arena::{Chunked, VectorArena};
+use super::distance::DistanceFn;
+use super::visited::{Visited, with_visited};
+
+const NO_ENTRY: u64 = u64::MAX;
+/// Levels above 15 are vanishingly rare (p = m^-16); capping keeps the byte
+/// per node sufficient.
+const MAX_LEVEL: u8 = 15;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HnswParams {
+    pub m: usize,
+    pub ef_construction: usize,
+}
+
+impl HnswParams {
+    pub fn m0(&self) -> usize {
+        self.m * 2
+    }
+}
+
+/// A (distance, slot) pair ordered by distance, then slot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub dist: f32,
+    pub id: u32,
+}
+
+impl Eq for Scored {}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.dist
+            .total_cmp(&other.dist)
+            .then(self.id.cmp(&other.id))
+    }
+}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Min-heap adapter.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Near(std::cmp::Reverse<Scored>);
+
+pub struct Hnsw {
+    params: HnswParams,
+    level_mult: f64,
+    /// Level-0 lists: [count, ids; m0].
+    links0: Chunked<AtomicU32>,
+    levels: Chunked<AtomicU8>,
+    /// Upper levels 1..=level, each [count, ids; m].
+    upper: Chunked<OnceLock<Box<[AtomicU32]>>>,
+    locks: Chunked<Mutex<()>>,
+    /// (slot << 8 | level) of the entry point, or NO_ENTRY.
+    entry: AtomicU64,
+    entry_lock: Mutex<()>,
+}
+
+/// Which results a search may return (tombstones, payload filters).
+pub trait Accept {
+    fn accept(&self, id: u32) -> bool;
+}
+
+impl<F: Fn(u32) -> bool> Accept for F {
+    #[inline]
+    fn accept(&self, id: u32) -> bool {
+        self(id)
+    }
+}
+
+impl Hnsw {
+    pub fn new(params: HnswParams) -> Self {
+        Hnsw {
+            params,
+            level_mult: 1.0 / (params.m.max(2) as f64).ln(),
+            links0: Chunked::new(1 + params.m0()),
+            levels: Chunked::new(1),
+            upper: Chunked::new(1),
+            locks: Chunked::new(1),
+            entry: AtomicU64::new(NO_ENTRY),
+            entry_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn params(&self) -> HnswParams {
+        self.params
+    }
+
+    pub fn entry_point(&self) -> Option<(u32, u8)> {
+        let e = self.entry.load(Ordering::Acquire);
+        (e != NO_ENTRY).then_some(((e >> 8) as u32, (e & 0xff) as u8))
+    }
+
+    pub fn set_entry_point(&self, e: Option<(u32, u8)>) {
+        let v = e.map_or(NO_ENTRY, |(id, l)| ((id as u64) << 8) | l as u64);
+        self.entry.store(v, Ordering::Release);
+    }
+
+    pub fn level(&self, id: u32) -> u8 {
+        self.levels.first(id).load(Ordering::Acquire)
+    }
+
+    /// Deterministic level for a slot, so rebuilds are reproducible.
+    pub fn random_level(&self, id: u32) -> u8 {
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&id.to_le_bytes(), 0x6b69_6e64);
+        // Uniform in (0, 1]: never zero, so ln is finite.
+        let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        ((-u.ln() * self.level_mult) as u64).min(MAX_LEVEL as u64) as u8
+    }
+
+    /// The link list of `id` at `level`: [count, ids...].
+    #[inline]
+    pub fn list(&self, id: u32, level: u8) -> &[AtomicU32] {
+        if level == 0 {
+            self.links0.slot(id)
+        } else {
+            let stride = 1 + self.params.m;
+            let all = self.upper.first(id).get().map(|b| &b[..]).unwrap_or(&[]);
+            let off = (level as usize - 1) * stride;
+            all.get(off..off + stride).unwrap_or(&[])
+        }
+    }
+
+    /// Copies the current neighbours of `id` at `level` into `out`.
+    #[inline]
+    pub fn neighbours(&self, id: u32, level: u8, out: &mut Vec<u32>) {
+        out.clear();
+        let list = self.list(id, level);
+        if list.is_empty() {
+            return;
+        }
+        let n = (list[0].load(Ordering::Acquire) as usize).min(list.len() - 1);
+        out.extend(list[1..=n].iter().map(|a| a.load(Ordering::Relaxed)));
+    }
+
+    fn write_list(list: &[AtomicU32], ids: &[u32]) {
+        let n = ids.len().min(list.len() - 1);
+        for (slot, id) in list[1..=n].iter().zip(ids) {
+            slot.store(*id, Ordering::Relaxed);
+        }
+        list[0].store(n as u32, Ordering::Release);
+    }
+
+    /// Sets a node's level and allocates its upper lists (before linking).
+    pub fn init_node(&self, id: u32, level: u8) {
+        self.levels.first(id).store(level, Ordering::Release);
+        if level > 0 {
+            let stride = 1 + self.params.m;
+            let _ = self.upper.first(id).set(
+                (0..level as usize * stride)
+                    .map(|_| AtomicU32::new(0))
+                    .collect(),
+            );
+        }
+    }
+
+    /// Replaces a node's list wholesale (used by snapshot load and compaction).
+    pub fn set_list(&self, id: u32, level: u8, ids: &[u32]) {
+        let list = self.list(id, level);
+        if !list.is_empty() {
+            let _g = self.locks.first(id).lock();
+            Self::write_list(list, ids);
+        }
+    }
+
+    /// Inserts slot `q` (already in `vectors`) into the graph.
+    pub fn insert(&self, vectors: &VectorArena, dist: &DistanceFn, q: u32) {
+        let level = self.random_level(q);
+        self.init_node(q, level);
+        let qv = vectors.get(q);
+
+        // The first node becomes the entry point.
+        let entry = {
+            let _g = self.entry_lock.lock();
+            match self.entry_point() {
+                None => {
+                    self.set_entry_point(Some((q, level)));
+                    return;
+                }
+                Some(e) => e,
+            }
+        };
+        let (mut ep, top) = entry;
+        let mut ep_dist = dist.distance(qv, vectors.get(ep));
+        let mut scratch = Vec::with_capacity(self.params.m0());
+        for l in (level.saturating_add(1)..=top).rev() {
+            (ep, ep_dist) = self.greedy(vectors, dist, qv, ep, ep_dist, l, &mut scratch);
+        }
+
+        let mut eps = vec![Scored { dist: ep_dist, id: ep }];
+        for l in (0..=level.min(top)).rev() {
+            let mut found = with_visited(vectors.len(), |vis| {
+                self.search_layer(
+                    vectors,
+                    dist,
+                    qv,
+                    &eps,
+                    self.params.ef_construction,
+                    l,
+                    vis,
+                    &|_| true,
+                )
+            });
+            // A concurrent insert may already have linked q; never self-link.
+            found.retain(|s| s.id != q);
+            let max = if l == 0 { self.params.m0() } else { self.params.m };
+            let chosen = self.select(vectors, dist, &found, self.params.m);
+            {
+                let _g = self.locks.first(q).lock();
+                Self::write_list(self.list(q, l), &chosen);
+            }
+            for &nb in &chosen {
+                self.add_link(vectors, dist, nb, q, l, max);
+            }
+            eps = found;
+        }
+
+        if level > top {
+            let _g = self.entry_lock.lock();
+            if self.entry_point().is_none_or(|(_, t)| level > t) {
+                self.set_entry_point(Some((q, level)));
+            }
+        }
+    }
+
+    /// Adds `new` to `node`'s list at `level`, shrinking it with the heuristic
+    /// when full.
+    fn add_link(&self, vectors: &VectorArena, dist: &DistanceFn, node: u32, new: u32, level: u8, max: usize) {
+        let list = self.list(node, level);
+        if list.is_empty() {
+            return;
+        }
+        let _g = self.locks.first(node).lock();
+        let n = list[0].load(Ordering::Acquire) as usize;
+        let current: Vec<u32> = list[1..=n.min(list.len() - 1)]
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        if current.contains(&new) {
+            return;
+        }
+        if n < max {
+            list[1 + n].store(new, Ordering::Relaxed);
+            list[0].store(n as u32 + 1, Ordering::Release);
+            return;
+        }
+        let nv = vectors.get(node);
+        let mut cands: Vec<Scored> = current
+            .iter()
+            .chain(std::iter::once(&new))
+            .map(|&id| Scored { dist: dist.distance(nv, vectors.get(id)), id })
+            .collect();
+        cands.sort_unstable();
+        let chosen = self.select(vectors, dist, &cands, max);
+        Self::write_list(list, &chosen);
+    }
+
+    /// Neighbour selection heuristic: keep a candidate only if it is closer to
+    /// the base than to every neighbour already kept (spreads links around).
+    /// `cands` must be sorted by distance to the base.
+    pub fn select(&self, vectors: &VectorArena, dist: &DistanceFn, cands: &[Scored], max: usize) -> Vec<u32> {
+        let mut kept: Vec<Scored> = Vec::with_capacity(max);
+        for c in cands {
+            if kept.len() >= max {
+                break;
+            }
+            let cv = vectors.get(c.id);
+            if kept.iter().all(|k| dist.distance(cv, vectors.get(k.id)) > c.dist) {
+                kept.push(*c);
+            }
+        }
+        kept.into_iter().map(|s| s.id).collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn greedy(
+        &self,
+        vectors: &VectorArena,
+        dist: &DistanceFn,
+        qv: &[f32],
+        mut ep: u32,
+        mut ep_dist: f32,
+        level: u8,
+        scratch: &mut Vec<u32>,
+    ) -> (u32, f32) {
+        loop {
+            let mut moved = false;
+            self.neighbours(ep, level, scratch);
+            for &nb in scratch.iter() {
+                let d = dist.distance(qv, vectors.get(nb));
+                if d < ep_dist {
+                    (ep, ep_dist) = (nb, d);
+                    moved = true;
+                }
+            }
+            if !moved {
+                return (ep, ep_dist);
+            }
+        }
+    }
+
+    /// Beam search on one level. Results (ascending) only hold accepted nodes;
+    /// rejected nodes are still traversed, so a filter never cuts the graph.
+    #[allow(clippy::too_many_arguments)]
+    pub fn search_layer(
+        &self,
+        vectors: &VectorArena,
+        dist: &DistanceFn,
+        qv: &[f32],
+        eps: &[Scored],
+        ef: usize,
+        level: u8,
+        vis: &mut Visited,
+        accept: &dyn Accept,
+    ) -> Vec<Scored> {
+        let mut candidates: BinaryHeap<Near> = BinaryHeap::with_capacity(ef * 2);
+        let mut results: BinaryHeap<Scored> = BinaryHeap::with_capacity(ef + 1);
+        // Distance bound for pruning: the worst kept result, or the nearest
+        // seen candidate while no result is accepted yet.
+        for e in eps {
+            vis.insert(e.id);
+            candidates.push(Near(std::cmp::Reverse(*e)));
+            if accept.accept(e.id) {
+                results.push(*e);
+            }
+        }
+        let mut nbs = Vec::with_capacity(self.params.m0());
+        while let Some(Near(std::cmp::Reverse(c))) = candidates.pop() {
+            if results.len() >= ef && results.peek().is_some_and(|w| c.dist > w.dist) {
+                break;
+            }
+            self.neighbours(c.id, level, &mut nbs);
+            for &nb in &nbs {
+                vectors.prefetch(nb);
+            }
+            for &nb in &nbs {
+                if !vis.insert(nb) {
+                    continue;
+                }
+                let d = dist.distance(qv, vectors.get(nb));
+                let worst = results.peek().map_or(f32::INFINITY, |w| w.dist);
+                if results.len() < ef || d < worst {
+                    let s = Scored { dist: d, id: nb };
+                    candidates.push(Near(std::cmp::Reverse(s)));
+                    if accept.accept(nb) {
+                        results.push(s);
+                        if results.len() > ef {
+                            results.pop();
+                        }
+                    }
+                }
+            }
+        }
+        results.into_sorted_vec()
+    }
+
+    /// k nearest accepted nodes reachable in the graph, ascending.
+    pub fn search(
+        &self,
+        vectors: &VectorArena,
+        dist: &DistanceFn,
+        qv: &[f32],
+        k: usize,
+        ef: usize,
+        accept: &dyn Accept,
+    ) -> Vec<Scored> {
+        let Some((mut ep, top)) = self.entry_point() else {
+            return Vec::new();
+        };
+        let mut ep_dist = dist.distance(qv, vectors.get(ep));
+        let mut scratch = Vec::with_capacity(self.params.m0());
+        for l in (1..=top).rev() {
+            (ep, ep_dist) = self.greedy(vectors, dist, qv, ep, ep_dist, l, &mut scratch);
+        }
+        let mut found = with_visited(vectors.len(), |vis| {
+            self.search_layer(
+                vectors,
+                dist,
+                qv,
+                &[Scored { dist: ep_dist, id: ep }],
+                ef.max(k),
+                0,
+                vis,
+                accept,
+            )
+        });
+        found.truncate(k);
+        found
+    }
+}

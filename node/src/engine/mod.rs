@@ -1,0 +1,575 @@
+//! The search core of one shard: vectors, ids, payloads, tombstones, the HNSW
+//! graph and the indexing queue that feeds it.
+//!
+//! Writes are cheap (append + enqueue); background workers link queued slots
+//! into the graph; searches combine the graph with an exact scan of the queued
+//! tail, so an applied write is searchable at once.
+
+pub mod arena;
+pub mod compact;
+pub mod distance;
+pub mod filter;
+pub mod hnsw;
+pub mod limits;
+pub mod queue;
+pub mod visited;
+
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{RuntimeConfig, StructuralConfig};
+use arena::{ArenaFull, Chunked, VectorArena};
+use distance::DistanceFn;
+use filter::{Filter, Payload};
+use hnsw::{Hnsw, HnswParams, Scored};
+pub use limits::{InputError, PointInput};
+use queue::{IndexQueue, QueueStats};
+
+/// Slot states.
+pub const LIVE: u8 = 0;
+/// Deleted or overwritten; still linked in the graph (traversed, never returned).
+pub const DELETED: u8 = 1;
+/// Deleted and unlinked by compaction (or never indexed): unreachable.
+pub const PURGED: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Full(#[from] ArenaFull),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// Raft position of the last applied entry, recorded in snapshots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedLog {
+    pub term: u64,
+    pub node_id: u64,
+    pub index: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub id: String,
+    pub distance: f32,
+    pub slot: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPoint {
+    pub id: String,
+    pub vector: Vec<f32>,
+    pub payload: Option<Payload>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct EngineStats {
+    pub slots: usize,
+    pub live: u64,
+    pub tombstoned: u64,
+    pub purged: u64,
+    pub indexed: usize,
+    pub queued: usize,
+    pub queue_capacity: usize,
+    pub indexing_lag_ms: u64,
+    pub batches: u64,
+    pub last_batch_ms: u64,
+    pub last_batch_size: u64,
+    pub checksum: u64,
+}
+
+/// Knobs the engine reads while running.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineKnobs {
+    pub ef_search: usize,
+    pub threads: usize,
+    pub batch_size: usize,
+    pub queue_capacity: usize,
+}
+
+impl From<&RuntimeConfig> for EngineKnobs {
+    fn from(r: &RuntimeConfig) -> Self {
+        EngineKnobs {
+            ef_search: r.ef_search as usize,
+            threads: r.threads(),
+            batch_size: r.indexing_batch_size as usize,
+            queue_capacity: r.queue_capacity as usize,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) structural: StructuralConfig,
+    pub(crate) dist: DistanceFn,
+    pub(crate) vectors: VectorArena,
+    pub(crate) graph: Hnsw,
+    pub(crate) slot_ids: Chunked<OnceLock<Box<str>>>,
+    pub(crate) payloads: Chunked<OnceLock<Payload>>,
+    pub(crate) state: Chunked<AtomicU8>,
+    pub(crate) ids: RwLock<HashMap<Box<str>, u32>>,
+    pub(crate) live: AtomicU64,
+    pub(crate) tombstoned: AtomicU64,
+    pub(crate) purged: AtomicU64,
+    pub(crate) checksum: AtomicU64,
+    pub(crate) queue: IndexQueue,
+    /// Indexing workers hold it shared per batch; snapshots and compaction
+    /// hold it exclusively to see a still graph.
+    pub(crate) gate: RwLock<()>,
+    /// Serialises writers (apply path, snapshot load).
+    pub(crate) writer: Mutex<()>,
+    pub(crate) applied: Mutex<Option<AppliedLog>>,
+    knobs: RwLock<EngineKnobs>,
+    batches: AtomicU64,
+    last_batch_ms: AtomicU64,
+    last_batch_size: AtomicU64,
+    target_workers: AtomicUsize,
+}
+
+/// Decoded snapshot content for `Engine::restore`.
+pub struct Restore<'a> {
+    pub flat: Vec<f32>,
+    pub ids: Vec<&'a str>,
+    pub states: Vec<u8>,
+    pub payloads: Vec<(u32, Payload)>,
+    pub graph: crate::snapshot::GraphParts,
+    pub applied: Option<AppliedLog>,
+}
+
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+    workers: Mutex<Vec<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("structural", &self.inner.structural).finish()
+    }
+}
+
+/// Order-independent content hash of one point (id, stored vector, payload).
+fn point_hash(id: &str, vector: &[f32], payload: Option<&Payload>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(id.as_bytes());
+    h.update(&[0xff]);
+    h.update(bytemuck::cast_slice(vector));
+    if let Some(p) = payload {
+        h.update(serde_json::to_string(p).unwrap_or_default().as_bytes());
+    }
+    h.digest()
+}
+
+impl Engine {
+    /// An empty engine; indexing workers start at once.
+    pub fn new(structural: StructuralConfig, knobs: EngineKnobs) -> Engine {
+        let dist = DistanceFn::new(structural.metric);
+        let params = HnswParams { m: structural.m as usize, ef_construction: structural.ef_construction as usize };
+        let inner = Arc::new(Inner {
+            dist,
+            vectors: VectorArena::new(structural.dimension as usize),
+            graph: Hnsw::new(params),
+            slot_ids: Chunked::new(1),
+            payloads: Chunked::new(1),
+            state: Chunked::new(1),
+            ids: RwLock::new(HashMap::new()),
+            live: AtomicU64::new(0),
+            tombstoned: AtomicU64::new(0),
+            purged: AtomicU64::new(0),
+            checksum: AtomicU64::new(0),
+            queue: IndexQueue::new(knobs.queue_capacity),
+            gate: RwLock::new(()),
+            writer: Mutex::new(()),
+            applied: Mutex::new(None),
+            knobs: RwLock::new(knobs),
+            batches: AtomicU64::new(0),
+            last_batch_ms: AtomicU64::new(0),
+            last_batch_size: AtomicU64::new(0),
+            target_workers: AtomicUsize::new(0),
+            structural,
+        });
+        let engine = Engine { inner, workers: Mutex::new(Vec::new()) };
+        engine.resize_workers(knobs.threads);
+        engine
+    }
+
+    /// Rebuilds an engine from decoded snapshot parts (see `snapshot::load`).
+    pub fn restore(structural: StructuralConfig, knobs: EngineKnobs, r: Restore<'_>) -> Result<Engine, String> {
+        let engine = Engine::new(structural, knobs);
+        let inner = &*engine.inner;
+        let dim = inner.vectors.dim();
+        let len = r.ids.len();
+        if r.flat.len() != len * dim || r.states.len() != len || r.graph.levels.len() != r.graph.indexed {
+            return Err("snapshot parts disagree on the slot count".into());
+        }
+        {
+            let _w = inner.writer.lock();
+            let _pause = inner.gate.write();
+            let mut ids = HashMap::with_capacity(len);
+            for (slot, id) in r.ids.iter().enumerate() {
+                let slot = slot as u32;
+                let _ = inner.slot_ids.first(slot).set((*id).into());
+                inner.state.first(slot).store(r.states[slot as usize], Ordering::Relaxed);
+            }
+            for (slot, p) in r.payloads {
+                let _ = inner.payloads.first(slot).set(p);
+            }
+            inner.vectors.extend(&r.flat).map_err(|e| e.to_string())?;
+            let (mut live, mut dead, mut purged, mut checksum) = (0u64, 0u64, 0u64, 0u64);
+            for (slot, id) in r.ids.iter().enumerate() {
+                match r.states[slot] {
+                    LIVE => {
+                        if ids.insert(Box::<str>::from(*id), slot as u32).is_some() {
+                            return Err(format!("id {id:?} is live in two slots"));
+                        }
+                        live += 1;
+                        let s = slot as u32;
+                        checksum = checksum.wrapping_add(point_hash(id, inner.vectors.get(s), inner.payloads.first(s).get()));
+                    }
+                    DELETED => dead += 1,
+                    _ => purged += 1,
+                }
+            }
+            *inner.ids.write() = ids;
+            inner.live.store(live, Ordering::Relaxed);
+            inner.tombstoned.store(dead, Ordering::Relaxed);
+            inner.purged.store(purged, Ordering::Relaxed);
+            inner.checksum.store(checksum, Ordering::Relaxed);
+
+            let g = &inner.graph;
+            let (m, m0) = (g.params().m, g.params().m0());
+            let mut upper = r.graph.upper.chunks_exact(1 + m);
+            for slot in 0..r.graph.indexed {
+                let level = r.graph.levels[slot];
+                let s = slot as u32;
+                g.init_node(s, level);
+                let l0 = &r.graph.level0[slot * (1 + m0)..(slot + 1) * (1 + m0)];
+                g.set_list(s, 0, &l0[1..=l0[0] as usize]);
+                for l in 1..=level {
+                    let list = upper.next().ok_or("upper lists end early")?;
+                    g.set_list(s, l, &list[1..=list[0] as usize]);
+                }
+            }
+            g.set_entry_point(r.graph.entry.map(|e| (e, g.level(e))));
+            *inner.applied.lock() = r.applied;
+            inner.queue.reset(r.graph.indexed, len);
+        }
+        Ok(engine)
+    }
+
+    pub fn structural(&self) -> &StructuralConfig {
+        &self.inner.structural
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.inner.vectors.dim()
+    }
+
+    pub fn knobs(&self) -> EngineKnobs {
+        *self.inner.knobs.read()
+    }
+
+    /// Applies new runtime knobs without a restart.
+    pub fn set_knobs(&self, knobs: EngineKnobs) {
+        *self.inner.knobs.write() = knobs;
+        self.inner.queue.set_capacity(knobs.queue_capacity);
+        self.resize_workers(knobs.threads);
+    }
+
+    fn resize_workers(&self, n: usize) {
+        let n = n.max(1);
+        self.inner.target_workers.store(n, Ordering::SeqCst);
+        let mut workers = self.workers.lock();
+        if workers.len() < n {
+            workers.resize_with(n, || None);
+        }
+        for (i, slot) in workers.iter_mut().enumerate().take(n) {
+            if slot.as_ref().is_none_or(|h| h.is_finished()) {
+                let inner = self.inner.clone();
+                *slot = std::thread::Builder::new()
+                    .name(format!("kindex-indexer-{i}"))
+                    .spawn(move || worker_loop(inner, i))
+                    .ok();
+            }
+        }
+    }
+
+    pub fn applied(&self) -> Option<AppliedLog> {
+        *self.inner.applied.lock()
+    }
+
+    pub fn set_applied(&self, log: AppliedLog) {
+        *self.inner.applied.lock() = Some(log);
+    }
+
+    /// Validates a whole batch, waits for queue space, then stores it. Either
+    /// every point is stored or (on invalid input) none is.
+    pub fn upsert(&self, points: &[PointInput]) -> Result<u64, EngineError> {
+        let inner = &*self.inner;
+        let dim = inner.vectors.dim();
+        limits::check_points(dim, points)?;
+        inner.queue.wait_for_space(points.len());
+
+        let _w = inner.writer.lock();
+        let start = inner.vectors.len();
+        if start + points.len() > arena::MAX_SLOTS {
+            return Err(ArenaFull.into());
+        }
+        let mut flat = Vec::with_capacity(points.len() * dim);
+        for p in points {
+            let at = flat.len();
+            flat.extend_from_slice(&p.vector);
+            inner.dist.prepare(&mut flat[at..]);
+        }
+        // Ids and payloads first: a slot is visible to searches only once
+        // `extend` publishes it, and by then everything about it is set.
+        let mut added: u64 = 0;
+        for (k, p) in points.iter().enumerate() {
+            let slot = (start + k) as u32;
+            let _ = inner.slot_ids.first(slot).set(p.id.as_str().into());
+            if let Some(pl) = &p.payload {
+                let _ = inner.payloads.first(slot).set(pl.clone());
+            }
+            let v = &flat[k * dim..(k + 1) * dim];
+            added = added.wrapping_add(point_hash(&p.id, v, p.payload.as_ref()));
+        }
+        inner.vectors.extend(&flat)?;
+        // Then point ids at the new slots and retire what they replace.
+        {
+            let mut ids = inner.ids.write();
+            for (k, p) in points.iter().enumerate() {
+                if let Some(old) = ids.insert(p.id.as_str().into(), (start + k) as u32) {
+                    self.retire(old);
+                }
+            }
+        }
+        inner.live.fetch_add(points.len() as u64, Ordering::Relaxed);
+        inner.checksum.fetch_add(added, Ordering::Relaxed);
+        inner.queue.published(inner.vectors.len());
+        Ok(points.len() as u64)
+    }
+
+    /// Marks a live slot deleted and removes it from the counters.
+    fn retire(&self, slot: u32) {
+        let inner = &*self.inner;
+        if inner.state.first(slot).compare_exchange(LIVE, DELETED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            let p = self.stored(slot);
+            inner
+                .checksum
+                .fetch_sub(point_hash(&p.id, &p.vector, p.payload.as_ref()), Ordering::Relaxed);
+            inner.live.fetch_sub(1, Ordering::Relaxed);
+            inner.tombstoned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Deletes ids (unknown ids are ignored); returns how many existed.
+    pub fn delete(&self, ids: &[String]) -> Result<u64, EngineError> {
+        limits::check_batch_len(ids.len())?;
+        ids.iter().enumerate().try_for_each(|(i, id)| limits::check_id(i, id))?;
+        let _w = self.inner.writer.lock();
+        let mut map = self.inner.ids.write();
+        let mut n = 0;
+        for id in ids {
+            if let Some(slot) = map.remove(id.as_str()) {
+                self.retire(slot);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn stored(&self, slot: u32) -> StoredPoint {
+        let inner = &*self.inner;
+        StoredPoint {
+            id: inner.slot_ids.first(slot).get().map(|s| s.to_string()).unwrap_or_default(),
+            vector: inner.vectors.get(slot).to_vec(),
+            payload: inner.payloads.first(slot).get().cloned(),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<StoredPoint> {
+        let slot = *self.inner.ids.read().get(id)?;
+        Some(self.stored(slot))
+    }
+
+    pub fn payload(&self, slot: u32) -> Option<&Payload> {
+        self.inner.payloads.first(slot).get()
+    }
+
+    pub fn vector(&self, slot: u32) -> &[f32] {
+        self.inner.vectors.get(slot)
+    }
+
+    pub fn count(&self) -> u64 {
+        self.inner.live.load(Ordering::Relaxed)
+    }
+
+    /// Top-k live points nearest to `query`, optionally filtered by payload.
+    pub fn search(&self, query: &[f32], k: usize, ef: Option<usize>, filter: &Filter) -> Result<Vec<Hit>, EngineError> {
+        let inner = &*self.inner;
+        limits::check_query(inner.vectors.dim(), query, k, ef, filter)?;
+        let mut q = query.to_vec();
+        inner.dist.prepare(&mut q);
+        let ef = ef.unwrap_or_else(|| self.knobs().ef_search);
+        let accept = |slot: u32| {
+            inner.state.first(slot).load(Ordering::Relaxed) == LIVE
+                && (filter.is_empty() || filter.matches(inner.payloads.first(slot).get()))
+        };
+
+        let len = inner.vectors.len();
+        let watermark = inner.queue.watermark().min(len);
+        let mut best: BinaryHeap<Scored> = BinaryHeap::with_capacity(k + 1);
+        let mut push = |s: Scored| {
+            if best.len() < k {
+                best.push(s);
+            } else if best.peek().is_some_and(|w| s < *w) {
+                best.pop();
+                best.push(s);
+            }
+        };
+        // Exact scan of the queued tail first; graph results dedupe against it.
+        let tail: Vec<u32> = (watermark..len).map(|s| s as u32).collect();
+        for &slot in &tail {
+            if accept(slot) {
+                push(Scored { dist: inner.dist.distance(&q, inner.vectors.get(slot)), id: slot });
+            }
+        }
+        if watermark > 0 {
+            for s in inner.graph.search(&inner.vectors, &inner.dist, &q, k, ef, &accept) {
+                if (s.id as usize) < watermark {
+                    push(s);
+                }
+            }
+        }
+        Ok(best
+            .into_sorted_vec()
+            .into_iter()
+            .filter_map(|s| {
+                Some(Hit {
+                    id: inner.slot_ids.first(s.id).get()?.to_string(),
+                    distance: s.dist,
+                    slot: s.id,
+                })
+            })
+            .collect())
+    }
+
+    /// Exact top-k by brute force (tests and recall checks).
+    pub fn search_exact(&self, query: &[f32], k: usize, filter: &Filter) -> Vec<Hit> {
+        let inner = &*self.inner;
+        let mut q = query.to_vec();
+        inner.dist.prepare(&mut q);
+        let mut all: Vec<Scored> = (0..inner.vectors.len() as u32)
+            .filter(|&s| inner.state.first(s).load(Ordering::Relaxed) == LIVE)
+            .filter(|&s| filter.matches(inner.payloads.first(s).get()) || filter.is_empty())
+            .map(|s| Scored { dist: inner.dist.distance(&q, inner.vectors.get(s)), id: s })
+            .collect();
+        all.sort_unstable();
+        all.truncate(k);
+        all.into_iter()
+            .map(|s| Hit {
+                id: inner.slot_ids.first(s.id).get().map(|x| x.to_string()).unwrap_or_default(),
+                distance: s.dist,
+                slot: s.id,
+            })
+            .collect()
+    }
+
+    /// Waits until every applied vector is in the graph.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        self.inner.queue.drain(timeout)
+    }
+
+    pub fn queue_stats(&self) -> QueueStats {
+        self.inner.queue.stats()
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let inner = &*self.inner;
+        let q = inner.queue.stats();
+        EngineStats {
+            slots: inner.vectors.len(),
+            live: inner.live.load(Ordering::Relaxed),
+            tombstoned: inner.tombstoned.load(Ordering::Relaxed),
+            purged: inner.purged.load(Ordering::Relaxed),
+            indexed: q.watermark,
+            queued: q.depth,
+            queue_capacity: q.capacity,
+            indexing_lag_ms: q.lag.as_millis() as u64,
+            batches: inner.batches.load(Ordering::Relaxed),
+            last_batch_ms: inner.last_batch_ms.load(Ordering::Relaxed),
+            last_batch_size: inner.last_batch_size.load(Ordering::Relaxed),
+            checksum: inner.checksum.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Order-independent checksum of live content; equal on replicas with the
+    /// same applied prefix.
+    pub fn content_checksum(&self) -> u64 {
+        self.inner.checksum.load(Ordering::Relaxed)
+    }
+
+    /// Approximate resident bytes per stored vector (vectors + graph + ids).
+    pub fn bytes_per_vector(&self) -> usize {
+        let p = self.inner.graph.params();
+        self.dimension() * 4 + (1 + p.m0()) * 4 + 8 + 24 + 24 + 2
+    }
+
+    pub fn shutdown(&self) {
+        self.inner.queue.shutdown();
+        for h in self.workers.lock().iter_mut().filter_map(Option::take) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn worker_loop(inner: Arc<Inner>, me: usize) {
+    loop {
+        let target = inner.target_workers.load(Ordering::SeqCst);
+        if me >= target {
+            return;
+        }
+        let batch = inner.knobs.read().batch_size;
+        let Some(range) = inner.queue.claim_timeout(batch, target, Duration::from_millis(200)) else {
+            if inner.queue.is_shutdown() {
+                return;
+            }
+            continue;
+        };
+        let started = Instant::now();
+        {
+            let _g = inner.gate.read();
+            for slot in range.clone() {
+                let slot = slot as u32;
+                if inner.state.first(slot).load(Ordering::Acquire) == LIVE {
+                    inner.graph.insert(&inner.vectors, &inner.dist, slot);
+                } else if inner
+                    .state
+                    .first(slot)
+                    .compare_exchange(DELETED, PURGED, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    // Deleted before it was indexed: never link it.
+                    inner.tombstoned.fetch_sub(1, Ordering::Relaxed);
+                    inner.purged.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        inner.batches.fetch_add(1, Ordering::Relaxed);
+        inner.last_batch_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        inner.last_batch_size.store(range.len() as u64, Ordering::Relaxed);
+        inner.queue.complete(range);
+    }
+}

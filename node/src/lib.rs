@@ -1,0 +1,9 @@
+//! kindex index node: the HNSW engine, snapshots, configuration and servers.
+
+pub mod config;
+pub mod engine;
+pub mod fsutil;
+pub mod metrics;
+pub mod node;
+pub mod server;
+pub mod snapshot;

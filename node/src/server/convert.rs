@@ -1,0 +1,93 @@
+//! Wire types (protobuf) to engine types and back. Everything from outside
+//! is checked here or in `engine::limits`; nothing panics on bad input.
+
+use kindex_proto as pb;
+
+use crate::engine::filter::{Condition, Filter, MatchValue, Predicate, RangeBounds};
+use crate::engine::limits::{self, InputError};
+use crate::engine::{Hit, PointInput, StoredPoint};
+
+pub fn points_in(points: Vec<pb::Point>) -> Result<Vec<PointInput>, InputError> {
+    points
+        .into_iter()
+        .map(|p| {
+            let payload = match &p.payload_json {
+                Some(json) => Some(limits::parse_payload(&p.id, json)?),
+                None => None,
+            };
+            Ok(PointInput { id: p.id, vector: p.vector, payload })
+        })
+        .collect()
+}
+
+pub fn filter_in(f: Option<pb::Filter>) -> Result<Filter, InputError> {
+    let Some(f) = f else { return Ok(Filter::default()) };
+    let mut must = Vec::with_capacity(f.must.len());
+    for (index, c) in f.must.into_iter().enumerate() {
+        let invalid = |reason: &str| {
+            InputError::Filter(crate::engine::filter::FilterError::Invalid {
+                index,
+                field: c.field.clone(),
+                reason: reason.to_string(),
+            })
+        };
+        let predicate = match &c.kind {
+            None => return Err(invalid("condition has neither match nor range")),
+            Some(pb::condition::Kind::Match(m)) => match &m.value {
+                None => return Err(invalid("match has no value (text, integer or boolean)")),
+                Some(pb::r#match::Value::Text(t)) => Predicate::Match(MatchValue::Text(t.clone())),
+                Some(pb::r#match::Value::Integer(i)) => Predicate::Match(MatchValue::Integer(*i)),
+                Some(pb::r#match::Value::Boolean(b)) => Predicate::Match(MatchValue::Boolean(*b)),
+            },
+            Some(pb::condition::Kind::Range(r)) => {
+                Predicate::Range(RangeBounds { gt: r.gt, gte: r.gte, lt: r.lt, lte: r.lte })
+            }
+        };
+        must.push(Condition { field: c.field, predicate });
+    }
+    let f = Filter { must };
+    f.validate()?;
+    Ok(f)
+}
+
+pub fn point_out(p: StoredPoint, with_vector: bool, with_payload: bool) -> pb::Point {
+    pb::Point {
+        id: p.id,
+        vector: if with_vector { p.vector } else { Vec::new() },
+        payload_json: if with_payload { p.payload.map(|m| serde_json::Value::Object(m).to_string()) } else { None },
+    }
+}
+
+pub fn hit_out(h: Hit, engine: &crate::engine::Engine, with_vector: bool, with_payload: bool) -> pb::ScoredPoint {
+    pb::ScoredPoint {
+        vector: if with_vector { engine.vector(h.slot).to_vec() } else { Vec::new() },
+        payload_json: if with_payload {
+            engine.payload(h.slot).map(|m| serde_json::Value::Object(m.clone()).to_string())
+        } else {
+            None
+        },
+        id: h.id,
+        distance: h.distance,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_without_kind_is_rejected() {
+        let f = pb::Filter { must: vec![pb::Condition { field: "a".into(), kind: None }] };
+        assert!(filter_in(Some(f)).unwrap_err().to_string().contains("neither match nor range"));
+        let f = pb::Filter {
+            must: vec![pb::Condition { field: "a".into(), kind: Some(pb::condition::Kind::Match(pb::Match { value: None })) }],
+        };
+        assert!(filter_in(Some(f)).unwrap_err().to_string().contains("match has no value"));
+    }
+
+    #[test]
+    fn payload_must_be_an_object() {
+        let p = pb::Point { id: "a".into(), vector: vec![1.0], payload_json: Some("[]".into()) };
+        assert!(points_in(vec![p]).is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! Network edges: gRPC (data + admin) and HTTP (health, metrics, REST).
+
+pub mod convert;
+pub mod grpc;
+pub mod http;
+pub mod openapi;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs every test tier of kindex on a fresh machine. This is the README's test
+# command and what CI runs (.ci/run). It installs what it needs itself:
+# cargo-nextest (from crates.io), and for the Kubernetes tier a kube-apiserver,
+# kubectl and helm built from Go modules (e2e/scripts/tools.sh).
+#
+#   scripts/test.sh            all tiers
+#   KINDEX_TIERS="unit" ...    a subset: any of lint unit cluster k8s
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tiers="${KINDEX_TIERS:-lint unit cluster k8s}"
+has() { [[ " $tiers " == *" $1 "* ]]; }
+step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+started=$(date +%s)
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export RUST_BACKTRACE=1
+
+step "toolchain"
+bash scripts/install-tools.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if has lint; then
+  step "cargo fmt --check"
+  cargo fmt --all --check
+  step "cargo clippy -D warnings"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
+if has unit || has cluster; then
+  step "build (all binaries, test profile)"
+  cargo build --workspace --bins --locked
+  # Unit tests, property tests and the process-level cluster tests (real
+  # kindex-node processes on 127.0.0.1) all run under nextest, in parallel.
+  step "cargo nextest (unit + cluster tiers)"
+  cargo nextest run --workspace --locked --no-fail-fast --profile ci
+  step "doc tests"
+  cargo test --workspace --doc --locked
+fi
+
+if has k8s; then
+  if [ -f e2e/run.sh ]; then
+    step "Kubernetes tier (real kube-apiserver)"
+    bash e2e/run.sh
+  else
+    echo "e2e/run.sh missing: the Kubernetes tier is not set up" >&2
+    exit 1
+  fi
+fi
+
+step "all tiers passed in $(( $(date +%s) - started ))s"
