@@ -15,6 +15,9 @@ step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 started=$(date +%s)
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Builds are cached under the machine's normal cache dir, so a fresh clone
+# (as CI uses) does not rebuild every dependency.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kindex/target}"
 export RUST_BACKTRACE=1
 
 step "toolchain"

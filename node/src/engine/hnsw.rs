@@ -248,12 +248,9 @@ impl Hnsw {
             return;
         }
         let _g = self.locks.first(node).lock();
-        let n = list[0].load(Ordering::Acquire) as usize;
-        let current: Vec<u32> = list[1..=n.min(list.len() - 1)]
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect();
-        if current.contains(&new) {
+        let n = (list[0].load(Ordering::Acquire) as usize).min(list.len() - 1);
+        let current = &list[1..=n];
+        if current.iter().any(|a| a.load(Ordering::Relaxed) == new) {
             return;
         }
         if n < max {
@@ -264,8 +261,9 @@ impl Hnsw {
         let nv = vectors.get(node);
         let mut cands: Vec<Scored> = current
             .iter()
-            .chain(std::iter::once(&new))
-            .map(|&id| Scored { dist: dist.distance(nv, vectors.get(id)), id })
+            .map(|a| a.load(Ordering::Relaxed))
+            .chain(std::iter::once(new))
+            .map(|id| Scored { dist: dist.distance(nv, vectors.get(id)), id })
             .collect();
         cands.sort_unstable();
         let chosen = self.select(vectors, dist, &cands, max);

@@ -106,7 +106,7 @@ impl From<&RuntimeConfig> for EngineKnobs {
     }
 }
 
-pub(crate) struct Inner {
+pub struct Inner {
     pub(crate) structural: StructuralConfig,
     pub(crate) dist: DistanceFn,
     pub(crate) vectors: VectorArena,

@@ -9,6 +9,7 @@
 pub mod section;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::StructuralConfig;
 use crate::config::structural::{FieldDiff, StructuralError};
-use crate::engine::{AppliedLog, DELETED, Engine, EngineKnobs, LIVE, PURGED};
+use crate::engine::{AppliedLog, DELETED, Engine, EngineKnobs, Inner, LIVE, PURGED};
 use crate::fsutil;
 use section::{Kind, Section, SectionError, SectionWriter};
 
@@ -133,106 +134,134 @@ impl Default for SaveOptions {
     }
 }
 
-/// Writes a snapshot of `engine` under `root` and prunes old ones.
-///
-/// Applies pause only while the slot count, states and applied log id are
-/// captured; indexing pauses only while the graph is written. Slots below the
-/// captured count never change, so they are written without locks.
+/// The consistent part of a snapshot, taken between two applies: the slot
+/// count, per-slot states, applied log id and content checksum. Published
+/// slots never change, so the rest is read later without pausing applies.
+pub struct Capture {
+    inner: Arc<Inner>,
+    len: usize,
+    states: Vec<u8>,
+    applied: Option<AppliedLog>,
+    checksum: u64,
+    saved_at: u64,
+}
+
+impl Capture {
+    /// Cheap: holds the apply lock only while copying one byte per slot.
+    pub fn take(engine: &Engine) -> Capture {
+        let inner = engine.inner.clone();
+        let (len, states, applied, checksum) = {
+            let _w = inner.writer.lock();
+            let len = inner.vectors.len();
+            let states: Vec<u8> = (0..len as u32).map(|s| inner.state.first(s).load(Ordering::Acquire)).collect();
+            (len, states, *inner.applied.lock(), inner.checksum.load(Ordering::Relaxed))
+        };
+        Capture { inner, len, states, applied, checksum, saved_at: now_ms() }
+    }
+
+    pub fn applied(&self) -> Option<AppliedLog> {
+        self.applied
+    }
+
+    /// Writes every section (each fsynced) into the existing, empty `dir`.
+    /// Indexing pauses only while the graph section is written.
+    pub fn write_into(&self, dir: &Path, format_version: u32, raft_meta: &[u8]) -> Result<Manifest, SnapshotError> {
+        let inner = &*self.inner;
+        let len = self.len;
+        let mut w = Writer { dir: dir.to_path_buf(), version: format_version, infos: Vec::new() };
+        w.section(Kind::Ids, |s| {
+            let mut buf = Vec::with_capacity(64 * 1024);
+            for slot in 0..len as u32 {
+                let id = inner.slot_ids.first(slot).get().map(|b| b.as_bytes()).unwrap_or_default();
+                buf.extend_from_slice(&(id.len() as u16).to_le_bytes());
+                buf.extend_from_slice(id);
+                if buf.len() >= 60 * 1024 {
+                    s.write(&buf)?;
+                    buf.clear();
+                }
+            }
+            s.write(&buf)
+        })?;
+        w.section(Kind::Vectors, |s| {
+            let mut left = len * inner.vectors.dim();
+            for run in inner.vectors.runs() {
+                let take = run.len().min(left);
+                s.write(bytemuck::cast_slice(&run[..take]))?;
+                left -= take;
+            }
+            Ok(())
+        })?;
+        w.section(Kind::Payloads, |s| {
+            for slot in 0..len as u32 {
+                if let Some(p) = inner.payloads.first(slot).get() {
+                    let json = serde_json::to_vec(p).unwrap_or_default();
+                    s.write(&slot.to_le_bytes())?;
+                    s.write(&(json.len() as u32).to_le_bytes())?;
+                    s.write(&json)?;
+                }
+            }
+            Ok(())
+        })?;
+        if format_version >= 2 {
+            w.section(Kind::States, |s| s.write(&self.states))?;
+        } else {
+            w.section(Kind::TombstonesV1, |s| {
+                let mut bits = vec![0u8; len.div_ceil(8)];
+                for (i, st) in self.states.iter().enumerate() {
+                    if *st != LIVE {
+                        bits[i / 8] |= 1 << (i % 8);
+                    }
+                }
+                s.write(&bits)
+            })?;
+        }
+        let indexed = {
+            let _pause = inner.gate.write();
+            let indexed = inner.queue.watermark().min(len);
+            write_graph(&mut w, inner, indexed)?;
+            indexed
+        };
+        w.section(Kind::Raft, |s| s.write(raft_meta))?;
+
+        let count = |st: u8| self.states.iter().filter(|&&x| x == st).count() as u64;
+        let manifest = Manifest {
+            format_version,
+            kindex_version: env!("CARGO_PKG_VERSION").into(),
+            structural: inner.structural.clone(),
+            structural_hash: inner.structural.hash(),
+            applied: self.applied,
+            counts: Counts {
+                slots: len as u64,
+                live: count(LIVE),
+                tombstoned: count(DELETED),
+                purged: count(PURGED),
+                indexed: indexed as u64,
+            },
+            content_checksum: self.checksum,
+            saved_at_unix_ms: self.saved_at,
+            sections: w.infos.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| SnapshotError::Invalid { path: dir.to_path_buf(), reason: e.to_string() })?;
+        w.section(Kind::Manifest, |s| s.write(&json))?;
+        Ok(Manifest { sections: w.infos, ..manifest })
+    }
+}
+
+/// Writes a snapshot of `engine` under `root` (temp dir, fsync, rename,
+/// fsync of `root`) and prunes old ones. Used by standalone nodes and tools;
+/// the Raft layer manages its own snapshot directories and calls `Capture`.
 pub fn save(engine: &Engine, root: &Path, opts: &SaveOptions) -> Result<Saved, SnapshotError> {
     let started = Instant::now();
-    let inner = &*engine.inner;
     let io = |source| SnapshotError::Io { dir: root.to_path_buf(), source };
     std::fs::create_dir_all(root).map_err(io)?;
-
-    let (len, states, applied, checksum) = {
-        let _w = inner.writer.lock();
-        let len = inner.vectors.len();
-        let states: Vec<u8> = (0..len as u32).map(|s| inner.state.first(s).load(Ordering::Acquire)).collect();
-        (len, states, engine.applied(), engine.content_checksum())
-    };
-    let saved_at = now_ms();
-    let name = snapshot_name(applied, saved_at);
+    let capture = Capture::take(engine);
+    let name = snapshot_name(capture.applied, capture.saved_at);
     let tmp = root.join(format!("{TMP_PREFIX}{name}"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io)?;
-    let mut w = Writer { dir: tmp.clone(), version: opts.format_version, infos: Vec::new() };
-
-    w.section(Kind::Ids, |s| {
-        let mut buf = Vec::with_capacity(64 * 1024);
-        for slot in 0..len as u32 {
-            let id = inner.slot_ids.first(slot).get().map(|b| b.as_bytes()).unwrap_or_default();
-            buf.extend_from_slice(&(id.len() as u16).to_le_bytes());
-            buf.extend_from_slice(id);
-            if buf.len() >= 60 * 1024 {
-                s.write(&buf)?;
-                buf.clear();
-            }
-        }
-        s.write(&buf)
-    })?;
-    w.section(Kind::Vectors, |s| {
-        let mut left = len * inner.vectors.dim();
-        for run in inner.vectors.runs() {
-            let take = run.len().min(left);
-            s.write(bytemuck::cast_slice(&run[..take]))?;
-            left -= take;
-        }
-        Ok(())
-    })?;
-    w.section(Kind::Payloads, |s| {
-        for slot in 0..len as u32 {
-            if let Some(p) = inner.payloads.first(slot).get() {
-                let json = serde_json::to_vec(p).unwrap_or_default();
-                s.write(&slot.to_le_bytes())?;
-                s.write(&(json.len() as u32).to_le_bytes())?;
-                s.write(&json)?;
-            }
-        }
-        Ok(())
-    })?;
-    if opts.format_version >= 2 {
-        w.section(Kind::States, |s| s.write(&states))?;
-    } else {
-        w.section(Kind::TombstonesV1, |s| {
-            let mut bits = vec![0u8; len.div_ceil(8)];
-            for (i, st) in states.iter().enumerate() {
-                if *st != LIVE {
-                    bits[i / 8] |= 1 << (i % 8);
-                }
-            }
-            s.write(&bits)
-        })?;
-    }
-    let indexed = {
-        let _pause = inner.gate.write();
-        let indexed = inner.queue.watermark().min(len);
-        write_graph(&mut w, engine, indexed)?;
-        indexed
-    };
-    w.section(Kind::Raft, |s| s.write(&opts.raft_meta))?;
-
-    let count = |st: u8| states.iter().filter(|&&x| x == st).count() as u64;
-    let manifest = Manifest {
-        format_version: opts.format_version,
-        kindex_version: env!("CARGO_PKG_VERSION").into(),
-        structural: inner.structural.clone(),
-        structural_hash: inner.structural.hash(),
-        applied,
-        counts: Counts {
-            slots: len as u64,
-            live: count(LIVE),
-            tombstoned: count(DELETED),
-            purged: count(PURGED),
-            indexed: indexed as u64,
-        },
-        content_checksum: checksum,
-        saved_at_unix_ms: saved_at,
-        sections: w.infos.clone(),
-    };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| SnapshotError::Invalid { path: tmp.clone(), reason: e.to_string() })?;
-    w.section(Kind::Manifest, |s| s.write(&json))?;
-    let bytes: u64 = w.infos.iter().map(|i| i.bytes).sum();
-
+    let manifest = capture.write_into(&tmp, opts.format_version, &opts.raft_meta)?;
+    let bytes = manifest.total_bytes();
     fsutil::sync_dir(&tmp).map_err(io)?;
     let dir = root.join(&name);
     std::fs::rename(&tmp, &dir).map_err(io)?;
@@ -245,8 +274,8 @@ pub fn save(engine: &Engine, root: &Path, opts: &SaveOptions) -> Result<Saved, S
 /// then upper lists of every node above level 0, in slot order. Links to
 /// slots at or above `indexed` (inserted after the capture) are dropped; those
 /// slots are re-queued and relinked on load.
-fn write_graph(w: &mut Writer, engine: &Engine, indexed: usize) -> Result<(), SectionError> {
-    let g = &engine.inner.graph;
+fn write_graph(w: &mut Writer, inner: &Inner, indexed: usize) -> Result<(), SectionError> {
+    let g = &inner.graph;
     let p = g.params();
     let (m, m0) = (p.m, p.m0());
     let entry = match g.entry_point() {
