@@ -32,12 +32,21 @@ impl Mixture {
             let c = &self.centres[rng.random_range(0..self.centres.len())];
             data.extend(c.iter().map(|x| x + noise.sample(&mut rng)));
         }
-        Matrix { rows: n, cols: self.dim, data }
+        Matrix {
+            rows: n,
+            cols: self.dim,
+            data,
+        }
     }
 }
 
 /// Exact top-k row numbers for every query.
-pub fn ground_truth(base: &Matrix<f32>, queries: &Matrix<f32>, metric: Metric, k: usize) -> Matrix<i32> {
+pub fn ground_truth(
+    base: &Matrix<f32>,
+    queries: &Matrix<f32>,
+    metric: Metric,
+    k: usize,
+) -> Matrix<i32> {
     let d = DistanceFn::new(metric);
     let prep = |m: &Matrix<f32>| -> Vec<f32> {
         let mut v = m.data.clone();
@@ -52,8 +61,11 @@ pub fn ground_truth(base: &Matrix<f32>, queries: &Matrix<f32>, metric: Metric, k
     let rows: Vec<Vec<i32>> = q
         .par_chunks_exact(queries.cols)
         .map(|qv| {
-            let mut all: Vec<(f32, i32)> =
-                b.chunks_exact(base.cols).enumerate().map(|(i, bv)| (d.distance(qv, bv), i as i32)).collect();
+            let mut all: Vec<(f32, i32)> = b
+                .chunks_exact(base.cols)
+                .enumerate()
+                .map(|(i, bv)| (d.distance(qv, bv), i as i32))
+                .collect();
             if k < all.len() {
                 all.select_nth_unstable_by(k, |a, b| a.0.total_cmp(&b.0));
             }
@@ -62,5 +74,9 @@ pub fn ground_truth(base: &Matrix<f32>, queries: &Matrix<f32>, metric: Metric, k
             all.into_iter().map(|x| x.1).collect()
         })
         .collect();
-    Matrix { rows: queries.rows, cols: k, data: rows.into_iter().flatten().collect() }
+    Matrix {
+        rows: queries.rows,
+        cols: k,
+        data: rows.into_iter().flatten().collect(),
+    }
 }

@@ -108,7 +108,10 @@ fn synth(a: SynthArgs) -> anyhow::Result<()> {
     npy::write_f32(&a.out.join(format!("{stem}.base.npy")), &base)?;
     npy::write_f32(&a.out.join(format!("{stem}.query.npy")), &query)?;
     npy::write_i32(&a.out.join(format!("{stem}.gt_ids.npy")), &gt)?;
-    println!("{}", json!({"wrote": a.out.join(stem).display().to_string(), "n": a.n, "dim": a.dim}));
+    println!(
+        "{}",
+        json!({"wrote": a.out.join(stem).display().to_string(), "n": a.n, "dim": a.dim})
+    );
     Ok(())
 }
 
@@ -124,7 +127,13 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
         None => data::ground_truth(&base, &query, metric, a.k),
     };
     if gt.cols < a.k || gt.rows < query.rows {
-        bail!("ground truth has {}×{}, need {}×{}", gt.rows, gt.cols, query.rows, a.k);
+        bail!(
+            "ground truth has {}×{}, need {}×{}",
+            gt.rows,
+            gt.cols,
+            query.rows,
+            a.k
+        );
     }
     let structural = StructuralConfig {
         dimension: base.cols as u32,
@@ -133,12 +142,21 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
         ef_construction: a.ef_construction,
         shards: 1,
     };
-    let knobs = EngineKnobs { ef_search: 64, threads: a.threads, batch_size: 1024, queue_capacity: base.rows + 1 };
+    let knobs = EngineKnobs {
+        ef_search: 64,
+        threads: a.threads,
+        batch_size: 1024,
+        queue_capacity: base.rows + 1,
+    };
     let engine = Engine::new(structural.clone(), knobs);
 
     // Build: enqueue everything, then wait for the workers to index it.
     let points: Vec<PointInput> = (0..base.rows)
-        .map(|i| PointInput { id: i.to_string(), vector: base.row(i).to_vec(), payload: None })
+        .map(|i| PointInput {
+            id: i.to_string(),
+            vector: base.row(i).to_vec(),
+            payload: None,
+        })
         .collect();
     let t = Instant::now();
     for chunk in points.chunks(5_000) {
@@ -155,7 +173,11 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
         None => (0.0, 0.0, 0),
     };
 
-    for ef in a.ef.split(',').map(|s| s.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>()? {
+    for ef in
+        a.ef.split(',')
+            .map(|s| s.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()?
+    {
         let filter = Filter::default();
         // Warm-up pass so the first point does not pay for page faults.
         for i in 0..query.rows.min(100) {
@@ -169,7 +191,10 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
             let res = engine.search(query.row(i), a.k, Some(ef), &filter)?;
             lat.push(s.elapsed());
             let truth = &gt.row(i)[..a.k];
-            hits += res.iter().filter(|h| h.id.parse::<i32>().is_ok_and(|id| truth.contains(&id))).count();
+            hits += res
+                .iter()
+                .filter(|h| h.id.parse::<i32>().is_ok_and(|id| truth.contains(&id)))
+                .count();
         }
         let secs = t.elapsed().as_secs_f64();
         lat.sort();
@@ -193,7 +218,12 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
 }
 
 /// Save and load (with full checksum validation) speeds in MB/s, warm page cache.
-fn snapshot_speed(engine: &Engine, dir: &std::path::Path, s: &StructuralConfig, knobs: EngineKnobs) -> anyhow::Result<(f64, f64, u64)> {
+fn snapshot_speed(
+    engine: &Engine,
+    dir: &std::path::Path,
+    s: &StructuralConfig,
+    knobs: EngineKnobs,
+) -> anyhow::Result<(f64, f64, u64)> {
     std::fs::create_dir_all(dir)?;
     let tmp = tempfile::tempdir_in(dir)?;
     let saved = snapshot::save(engine, tmp.path(), &SaveOptions::default())?;
@@ -207,18 +237,39 @@ fn snapshot_speed(engine: &Engine, dir: &std::path::Path, s: &StructuralConfig, 
 }
 
 fn enqueue(dim: usize, n: usize) -> anyhow::Result<()> {
-    let s = StructuralConfig { dimension: dim as u32, metric: Metric::Cosine, m: 16, ef_construction: 200, shards: 1 };
-    let engine = Engine::new(s, EngineKnobs { ef_search: 64, threads: 1, batch_size: 1024, queue_capacity: n + 1 });
+    let s = StructuralConfig {
+        dimension: dim as u32,
+        metric: Metric::Cosine,
+        m: 16,
+        ef_construction: 200,
+        shards: 1,
+    };
+    let engine = Engine::new(
+        s,
+        EngineKnobs {
+            ef_search: 64,
+            threads: 1,
+            batch_size: 1024,
+            queue_capacity: n + 1,
+        },
+    );
     let data = data::Mixture::new(dim, 100, 3).sample(n, 4);
     let mut lat = Vec::with_capacity(n);
     for i in 0..n {
-        let p = [PointInput { id: i.to_string(), vector: data.row(i).to_vec(), payload: None }];
+        let p = [PointInput {
+            id: i.to_string(),
+            vector: data.row(i).to_vec(),
+            payload: None,
+        }];
         let t = Instant::now();
         engine.upsert(&p)?;
         lat.push(t.elapsed());
     }
     lat.sort();
     let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)].as_secs_f64() * 1e6;
-    println!("{}", json!({"bench": "enqueue", "n": n, "dim": dim, "p50_us": pct(50), "p99_us": pct(99), "max_us": lat[n - 1].as_secs_f64() * 1e6}));
+    println!(
+        "{}",
+        json!({"bench": "enqueue", "n": n, "dim": dim, "p50_us": pct(50), "p99_us": pct(99), "max_us": lat[n - 1].as_secs_f64() * 1e6})
+    );
     Ok(())
 }

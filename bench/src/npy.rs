@@ -24,17 +24,37 @@ fn header(bytes: &[u8]) -> anyhow::Result<(String, usize)> {
     }
     let (len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => bail!("unsupported .npy version {v}"),
     };
-    let end = start.checked_add(len).filter(|&e| e <= bytes.len()).context("truncated .npy header")?;
-    Ok((String::from_utf8_lossy(&bytes[start..end]).into_owned(), end))
+    let end = start
+        .checked_add(len)
+        .filter(|&e| e <= bytes.len())
+        .context("truncated .npy header")?;
+    Ok((
+        String::from_utf8_lossy(&bytes[start..end]).into_owned(),
+        end,
+    ))
 }
 
 fn shape(h: &str) -> anyhow::Result<(usize, usize)> {
-    let s = h.split("'shape':").nth(1).context("no shape in .npy header")?;
-    let inner = s.split('(').nth(1).and_then(|x| x.split(')').next()).context("bad shape")?;
-    let dims: Vec<usize> = inner.split(',').filter(|x| !x.trim().is_empty()).map(|x| x.trim().parse()).collect::<Result<_, _>>()?;
+    let s = h
+        .split("'shape':")
+        .nth(1)
+        .context("no shape in .npy header")?;
+    let inner = s
+        .split('(')
+        .nth(1)
+        .and_then(|x| x.split(')').next())
+        .context("bad shape")?;
+    let dims: Vec<usize> = inner
+        .split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| x.trim().parse())
+        .collect::<Result<_, _>>()?;
     match dims[..] {
         [r, c] => Ok((r, c)),
         [r] => Ok((r, 1)),
@@ -55,9 +75,17 @@ fn read<T: bytemuck::Pod>(path: &Path, descr: &str) -> anyhow::Result<Matrix<T>>
     let body = &bytes[off..];
     let want = rows * cols * std::mem::size_of::<T>();
     if body.len() < want {
-        bail!("{}: {} data bytes, expected {want}", path.display(), body.len());
+        bail!(
+            "{}: {} data bytes, expected {want}",
+            path.display(),
+            body.len()
+        );
     }
-    Ok(Matrix { rows, cols, data: bytemuck::pod_collect_to_vec(&body[..want]) })
+    Ok(Matrix {
+        rows,
+        cols,
+        data: bytemuck::pod_collect_to_vec(&body[..want]),
+    })
 }
 
 pub fn read_f32(path: &Path) -> anyhow::Result<Matrix<f32>> {
@@ -69,7 +97,10 @@ pub fn read_i32(path: &Path) -> anyhow::Result<Matrix<i32>> {
 }
 
 fn write<T: bytemuck::Pod>(path: &Path, descr: &str, m: &Matrix<T>) -> anyhow::Result<()> {
-    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}, {}), }}", m.rows, m.cols);
+    let mut h = format!(
+        "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}, {}), }}",
+        m.rows, m.cols
+    );
     while (10 + h.len() + 1) % 64 != 0 {
         h.push(' ');
     }
@@ -98,7 +129,11 @@ mod tests {
     fn round_trip() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m.npy");
-        let m = Matrix { rows: 3, cols: 2, data: vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0] };
+        let m = Matrix {
+            rows: 3,
+            cols: 2,
+            data: vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0],
+        };
         write_f32(&p, &m).unwrap();
         let r = read_f32(&p).unwrap();
         assert_eq!((r.rows, r.cols, r.data), (3, 2, m.data));

@@ -12,7 +12,10 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Writes `path` atomically: temp file, fsync, rename, fsync of the parent.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.tmp"));
     {
         let mut f = File::create(&tmp)?;

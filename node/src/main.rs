@@ -17,7 +17,11 @@ use kindex_node::server::{grpc, http};
 use kindex_proto as pb;
 
 #[derive(Debug, Parser)]
-#[command(name = "kindex-node", version, about = "kindex index node (one shard replica)")]
+#[command(
+    name = "kindex-node",
+    version,
+    about = "kindex index node (one shard replica)"
+)]
 struct Args {
     /// Where snapshots, the Raft log and the structural config live.
     #[arg(long, env = "KINDEX_DATA_DIR", default_value = "./data")]
@@ -85,12 +89,17 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(args, structural, runtime))
 }
 
-async fn run(args: Args, structural: StructuralConfig, runtime: RuntimeConfig) -> anyhow::Result<()> {
+async fn run(
+    args: Args,
+    structural: StructuralConfig,
+    runtime: RuntimeConfig,
+) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone();
     let index = args.index.clone();
-    let node = tokio::task::spawn_blocking(move || Node::open(&index, &data_dir, structural, runtime))
-        .await?
-        .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
+    let node =
+        tokio::task::spawn_blocking(move || Node::open(&index, &data_dir, structural, runtime))
+            .await?
+            .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
     let node = Arc::new(node);
     tracing::info!(
         index = %node.index,
@@ -110,9 +119,10 @@ async fn run(args: Args, structural: StructuralConfig, runtime: RuntimeConfig) -
 
     let grpc = {
         let mut stop = stop_rx.clone();
-        let points = pb::points_server::PointsServer::new(grpc::PointsService { node: node.clone() })
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20);
+        let points =
+            pb::points_server::PointsServer::new(grpc::PointsService { node: node.clone() })
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20);
         let admin = pb::admin_server::AdminServer::new(grpc::AdminService { node: node.clone() });
         // Bind first so a busy port fails start-up with a clear error.
         let listener = tokio::net::TcpListener::bind(grpc_addr)
@@ -121,9 +131,12 @@ async fn run(args: Args, structural: StructuralConfig, runtime: RuntimeConfig) -
         let server = tonic::transport::Server::builder()
             .add_service(points)
             .add_service(admin)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-                let _ = stop.changed().await;
-            });
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = stop.changed().await;
+                },
+            );
         tokio::spawn(server)
     };
     let http = {
@@ -159,13 +172,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

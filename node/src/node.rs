@@ -57,7 +57,12 @@ pub struct Node {
 impl Node {
     /// Opens (or initialises) a data dir: checks the structural config, loads
     /// the newest valid snapshot, re-queues its unindexed tail.
-    pub fn open(index: &str, data_dir: &Path, configured: StructuralConfig, runtime: RuntimeConfig) -> Result<Node, NodeError> {
+    pub fn open(
+        index: &str,
+        data_dir: &Path,
+        configured: StructuralConfig,
+        runtime: RuntimeConfig,
+    ) -> Result<Node, NodeError> {
         std::fs::create_dir_all(data_dir).map_err(|e| NodeError::DataDir {
             dir: data_dir.display().to_string(),
             reason: format!("cannot create: {e}"),
@@ -75,7 +80,9 @@ impl Node {
                     "loaded snapshot"
                 );
                 let last = LastSnapshot {
-                    at: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(l.manifest.saved_at_unix_ms)),
+                    at: Some(
+                        SystemTime::UNIX_EPOCH + Duration::from_millis(l.manifest.saved_at_unix_ms),
+                    ),
                     bytes: l.manifest.total_bytes(),
                     path: l.dir.clone(),
                     applied_index: l.manifest.applied.map_or(0, |a| a.index),
@@ -133,7 +140,10 @@ impl Node {
         if index.is_empty() || index == self.index {
             Ok(())
         } else {
-            Err(NodeError::UnknownIndex { got: index.to_string(), serves: self.index.clone() })
+            Err(NodeError::UnknownIndex {
+                got: index.to_string(),
+                serves: self.index.clone(),
+            })
         }
     }
 
@@ -143,7 +153,11 @@ impl Node {
         let _seq = self.write_seq.lock();
         let out = f(&self.engine)?;
         let prev = self.engine.applied().unwrap_or_default();
-        self.engine.set_applied(AppliedLog { term: prev.term.max(1), node_id: self.node_id, index: prev.index + 1 });
+        self.engine.set_applied(AppliedLog {
+            term: prev.term.max(1),
+            node_id: self.node_id,
+            index: prev.index + 1,
+        });
         Ok(out)
     }
 
@@ -164,7 +178,13 @@ impl Node {
         Ok(ids.iter().filter_map(|id| self.engine.get(id)).collect())
     }
 
-    pub fn search(&self, vector: &[f32], k: usize, ef: Option<usize>, filter: &Filter) -> Result<Vec<Hit>, NodeError> {
+    pub fn search(
+        &self,
+        vector: &[f32],
+        k: usize,
+        ef: Option<usize>,
+        filter: &Filter,
+    ) -> Result<Vec<Hit>, NodeError> {
         Ok(self.engine.search(vector, k, ef, filter)?)
     }
 
@@ -173,7 +193,14 @@ impl Node {
         let _one_at_a_time = self.snapshot_lock.lock();
         let keep = self.runtime.read().snapshot_keep as usize;
         let timer = self.metrics.snapshot_duration.start_timer();
-        let saved = snapshot::save(&self.engine, &self.data_dir.join("snapshots"), &SaveOptions { keep, ..Default::default() })?;
+        let saved = snapshot::save(
+            &self.engine,
+            &self.data_dir.join("snapshots"),
+            &SaveOptions {
+                keep,
+                ..Default::default()
+            },
+        )?;
         timer.observe_duration();
         self.metrics.snapshot_bytes.set(saved.bytes as i64);
         *self.last_snapshot.lock() = LastSnapshot {
@@ -196,7 +223,9 @@ impl Node {
     pub fn shutdown(&self, drain_timeout: Duration) -> Result<(), NodeError> {
         self.set_ready(false);
         if !self.engine.drain(drain_timeout) {
-            tracing::warn!("indexing queue not drained in time; the snapshot re-queues the rest on start");
+            tracing::warn!(
+                "indexing queue not drained in time; the snapshot re-queues the rest on start"
+            );
         }
         self.snapshot()?;
         self.engine.shutdown();
@@ -209,7 +238,10 @@ fn probe_writable(dir: &Path) -> Result<(), NodeError> {
     let probe = dir.join(".kindex-write-probe");
     crate::fsutil::write_atomic(&probe, b"ok")
         .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| NodeError::DataDir { dir: dir.display().to_string(), reason: format!("not writable: {e}") })
+        .map_err(|e| NodeError::DataDir {
+            dir: dir.display().to_string(),
+            reason: format!("not writable: {e}"),
+        })
 }
 
 /// Watches the runtime config file and applies changes without a restart.
@@ -229,7 +261,9 @@ pub fn spawn_runtime_reload(node: Arc<Node>, path: PathBuf, every: Duration) {
                     node.set_runtime(cfg);
                 }
                 Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "runtime config rejected; keeping the previous one"),
+                Err(e) => {
+                    tracing::error!(error = %e, "runtime config rejected; keeping the previous one")
+                }
             }
         }
     });
@@ -259,7 +293,12 @@ pub fn spawn_maintenance(node: Arc<Node>) {
             let n = node.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 if let Some(s) = n.engine().maybe_compact(0.1) {
-                    tracing::info!(purged = s.purged, relinked = s.relinked_lists, millis = s.millis, "compaction");
+                    tracing::info!(
+                        purged = s.purged,
+                        relinked = s.relinked_lists,
+                        millis = s.millis,
+                        "compaction"
+                    );
                 }
             })
             .await;

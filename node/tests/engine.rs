@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Engine behaviour: recall for every metric, filters, tail visibility,
 //! deletes, compaction and backpressure.
 
@@ -35,7 +36,12 @@ fn filtered_search_keeps_recall_and_only_returns_matches() {
         .map(|(i, v)| PointInput {
             id: format!("p{i}"),
             vector: v.clone(),
-            payload: Some(json!({"bucket": (i % 10) as i64, "year": 2000 + (i % 30) as i64}).as_object().unwrap().clone()),
+            payload: Some(
+                json!({"bucket": (i % 10) as i64, "year": 2000 + (i % 30) as i64})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
         })
         .collect();
     let e = Engine::new(structural(16, Metric::L2), knobs());
@@ -43,7 +49,12 @@ fn filtered_search_keeps_recall_and_only_returns_matches() {
     assert!(e.drain(Duration::from_secs(60)));
     let queries = clustered(50, 16, 4);
     // 10% selectivity, equality.
-    let eq = Filter { must: vec![Condition { field: "bucket".into(), predicate: Predicate::Match(MatchValue::Integer(3)) }] };
+    let eq = Filter {
+        must: vec![Condition {
+            field: "bucket".into(),
+            predicate: Predicate::Match(MatchValue::Integer(3)),
+        }],
+    };
     let r = recall(&e, &queries, 10, 64, &eq);
     assert!(r >= 0.9, "equality filter recall {r}");
     for q in &queries {
@@ -55,7 +66,11 @@ fn filtered_search_keeps_recall_and_only_returns_matches() {
     let range = Filter {
         must: vec![Condition {
             field: "year".into(),
-            predicate: Predicate::Range(RangeBounds { gte: Some(2010.0), lt: Some(2011.0), ..Default::default() }),
+            predicate: Predicate::Range(RangeBounds {
+                gte: Some(2010.0),
+                lt: Some(2011.0),
+                ..Default::default()
+            }),
         }],
     };
     let r = recall(&e, &queries, 10, 64, &range);
@@ -65,16 +80,28 @@ fn filtered_search_keeps_recall_and_only_returns_matches() {
 #[test]
 fn applied_write_is_found_at_once_even_while_queued() {
     // One slow worker and a large backlog: the new point sits in the queue.
-    let knobs = EngineKnobs { threads: 1, batch_size: 64, ..common::knobs() };
+    let knobs = EngineKnobs {
+        threads: 1,
+        batch_size: 64,
+        ..common::knobs()
+    };
     let e = Engine::new(structural(32, Metric::L2), knobs);
     load(&e, &points(&clustered(20_000, 32, 5)));
     let probe = vec![9.0f32; 32];
-    e.upsert(&[PointInput { id: "probe".into(), vector: probe.clone(), payload: None }]).unwrap();
+    e.upsert(&[PointInput {
+        id: "probe".into(),
+        vector: probe.clone(),
+        payload: None,
+    }])
+    .unwrap();
     let queued = e.queue_stats().depth;
     let hits = e.search(&probe, 1, None, &Filter::default()).unwrap();
     assert_eq!(hits[0].id, "probe");
     assert!(hits[0].distance.abs() < 1e-6);
-    assert!(queued > 0, "the probe should still have been queued (depth {queued})");
+    assert!(
+        queued > 0,
+        "the probe should still have been queued (depth {queued})"
+    );
 }
 
 #[test]
@@ -83,7 +110,11 @@ fn enqueue_p99_under_100_microseconds() {
     let data = clustered(5000, 128, 6);
     let mut lat = Vec::new();
     for (i, v) in data.iter().enumerate() {
-        let p = [PointInput { id: format!("p{i}"), vector: v.clone(), payload: None }];
+        let p = [PointInput {
+            id: format!("p{i}"),
+            vector: v.clone(),
+            payload: None,
+        }];
         let t = Instant::now();
         e.upsert(&p).unwrap();
         lat.push(t.elapsed());
@@ -101,29 +132,46 @@ fn deletes_and_overwrites_are_never_returned_and_compaction_keeps_recall() {
     let e = Engine::new(structural(16, Metric::L2), knobs());
     load(&e, &points(&data));
     assert!(e.drain(Duration::from_secs(60)));
-    let doomed: Vec<String> = (0..4000).filter(|i| i % 3 == 0).map(|i| format!("p{i}")).collect();
+    let doomed: Vec<String> = (0..4000)
+        .filter(|i: &usize| i.is_multiple_of(3))
+        .map(|i| format!("p{i}"))
+        .collect();
     for c in doomed.chunks(500) {
         e.delete(c).unwrap();
     }
     assert_eq!(e.count(), 4000 - doomed.len() as u64);
     // Overwrite one point far away: the old position must not come back.
-    e.upsert(&[PointInput { id: "p1".into(), vector: vec![50.0; 16], payload: None }]).unwrap();
+    e.upsert(&[PointInput {
+        id: "p1".into(),
+        vector: vec![50.0; 16],
+        payload: None,
+    }])
+    .unwrap();
     let queries = clustered(50, 16, 8);
     for q in &queries {
         for h in e.search(q, 10, None, &Filter::default()).unwrap() {
             let n: usize = h.id[1..].parse().unwrap();
-            assert!(n % 3 != 0, "deleted point {} returned", h.id);
+            assert!(!n.is_multiple_of(3), "deleted point {} returned", h.id);
         }
     }
     let hits = e.search(&data[1], 3, None, &Filter::default()).unwrap();
-    assert!(hits.iter().all(|h| h.id != "p1"), "stale version of p1 returned");
+    assert!(
+        hits.iter().all(|h| h.id != "p1"),
+        "stale version of p1 returned"
+    );
     let before = recall(&e, &queries, 10, 64, &Filter::default());
     let stats = e.compact();
     assert_eq!(stats.purged as usize, doomed.len() + 1);
     assert_eq!(e.pending_tombstones(), 0);
     let after = recall(&e, &queries, 10, 64, &Filter::default());
-    assert!(after >= 0.95 && after >= before - 0.02, "recall before {before}, after compaction {after}");
-    assert_eq!(e.search(&[50.0; 16], 1, None, &Filter::default()).unwrap()[0].id, "p1");
+    assert!(
+        after >= 0.95 && after >= before - 0.02,
+        "recall before {before}, after compaction {after}"
+    );
+    assert_eq!(
+        e.search(&[50.0; 16], 1, None, &Filter::default()).unwrap()[0].id,
+        "p1"
+    );
 }
 
 #[test]
@@ -134,7 +182,12 @@ fn checksum_tracks_content_not_history() {
     load(&a, &points(&data));
     // b gets the same final content through a detour.
     load(&b, &points(&data[..100]));
-    b.upsert(&[PointInput { id: "tmp".into(), vector: vec![1.0; 8], payload: None }]).unwrap();
+    b.upsert(&[PointInput {
+        id: "tmp".into(),
+        vector: vec![1.0; 8],
+        payload: None,
+    }])
+    .unwrap();
     b.delete(&["tmp".into()]).unwrap();
     load(&b, &points(&data));
     assert_eq!(a.content_checksum(), b.content_checksum());
@@ -145,11 +198,24 @@ fn checksum_tracks_content_not_history() {
 #[test]
 fn invalid_batch_changes_nothing() {
     let e = Engine::new(structural(4, Metric::L2), knobs());
-    e.upsert(&[PointInput { id: "a".into(), vector: vec![1.0; 4], payload: None }]).unwrap();
+    e.upsert(&[PointInput {
+        id: "a".into(),
+        vector: vec![1.0; 4],
+        payload: None,
+    }])
+    .unwrap();
     let sum = e.content_checksum();
     let bad = vec![
-        PointInput { id: "b".into(), vector: vec![1.0; 4], payload: None },
-        PointInput { id: "c".into(), vector: vec![f32::NAN; 4], payload: None },
+        PointInput {
+            id: "b".into(),
+            vector: vec![1.0; 4],
+            payload: None,
+        },
+        PointInput {
+            id: "c".into(),
+            vector: vec![f32::NAN; 4],
+            payload: None,
+        },
     ];
     assert!(e.upsert(&bad).is_err());
     assert_eq!(e.count(), 1);
@@ -159,9 +225,19 @@ fn invalid_batch_changes_nothing() {
 
 #[test]
 fn runtime_knobs_apply_without_restart() {
-    let e = Engine::new(structural(8, Metric::L2), EngineKnobs { threads: 1, ..knobs() });
+    let e = Engine::new(
+        structural(8, Metric::L2),
+        EngineKnobs {
+            threads: 1,
+            ..knobs()
+        },
+    );
     load(&e, &points(&clustered(2000, 8, 10)));
-    e.set_knobs(EngineKnobs { threads: 2, ef_search: 128, ..knobs() });
+    e.set_knobs(EngineKnobs {
+        threads: 2,
+        ef_search: 128,
+        ..knobs()
+    });
     assert_eq!(e.knobs().ef_search, 128);
     assert!(e.drain(Duration::from_secs(60)));
     assert_eq!(e.stats().queued, 0);

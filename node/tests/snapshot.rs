@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Snapshot durability: round trip, corruption fallback, interrupted writes,
 //! format migration, structural mismatch, and arbitrary bytes.
 
@@ -27,7 +28,11 @@ fn filled(n: usize) -> Engine {
         .collect();
     load(&e, &pts);
     e.delete(&["id-3".into(), "id-4".into()]).unwrap();
-    e.set_applied(AppliedLog { term: 2, node_id: 1, index: n as u64 });
+    e.set_applied(AppliedLog {
+        term: 2,
+        node_id: 1,
+        index: n as u64,
+    });
     e
 }
 
@@ -42,9 +47,19 @@ fn same_content(a: &Engine, b: &Engine) {
 fn round_trip_keeps_content_graph_and_queue() {
     let dir = tempfile::tempdir().unwrap();
     let e = filled(3000);
-    let saved = snapshot::save(&e, dir.path(), &SaveOptions { raft_meta: b"meta".to_vec(), ..Default::default() }).unwrap();
+    let saved = snapshot::save(
+        &e,
+        dir.path(),
+        &SaveOptions {
+            raft_meta: b"meta".to_vec(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(saved.manifest.counts.live, 2998);
-    let l = snapshot::load_latest(dir.path(), e.structural(), knobs()).unwrap().unwrap();
+    let l = snapshot::load_latest(dir.path(), e.structural(), knobs())
+        .unwrap()
+        .unwrap();
     assert_eq!(l.raft_meta, b"meta");
     assert_eq!(l.engine.applied(), e.applied());
     same_content(&e, &l.engine);
@@ -57,11 +72,20 @@ fn round_trip_keeps_content_graph_and_queue() {
 #[test]
 fn unindexed_tail_is_requeued_on_load() {
     let dir = tempfile::tempdir().unwrap();
-    let e = Engine::new(structural(16, Metric::L2), kindex_node::engine::EngineKnobs { threads: 1, batch_size: 16, ..knobs() });
+    let e = Engine::new(
+        structural(16, Metric::L2),
+        kindex_node::engine::EngineKnobs {
+            threads: 1,
+            batch_size: 16,
+            ..knobs()
+        },
+    );
     load(&e, &points(&clustered(20_000, 16, 13)));
     let saved = snapshot::save(&e, dir.path(), &SaveOptions::default()).unwrap();
     drop(e);
-    let l = snapshot::load_latest(dir.path(), &structural(16, Metric::L2), knobs()).unwrap().unwrap();
+    let l = snapshot::load_latest(dir.path(), &structural(16, Metric::L2), knobs())
+        .unwrap()
+        .unwrap();
     assert_eq!(l.engine.count(), 20_000);
     assert!(l.engine.drain(Duration::from_secs(60)));
     assert!(saved.manifest.counts.indexed <= 20_000);
@@ -74,8 +98,17 @@ fn corrupt_newest_falls_back_to_previous_for_every_file() {
     let dir = tempfile::tempdir().unwrap();
     let e = filled(500);
     let old = snapshot::save(&e, dir.path(), &SaveOptions::default()).unwrap();
-    e.upsert(&[PointInput { id: "new".into(), vector: vec![1.0; 16], payload: None }]).unwrap();
-    e.set_applied(AppliedLog { term: 2, node_id: 1, index: 9999 });
+    e.upsert(&[PointInput {
+        id: "new".into(),
+        vector: vec![1.0; 16],
+        payload: None,
+    }])
+    .unwrap();
+    e.set_applied(AppliedLog {
+        term: 2,
+        node_id: 1,
+        index: 9999,
+    });
     let new = snapshot::save(&e, dir.path(), &SaveOptions::default()).unwrap();
     for entry in std::fs::read_dir(&new.dir).unwrap() {
         let path = entry.unwrap().path();
@@ -85,15 +118,24 @@ fn corrupt_newest_falls_back_to_previous_for_every_file() {
             let mut bad = good.clone();
             bad[at] ^= 0xff;
             std::fs::write(&path, &bad).unwrap();
-            let l = snapshot::load_latest(dir.path(), e.structural(), knobs()).unwrap().unwrap();
-            assert_eq!(l.dir, old.dir, "{} byte {at}: should fall back", path.display());
+            let l = snapshot::load_latest(dir.path(), e.structural(), knobs())
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                l.dir,
+                old.dir,
+                "{} byte {at}: should fall back",
+                path.display()
+            );
             assert_eq!(l.skipped.len(), 1);
             assert!(!l.skipped[0].1.is_empty());
             assert!(l.engine.get("new").is_none());
         }
         std::fs::write(&path, &good).unwrap();
     }
-    let l = snapshot::load_latest(dir.path(), e.structural(), knobs()).unwrap().unwrap();
+    let l = snapshot::load_latest(dir.path(), e.structural(), knobs())
+        .unwrap()
+        .unwrap();
     assert_eq!(l.dir, new.dir);
     assert!(l.engine.get("new").is_some());
 }
@@ -104,10 +146,14 @@ fn crash_before_rename_leaves_previous_loadable() {
     let e = filled(300);
     let good = snapshot::save(&e, dir.path(), &SaveOptions::default()).unwrap();
     // Simulate a crash mid-write: a temp dir with partial files, never renamed.
-    let tmp = dir.path().join(".tmp-snap-99999999999999999999-0000000002-0000000000000");
+    let tmp = dir
+        .path()
+        .join(".tmp-snap-99999999999999999999-0000000002-0000000000000");
     std::fs::create_dir_all(&tmp).unwrap();
     std::fs::write(tmp.join("vectors.sect"), b"KIDXSECT partial").unwrap();
-    let l = snapshot::load_latest(dir.path(), e.structural(), knobs()).unwrap().unwrap();
+    let l = snapshot::load_latest(dir.path(), e.structural(), knobs())
+        .unwrap()
+        .unwrap();
     assert_eq!(l.dir, good.dir);
     // The next save cleans the leftovers up.
     snapshot::save(&e, dir.path(), &SaveOptions::default()).unwrap();
@@ -119,8 +165,20 @@ fn keeps_only_the_last_n() {
     let dir = tempfile::tempdir().unwrap();
     let e = filled(50);
     for i in 0..5 {
-        e.set_applied(AppliedLog { term: 1, node_id: 0, index: 100 + i });
-        snapshot::save(&e, dir.path(), &SaveOptions { keep: 2, ..Default::default() }).unwrap();
+        e.set_applied(AppliedLog {
+            term: 1,
+            node_id: 0,
+            index: 100 + i,
+        });
+        snapshot::save(
+            &e,
+            dir.path(),
+            &SaveOptions {
+                keep: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     }
     let left = snapshot::list(dir.path()).unwrap();
     assert_eq!(left.len(), 2);
@@ -132,8 +190,13 @@ fn structural_mismatch_names_the_field_and_is_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let e = filled(50);
     snapshot::save(&e, dir.path(), &SaveOptions::default()).unwrap();
-    let other = kindex_node::config::StructuralConfig { m: 32, ..e.structural().clone() };
-    let err = snapshot::load_latest(dir.path(), &other, knobs()).err().unwrap();
+    let other = kindex_node::config::StructuralConfig {
+        m: 32,
+        ..e.structural().clone()
+    };
+    let err = snapshot::load_latest(dir.path(), &other, knobs())
+        .err()
+        .unwrap();
     assert!(err.is_fatal());
     let msg = err.to_string();
     assert!(msg.contains("m=16") && msg.contains("m=32"), "{msg}");
@@ -144,8 +207,18 @@ fn newer_format_is_refused_not_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let e = filled(50);
     snapshot::save(&e, dir.path(), &SaveOptions::default()).unwrap();
-    snapshot::save(&e, dir.path(), &SaveOptions { format_version: snapshot::FORMAT_VERSION + 1, ..Default::default() }).unwrap();
-    let err = snapshot::load_latest(dir.path(), e.structural(), knobs()).err().unwrap();
+    snapshot::save(
+        &e,
+        dir.path(),
+        &SaveOptions {
+            format_version: snapshot::FORMAT_VERSION + 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = snapshot::load_latest(dir.path(), e.structural(), knobs())
+        .err()
+        .unwrap();
     assert!(err.is_fatal());
     assert!(err.to_string().contains("newer kindex"), "{err}");
 }
@@ -154,8 +227,18 @@ fn newer_format_is_refused_not_skipped() {
 fn format_1_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
     let e = filled(400);
-    snapshot::save(&e, dir.path(), &SaveOptions { format_version: 1, ..Default::default() }).unwrap();
-    let l = snapshot::load_latest(dir.path(), e.structural(), knobs()).unwrap().unwrap();
+    snapshot::save(
+        &e,
+        dir.path(),
+        &SaveOptions {
+            format_version: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let l = snapshot::load_latest(dir.path(), e.structural(), knobs())
+        .unwrap()
+        .unwrap();
     assert_eq!(l.manifest.format_version, 1);
     same_content(&e, &l.engine);
     // Re-saving writes the current format.

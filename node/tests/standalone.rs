@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The real `kindex-node` binary in standalone mode: health, gRPC, HTTP,
 //! graceful shutdown with snapshot, restart from the same data dir, and a
 //! clear refusal on structural drift.
@@ -24,14 +25,30 @@ impl Drop for NodeProc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn(dir: &Path, extra: &[&str]) -> NodeProc {
     let (grpc, http) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_kindex-node"))
-        .args(["--data-dir", dir.to_str().unwrap(), "--dimension", "4", "--metric", "l2"])
-        .args(["--grpc-port", &grpc.to_string(), "--http-port", &http.to_string()])
+        .args([
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--dimension",
+            "4",
+            "--metric",
+            "l2",
+        ])
+        .args([
+            "--grpc-port",
+            &grpc.to_string(),
+            "--http-port",
+            &http.to_string(),
+        ])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -63,7 +80,9 @@ fn wait_healthy(p: &NodeProc) {
 }
 
 async fn client(p: &NodeProc) -> pb::points_client::PointsClient<tonic::transport::Channel> {
-    pb::points_client::PointsClient::connect(format!("http://127.0.0.1:{}", p.grpc)).await.unwrap()
+    pb::points_client::PointsClient::connect(format!("http://127.0.0.1:{}", p.grpc))
+        .await
+        .unwrap()
 }
 
 fn sigterm(p: &mut NodeProc) -> std::process::ExitStatus {
@@ -93,10 +112,22 @@ async fn serves_restarts_and_keeps_data() {
             payload_json: Some(format!(r#"{{"i": {i}}}"#)),
         })
         .collect();
-    let w = c.upsert(pb::UpsertRequest { index: String::new(), points }).await.unwrap().into_inner();
+    let w = c
+        .upsert(pb::UpsertRequest {
+            index: String::new(),
+            points,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(w.affected, 500);
     let hits = c
-        .search(pb::SearchRequest { vector: vec![42.0, 1.0, 2.0, 3.0], k: 3, with_payload: true, ..Default::default() })
+        .search(pb::SearchRequest {
+            vector: vec![42.0, 1.0, 2.0, 3.0],
+            k: 3,
+            with_payload: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -105,12 +136,29 @@ async fn serves_restarts_and_keeps_data() {
     assert_eq!(hits[0].payload_json.as_deref(), Some(r#"{"i":42}"#));
     // Bad input is rejected precisely.
     let err = c
-        .upsert(pb::UpsertRequest { index: String::new(), points: vec![pb::Point { id: "x".into(), vector: vec![1.0], payload_json: None }] })
+        .upsert(pb::UpsertRequest {
+            index: String::new(),
+            points: vec![pb::Point {
+                id: "x".into(),
+                vector: vec![1.0],
+                payload_json: None,
+            }],
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("has 1 dimensions; the index has 4"), "{}", err.message());
-    let err = c.count(pb::CountRequest { index: "nope".into(), ..Default::default() }).await.unwrap_err();
+    assert!(
+        err.message().contains("has 1 dimensions; the index has 4"),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .count(pb::CountRequest {
+            index: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     let metrics = http_get(node.http, "/metrics").unwrap().1;
     assert!(metrics.contains("kindex_vectors 500"), "{metrics}");
@@ -121,10 +169,19 @@ async fn serves_restarts_and_keeps_data() {
     let node = spawn(dir.path(), &[]);
     wait_healthy(&node);
     let mut c = client(&node).await;
-    let n = c.count(pb::CountRequest::default()).await.unwrap().into_inner().count;
+    let n = c
+        .count(pb::CountRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .count;
     assert_eq!(n, 500);
     let got = c
-        .get(pb::GetRequest { ids: vec!["p7".into()], with_vectors: true, ..Default::default() })
+        .get(pb::GetRequest {
+            ids: vec!["p7".into()],
+            with_vectors: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -143,6 +200,12 @@ fn structural_drift_refuses_to_start_naming_the_field() {
     let status = other.child.wait().unwrap();
     assert!(!status.success());
     let mut err = String::new();
-    other.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    other
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(err.contains("m=16") && err.contains("m=32"), "{err}");
 }

@@ -41,7 +41,10 @@ impl Default for RuntimeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeConfigError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
 }
@@ -79,10 +82,17 @@ impl RuntimeConfig {
 
     pub fn load(path: &Path) -> Result<RuntimeConfig, RuntimeConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| RuntimeConfigError::Io { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| RuntimeConfigError::Io {
+            path: p.clone(),
+            source,
+        })?;
         let cfg: RuntimeConfig =
-            serde_json::from_str(&text).map_err(|e| RuntimeConfigError::Invalid { path: p.clone(), reason: e.to_string() })?;
-        cfg.validate().map_err(|reason| RuntimeConfigError::Invalid { path: p, reason })?;
+            serde_json::from_str(&text).map_err(|e| RuntimeConfigError::Invalid {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?;
+        cfg.validate()
+            .map_err(|reason| RuntimeConfigError::Invalid { path: p, reason })?;
         Ok(cfg)
     }
 }
@@ -106,8 +116,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("runtime.json");
         std::fs::write(&p, r#"{"efSerch": 128}"#).unwrap();
-        assert!(RuntimeConfig::load(&p).unwrap_err().to_string().contains("efSerch"));
+        assert!(
+            RuntimeConfig::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("efSerch")
+        );
         std::fs::write(&p, r#"{"efSearch": 0}"#).unwrap();
-        assert!(RuntimeConfig::load(&p).unwrap_err().to_string().contains("efSearch"));
+        assert!(
+            RuntimeConfig::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("efSearch")
+        );
     }
 }

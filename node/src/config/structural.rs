@@ -41,7 +41,10 @@ pub enum StructuralError {
     #[error("invalid structural config: {0}")]
     Invalid(String),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 fn describe(diffs: &[FieldDiff], v: impl Fn(&FieldDiff) -> &String) -> String {
@@ -81,7 +84,10 @@ impl StructuralConfig {
 
     /// Stable 64-bit hash in hex.
     pub fn hash(&self) -> String {
-        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(self.canonical().as_bytes()))
+        format!(
+            "{:016x}",
+            xxhash_rust::xxh3::xxh3_64(self.canonical().as_bytes())
+        )
     }
 
     /// Fields that differ, persisted (`self`) vs configured (`other`).
@@ -89,28 +95,51 @@ impl StructuralConfig {
         let mut out = Vec::new();
         let mut cmp = |field: &'static str, a: String, b: String| {
             if a != b {
-                out.push(FieldDiff { field, data: a, configured: b });
+                out.push(FieldDiff {
+                    field,
+                    data: a,
+                    configured: b,
+                });
             }
         };
-        cmp("dimension", self.dimension.to_string(), configured.dimension.to_string());
-        cmp("metric", self.metric.to_string(), configured.metric.to_string());
+        cmp(
+            "dimension",
+            self.dimension.to_string(),
+            configured.dimension.to_string(),
+        );
+        cmp(
+            "metric",
+            self.metric.to_string(),
+            configured.metric.to_string(),
+        );
         cmp("m", self.m.to_string(), configured.m.to_string());
         cmp(
             "efConstruction",
             self.ef_construction.to_string(),
             configured.ef_construction.to_string(),
         );
-        cmp("shards", self.shards.to_string(), configured.shards.to_string());
+        cmp(
+            "shards",
+            self.shards.to_string(),
+            configured.shards.to_string(),
+        );
         out
     }
 
     /// Errors naming each field if `persisted` differs from `self`.
-    pub fn check_against(&self, persisted: &StructuralConfig, dir: &Path) -> Result<(), StructuralError> {
+    pub fn check_against(
+        &self,
+        persisted: &StructuralConfig,
+        dir: &Path,
+    ) -> Result<(), StructuralError> {
         let diffs = persisted.diff(self);
         if diffs.is_empty() {
             Ok(())
         } else {
-            Err(StructuralError::Mismatch { dir: dir.display().to_string(), diffs })
+            Err(StructuralError::Mismatch {
+                dir: dir.display().to_string(),
+                diffs,
+            })
         }
     }
 }
@@ -137,9 +166,17 @@ pub fn load(dir: &Path) -> Result<Option<StructuralConfig>, StructuralError> {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StructuralError::Io { path: path.display().to_string(), source }),
+        Err(source) => {
+            return Err(StructuralError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
     };
-    let corrupt = |reason: String| StructuralError::Corrupt { path: path.display().to_string(), reason };
+    let corrupt = |reason: String| StructuralError::Corrupt {
+        path: path.display().to_string(),
+        reason,
+    };
     let p: Persisted = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
     if p.structural.hash() != p.hash {
         return Err(corrupt(format!(
@@ -154,9 +191,15 @@ pub fn load(dir: &Path) -> Result<Option<StructuralConfig>, StructuralError> {
 /// Persists the structural config atomically.
 pub fn store(dir: &Path, s: &StructuralConfig) -> Result<(), StructuralError> {
     let path = dir.join(FILE_NAME);
-    let body = serde_json::to_vec_pretty(&Persisted { structural: s.clone(), hash: s.hash() })
-        .map_err(|e| StructuralError::Invalid(e.to_string()))?;
-    fsutil::write_atomic(&path, &body).map_err(|source| StructuralError::Io { path: path.display().to_string(), source })
+    let body = serde_json::to_vec_pretty(&Persisted {
+        structural: s.clone(),
+        hash: s.hash(),
+    })
+    .map_err(|e| StructuralError::Invalid(e.to_string()))?;
+    fsutil::write_atomic(&path, &body).map_err(|source| StructuralError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// First start: persist. Later starts: refuse a configuration that differs.
@@ -173,7 +216,13 @@ mod tests {
     use super::*;
 
     pub fn sample() -> StructuralConfig {
-        StructuralConfig { dimension: 128, metric: Metric::Cosine, m: 16, ef_construction: 200, shards: 1 }
+        StructuralConfig {
+            dimension: 128,
+            metric: Metric::Cosine,
+            m: 16,
+            ef_construction: 200,
+            shards: 1,
+        }
     }
 
     #[test]
@@ -190,7 +239,11 @@ mod tests {
     fn mismatch_names_each_field() {
         let dir = tempfile::tempdir().unwrap();
         open_or_init(dir.path(), &sample()).unwrap();
-        let changed = StructuralConfig { metric: Metric::L2, ef_construction: 100, ..sample() };
+        let changed = StructuralConfig {
+            metric: Metric::L2,
+            ef_construction: 100,
+            ..sample()
+        };
         let err = open_or_init(dir.path(), &changed).unwrap_err().to_string();
         assert!(err.contains("metric=cosine"), "{err}");
         assert!(err.contains("metric=l2"), "{err}");
@@ -204,8 +257,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         store(dir.path(), &sample()).unwrap();
         let p = dir.path().join(FILE_NAME);
-        let text = std::fs::read_to_string(&p).unwrap().replace("\"m\": 16", "\"m\": 17");
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"m\": 16", "\"m\": 17");
         std::fs::write(&p, text).unwrap();
-        assert!(matches!(load(dir.path()), Err(StructuralError::Corrupt { .. })));
+        assert!(matches!(
+            load(dir.path()),
+            Err(StructuralError::Corrupt { .. })
+        ));
     }
 }

@@ -53,11 +53,14 @@ impl<T: Default + Sync> Chunked<T> {
     }
 }
 
+/// One chunk of vector floats, written once per slot before publication.
+type VectorChunk = Box<[UnsafeCell<f32>]>;
+
 /// Vectors of one fixed dimension. One writer appends (serialised by an
 /// internal lock); any number of readers read published slots.
 pub struct VectorArena {
     dim: usize,
-    chunks: Box<[OnceLock<Box<[UnsafeCell<f32>]>>]>,
+    chunks: Box<[OnceLock<VectorChunk>]>,
     len: AtomicUsize,
     writer: Mutex<()>,
 }
@@ -99,7 +102,11 @@ impl VectorArena {
     /// Appends vectors (each `dim` long, concatenated) and publishes them
     /// together. Returns the first new slot.
     pub fn extend(&self, flat: &[f32]) -> Result<u32, ArenaFull> {
-        assert_eq!(flat.len() % self.dim.max(1), 0, "flat length is a multiple of dim");
+        assert_eq!(
+            flat.len() % self.dim.max(1),
+            0,
+            "flat length is a multiple of dim"
+        );
         let _guard = self.writer.lock();
         let start = self.len.load(Ordering::Relaxed);
         let count = flat.len() / self.dim.max(1);

@@ -39,7 +39,9 @@ impl Engine {
         let watermark = inner.queue.watermark();
         let graph = &inner.graph;
         let state = |s: u32| inner.state.first(s).load(Ordering::Acquire);
-        let deleted: Vec<u32> = (0..watermark as u32).filter(|&s| state(s) == DELETED).collect();
+        let deleted: Vec<u32> = (0..watermark as u32)
+            .filter(|&s| state(s) == DELETED)
+            .collect();
         if deleted.is_empty() {
             return CompactStats::default();
         }
@@ -68,10 +70,17 @@ impl Engine {
                 cands.dedup();
                 let mut scored: Vec<Scored> = cands
                     .into_iter()
-                    .map(|id| Scored { dist: inner.dist.distance(nv, inner.vectors.get(id)), id })
+                    .map(|id| Scored {
+                        dist: inner.dist.distance(nv, inner.vectors.get(id)),
+                        id,
+                    })
                     .collect();
                 scored.sort_unstable();
-                let max = if level == 0 { graph.params().m0() } else { graph.params().m };
+                let max = if level == 0 {
+                    graph.params().m0()
+                } else {
+                    graph.params().m
+                };
                 let chosen = graph.select(&inner.vectors, &inner.dist, &scored, max);
                 graph.set_list(node, level, &chosen);
                 stats.relinked_lists += 1;

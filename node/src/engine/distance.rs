@@ -164,7 +164,8 @@ mod x86 {
         // SAFETY (all loads): i + width <= n, checked by the loop bounds.
         unsafe {
             while i + 32 <= n {
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+                acc0 =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
                 acc1 = _mm256_fmadd_ps(
                     _mm256_loadu_ps(pa.add(i + 8)),
                     _mm256_loadu_ps(pb.add(i + 8)),
@@ -183,7 +184,8 @@ mod x86 {
                 i += 32;
             }
             while i + 8 <= n {
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+                acc0 =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
                 i += 8;
             }
             let acc = _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3));
@@ -248,7 +250,10 @@ mod tests {
                 let a: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let b: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let (x, y) = (fast.distance(&a, &b), slow.distance(&a, &b));
-                assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{metric} len {len}: {x} vs {y}");
+                assert!(
+                    (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                    "{metric} len {len}: {x} vs {y}"
+                );
             }
         }
     }

@@ -52,12 +52,18 @@ pub struct Filter {
 pub enum FilterError {
     #[error("filter condition {index}: field name is empty")]
     EmptyField { index: usize },
-    #[error("filter condition {index} on {field:?}: a range needs at least one of gt, gte, lt, lte")]
+    #[error(
+        "filter condition {index} on {field:?}: a range needs at least one of gt, gte, lt, lte"
+    )]
     EmptyRange { index: usize, field: String },
     #[error("filter condition {index} on {field:?}: range bound is not a finite number")]
     NonFiniteBound { index: usize, field: String },
     #[error("filter condition {index} on {field:?}: {reason}")]
-    Invalid { index: usize, field: String, reason: String },
+    Invalid {
+        index: usize,
+        field: String,
+        reason: String,
+    },
     #[error("filter has {0} conditions; the limit is {MAX_CONDITIONS}")]
     TooManyConditions(usize),
 }
@@ -80,10 +86,16 @@ impl Filter {
             if let Predicate::Range(r) = &c.predicate {
                 let bounds = [r.gt, r.gte, r.lt, r.lte];
                 if bounds.iter().all(Option::is_none) {
-                    return Err(FilterError::EmptyRange { index, field: c.field.clone() });
+                    return Err(FilterError::EmptyRange {
+                        index,
+                        field: c.field.clone(),
+                    });
                 }
                 if bounds.iter().flatten().any(|b| !b.is_finite()) {
-                    return Err(FilterError::NonFiniteBound { index, field: c.field.clone() });
+                    return Err(FilterError::NonFiniteBound {
+                        index,
+                        field: c.field.clone(),
+                    });
                 }
             }
         }
@@ -149,7 +161,10 @@ mod tests {
     fn match_kinds() {
         let p = payload(json!({"n": 3, "b": true, "s": "x"}));
         let m = |field: &str, v: MatchValue| Filter {
-            must: vec![Condition { field: field.into(), predicate: Predicate::Match(v) }],
+            must: vec![Condition {
+                field: field.into(),
+                predicate: Predicate::Match(v),
+            }],
         };
         assert!(m("n", MatchValue::Integer(3)).matches(Some(&p)));
         assert!(!m("n", MatchValue::Text("3".into())).matches(Some(&p)));
@@ -160,13 +175,28 @@ mod tests {
     #[test]
     fn invalid_filters_are_rejected() {
         let empty_range = Filter {
-            must: vec![Condition { field: "a".into(), predicate: Predicate::Range(RangeBounds::default()) }],
+            must: vec![Condition {
+                field: "a".into(),
+                predicate: Predicate::Range(RangeBounds::default()),
+            }],
         };
-        assert!(matches!(empty_range.validate(), Err(FilterError::EmptyRange { .. })));
+        assert!(matches!(
+            empty_range.validate(),
+            Err(FilterError::EmptyRange { .. })
+        ));
         let no_field = Filter {
-            must: vec![Condition { field: "".into(), predicate: Predicate::Match(MatchValue::Boolean(true)) }],
+            must: vec![Condition {
+                field: "".into(),
+                predicate: Predicate::Match(MatchValue::Boolean(true)),
+            }],
         };
-        assert!(matches!(no_field.validate(), Err(FilterError::EmptyField { .. })));
-        assert!(serde_json::from_value::<Filter>(json!({"must": [{"field": "a", "match": [1]}]})).is_err());
+        assert!(matches!(
+            no_field.validate(),
+            Err(FilterError::EmptyField { .. })
+        ));
+        assert!(
+            serde_json::from_value::<Filter>(json!({"must": [{"field": "a", "match": [1]}]}))
+                .is_err()
+        );
     }
 }

@@ -204,7 +204,10 @@ impl Hnsw {
             (ep, ep_dist) = self.greedy(vectors, dist, qv, ep, ep_dist, l, &mut scratch);
         }
 
-        let mut eps = vec![Scored { dist: ep_dist, id: ep }];
+        let mut eps = vec![Scored {
+            dist: ep_dist,
+            id: ep,
+        }];
         for l in (0..=level.min(top)).rev() {
             let mut found = with_visited(vectors.len(), |vis| {
                 self.search_layer(
@@ -220,7 +223,11 @@ impl Hnsw {
             });
             // A concurrent insert may already have linked q; never self-link.
             found.retain(|s| s.id != q);
-            let max = if l == 0 { self.params.m0() } else { self.params.m };
+            let max = if l == 0 {
+                self.params.m0()
+            } else {
+                self.params.m
+            };
             let chosen = self.select(vectors, dist, &found, self.params.m);
             {
                 let _g = self.locks.first(q).lock();
@@ -242,7 +249,15 @@ impl Hnsw {
 
     /// Adds `new` to `node`'s list at `level`, shrinking it with the heuristic
     /// when full.
-    fn add_link(&self, vectors: &VectorArena, dist: &DistanceFn, node: u32, new: u32, level: u8, max: usize) {
+    fn add_link(
+        &self,
+        vectors: &VectorArena,
+        dist: &DistanceFn,
+        node: u32,
+        new: u32,
+        level: u8,
+        max: usize,
+    ) {
         let list = self.list(node, level);
         if list.is_empty() {
             return;
@@ -263,7 +278,10 @@ impl Hnsw {
             .iter()
             .map(|a| a.load(Ordering::Relaxed))
             .chain(std::iter::once(new))
-            .map(|id| Scored { dist: dist.distance(nv, vectors.get(id)), id })
+            .map(|id| Scored {
+                dist: dist.distance(nv, vectors.get(id)),
+                id,
+            })
             .collect();
         cands.sort_unstable();
         let chosen = self.select(vectors, dist, &cands, max);
@@ -273,14 +291,23 @@ impl Hnsw {
     /// Neighbour selection heuristic: keep a candidate only if it is closer to
     /// the base than to every neighbour already kept (spreads links around).
     /// `cands` must be sorted by distance to the base.
-    pub fn select(&self, vectors: &VectorArena, dist: &DistanceFn, cands: &[Scored], max: usize) -> Vec<u32> {
+    pub fn select(
+        &self,
+        vectors: &VectorArena,
+        dist: &DistanceFn,
+        cands: &[Scored],
+        max: usize,
+    ) -> Vec<u32> {
         let mut kept: Vec<Scored> = Vec::with_capacity(max);
         for c in cands {
             if kept.len() >= max {
                 break;
             }
             let cv = vectors.get(c.id);
-            if kept.iter().all(|k| dist.distance(cv, vectors.get(k.id)) > c.dist) {
+            if kept
+                .iter()
+                .all(|k| dist.distance(cv, vectors.get(k.id)) > c.dist)
+            {
                 kept.push(*c);
             }
         }
@@ -392,7 +419,10 @@ impl Hnsw {
                 vectors,
                 dist,
                 qv,
-                &[Scored { dist: ep_dist, id: ep }],
+                &[Scored {
+                    dist: ep_dist,
+                    id: ep,
+                }],
                 ef.max(k),
                 0,
                 vis,

@@ -15,9 +15,19 @@ pub enum InputError {
     #[error("point {index}: id is {len} bytes; the limit is {MAX_ID_BYTES}")]
     IdTooLong { index: usize, len: usize },
     #[error("point {id:?}: vector has {got} dimensions; the index has {expected}")]
-    WrongDimension { id: String, expected: usize, got: usize },
-    #[error("point {id:?}: vector component {position} is {value} (NaN and infinity are not allowed)")]
-    NonFinite { id: String, position: usize, value: f32 },
+    WrongDimension {
+        id: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error(
+        "point {id:?}: vector component {position} is {value} (NaN and infinity are not allowed)"
+    )]
+    NonFinite {
+        id: String,
+        position: usize,
+        value: f32,
+    },
     #[error("point {id:?}: payload is {len} bytes; the limit is {MAX_PAYLOAD_BYTES}")]
     PayloadTooLarge { id: String, len: usize },
     #[error("point {id:?}: payload is not a JSON object: {reason}")]
@@ -59,7 +69,10 @@ pub fn check_id(index: usize, id: &str) -> Result<(), InputError> {
         return Err(InputError::EmptyId { index });
     }
     if id.len() > MAX_ID_BYTES {
-        return Err(InputError::IdTooLong { index, len: id.len() });
+        return Err(InputError::IdTooLong {
+            index,
+            len: id.len(),
+        });
     }
     Ok(())
 }
@@ -67,7 +80,10 @@ pub fn check_id(index: usize, id: &str) -> Result<(), InputError> {
 /// Parses a payload given as JSON text: must be an object within the size limit.
 pub fn parse_payload(id: &str, json: &str) -> Result<Payload, InputError> {
     if json.len() > MAX_PAYLOAD_BYTES {
-        return Err(InputError::PayloadTooLarge { id: id.to_string(), len: json.len() });
+        return Err(InputError::PayloadTooLarge {
+            id: id.to_string(),
+            len: json.len(),
+        });
     }
     match serde_json::from_str::<serde_json::Value>(json) {
         Ok(serde_json::Value::Object(m)) => Ok(m),
@@ -75,7 +91,10 @@ pub fn parse_payload(id: &str, json: &str) -> Result<Payload, InputError> {
             id: id.to_string(),
             reason: format!("got {}", json_kind(&other)),
         }),
-        Err(e) => Err(InputError::BadPayload { id: id.to_string(), reason: e.to_string() }),
+        Err(e) => Err(InputError::BadPayload {
+            id: id.to_string(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -93,15 +112,28 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 pub fn check_point(index: usize, dim: usize, p: &PointInput) -> Result<(), InputError> {
     check_id(index, &p.id)?;
     if p.vector.len() != dim {
-        return Err(InputError::WrongDimension { id: p.id.clone(), expected: dim, got: p.vector.len() });
+        return Err(InputError::WrongDimension {
+            id: p.id.clone(),
+            expected: dim,
+            got: p.vector.len(),
+        });
     }
     if let Some((position, &value)) = p.vector.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-        return Err(InputError::NonFinite { id: p.id.clone(), position, value });
+        return Err(InputError::NonFinite {
+            id: p.id.clone(),
+            position,
+            value,
+        });
     }
     if let Some(payload) = &p.payload {
-        let len = serde_json::to_string(payload).map(|s| s.len()).unwrap_or(usize::MAX);
+        let len = serde_json::to_string(payload)
+            .map(|s| s.len())
+            .unwrap_or(usize::MAX);
         if len > MAX_PAYLOAD_BYTES {
-            return Err(InputError::PayloadTooLarge { id: p.id.clone(), len });
+            return Err(InputError::PayloadTooLarge {
+                id: p.id.clone(),
+                len,
+            });
         }
     }
     Ok(())
@@ -109,12 +141,24 @@ pub fn check_point(index: usize, dim: usize, p: &PointInput) -> Result<(), Input
 
 pub fn check_points(dim: usize, points: &[PointInput]) -> Result<(), InputError> {
     check_batch_len(points.len())?;
-    points.iter().enumerate().try_for_each(|(i, p)| check_point(i, dim, p))
+    points
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, p)| check_point(i, dim, p))
 }
 
-pub fn check_query(dim: usize, vector: &[f32], k: usize, ef: Option<usize>, filter: &Filter) -> Result<(), InputError> {
+pub fn check_query(
+    dim: usize,
+    vector: &[f32],
+    k: usize,
+    ef: Option<usize>,
+    filter: &Filter,
+) -> Result<(), InputError> {
     if vector.len() != dim {
-        return Err(InputError::QueryDimension { expected: dim, got: vector.len() });
+        return Err(InputError::QueryDimension {
+            expected: dim,
+            got: vector.len(),
+        });
     }
     if let Some((position, &value)) = vector.iter().enumerate().find(|(_, x)| !x.is_finite()) {
         return Err(InputError::QueryNonFinite { position, value });
@@ -136,7 +180,11 @@ mod tests {
     use super::*;
 
     fn p(id: &str, v: Vec<f32>) -> PointInput {
-        PointInput { id: id.into(), vector: v, payload: None }
+        PointInput {
+            id: id.into(),
+            vector: v,
+            payload: None,
+        }
     }
 
     #[test]
@@ -154,27 +202,54 @@ mod tests {
             assert!(err.contains(msg), "{err:?} should contain {msg:?}");
         }
         assert_eq!(check_points(2, &[]), Err(InputError::EmptyBatch));
-        let many: Vec<_> = (0..MAX_BATCH + 1).map(|i| p(&i.to_string(), vec![0.0, 0.0])).collect();
-        assert_eq!(check_points(2, &many), Err(InputError::BatchTooLarge(MAX_BATCH + 1)));
+        let many: Vec<_> = (0..MAX_BATCH + 1)
+            .map(|i| p(&i.to_string(), vec![0.0, 0.0]))
+            .collect();
+        assert_eq!(
+            check_points(2, &many),
+            Err(InputError::BatchTooLarge(MAX_BATCH + 1))
+        );
     }
 
     #[test]
     fn payload_parsing() {
         assert!(parse_payload("a", r#"{"x": 1}"#).is_ok());
-        assert!(parse_payload("a", "[1]").unwrap_err().to_string().contains("an array"));
-        assert!(parse_payload("a", "{").unwrap_err().to_string().contains("not a JSON object"));
+        assert!(
+            parse_payload("a", "[1]")
+                .unwrap_err()
+                .to_string()
+                .contains("an array")
+        );
+        assert!(
+            parse_payload("a", "{")
+                .unwrap_err()
+                .to_string()
+                .contains("not a JSON object")
+        );
         let big = format!(r#"{{"x": "{}"}}"#, "y".repeat(MAX_PAYLOAD_BYTES));
-        assert!(matches!(parse_payload("a", &big), Err(InputError::PayloadTooLarge { .. })));
+        assert!(matches!(
+            parse_payload("a", &big),
+            Err(InputError::PayloadTooLarge { .. })
+        ));
     }
 
     #[test]
     fn bad_queries() {
         let f = Filter::default();
-        assert_eq!(check_query(2, &[1.0, 2.0], 0, None, &f), Err(InputError::BadK(0)));
-        assert_eq!(check_query(2, &[1.0, 2.0], MAX_K + 1, None, &f), Err(InputError::BadK(MAX_K + 1)));
+        assert_eq!(
+            check_query(2, &[1.0, 2.0], 0, None, &f),
+            Err(InputError::BadK(0))
+        );
+        assert_eq!(
+            check_query(2, &[1.0, 2.0], MAX_K + 1, None, &f),
+            Err(InputError::BadK(MAX_K + 1))
+        );
         assert!(check_query(2, &[1.0], 1, None, &f).is_err());
         assert!(check_query(2, &[1.0, f32::NAN], 1, None, &f).is_err());
-        assert_eq!(check_query(2, &[1.0, 2.0], 1, Some(0), &f), Err(InputError::BadEf(0)));
+        assert_eq!(
+            check_query(2, &[1.0, 2.0], 1, Some(0), &f),
+            Err(InputError::BadEf(0))
+        );
         assert!(check_query(2, &[1.0, 2.0], 10, Some(64), &f).is_ok());
     }
 }

@@ -150,7 +150,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("structural", &self.inner.structural).finish()
+        f.debug_struct("Engine")
+            .field("structural", &self.inner.structural)
+            .finish()
     }
 }
 
@@ -170,7 +172,10 @@ impl Engine {
     /// An empty engine; indexing workers start at once.
     pub fn new(structural: StructuralConfig, knobs: EngineKnobs) -> Engine {
         let dist = DistanceFn::new(structural.metric);
-        let params = HnswParams { m: structural.m as usize, ef_construction: structural.ef_construction as usize };
+        let params = HnswParams {
+            m: structural.m as usize,
+            ef_construction: structural.ef_construction as usize,
+        };
         let inner = Arc::new(Inner {
             dist,
             vectors: VectorArena::new(structural.dimension as usize),
@@ -194,18 +199,28 @@ impl Engine {
             target_workers: AtomicUsize::new(0),
             structural,
         });
-        let engine = Engine { inner, workers: Mutex::new(Vec::new()) };
+        let engine = Engine {
+            inner,
+            workers: Mutex::new(Vec::new()),
+        };
         engine.resize_workers(knobs.threads);
         engine
     }
 
     /// Rebuilds an engine from decoded snapshot parts (see `snapshot::load`).
-    pub fn restore(structural: StructuralConfig, knobs: EngineKnobs, r: Restore<'_>) -> Result<Engine, String> {
+    pub fn restore(
+        structural: StructuralConfig,
+        knobs: EngineKnobs,
+        r: Restore<'_>,
+    ) -> Result<Engine, String> {
         let engine = Engine::new(structural, knobs);
         let inner = &*engine.inner;
         let dim = inner.vectors.dim();
         let len = r.ids.len();
-        if r.flat.len() != len * dim || r.states.len() != len || r.graph.levels.len() != r.graph.indexed {
+        if r.flat.len() != len * dim
+            || r.states.len() != len
+            || r.graph.levels.len() != r.graph.indexed
+        {
             return Err("snapshot parts disagree on the slot count".into());
         }
         {
@@ -215,7 +230,10 @@ impl Engine {
             for (slot, id) in r.ids.iter().enumerate() {
                 let slot = slot as u32;
                 let _ = inner.slot_ids.first(slot).set((*id).into());
-                inner.state.first(slot).store(r.states[slot as usize], Ordering::Relaxed);
+                inner
+                    .state
+                    .first(slot)
+                    .store(r.states[slot as usize], Ordering::Relaxed);
             }
             for (slot, p) in r.payloads {
                 let _ = inner.payloads.first(slot).set(p);
@@ -230,7 +248,11 @@ impl Engine {
                         }
                         live += 1;
                         let s = slot as u32;
-                        checksum = checksum.wrapping_add(point_hash(id, inner.vectors.get(s), inner.payloads.first(s).get()));
+                        checksum = checksum.wrapping_add(point_hash(
+                            id,
+                            inner.vectors.get(s),
+                            inner.payloads.first(s).get(),
+                        ));
                     }
                     DELETED => dead += 1,
                     _ => purged += 1,
@@ -358,11 +380,17 @@ impl Engine {
     /// Marks a live slot deleted and removes it from the counters.
     fn retire(&self, slot: u32) {
         let inner = &*self.inner;
-        if inner.state.first(slot).compare_exchange(LIVE, DELETED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        if inner
+            .state
+            .first(slot)
+            .compare_exchange(LIVE, DELETED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
             let p = self.stored(slot);
-            inner
-                .checksum
-                .fetch_sub(point_hash(&p.id, &p.vector, p.payload.as_ref()), Ordering::Relaxed);
+            inner.checksum.fetch_sub(
+                point_hash(&p.id, &p.vector, p.payload.as_ref()),
+                Ordering::Relaxed,
+            );
             inner.live.fetch_sub(1, Ordering::Relaxed);
             inner.tombstoned.fetch_add(1, Ordering::Relaxed);
         }
@@ -371,7 +399,9 @@ impl Engine {
     /// Deletes ids (unknown ids are ignored); returns how many existed.
     pub fn delete(&self, ids: &[String]) -> Result<u64, EngineError> {
         limits::check_batch_len(ids.len())?;
-        ids.iter().enumerate().try_for_each(|(i, id)| limits::check_id(i, id))?;
+        ids.iter()
+            .enumerate()
+            .try_for_each(|(i, id)| limits::check_id(i, id))?;
         let _w = self.inner.writer.lock();
         let mut map = self.inner.ids.write();
         let mut n = 0;
@@ -387,7 +417,12 @@ impl Engine {
     fn stored(&self, slot: u32) -> StoredPoint {
         let inner = &*self.inner;
         StoredPoint {
-            id: inner.slot_ids.first(slot).get().map(|s| s.to_string()).unwrap_or_default(),
+            id: inner
+                .slot_ids
+                .first(slot)
+                .get()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             vector: inner.vectors.get(slot).to_vec(),
             payload: inner.payloads.first(slot).get().cloned(),
         }
@@ -411,7 +446,13 @@ impl Engine {
     }
 
     /// Top-k live points nearest to `query`, optionally filtered by payload.
-    pub fn search(&self, query: &[f32], k: usize, ef: Option<usize>, filter: &Filter) -> Result<Vec<Hit>, EngineError> {
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: Option<usize>,
+        filter: &Filter,
+    ) -> Result<Vec<Hit>, EngineError> {
         let inner = &*self.inner;
         limits::check_query(inner.vectors.dim(), query, k, ef, filter)?;
         let mut q = query.to_vec();
@@ -437,11 +478,17 @@ impl Engine {
         let tail: Vec<u32> = (watermark..len).map(|s| s as u32).collect();
         for &slot in &tail {
             if accept(slot) {
-                push(Scored { dist: inner.dist.distance(&q, inner.vectors.get(slot)), id: slot });
+                push(Scored {
+                    dist: inner.dist.distance(&q, inner.vectors.get(slot)),
+                    id: slot,
+                });
             }
         }
         if watermark > 0 {
-            for s in inner.graph.search(&inner.vectors, &inner.dist, &q, k, ef, &accept) {
+            for s in inner
+                .graph
+                .search(&inner.vectors, &inner.dist, &q, k, ef, &accept)
+            {
                 if (s.id as usize) < watermark {
                     push(s);
                 }
@@ -468,13 +515,21 @@ impl Engine {
         let mut all: Vec<Scored> = (0..inner.vectors.len() as u32)
             .filter(|&s| inner.state.first(s).load(Ordering::Relaxed) == LIVE)
             .filter(|&s| filter.matches(inner.payloads.first(s).get()) || filter.is_empty())
-            .map(|s| Scored { dist: inner.dist.distance(&q, inner.vectors.get(s)), id: s })
+            .map(|s| Scored {
+                dist: inner.dist.distance(&q, inner.vectors.get(s)),
+                id: s,
+            })
             .collect();
         all.sort_unstable();
         all.truncate(k);
         all.into_iter()
             .map(|s| Hit {
-                id: inner.slot_ids.first(s.id).get().map(|x| x.to_string()).unwrap_or_default(),
+                id: inner
+                    .slot_ids
+                    .first(s.id)
+                    .get()
+                    .map(|x| x.to_string())
+                    .unwrap_or_default(),
                 distance: s.dist,
                 slot: s.id,
             })
@@ -542,7 +597,10 @@ fn worker_loop(inner: Arc<Inner>, me: usize) {
             return;
         }
         let batch = inner.knobs.read().batch_size;
-        let Some(range) = inner.queue.claim_timeout(batch, target, Duration::from_millis(200)) else {
+        let Some(range) = inner
+            .queue
+            .claim_timeout(batch, target, Duration::from_millis(200))
+        else {
             if inner.queue.is_shutdown() {
                 return;
             }
@@ -568,8 +626,12 @@ fn worker_loop(inner: Arc<Inner>, me: usize) {
             }
         }
         inner.batches.fetch_add(1, Ordering::Relaxed);
-        inner.last_batch_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        inner.last_batch_size.store(range.len() as u64, Ordering::Relaxed);
+        inner
+            .last_batch_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        inner
+            .last_batch_size
+            .store(range.len() as u64, Ordering::Relaxed);
         inner.queue.complete(range);
     }
 }

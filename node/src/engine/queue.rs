@@ -46,7 +46,10 @@ pub struct IndexQueue {
 impl IndexQueue {
     pub fn new(capacity: usize) -> Self {
         IndexQueue {
-            state: Mutex::new(State { capacity: capacity.max(1), ..State::default() }),
+            state: Mutex::new(State {
+                capacity: capacity.max(1),
+                ..State::default()
+            }),
             work: Condvar::new(),
             space: Condvar::new(),
             drained: Condvar::new(),
@@ -117,7 +120,12 @@ impl IndexQueue {
     }
 
     /// Like `claim` but gives up after `timeout` (lets workers notice a resize).
-    pub fn claim_timeout(&self, max_batch: usize, workers: usize, timeout: Duration) -> Option<Range<usize>> {
+    pub fn claim_timeout(
+        &self,
+        max_batch: usize,
+        workers: usize,
+        timeout: Duration,
+    ) -> Option<Range<usize>> {
         let mut s = self.state.lock();
         if s.shutdown {
             return None;
@@ -229,7 +237,10 @@ mod tests {
         let q2 = q.clone();
         let writer = std::thread::spawn(move || q2.wait_for_space(2));
         std::thread::sleep(Duration::from_millis(50));
-        assert!(!writer.is_finished(), "writer must wait while the queue is full");
+        assert!(
+            !writer.is_finished(),
+            "writer must wait while the queue is full"
+        );
         let r = q.claim(2, 1).unwrap();
         q.complete(r);
         let waited = writer.join().unwrap();

@@ -46,7 +46,10 @@ pub fn with_visited<R>(capacity: usize, f: impl FnOnce(&mut Visited) -> R) -> R 
         }
         // Re-entrant use (not expected): fall back to a fresh set.
         Err(_) => {
-            let mut v = Visited { marks: Vec::new(), epoch: 0 };
+            let mut v = Visited {
+                marks: Vec::new(),
+                epoch: 0,
+            };
             v.prepare(capacity);
             f(&mut v)
         }

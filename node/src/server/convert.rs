@@ -15,13 +15,19 @@ pub fn points_in(points: Vec<pb::Point>) -> Result<Vec<PointInput>, InputError> 
                 Some(json) => Some(limits::parse_payload(&p.id, json)?),
                 None => None,
             };
-            Ok(PointInput { id: p.id, vector: p.vector, payload })
+            Ok(PointInput {
+                id: p.id,
+                vector: p.vector,
+                payload,
+            })
         })
         .collect()
 }
 
 pub fn filter_in(f: Option<pb::Filter>) -> Result<Filter, InputError> {
-    let Some(f) = f else { return Ok(Filter::default()) };
+    let Some(f) = f else {
+        return Ok(Filter::default());
+    };
     let mut must = Vec::with_capacity(f.must.len());
     for (index, c) in f.must.into_iter().enumerate() {
         let invalid = |reason: &str| {
@@ -39,11 +45,17 @@ pub fn filter_in(f: Option<pb::Filter>) -> Result<Filter, InputError> {
                 Some(pb::r#match::Value::Integer(i)) => Predicate::Match(MatchValue::Integer(*i)),
                 Some(pb::r#match::Value::Boolean(b)) => Predicate::Match(MatchValue::Boolean(*b)),
             },
-            Some(pb::condition::Kind::Range(r)) => {
-                Predicate::Range(RangeBounds { gt: r.gt, gte: r.gte, lt: r.lt, lte: r.lte })
-            }
+            Some(pb::condition::Kind::Range(r)) => Predicate::Range(RangeBounds {
+                gt: r.gt,
+                gte: r.gte,
+                lt: r.lt,
+                lte: r.lte,
+            }),
         };
-        must.push(Condition { field: c.field, predicate });
+        must.push(Condition {
+            field: c.field,
+            predicate,
+        });
     }
     let f = Filter { must };
     f.validate()?;
@@ -54,15 +66,30 @@ pub fn point_out(p: StoredPoint, with_vector: bool, with_payload: bool) -> pb::P
     pb::Point {
         id: p.id,
         vector: if with_vector { p.vector } else { Vec::new() },
-        payload_json: if with_payload { p.payload.map(|m| serde_json::Value::Object(m).to_string()) } else { None },
+        payload_json: if with_payload {
+            p.payload.map(|m| serde_json::Value::Object(m).to_string())
+        } else {
+            None
+        },
     }
 }
 
-pub fn hit_out(h: Hit, engine: &crate::engine::Engine, with_vector: bool, with_payload: bool) -> pb::ScoredPoint {
+pub fn hit_out(
+    h: Hit,
+    engine: &crate::engine::Engine,
+    with_vector: bool,
+    with_payload: bool,
+) -> pb::ScoredPoint {
     pb::ScoredPoint {
-        vector: if with_vector { engine.vector(h.slot).to_vec() } else { Vec::new() },
+        vector: if with_vector {
+            engine.vector(h.slot).to_vec()
+        } else {
+            Vec::new()
+        },
         payload_json: if with_payload {
-            engine.payload(h.slot).map(|m| serde_json::Value::Object(m.clone()).to_string())
+            engine
+                .payload(h.slot)
+                .map(|m| serde_json::Value::Object(m.clone()).to_string())
         } else {
             None
         },
@@ -77,17 +104,39 @@ mod tests {
 
     #[test]
     fn filter_without_kind_is_rejected() {
-        let f = pb::Filter { must: vec![pb::Condition { field: "a".into(), kind: None }] };
-        assert!(filter_in(Some(f)).unwrap_err().to_string().contains("neither match nor range"));
         let f = pb::Filter {
-            must: vec![pb::Condition { field: "a".into(), kind: Some(pb::condition::Kind::Match(pb::Match { value: None })) }],
+            must: vec![pb::Condition {
+                field: "a".into(),
+                kind: None,
+            }],
         };
-        assert!(filter_in(Some(f)).unwrap_err().to_string().contains("match has no value"));
+        assert!(
+            filter_in(Some(f))
+                .unwrap_err()
+                .to_string()
+                .contains("neither match nor range")
+        );
+        let f = pb::Filter {
+            must: vec![pb::Condition {
+                field: "a".into(),
+                kind: Some(pb::condition::Kind::Match(pb::Match { value: None })),
+            }],
+        };
+        assert!(
+            filter_in(Some(f))
+                .unwrap_err()
+                .to_string()
+                .contains("match has no value")
+        );
     }
 
     #[test]
     fn payload_must_be_an_object() {
-        let p = pb::Point { id: "a".into(), vector: vec![1.0], payload_json: Some("[]".into()) };
+        let p = pb::Point {
+            id: "a".into(),
+            vector: vec![1.0],
+            payload_json: Some("[]".into()),
+        };
         assert!(points_in(vec![p]).is_err());
     }
 }

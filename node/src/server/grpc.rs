@@ -12,11 +12,15 @@ use crate::node::{Node, NodeError};
 pub fn status_of(e: NodeError) -> Status {
     match e {
         NodeError::UnknownIndex { .. } => Status::not_found(e.to_string()),
-        NodeError::Engine(crate::engine::EngineError::Input(i)) => Status::invalid_argument(i.to_string()),
+        NodeError::Engine(crate::engine::EngineError::Input(i)) => {
+            Status::invalid_argument(i.to_string())
+        }
         NodeError::Engine(crate::engine::EngineError::ShuttingDown) | NodeError::Unavailable(_) => {
             Status::unavailable(e.to_string())
         }
-        NodeError::Engine(crate::engine::EngineError::Full(_)) => Status::resource_exhausted(e.to_string()),
+        NodeError::Engine(crate::engine::EngineError::Full(_)) => {
+            Status::resource_exhausted(e.to_string())
+        }
         other => Status::internal(other.to_string()),
     }
 }
@@ -45,7 +49,10 @@ impl PointsService {
 
     fn token(&self) -> pb::ConsistencyToken {
         pb::ConsistencyToken {
-            shards: vec![pb::ShardIndex { shard: self.node.shard, applied_index: self.node.applied_index() }],
+            shards: vec![pb::ShardIndex {
+                shard: self.node.shard,
+                applied_index: self.node.applied_index(),
+            }],
         }
     }
 
@@ -53,7 +60,10 @@ impl PointsService {
         self.node.check_index(&req.index).map_err(status_of)?;
         let points = convert::points_in(req.points).map_err(invalid)?;
         let affected = self.node.upsert(&points).map_err(status_of)?;
-        Ok(pb::WriteResponse { affected, token: Some(self.token()) })
+        Ok(pb::WriteResponse {
+            affected,
+            token: Some(self.token()),
+        })
     }
 
     fn search_inner(&self, req: pb::SearchRequest) -> Result<pb::SearchResponse, Status> {
@@ -61,11 +71,19 @@ impl PointsService {
         let filter = convert::filter_in(req.filter).map_err(invalid)?;
         let hits = self
             .node
-            .search(&req.vector, req.k as usize, req.ef_search.map(|e| e as usize), &filter)
+            .search(
+                &req.vector,
+                req.k as usize,
+                req.ef_search.map(|e| e as usize),
+                &filter,
+            )
             .map_err(status_of)?;
         let engine = self.node.engine();
         Ok(pb::SearchResponse {
-            hits: hits.into_iter().map(|h| convert::hit_out(h, engine, req.with_vectors, req.with_payload)).collect(),
+            hits: hits
+                .into_iter()
+                .map(|h| convert::hit_out(h, engine, req.with_vectors, req.with_payload))
+                .collect(),
             failures: Vec::new(),
         })
     }
@@ -73,7 +91,10 @@ impl PointsService {
 
 #[tonic::async_trait]
 impl pb::points_server::Points for PointsService {
-    async fn upsert(&self, request: Request<pb::UpsertRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn upsert(
+        &self,
+        request: Request<pb::UpsertRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
         let t = Instant::now();
         let me = self.clone();
         let r = tokio::task::spawn_blocking(move || me.upsert_inner(request.into_inner()))
@@ -96,7 +117,10 @@ impl pb::points_server::Points for PointsService {
             match tokio::task::spawn_blocking(move || me.upsert_inner(batch)).await {
                 Ok(Ok(w)) => affected += w.affected,
                 Ok(Err(s)) => {
-                    result = Err(Status::new(s.code(), format!("after {affected} points were written: {}", s.message())));
+                    result = Err(Status::new(
+                        s.code(),
+                        format!("after {affected} points were written: {}", s.message()),
+                    ));
                     break;
                 }
                 Err(e) => {
@@ -105,25 +129,37 @@ impl pb::points_server::Points for PointsService {
                 }
             }
         }
-        let r = result.map(|_| pb::WriteResponse { affected, token: Some(self.token()) });
+        let r = result.map(|_| pb::WriteResponse {
+            affected,
+            token: Some(self.token()),
+        });
         self.observe("UpsertStream", t, &r);
         r.map(Response::new)
     }
 
-    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
         let t = Instant::now();
         let req = request.into_inner();
         let r = self
             .node
             .check_index(&req.index)
             .and_then(|_| self.node.delete(&req.ids))
-            .map(|affected| pb::WriteResponse { affected, token: Some(self.token()) })
+            .map(|affected| pb::WriteResponse {
+                affected,
+                token: Some(self.token()),
+            })
             .map_err(status_of);
         self.observe("Delete", t, &r);
         r.map(Response::new)
     }
 
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         let t = Instant::now();
         let req = request.into_inner();
         let r = self
@@ -131,14 +167,20 @@ impl pb::points_server::Points for PointsService {
             .check_index(&req.index)
             .and_then(|_| self.node.get(&req.ids))
             .map(|pts| pb::GetResponse {
-                points: pts.into_iter().map(|p| convert::point_out(p, req.with_vectors, req.with_payload)).collect(),
+                points: pts
+                    .into_iter()
+                    .map(|p| convert::point_out(p, req.with_vectors, req.with_payload))
+                    .collect(),
             })
             .map_err(status_of);
         self.observe("Get", t, &r);
         r.map(Response::new)
     }
 
-    async fn search(&self, request: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
         let t = Instant::now();
         let me = self.clone();
         let r = tokio::task::spawn_blocking(move || me.search_inner(request.into_inner()))
@@ -157,7 +199,10 @@ impl pb::points_server::Points for PointsService {
         let r = tokio::task::spawn_blocking(move || {
             let searches = request.into_inner().searches;
             crate::engine::limits::check_batch_len(searches.len()).map_err(invalid)?;
-            let results = searches.into_iter().map(|s| me.search_inner(s)).collect::<Result<Vec<_>, _>>()?;
+            let results = searches
+                .into_iter()
+                .map(|s| me.search_inner(s))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(pb::SearchBatchResponse { results })
         })
         .await
@@ -166,13 +211,21 @@ impl pb::points_server::Points for PointsService {
         r.map(Response::new)
     }
 
-    async fn count(&self, request: Request<pb::CountRequest>) -> Result<Response<pb::CountResponse>, Status> {
+    async fn count(
+        &self,
+        request: Request<pb::CountRequest>,
+    ) -> Result<Response<pb::CountResponse>, Status> {
         let req = request.into_inner();
         self.node.check_index(&req.index).map_err(status_of)?;
-        Ok(Response::new(pb::CountResponse { count: self.node.engine().count() }))
+        Ok(Response::new(pb::CountResponse {
+            count: self.node.engine().count(),
+        }))
     }
 
-    async fn info(&self, request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+    async fn info(
+        &self,
+        request: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::InfoResponse>, Status> {
         let req = request.into_inner();
         self.node.check_index(&req.index).map_err(status_of)?;
         Ok(Response::new(info(&self.node)))
@@ -203,7 +256,8 @@ pub struct AdminService {
 }
 
 fn unix_ms(t: Option<SystemTime>) -> i64 {
-    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as i64)
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub fn status(node: &Node) -> pb::StatusResponse {
@@ -218,10 +272,23 @@ pub fn status(node: &Node) -> pb::StatusResponse {
         role: "leader".into(),
         term: applied.term,
         leader_id: Some(node.node_id),
-        members: vec![pb::Member { node_id: node.node_id, addr: String::new(), voter: true }],
-        applied: Some(pb::LogId { term: applied.term, index: applied.index }),
-        committed: Some(pb::LogId { term: applied.term, index: applied.index }),
-        snapshot: Some(pb::LogId { term: 0, index: last.applied_index }),
+        members: vec![pb::Member {
+            node_id: node.node_id,
+            addr: String::new(),
+            voter: true,
+        }],
+        applied: Some(pb::LogId {
+            term: applied.term,
+            index: applied.index,
+        }),
+        committed: Some(pb::LogId {
+            term: applied.term,
+            index: applied.index,
+        }),
+        snapshot: Some(pb::LogId {
+            term: 0,
+            index: last.applied_index,
+        }),
         vectors_indexed: stats.indexed as u64,
         vectors_queued: stats.queued as u64,
         vectors_live: stats.live,
@@ -236,27 +303,48 @@ pub fn status(node: &Node) -> pb::StatusResponse {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(status(&self.node)))
     }
 
-    async fn initialize(&self, _: Request<pb::InitializeRequest>) -> Result<Response<pb::AdminResponse>, Status> {
-        Ok(Response::new(pb::AdminResponse { message: "standalone node is always initialized".into(), log_id: None }))
+    async fn initialize(
+        &self,
+        _: Request<pb::InitializeRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        Ok(Response::new(pb::AdminResponse {
+            message: "standalone node is always initialized".into(),
+            log_id: None,
+        }))
     }
 
-    async fn add_learner(&self, _: Request<pb::AddLearnerRequest>) -> Result<Response<pb::AdminResponse>, Status> {
-        Err(Status::failed_precondition("membership changes need a replicated shard (start with --peers)"))
+    async fn add_learner(
+        &self,
+        _: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        Err(Status::failed_precondition(
+            "membership changes need a replicated shard (start with --peers)",
+        ))
     }
 
     async fn change_membership(
         &self,
         _: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        Err(Status::failed_precondition("membership changes need a replicated shard (start with --peers)"))
+        Err(Status::failed_precondition(
+            "membership changes need a replicated shard (start with --peers)",
+        ))
     }
 
-    async fn transfer_leader(&self, _: Request<pb::TransferLeaderRequest>) -> Result<Response<pb::AdminResponse>, Status> {
-        Err(Status::failed_precondition("a standalone node has no other replica to lead"))
+    async fn transfer_leader(
+        &self,
+        _: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        Err(Status::failed_precondition(
+            "a standalone node has no other replica to lead",
+        ))
     }
 
     async fn trigger_snapshot(
@@ -270,7 +358,10 @@ impl pb::admin_server::Admin for AdminService {
             .map_err(status_of)?;
         let a = saved.manifest.applied.unwrap_or_default();
         Ok(Response::new(pb::SnapshotResponse {
-            log_id: Some(pb::LogId { term: a.term, index: a.index }),
+            log_id: Some(pb::LogId {
+                term: a.term,
+                index: a.index,
+            }),
             bytes: saved.bytes,
             path: saved.dir.display().to_string(),
         }))

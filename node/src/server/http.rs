@@ -21,7 +21,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(|| async { Json(super::openapi::document()) }))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(super::openapi::document()) }),
+        )
         .route("/v1/indexes/{index}", get(info))
         .route("/v1/indexes/{index}/points", post(upsert))
         .route("/v1/indexes/{index}/points/get", post(get_points))
@@ -36,20 +39,29 @@ pub struct ApiError(StatusCode, &'static str, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": {"code": self.1, "message": self.2}}))).into_response()
+        (
+            self.0,
+            Json(json!({"error": {"code": self.1, "message": self.2}})),
+        )
+            .into_response()
     }
 }
 
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         match &e {
-            NodeError::UnknownIndex { .. } => ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            NodeError::UnknownIndex { .. } => {
+                ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
             NodeError::Engine(crate::engine::EngineError::Input(_)) => {
                 ApiError(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string())
             }
-            NodeError::Unavailable(_) | NodeError::Engine(crate::engine::EngineError::ShuttingDown) => {
-                ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
-            }
+            NodeError::Unavailable(_)
+            | NodeError::Engine(crate::engine::EngineError::ShuttingDown) => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
             _ => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }
     }
@@ -63,19 +75,30 @@ impl From<InputError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
-        ApiError(StatusCode::BAD_REQUEST, "invalid_argument", format!("malformed request body: {}", e.body_text()))
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("malformed request body: {}", e.body_text()),
+        )
     }
 }
 
 type Body<T> = Result<Json<T>, JsonRejection>;
 
 async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    if node.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+    if node.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         node.metrics.render(node.engine()),
     )
 }
@@ -109,20 +132,41 @@ fn point_in(i: usize, p: JsonPoint) -> Result<PointInput, InputError> {
     let payload: Option<Payload> = match p.payload {
         None | Some(Value::Null) => None,
         Some(Value::Object(m)) => Some(m),
-        Some(_) => return Err(InputError::BadPayload { id: p.id, reason: format!("payload of point {i} must be an object") }),
+        Some(_) => {
+            return Err(InputError::BadPayload {
+                id: p.id,
+                reason: format!("payload of point {i} must be an object"),
+            });
+        }
     };
-    Ok(PointInput { id: p.id, vector: p.vector, payload })
+    Ok(PointInput {
+        id: p.id,
+        vector: p.vector,
+        payload,
+    })
 }
 
-async fn upsert(State(node): State<Arc<Node>>, Path(index): Path<String>, body: Body<UpsertBody>) -> Result<Json<WriteReply>, ApiError> {
+async fn upsert(
+    State(node): State<Arc<Node>>,
+    Path(index): Path<String>,
+    body: Body<UpsertBody>,
+) -> Result<Json<WriteReply>, ApiError> {
     let Json(body) = body?;
     node.check_index(&index)?;
-    let points = body.points.into_iter().enumerate().map(|(i, p)| point_in(i, p)).collect::<Result<Vec<_>, _>>()?;
+    let points = body
+        .points
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| point_in(i, p))
+        .collect::<Result<Vec<_>, _>>()?;
     let n = node.clone();
     let affected = tokio::task::spawn_blocking(move || n.upsert(&points))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    Ok(Json(WriteReply { affected, token: token(&node) }))
+    Ok(Json(WriteReply {
+        affected,
+        token: token(&node),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,7 +183,11 @@ fn yes() -> bool {
     true
 }
 
-async fn get_points(State(node): State<Arc<Node>>, Path(index): Path<String>, body: Body<IdsBody>) -> Result<Json<Value>, ApiError> {
+async fn get_points(
+    State(node): State<Arc<Node>>,
+    Path(index): Path<String>,
+    body: Body<IdsBody>,
+) -> Result<Json<Value>, ApiError> {
     let Json(body) = body?;
     node.check_index(&index)?;
     let points: Vec<Value> = node
@@ -159,11 +207,18 @@ async fn get_points(State(node): State<Arc<Node>>, Path(index): Path<String>, bo
     Ok(Json(json!({"points": points})))
 }
 
-async fn delete(State(node): State<Arc<Node>>, Path(index): Path<String>, body: Body<IdsBody>) -> Result<Json<WriteReply>, ApiError> {
+async fn delete(
+    State(node): State<Arc<Node>>,
+    Path(index): Path<String>,
+    body: Body<IdsBody>,
+) -> Result<Json<WriteReply>, ApiError> {
     let Json(body) = body?;
     node.check_index(&index)?;
     let affected = node.delete(&body.ids)?;
-    Ok(Json(WriteReply { affected, token: token(&node) }))
+    Ok(Json(WriteReply {
+        affected,
+        token: token(&node),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,7 +236,11 @@ struct SearchBody {
     with_payload: bool,
 }
 
-async fn search(State(node): State<Arc<Node>>, Path(index): Path<String>, body: Body<SearchBody>) -> Result<Json<Value>, ApiError> {
+async fn search(
+    State(node): State<Arc<Node>>,
+    Path(index): Path<String>,
+    body: Body<SearchBody>,
+) -> Result<Json<Value>, ApiError> {
     let Json(body) = body?;
     node.check_index(&index)?;
     let n = node.clone();
@@ -199,7 +258,10 @@ async fn search(State(node): State<Arc<Node>>, Path(index): Path<String>, body: 
                 o["vector"] = json!(engine.vector(h.slot));
             }
             if body.with_payload {
-                o["payload"] = engine.payload(h.slot).cloned().map_or(Value::Null, Value::Object);
+                o["payload"] = engine
+                    .payload(h.slot)
+                    .cloned()
+                    .map_or(Value::Null, Value::Object);
             }
             o
         })
@@ -207,12 +269,18 @@ async fn search(State(node): State<Arc<Node>>, Path(index): Path<String>, body: 
     Ok(Json(json!({"hits": hits, "failures": []})))
 }
 
-async fn count(State(node): State<Arc<Node>>, Path(index): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn count(
+    State(node): State<Arc<Node>>,
+    Path(index): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     node.check_index(&index)?;
     Ok(Json(json!({"count": node.engine().count()})))
 }
 
-async fn info(State(node): State<Arc<Node>>, Path(index): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn info(
+    State(node): State<Arc<Node>>,
+    Path(index): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     node.check_index(&index)?;
     let i = super::grpc::info(&node);
     let l = i.limits.unwrap_or_default();

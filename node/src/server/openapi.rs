@@ -3,7 +3,8 @@
 use serde_json::{Value, json};
 
 pub fn document() -> Value {
-    let index = json!({"name": "index", "in": "path", "required": true, "schema": {"type": "string"}});
+    let index =
+        json!({"name": "index", "in": "path", "required": true, "schema": {"type": "string"}});
     let error = json!({"description": "Invalid input or unknown index",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let body = |schema: &str| json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});

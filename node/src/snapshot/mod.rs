@@ -35,7 +35,10 @@ pub enum SnapshotError {
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("{dir}: {source}")]
-    Io { dir: PathBuf, source: std::io::Error },
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Structural(#[from] StructuralError),
 }
@@ -44,7 +47,10 @@ impl SnapshotError {
     /// Errors that must stop start-up rather than fall back to an older
     /// snapshot: data from a newer build or built with other parameters.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, SnapshotError::Section(SectionError::NewerFormat { .. }) | SnapshotError::Structural(_))
+        matches!(
+            self,
+            SnapshotError::Section(SectionError::NewerFormat { .. }) | SnapshotError::Structural(_)
+        )
     }
 }
 
@@ -95,7 +101,9 @@ pub struct Saved {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn snapshot_name(applied: Option<AppliedLog>, saved_at: u64) -> String {
@@ -110,11 +118,19 @@ struct Writer {
 }
 
 impl Writer {
-    fn section(&mut self, kind: Kind, body: impl FnOnce(&mut SectionWriter) -> Result<(), SectionError>) -> Result<(), SectionError> {
+    fn section(
+        &mut self,
+        kind: Kind,
+        body: impl FnOnce(&mut SectionWriter) -> Result<(), SectionError>,
+    ) -> Result<(), SectionError> {
         let mut w = SectionWriter::create(&self.dir.join(kind.file_name()), self.version, kind)?;
         body(&mut w)?;
         let (bytes, crc) = w.finish()?;
-        self.infos.push(SectionInfo { file: kind.file_name().into(), bytes, crc32c: format!("{crc:08x}") });
+        self.infos.push(SectionInfo {
+            file: kind.file_name().into(),
+            bytes,
+            crc32c: format!("{crc:08x}"),
+        });
         Ok(())
     }
 }
@@ -130,7 +146,11 @@ pub struct SaveOptions {
 
 impl Default for SaveOptions {
     fn default() -> Self {
-        SaveOptions { keep: 3, raft_meta: Vec::new(), format_version: FORMAT_VERSION }
+        SaveOptions {
+            keep: 3,
+            raft_meta: Vec::new(),
+            format_version: FORMAT_VERSION,
+        }
     }
 }
 
@@ -153,10 +173,24 @@ impl Capture {
         let (len, states, applied, checksum) = {
             let _w = inner.writer.lock();
             let len = inner.vectors.len();
-            let states: Vec<u8> = (0..len as u32).map(|s| inner.state.first(s).load(Ordering::Acquire)).collect();
-            (len, states, *inner.applied.lock(), inner.checksum.load(Ordering::Relaxed))
+            let states: Vec<u8> = (0..len as u32)
+                .map(|s| inner.state.first(s).load(Ordering::Acquire))
+                .collect();
+            (
+                len,
+                states,
+                *inner.applied.lock(),
+                inner.checksum.load(Ordering::Relaxed),
+            )
         };
-        Capture { inner, len, states, applied, checksum, saved_at: now_ms() }
+        Capture {
+            inner,
+            len,
+            states,
+            applied,
+            checksum,
+            saved_at: now_ms(),
+        }
     }
 
     pub fn applied(&self) -> Option<AppliedLog> {
@@ -165,14 +199,28 @@ impl Capture {
 
     /// Writes every section (each fsynced) into the existing, empty `dir`.
     /// Indexing pauses only while the graph section is written.
-    pub fn write_into(&self, dir: &Path, format_version: u32, raft_meta: &[u8]) -> Result<Manifest, SnapshotError> {
+    pub fn write_into(
+        &self,
+        dir: &Path,
+        format_version: u32,
+        raft_meta: &[u8],
+    ) -> Result<Manifest, SnapshotError> {
         let inner = &*self.inner;
         let len = self.len;
-        let mut w = Writer { dir: dir.to_path_buf(), version: format_version, infos: Vec::new() };
+        let mut w = Writer {
+            dir: dir.to_path_buf(),
+            version: format_version,
+            infos: Vec::new(),
+        };
         w.section(Kind::Ids, |s| {
             let mut buf = Vec::with_capacity(64 * 1024);
             for slot in 0..len as u32 {
-                let id = inner.slot_ids.first(slot).get().map(|b| b.as_bytes()).unwrap_or_default();
+                let id = inner
+                    .slot_ids
+                    .first(slot)
+                    .get()
+                    .map(|b| b.as_bytes())
+                    .unwrap_or_default();
                 buf.extend_from_slice(&(id.len() as u16).to_le_bytes());
                 buf.extend_from_slice(id);
                 if buf.len() >= 60 * 1024 {
@@ -241,10 +289,15 @@ impl Capture {
             saved_at_unix_ms: self.saved_at,
             sections: w.infos.clone(),
         };
-        let json = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| SnapshotError::Invalid { path: dir.to_path_buf(), reason: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| SnapshotError::Invalid {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         w.section(Kind::Manifest, |s| s.write(&json))?;
-        Ok(Manifest { sections: w.infos, ..manifest })
+        Ok(Manifest {
+            sections: w.infos,
+            ..manifest
+        })
     }
 }
 
@@ -253,7 +306,10 @@ impl Capture {
 /// the Raft layer manages its own snapshot directories and calls `Capture`.
 pub fn save(engine: &Engine, root: &Path, opts: &SaveOptions) -> Result<Saved, SnapshotError> {
     let started = Instant::now();
-    let io = |source| SnapshotError::Io { dir: root.to_path_buf(), source };
+    let io = |source| SnapshotError::Io {
+        dir: root.to_path_buf(),
+        source,
+    };
     std::fs::create_dir_all(root).map_err(io)?;
     let capture = Capture::take(engine);
     let name = snapshot_name(capture.applied, capture.saved_at);
@@ -267,7 +323,12 @@ pub fn save(engine: &Engine, root: &Path, opts: &SaveOptions) -> Result<Saved, S
     std::fs::rename(&tmp, &dir).map_err(io)?;
     fsutil::sync_dir(root).map_err(io)?;
     prune(root, opts.keep.max(1)).map_err(io)?;
-    Ok(Saved { dir, manifest, bytes, duration: started.elapsed() })
+    Ok(Saved {
+        dir,
+        manifest,
+        bytes,
+        duration: started.elapsed(),
+    })
 }
 
 /// Graph section: indexed count, entry point, m, m0, levels, level-0 lists,
@@ -292,7 +353,11 @@ fn write_graph(w: &mut Writer, inner: &Inner, indexed: usize) -> Result<(), Sect
         s.write(&levels)?;
         let mut nbs = Vec::new();
         let mut buf: Vec<u32> = Vec::with_capacity(16 * 1024);
-        let put_list = |s: &mut SectionWriter, buf: &mut Vec<u32>, nbs: &[u32], cap: usize| -> Result<(), SectionError> {
+        let put_list = |s: &mut SectionWriter,
+                        buf: &mut Vec<u32>,
+                        nbs: &[u32],
+                        cap: usize|
+         -> Result<(), SectionError> {
             let kept = nbs.iter().filter(|&&n| (n as usize) < indexed).take(cap);
             let start = buf.len();
             buf.push(0);
@@ -357,15 +422,23 @@ pub fn list(root: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Reads and validates only the manifest (for `kindex inspect`).
 pub fn read_manifest(dir: &Path) -> Result<Manifest, SnapshotError> {
-    let sect = section::read(&dir.join(Kind::Manifest.file_name()), Kind::Manifest, FORMAT_VERSION)?;
-    let m: Manifest = serde_json::from_slice(sect.payload()).map_err(|e| SnapshotError::Invalid {
-        path: dir.join(Kind::Manifest.file_name()),
-        reason: format!("manifest is not valid: {e}"),
-    })?;
+    let sect = section::read(
+        &dir.join(Kind::Manifest.file_name()),
+        Kind::Manifest,
+        FORMAT_VERSION,
+    )?;
+    let m: Manifest =
+        serde_json::from_slice(sect.payload()).map_err(|e| SnapshotError::Invalid {
+            path: dir.join(Kind::Manifest.file_name()),
+            reason: format!("manifest is not valid: {e}"),
+        })?;
     if m.format_version != sect.version {
         return Err(SnapshotError::Invalid {
             path: dir.to_path_buf(),
-            reason: format!("manifest says format {} but its section header says {}", m.format_version, sect.version),
+            reason: format!(
+                "manifest says format {} but its section header says {}",
+                m.format_version, sect.version
+            ),
         });
     }
     Ok(m)
@@ -384,8 +457,15 @@ pub struct Loaded {
 
 /// Loads the newest valid snapshot under `root`, falling back past damaged
 /// ones (each reported in `skipped` and logged). Ok(None) if there is none.
-pub fn load_latest(root: &Path, configured: &StructuralConfig, knobs: EngineKnobs) -> Result<Option<Loaded>, SnapshotError> {
-    let dirs = list(root).map_err(|source| SnapshotError::Io { dir: root.to_path_buf(), source })?;
+pub fn load_latest(
+    root: &Path,
+    configured: &StructuralConfig,
+    knobs: EngineKnobs,
+) -> Result<Option<Loaded>, SnapshotError> {
+    let dirs = list(root).map_err(|source| SnapshotError::Io {
+        dir: root.to_path_buf(),
+        source,
+    })?;
     let mut skipped = Vec::new();
     for dir in dirs.into_iter().rev() {
         match load(&dir, configured, knobs) {
@@ -407,7 +487,10 @@ pub fn load_latest(root: &Path, configured: &StructuralConfig, knobs: EngineKnob
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> SnapshotError {
-    SnapshotError::Invalid { path: path.to_path_buf(), reason: reason.into() }
+    SnapshotError::Invalid {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// Little-endian cursor over a payload that fails instead of panicking.
@@ -420,19 +503,30 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
-        let end = end.ok_or_else(|| invalid(self.path, format!("unexpected end of section at byte {}", self.pos)))?;
+        let end = end.ok_or_else(|| {
+            invalid(
+                self.path,
+                format!("unexpected end of section at byte {}", self.pos),
+            )
+        })?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
     }
     fn u16(&mut self) -> Result<u16, SnapshotError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap_or_default()))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().unwrap_or_default(),
+        ))
     }
     fn u32(&mut self) -> Result<u32, SnapshotError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
     }
     fn u64(&mut self) -> Result<u64, SnapshotError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
     }
     fn done(&self) -> bool {
         self.pos == self.data.len()
@@ -444,37 +538,68 @@ fn read_u32s(bytes: &[u8]) -> Vec<u32> {
 }
 
 /// Loads one snapshot dir into a new engine.
-pub fn load(dir: &Path, configured: &StructuralConfig, knobs: EngineKnobs) -> Result<Loaded, SnapshotError> {
+pub fn load(
+    dir: &Path,
+    configured: &StructuralConfig,
+    knobs: EngineKnobs,
+) -> Result<Loaded, SnapshotError> {
     let started = Instant::now();
     let manifest = read_manifest(dir)?;
     let version = manifest.format_version;
     if version < OLDEST_READABLE {
-        return Err(invalid(dir, format!("format {version} is older than the oldest readable ({OLDEST_READABLE})")));
+        return Err(invalid(
+            dir,
+            format!("format {version} is older than the oldest readable ({OLDEST_READABLE})"),
+        ));
     }
     if manifest.structural.hash() != manifest.structural_hash {
-        return Err(invalid(dir, "structural hash does not match the structural config in the manifest"));
+        return Err(invalid(
+            dir,
+            "structural hash does not match the structural config in the manifest",
+        ));
     }
     let diffs: Vec<FieldDiff> = manifest.structural.diff(configured);
     if !diffs.is_empty() {
-        return Err(StructuralError::Mismatch { dir: dir.display().to_string(), diffs }.into());
+        return Err(StructuralError::Mismatch {
+            dir: dir.display().to_string(),
+            diffs,
+        }
+        .into());
     }
     let read = |kind: Kind| -> Result<Section, SnapshotError> {
         let s = section::read(&dir.join(kind.file_name()), kind, FORMAT_VERSION)?;
         if s.version != version {
-            return Err(invalid(dir, format!("{kind:?} section has format {} but the manifest {version}", s.version)));
+            return Err(invalid(
+                dir,
+                format!(
+                    "{kind:?} section has format {} but the manifest {version}",
+                    s.version
+                ),
+            ));
         }
         Ok(s)
     };
-    let len = usize::try_from(manifest.counts.slots).map_err(|_| invalid(dir, "slot count overflows"))?;
+    let len =
+        usize::try_from(manifest.counts.slots).map_err(|_| invalid(dir, "slot count overflows"))?;
     if len > crate::engine::arena::MAX_SLOTS {
-        return Err(invalid(dir, format!("{len} slots exceed the per-shard limit")));
+        return Err(invalid(
+            dir,
+            format!("{len} slots exceed the per-shard limit"),
+        ));
     }
     let dim = configured.dimension as usize;
 
     let vectors = read(Kind::Vectors)?;
     let vbytes = vectors.payload();
     if vbytes.len() != len * dim * 4 {
-        return Err(invalid(dir, format!("vectors section holds {} bytes, expected {}", vbytes.len(), len * dim * 4)));
+        return Err(invalid(
+            dir,
+            format!(
+                "vectors section holds {} bytes, expected {}",
+                vbytes.len(),
+                len * dim * 4
+            ),
+        ));
     }
     let flat: Vec<f32> = match bytemuck::try_cast_slice::<u8, f32>(vbytes) {
         Ok(s) => s.to_vec(),
@@ -487,7 +612,11 @@ pub fn load(dir: &Path, configured: &StructuralConfig, knobs: EngineKnobs) -> Re
 
     let ids_sect = read(Kind::Ids)?;
     let ids_path = dir.join(Kind::Ids.file_name());
-    let mut c = Cursor { data: ids_sect.payload(), pos: 0, path: &ids_path };
+    let mut c = Cursor {
+        data: ids_sect.payload(),
+        pos: 0,
+        path: &ids_path,
+    };
     let mut ids: Vec<&str> = Vec::with_capacity(len);
     for _ in 0..len {
         let n = c.u16()? as usize;
@@ -509,43 +638,88 @@ pub fn load(dir: &Path, configured: &StructuralConfig, knobs: EngineKnobs) -> Re
         // compaction purges them.
         let s = read(Kind::TombstonesV1)?;
         if s.payload().len() != len.div_ceil(8) {
-            return Err(invalid(dir, "tombstone bitset does not match the slot count"));
+            return Err(invalid(
+                dir,
+                "tombstone bitset does not match the slot count",
+            ));
         }
-        (0..len).map(|i| if s.payload()[i / 8] & (1 << (i % 8)) != 0 { DELETED } else { LIVE }).collect()
+        (0..len)
+            .map(|i| {
+                if s.payload()[i / 8] & (1 << (i % 8)) != 0 {
+                    DELETED
+                } else {
+                    LIVE
+                }
+            })
+            .collect()
     };
 
     let pay_sect = read(Kind::Payloads)?;
     let pay_path = dir.join(Kind::Payloads.file_name());
-    let mut c = Cursor { data: pay_sect.payload(), pos: 0, path: &pay_path };
+    let mut c = Cursor {
+        data: pay_sect.payload(),
+        pos: 0,
+        path: &pay_path,
+    };
     let mut payloads = Vec::new();
     while !c.done() {
         let slot = c.u32()? as usize;
         let n = c.u32()? as usize;
         let raw = c.take(n)?;
         if slot >= len {
-            return Err(invalid(&pay_path, format!("payload for slot {slot} beyond {len} slots")));
+            return Err(invalid(
+                &pay_path,
+                format!("payload for slot {slot} beyond {len} slots"),
+            ));
         }
         let p = match serde_json::from_slice::<serde_json::Value>(raw) {
             Ok(serde_json::Value::Object(m)) => m,
-            _ => return Err(invalid(&pay_path, format!("payload of slot {slot} is not a JSON object"))),
+            _ => {
+                return Err(invalid(
+                    &pay_path,
+                    format!("payload of slot {slot} is not a JSON object"),
+                ));
+            }
         };
         payloads.push((slot as u32, p));
     }
 
     let graph_sect = read(Kind::Graph)?;
-    let graph = parse_graph(&dir.join(Kind::Graph.file_name()), graph_sect.payload(), len, configured)?;
+    let graph = parse_graph(
+        &dir.join(Kind::Graph.file_name()),
+        graph_sect.payload(),
+        len,
+        configured,
+    )?;
     let raft_meta = read(Kind::Raft)?.payload().to_vec();
 
     let engine = Engine::restore(
         configured.clone(),
         knobs,
-        crate::engine::Restore { flat, ids, states, payloads, graph, applied: manifest.applied },
+        crate::engine::Restore {
+            flat,
+            ids,
+            states,
+            payloads,
+            graph,
+            applied: manifest.applied,
+        },
     )
     .map_err(|e| invalid(dir, e.to_string()))?;
     if engine.content_checksum() != manifest.content_checksum && version >= 2 {
-        return Err(invalid(dir, "content checksum of the loaded points does not match the manifest"));
+        return Err(invalid(
+            dir,
+            "content checksum of the loaded points does not match the manifest",
+        ));
     }
-    Ok(Loaded { engine, manifest, raft_meta, dir: dir.to_path_buf(), duration: started.elapsed(), skipped: Vec::new() })
+    Ok(Loaded {
+        engine,
+        manifest,
+        raft_meta,
+        dir: dir.to_path_buf(),
+        duration: started.elapsed(),
+        skipped: Vec::new(),
+    })
 }
 
 /// Decoded graph section.
@@ -559,22 +733,41 @@ pub struct GraphParts {
     pub upper: Vec<u32>,
 }
 
-fn parse_graph(path: &Path, data: &[u8], len: usize, s: &StructuralConfig) -> Result<GraphParts, SnapshotError> {
+fn parse_graph(
+    path: &Path,
+    data: &[u8],
+    len: usize,
+    s: &StructuralConfig,
+) -> Result<GraphParts, SnapshotError> {
     let mut c = Cursor { data, pos: 0, path };
     let indexed = c.u64()? as usize;
     let entry = c.u64()?;
     let m = c.u32()? as usize;
     let m0 = c.u32()? as usize;
     if indexed > len {
-        return Err(invalid(path, format!("{indexed} indexed slots but only {len} slots")));
+        return Err(invalid(
+            path,
+            format!("{indexed} indexed slots but only {len} slots"),
+        ));
     }
     if m != s.m as usize || m0 != 2 * m {
-        return Err(invalid(path, format!("graph built with m={m}, m0={m0}; structural config says m={}", s.m)));
+        return Err(invalid(
+            path,
+            format!(
+                "graph built with m={m}, m0={m0}; structural config says m={}",
+                s.m
+            ),
+        ));
     }
     let entry = match entry {
         u64::MAX => None,
         e if (e as usize) < indexed => Some(e as u32),
-        e => return Err(invalid(path, format!("entry point {e} is not an indexed slot"))),
+        e => {
+            return Err(invalid(
+                path,
+                format!("entry point {e} is not an indexed slot"),
+            ));
+        }
     };
     if entry.is_none() && indexed > 0 {
         return Err(invalid(path, "indexed nodes but no entry point"));
@@ -583,17 +776,34 @@ fn parse_graph(path: &Path, data: &[u8], len: usize, s: &StructuralConfig) -> Re
     if levels.iter().any(|&l| l > 15) {
         return Err(invalid(path, "node level above 15"));
     }
-    let level0 = read_u32s(c.take(indexed.checked_mul((1 + m0) * 4).ok_or_else(|| invalid(path, "size overflow"))?)?);
+    let level0 = read_u32s(
+        c.take(
+            indexed
+                .checked_mul((1 + m0) * 4)
+                .ok_or_else(|| invalid(path, "size overflow"))?,
+        )?,
+    );
     let uppers: usize = levels.iter().map(|&l| l as usize).sum();
     let upper = read_u32s(c.take(uppers * (1 + m) * 4)?);
     if !c.done() {
         return Err(invalid(path, "trailing bytes after the graph"));
     }
     let check = |lists: &[u32], stride: usize| {
-        lists.chunks_exact(stride).all(|l| (l[0] as usize) < stride && l[1..=l[0] as usize].iter().all(|&n| (n as usize) < indexed))
+        lists.chunks_exact(stride).all(|l| {
+            (l[0] as usize) < stride && l[1..=l[0] as usize].iter().all(|&n| (n as usize) < indexed)
+        })
     };
     if !check(&level0, 1 + m0) || !check(&upper, 1 + m) {
-        return Err(invalid(path, "a link list is malformed or points outside the indexed slots"));
+        return Err(invalid(
+            path,
+            "a link list is malformed or points outside the indexed slots",
+        ));
     }
-    Ok(GraphParts { indexed, entry, levels, level0, upper })
+    Ok(GraphParts {
+        indexed,
+        entry,
+        levels,
+        level0,
+        upper,
+    })
 }

@@ -1,4 +1,4 @@
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 //! Shared helpers for engine tests: seeded clustered data and recall.
 
 use kindex_node::config::StructuralConfig;
@@ -9,11 +9,22 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
 
 pub fn structural(dim: u32, metric: Metric) -> StructuralConfig {
-    StructuralConfig { dimension: dim, metric, m: 16, ef_construction: 100, shards: 1 }
+    StructuralConfig {
+        dimension: dim,
+        metric,
+        m: 16,
+        ef_construction: 100,
+        shards: 1,
+    }
 }
 
 pub fn knobs() -> EngineKnobs {
-    EngineKnobs { ef_search: 64, threads: 2, batch_size: 256, queue_capacity: 1_000_000 }
+    EngineKnobs {
+        ef_search: 64,
+        threads: 2,
+        batch_size: 256,
+        queue_capacity: 1_000_000,
+    }
 }
 
 /// Gaussian mixture: `n` points around `n / 50` centres.
@@ -34,7 +45,11 @@ pub fn clustered(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
 pub fn points(vs: &[Vec<f32>]) -> Vec<PointInput> {
     vs.iter()
         .enumerate()
-        .map(|(i, v)| PointInput { id: format!("p{i}"), vector: v.clone(), payload: None })
+        .map(|(i, v)| PointInput {
+            id: format!("p{i}"),
+            vector: v.clone(),
+            payload: None,
+        })
         .collect()
 }
 
@@ -49,10 +64,23 @@ pub fn recall(engine: &Engine, queries: &[Vec<f32>], k: usize, ef: usize, filter
     let mut hit = 0usize;
     let mut total = 0usize;
     for q in queries {
-        let exact: Vec<String> = engine.search_exact(q, k, filter).into_iter().map(|h| h.id).collect();
-        let got: Vec<String> = engine.search(q, k, Some(ef), filter).unwrap().into_iter().map(|h| h.id).collect();
+        let exact: Vec<String> = engine
+            .search_exact(q, k, filter)
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
+        let got: Vec<String> = engine
+            .search(q, k, Some(ef), filter)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
         total += exact.len();
         hit += exact.iter().filter(|id| got.contains(id)).count();
     }
-    if total == 0 { 1.0 } else { hit as f64 / total as f64 }
+    if total == 0 {
+        1.0
+    } else {
+        hit as f64 / total as f64
+    }
 }

@@ -1,0 +1,320 @@
+//! The `kindex` command-line client: argument parsing and dispatch.
+//!
+//! Both binaries, `kindex` and the kubectl plugin `kubectl-kindex`, call
+//! [`run`]; only the name shown in help and the plugin note differ.
+
+/// `print!`/`println!` that end the process quietly when stdout is closed
+/// (`kindex search ... | head`) instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => { $crate::output::emit(&format!($($t)*)) };
+}
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::output::emit(&format!("{}\n", format_args!($($t)*))) };
+}
+
+pub mod commands;
+pub mod filter;
+pub mod input;
+pub mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::input::Format;
+use crate::output::Output;
+
+const ADDR_HELP: &str = "gRPC endpoint of a kindex node (repeatable, or comma-separated in KINDEX_ADDR). \
+`status` and `snapshot` query every address; `upsert` fails over to the next one on \
+transient errors; other commands use the first. In Kubernetes, run `kubectl port-forward svc/<index> 7070` and keep the default; \
+discovering nodes from your kubeconfig is not implemented yet";
+
+const KUBECTL_NOTE: &str = "As a kubectl plugin this does not read your kubeconfig yet: start \
+`kubectl port-forward svc/<index> 7070` (or `pod/<index>-s<shard>-<ordinal> 7070` for one replica) \
+in another terminal and point --addr at it (the default http://127.0.0.1:7070 matches). \
+Kubeconfig-based discovery of the index Service and its pods is planned.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kindex",
+    version,
+    about = "Client for kindex, the Kubernetes-native sharded replicated vector index",
+    long_about = "Client for kindex: bulk-load vectors with progress and retries, search, read and \
+delete points, show node status, trigger snapshots and inspect a node's data directory offline."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    #[arg(
+        long,
+        global = true,
+        env = "KINDEX_ADDR",
+        default_value = "http://127.0.0.1:7070",
+        value_delimiter = ',',
+        help = ADDR_HELP
+    )]
+    pub addr: Vec<String>,
+    /// Index name; empty means the index the node serves.
+    #[arg(long, global = true, env = "KINDEX_INDEX", default_value = "")]
+    pub index: String,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Per-request timeout in seconds.
+    #[arg(long, global = true, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show a node data directory offline: structural config and every snapshot.
+    Inspect(InspectArgs),
+    /// Show the Raft/index status of one or more nodes (one row per --addr).
+    Status,
+    /// Bulk-load vectors from a .npy, .fvecs or .jsonl file.
+    Upsert(UpsertArgs),
+    /// Search the nearest neighbours of a vector.
+    Search(SearchArgs),
+    /// Read points by id.
+    Get(GetArgs),
+    /// Delete points by id.
+    Delete(DeleteArgs),
+    /// Count live vectors in the index.
+    Count,
+    /// Show the index's dimension, metric, shard count and limits.
+    Info,
+    /// Take a snapshot now on each --addr node.
+    Snapshot,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The node's data directory (holds structural.json and snapshots/).
+    pub data_dir: PathBuf,
+    /// Fully load every snapshot, checking every section checksum and the
+    /// content checksum (reads all data; may take a while).
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpsertArgs {
+    /// Input file.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// File format; guessed from the extension when omitted.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Points per Upsert request (lowered to the node's limit if above it).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+    /// Id prefix for rows of .npy/.fvecs files: ids are `<prefix><row>`.
+    #[arg(long, default_value = "")]
+    pub id_prefix: String,
+    /// First row to load (0-based).
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
+    pub start_row: u64,
+    /// Continue an interrupted load: find the first batch not yet stored
+    /// (rows are assumed to have been loaded in order) and start there.
+    #[arg(long)]
+    pub resume: bool,
+    /// Attempts per batch on transient errors (unavailable, leader change,
+    /// timeouts, backpressure) before giving up.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub attempts: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Query vector as a JSON array, e.g. '[0.1, 0.2, 0.3, 0.4]'.
+    #[arg(
+        long,
+        required_unless_present = "vector_file",
+        conflicts_with = "vector_file"
+    )]
+    pub vector: Option<String>,
+    /// Take the query from a row of a .npy/.fvecs/.jsonl file.
+    #[arg(long)]
+    pub vector_file: Option<PathBuf>,
+    /// Row of --vector-file (0-based).
+    #[arg(long, default_value_t = 0, requires = "vector_file")]
+    pub row: u64,
+    /// Format of --vector-file; guessed from the extension when omitted.
+    #[arg(long, value_enum, requires = "vector_file")]
+    pub format: Option<Format>,
+    /// Number of neighbours.
+    #[arg(short, default_value_t = 10)]
+    pub k: u32,
+    /// HNSW search beam width (default: the index's efSearch).
+    #[arg(long)]
+    pub ef: Option<u32>,
+    /// Payload filter, e.g. '{"must":[{"field":"lang","match":"en"},{"field":"year","range":{"gte":2020}}]}'.
+    #[arg(long)]
+    pub filter: Option<String>,
+    #[arg(long)]
+    pub with_payload: bool,
+    #[arg(long)]
+    pub with_vectors: bool,
+    /// Read consistency (default: the server's).
+    #[arg(long, value_enum)]
+    pub consistency: Option<commands::Consistency>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    #[arg(long)]
+    pub with_vectors: bool,
+    /// Leave payloads out.
+    #[arg(long)]
+    pub no_payload: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+/// Which binary is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Kindex,
+    KubectlPlugin,
+}
+
+/// The clap command for `flavor` (also used by tests to check the help).
+pub fn command(flavor: Flavor) -> clap::Command {
+    let cmd = Cli::command();
+    match flavor {
+        Flavor::Kindex => cmd,
+        Flavor::KubectlPlugin => cmd
+            .name("kubectl-kindex")
+            .bin_name("kubectl kindex")
+            .after_help(KUBECTL_NOTE),
+    }
+}
+
+/// Entry point of both binaries.
+pub fn run(flavor: Flavor) -> ExitCode {
+    let matches = command(flavor).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = commands::Ctx::new(cli.global)?;
+    // `inspect` reads files only; everything else talks gRPC.
+    if let Command::Inspect(a) = &cli.command {
+        return commands::inspect::run(&ctx, a);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match cli.command {
+            Command::Inspect(_) => unreachable!("handled above"),
+            Command::Status => commands::status::run(&ctx).await,
+            Command::Upsert(a) => commands::upsert::run(&ctx, &a).await,
+            Command::Search(a) => commands::search::run(&ctx, &a).await,
+            Command::Get(a) => commands::points::get(&ctx, &a).await,
+            Command::Delete(a) => commands::points::delete(&ctx, &a).await,
+            Command::Count => commands::points::count(&ctx).await,
+            Command::Info => commands::points::info(&ctx).await,
+            Command::Snapshot => commands::snapshot::run(&ctx).await,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        command(Flavor::Kindex).debug_assert();
+        command(Flavor::KubectlPlugin).debug_assert();
+    }
+
+    #[test]
+    fn plugin_help_mentions_port_forward() {
+        let help = command(Flavor::KubectlPlugin)
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("kubectl port-forward svc/<index> 7070"),
+            "{help}"
+        );
+        assert!(
+            help.contains("not implemented yet") || help.contains("does not read your kubeconfig")
+        );
+        assert!(help.contains("kubectl kindex"), "{help}");
+    }
+
+    #[test]
+    fn parses_repeated_addrs_and_search_args() {
+        // Repeat --addr after the subcommand (clap lets a later occurrence of
+        // a global flag on the subcommand replace earlier ones).
+        let cli = Cli::try_parse_from([
+            "kindex",
+            "status",
+            "--addr",
+            "a:1",
+            "--addr",
+            "http://b:2",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.addr, ["a:1", "http://b:2"]);
+        assert_eq!(cli.global.output, Output::Json);
+        assert!(
+            Cli::try_parse_from(["kindex", "search"]).is_err(),
+            "needs a vector"
+        );
+        assert!(
+            Cli::try_parse_from([
+                "kindex",
+                "search",
+                "--vector",
+                "[1]",
+                "--vector-file",
+                "x.npy"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["kindex", "upsert", "--file", "x.npy", "--batch", "0"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "kindex",
+                "upsert",
+                "--file",
+                "x",
+                "--resume",
+                "--start-row",
+                "3"
+            ])
+            .is_err()
+        );
+    }
+}

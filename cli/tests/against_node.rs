@@ -1,0 +1,355 @@
+//! End to end: the real `kindex-node` binary on loopback, driven by the real
+//! `kindex` binary, then `kindex inspect --verify` on the data it left.
+//!
+//! The node binary is not built by `cargo test -p kindex` itself; it must sit
+//! next to the `kindex` binary (scripts/test.sh builds every binary first).
+
+// Test code: clippy.toml allows unwrap in #[test] fns; the helpers here are
+// test code too.
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const KINDEX: &str = env!("CARGO_BIN_EXE_kindex");
+
+fn node_binary() -> PathBuf {
+    let p =
+        Path::new(KINDEX).with_file_name(format!("kindex-node{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        p.exists(),
+        "{} is missing: build it first with `cargo build -p kindex-node` \
+         (scripts/test.sh builds all binaries before running tests)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running node; killed (SIGKILL) when dropped so a failing test leaves no
+/// process behind.
+struct Node {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_node(data: &Path, log: &Path) -> Node {
+    // A port picked here may be taken before the node binds it: try again.
+    for _ in 0..3 {
+        let grpc = free_port();
+        let log_file = std::fs::File::create(log).unwrap();
+        let child = Command::new(node_binary())
+            .args([
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--dimension",
+                "4",
+                "--metric",
+                "l2",
+            ])
+            .args(["--listen", "127.0.0.1", "--grpc-port", &grpc.to_string()])
+            .args(["--http-port", &free_port().to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let mut node = Node {
+            child,
+            addr: format!("127.0.0.1:{grpc}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if node.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if kindex(&["--addr", &node.addr, "info"]).status.success() {
+                return node;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = node.child.kill();
+        eprintln!(
+            "node did not come up:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    panic!("could not start kindex-node; see the log above");
+}
+
+fn kindex(args: &[&str]) -> Output {
+    Command::new(KINDEX)
+        .args(args)
+        .env_remove("KINDEX_ADDR")
+        .env_remove("KINDEX_INDEX")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs a command that must succeed with `--output json` and parses stdout.
+fn json(addr: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--addr", addr];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--output", "json"]);
+    let o = kindex(&all);
+    assert!(o.status.success(), "kindex {all:?} failed: {}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&o)))
+}
+
+/// A 2-D little-endian float32 .npy, the way numpy writes it.
+fn write_npy(path: &Path, rows: &[[f32; 4]]) {
+    write_npy_dim(
+        path,
+        4,
+        rows.iter().flatten().copied().collect(),
+        rows.len(),
+    );
+}
+
+fn write_npy_dim(path: &Path, dim: usize, data: Vec<f32>, rows: usize) {
+    let mut dict =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((dict.len() as u16).to_le_bytes());
+    bytes.extend(dict.as_bytes());
+    for x in data {
+        bytes.extend(x.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn load_search_snapshot_and_inspect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let node = start_node(&data, &tmp.path().join("node.log"));
+    let addr = node.addr.clone();
+
+    // 200 rows: row i is [i, i/2, 1, -i], id "v<i>".
+    let npy = tmp.path().join("vectors.npy");
+    let rows: Vec<[f32; 4]> = (0..200)
+        .map(|i| [i as f32, i as f32 / 2.0, 1.0, -(i as f32)])
+        .collect();
+    write_npy(&npy, &rows);
+    let npy_s = npy.to_str().unwrap();
+
+    let up = json(
+        &addr,
+        &[
+            "upsert",
+            "--file",
+            npy_s,
+            "--batch",
+            "64",
+            "--id-prefix",
+            "v",
+        ],
+    );
+    assert_eq!(up["rows"], 200, "{up}");
+    assert_eq!(up["endRow"], 200, "{up}");
+    assert!(up["vectorsPerSecond"].as_f64().unwrap() > 0.0, "{up}");
+
+    // JSON Lines with payloads, then a filtered search.
+    let jsonl = tmp.path().join("docs.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"id\": \"en-1\", \"vector\": [10, 5, 1, -10], \"payload\": {\"lang\": \"en\"}}\n\
+         {\"id\": \"de-1\", \"vector\": [10, 5, 1, -10], \"payload\": {\"lang\": \"de\"}}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        json(&addr, &["upsert", "--file", jsonl.to_str().unwrap()])["rows"],
+        2
+    );
+    let filtered = json(
+        &addr,
+        &[
+            "search",
+            "--vector",
+            "[10, 5, 1, -10]",
+            "-k",
+            "5",
+            "--with-payload",
+            "--filter",
+            r#"{"must":[{"field":"lang","match":"en"}]}"#,
+        ],
+    );
+    let hits = filtered["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{filtered}");
+    assert_eq!(hits[0]["id"], "en-1");
+    assert_eq!(hits[0]["payload"]["lang"], "en");
+
+    let s = json(&addr, &["search", "--vector", "[10, 5, 1, -10]", "-k", "3"]);
+    let ids: Vec<&str> = s["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"v10"), "{s}");
+    assert_eq!(s["hits"][0]["distance"], 0.0, "{s}");
+    let s = json(
+        &addr,
+        &["search", "--vector-file", npy_s, "--row", "7", "-k", "1"],
+    );
+    assert_eq!(s["hits"][0]["id"], "v7", "{s}");
+
+    assert_eq!(json(&addr, &["count"])["count"], 202);
+
+    // Resume after a complete load re-sends only the last batch.
+    let resumed = json(
+        &addr,
+        &[
+            "upsert",
+            "--file",
+            npy_s,
+            "--batch",
+            "64",
+            "--id-prefix",
+            "v",
+            "--resume",
+        ],
+    );
+    assert_eq!(resumed["startRow"], 192, "{resumed}");
+    assert_eq!(resumed["rows"], 8, "{resumed}");
+
+    // A file of another dimension is refused before anything is sent.
+    let wrong = tmp.path().join("wrong.npy");
+    write_npy_dim(&wrong, 3, vec![1.0; 6], 2);
+    let o = kindex(&["--addr", &addr, "upsert", "--file", wrong.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("dimension 3"), "{}", text(&o));
+
+    let got = json(&addr, &["get", "v1", "--with-vectors"]);
+    assert_eq!(
+        got["points"][0]["vector"],
+        serde_json::json!([1.0, 0.5, 1.0, -1.0])
+    );
+    let o = kindex(&["--addr", &addr, "get", "v1", "nope"]);
+    assert!(!o.status.success(), "a missing id fails: {}", text(&o));
+    assert!(text(&o).contains("not found: nope"), "{}", text(&o));
+
+    assert_eq!(json(&addr, &["delete", "v0"])["affected"], 1);
+    assert_eq!(json(&addr, &["count"])["count"], 201);
+
+    let st = json(&addr, &["status"]);
+    let node_status = &st["nodes"][0]["status"];
+    assert_eq!(node_status["vectorsLive"], 201, "{st}");
+    assert_eq!(node_status["role"], "leader", "{st}");
+    let o = kindex(&["--addr", &addr, "status"]);
+    assert!(
+        o.status.success() && text(&o).contains("LIVE"),
+        "{}",
+        text(&o)
+    );
+
+    let snap = json(&addr, &["snapshot"]);
+    let snap = &snap["snapshots"][0];
+    assert!(snap["bytes"].as_u64().unwrap() > 0, "{snap}");
+    let snap_path = PathBuf::from(snap["path"].as_str().unwrap());
+    assert!(snap_path.is_dir(), "{snap}");
+    let log_index = snap["logId"]["index"].clone();
+
+    // Offline: stop the node, then inspect what it left.
+    drop(node);
+    let report = json(&addr, &["inspect", data.to_str().unwrap(), "--verify"]);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["structural"]["config"]["dimension"], 4, "{report}");
+    let newest = &report["snapshots"][0];
+    assert_eq!(newest["valid"], true, "{report}");
+    assert_eq!(newest["verify"]["ok"], true, "{report}");
+    assert_eq!(newest["counts"]["live"], 201, "{report}");
+    // At least the deleted v0 (re-sent rows may also leave replaced slots).
+    assert!(
+        newest["counts"]["tombstoned"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert_eq!(newest["applied"]["index"], log_index, "{report}");
+    assert_eq!(newest["structural"]["metric"], "l2", "{report}");
+    assert!(
+        newest["savedAt"].as_str().unwrap().ends_with('Z'),
+        "{report}"
+    );
+    let o = kindex(&["inspect", data.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("newest snapshot is valid"),
+        "{}",
+        text(&o)
+    );
+
+    // Flip a byte of the newest snapshot's vectors: only --verify notices,
+    // and then the exit code says so.
+    let vectors = snap_path.join("vectors.sect");
+    let mut bytes = std::fs::read(&vectors).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&vectors, bytes).unwrap();
+    let o = kindex(&["inspect", data.to_str().unwrap(), "--verify"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("INVALID"), "{}", text(&o));
+}
+
+#[test]
+fn kubectl_plugin_help_explains_port_forward() {
+    let o = Command::new(env!("CARGO_BIN_EXE_kubectl-kindex"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("kubectl kindex"), "{help}");
+    assert!(
+        help.contains("kubectl port-forward svc/<index> 7070"),
+        "{help}"
+    );
+}
+
+#[test]
+fn unreachable_node_is_a_clear_error() {
+    let port = free_port();
+    let o = kindex(&[
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+        "--timeout",
+        "5",
+        "count",
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("unavailable") && t.contains("port-forward"),
+        "{t}"
+    );
+}
