@@ -1,0 +1,495 @@
+//! `VectorIndex` spec: the desired state a user writes.
+//!
+//! Every default lives in exactly one place, the `default_*` functions below. serde uses
+//! them (so Rust code always sees a value) and schemars copies them into the schema's
+//! `default:` (so the API server fills them in and CEL rules see them).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::{CustomResource, KubeSchema};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use crate::status::VectorIndexStatus;
+
+pub const DEFAULT_SHARDS: u32 = 1;
+pub const DEFAULT_REPLICAS: u32 = 3;
+pub const DEFAULT_HNSW_M: u32 = 16;
+pub const DEFAULT_EF_CONSTRUCTION: u32 = 200;
+pub const DEFAULT_EF_SEARCH: u32 = 64;
+pub const DEFAULT_INDEXING_THREADS: u32 = 0;
+pub const DEFAULT_BATCH_SIZE: u32 = 1024;
+pub const DEFAULT_QUEUE_CAPACITY: u32 = 100_000;
+pub const DEFAULT_SNAPSHOT_INTERVAL: &str = "5m";
+pub const DEFAULT_SNAPSHOT_LOG_ENTRIES: u64 = 100_000;
+pub const DEFAULT_SNAPSHOT_KEEP: u32 = 3;
+pub const DEFAULT_STORAGE_SIZE: &str = "10Gi";
+/// Upper bound on `spec.policies`; also keeps the API server's CEL cost estimate small.
+pub const MAX_POLICIES: usize = 32;
+
+/// Go-style duration made of `<digits><unit>` parts, e.g. `90s`, `5m`, `1h30m`, `500ms`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+/// A positive Kubernetes quantity in plain, binary-SI or decimal-SI form, e.g. `10Gi`, `500M`.
+pub const STORAGE_SIZE_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
+/// RFC 1123 DNS label (policy names).
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// RFC 1123 DNS subdomain (storage class names).
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// A sharded, replicated HNSW vector index.
+///
+/// Structural fields (`dimension`, `metric`, `shards`, `hnsw.m`, `hnsw.efConstruction`)
+/// are fixed at creation: the data on disk is built with them, so the CRD rejects any
+/// change with a CEL `self == oldSelf` rule. Everything else is a runtime knob.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+// clippy sees the repeated `type_ = ...` of separate printcolumns as duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "kindex.dev",
+    version = "v1alpha1",
+    kind = "VectorIndex",
+    plural = "vectorindexes",
+    shortname = "vidx",
+    category = "kindex",
+    namespaced,
+    status = "VectorIndexStatus",
+    derive = "PartialEq",
+    doc = "A sharded, replicated vector index managed by the kindex operator.",
+    // `kubectl scale vidx/x --replicas=N` changes the replicas *per shard*; the status
+    // side reports the same unit (see `VectorIndexStatus::replicas`).
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Shards", type_ = "integer", json_path = ".spec.shards"),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        description = "Replicas per shard",
+        json_path = ".spec.replicas"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        description = "Ready pods / desired pods over all shards",
+        json_path = ".status.ready"
+    ),
+    printcolumn(name = "Vectors", type_ = "integer", json_path = ".status.vectors"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+// Presence rules: a structural field that was set may not be dropped. API-server
+// defaulting normally refills a dropped field before CEL runs (and then `self == oldSelf`
+// on the field decides); these rules keep the guarantee if a default is ever removed.
+#[x_kube(
+    validation = Rule::new("!has(oldSelf.shards) || has(self.shards)")
+        .message("shards cannot be removed once set"),
+    validation = Rule::new("!has(oldSelf.hnsw) || has(self.hnsw)")
+        .message("hnsw cannot be removed once set")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VectorIndexSpec {
+    /// Number of f32 components in every vector (structural, immutable).
+    #[schemars(range(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "dimension is immutable (structural field); create a new VectorIndex to change it"
+    ))]
+    pub dimension: u32,
+
+    /// Distance metric (structural, immutable).
+    // maxLength bounds the API server's CEL cost estimate for the rule below.
+    #[schemars(extend("maxLength" = 16))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "metric is immutable (structural field); create a new VectorIndex to change it"
+    ))]
+    pub metric: Metric,
+
+    /// Number of shards; each is its own Raft group and StatefulSet (structural, immutable).
+    #[serde(default = "default_shards")]
+    #[schemars(range(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "shards is immutable (structural field); create a new VectorIndex to change it"
+    ))]
+    pub shards: u32,
+
+    /// Replicas per shard (Raft voters). Odd numbers are recommended.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 7))]
+    pub replicas: u32,
+
+    /// HNSW graph parameters.
+    #[serde(default)]
+    pub hnsw: HnswSpec,
+
+    /// Background indexing knobs (runtime).
+    #[serde(default)]
+    pub indexing: IndexingSpec,
+
+    /// Snapshot triggers and retention (runtime).
+    #[serde(default)]
+    pub snapshots: SnapshotSpec,
+
+    /// Per-pod persistent volume.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// Index node image; the operator supplies its own default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Resources of the index node container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Scheduling overrides for the index pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverrides>,
+
+    /// Retention and quota policies, synced into every shard's Raft state machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub policies: Vec<PolicySpec>,
+}
+
+/// Distance metric between vectors.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// 1 - cosine similarity.
+    Cosine,
+    /// Euclidean (squared L2) distance.
+    L2,
+    /// Negative dot product.
+    Dot,
+}
+
+impl Metric {
+    /// The spelling used in YAML, config files and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Cosine => "cosine",
+            Metric::L2 => "l2",
+            Metric::Dot => "dot",
+        }
+    }
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// HNSW graph parameters. `m` and `efConstruction` shape the graph on disk (immutable);
+/// `efSearch` is a runtime knob.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("!has(oldSelf.m) || has(self.m)")
+        .message("hnsw.m cannot be removed once set"),
+    validation = Rule::new("!has(oldSelf.efConstruction) || has(self.efConstruction)")
+        .message("hnsw.efConstruction cannot be removed once set")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HnswSpec {
+    /// Links per node (structural, immutable).
+    #[serde(default = "default_m")]
+    #[schemars(range(min = 4, max = 128))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "hnsw.m is immutable (structural field); create a new VectorIndex to change it"
+    ))]
+    pub m: u32,
+
+    /// Candidate list size while building (structural, immutable).
+    #[serde(default = "default_ef_construction")]
+    #[schemars(range(min = 8, max = 2048))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "hnsw.efConstruction is immutable (structural field); create a new VectorIndex to change it"
+    ))]
+    pub ef_construction: u32,
+
+    /// Candidate list size while searching (runtime).
+    #[serde(default = "default_ef_search")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub ef_search: u32,
+}
+
+impl Default for HnswSpec {
+    fn default() -> Self {
+        Self {
+            m: default_m(),
+            ef_construction: default_ef_construction(),
+            ef_search: default_ef_search(),
+        }
+    }
+}
+
+/// Background indexing: workers move applied vectors from the queue into the graph.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexingSpec {
+    /// Worker threads; 0 means one per available core.
+    #[serde(default = "default_indexing_threads")]
+    #[schemars(range(max = 256))]
+    pub threads: u32,
+
+    /// Vectors inserted per batch.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub batch_size: u32,
+
+    /// Vectors that may wait for indexing before Raft apply is held back.
+    #[serde(default = "default_queue_capacity")]
+    // An explicit maximum, so the API server never stores a value Rust cannot read.
+    #[schemars(range(min = 1, max = u32::MAX))]
+    pub queue_capacity: u32,
+}
+
+impl Default for IndexingSpec {
+    fn default() -> Self {
+        Self {
+            threads: default_indexing_threads(),
+            batch_size: default_batch_size(),
+            queue_capacity: default_queue_capacity(),
+        }
+    }
+}
+
+/// When snapshots are taken and how many are kept.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSpec {
+    /// Time between snapshots, e.g. `5m`, `1h30m` (at least 1s).
+    #[serde(default = "default_snapshot_interval")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')")
+        .message("snapshots.interval must be at least 1s"))]
+    pub interval: String,
+
+    /// Applied log entries between snapshots.
+    #[serde(default = "default_snapshot_log_entries")]
+    #[schemars(range(min = 1))]
+    pub log_entries: u64,
+
+    /// Snapshots kept on each volume.
+    #[serde(default = "default_snapshot_keep")]
+    #[schemars(range(min = 1, max = 100))]
+    pub keep: u32,
+}
+
+impl Default for SnapshotSpec {
+    fn default() -> Self {
+        Self {
+            interval: default_snapshot_interval(),
+            log_entries: default_snapshot_log_entries(),
+            keep: default_snapshot_keep(),
+        }
+    }
+}
+
+/// The `data` volume claim of every index pod.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested size, a positive quantity such as `10Gi`.
+    #[serde(default = "default_storage_size")]
+    #[schemars(schema_with = "storage_size_schema")]
+    pub size: Quantity,
+
+    /// Storage class of the claims; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    pub storage_class_name: Option<String>,
+
+    /// Keep the PersistentVolumeClaims when the VectorIndex is deleted.
+    #[serde(default = "default_true")]
+    pub retain_on_delete: bool,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+            retain_on_delete: default_true(),
+        }
+    }
+}
+
+/// Pod scheduling fields copied into every shard's StatefulSet pod template.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Replaces the operator's default anti-affinity (spread replicas across nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+}
+
+/// A named policy kept in each shard's Raft state machine.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("self.kind != 'retention' || has(self.maxAgeSeconds) || has(self.maxVectors)")
+        .message("a retention policy needs maxAgeSeconds and/or maxVectors"),
+    validation = Rule::new("self.kind != 'retention' || !has(self.maxPayloadBytes)")
+        .message("maxPayloadBytes applies to quota policies only"),
+    validation = Rule::new("self.kind != 'quota' || has(self.maxVectors) || has(self.maxPayloadBytes)")
+        .message("a quota policy needs maxVectors and/or maxPayloadBytes"),
+    validation = Rule::new("self.kind != 'quota' || !has(self.maxAgeSeconds)")
+        .message("maxAgeSeconds applies to retention policies only")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySpec {
+    /// Unique name within the index (a DNS label).
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    pub name: String,
+    #[schemars(extend("maxLength" = 16))]
+    pub kind: PolicyKind,
+    /// retention: prune points older than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_age_seconds: Option<u64>,
+    /// retention: prune the oldest points beyond this count; quota: reject writes beyond it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_vectors: Option<u64>,
+    /// quota: reject writes once payloads reach this many bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_payload_bytes: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    Retention,
+    Quota,
+}
+
+/// The fields the data on disk is built with. The node persists them (and their hash)
+/// and refuses to start when they differ; the operator reports `ConfigDrift`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct StructuralSpec {
+    pub dimension: u32,
+    pub metric: Metric,
+    pub shards: u32,
+    pub m: u32,
+    pub ef_construction: u32,
+}
+
+impl StructuralSpec {
+    /// Names (YAML paths under `spec`) of the fields that differ from `other`.
+    pub fn changed_fields(&self, other: &StructuralSpec) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.dimension != other.dimension {
+            changed.push("dimension");
+        }
+        if self.metric != other.metric {
+            changed.push("metric");
+        }
+        if self.shards != other.shards {
+            changed.push("shards");
+        }
+        if self.m != other.m {
+            changed.push("hnsw.m");
+        }
+        if self.ef_construction != other.ef_construction {
+            changed.push("hnsw.efConstruction");
+        }
+        changed
+    }
+}
+
+impl VectorIndexSpec {
+    /// A spec with the required fields set and every other field at its default.
+    pub fn new(dimension: u32, metric: Metric) -> Self {
+        Self {
+            dimension,
+            metric,
+            shards: default_shards(),
+            replicas: default_replicas(),
+            hnsw: HnswSpec::default(),
+            indexing: IndexingSpec::default(),
+            snapshots: SnapshotSpec::default(),
+            storage: StorageSpec::default(),
+            image: None,
+            resources: None,
+            pod_template: None,
+            policies: Vec::new(),
+        }
+    }
+
+    /// The structural (immutable) part of the spec.
+    pub fn structural(&self) -> StructuralSpec {
+        StructuralSpec {
+            dimension: self.dimension,
+            metric: self.metric,
+            shards: self.shards,
+            m: self.hnsw.m,
+            ef_construction: self.hnsw.ef_construction,
+        }
+    }
+}
+
+fn default_shards() -> u32 {
+    DEFAULT_SHARDS
+}
+fn default_replicas() -> u32 {
+    DEFAULT_REPLICAS
+}
+fn default_m() -> u32 {
+    DEFAULT_HNSW_M
+}
+fn default_ef_construction() -> u32 {
+    DEFAULT_EF_CONSTRUCTION
+}
+fn default_ef_search() -> u32 {
+    DEFAULT_EF_SEARCH
+}
+fn default_indexing_threads() -> u32 {
+    DEFAULT_INDEXING_THREADS
+}
+fn default_batch_size() -> u32 {
+    DEFAULT_BATCH_SIZE
+}
+fn default_queue_capacity() -> u32 {
+    DEFAULT_QUEUE_CAPACITY
+}
+fn default_snapshot_interval() -> String {
+    DEFAULT_SNAPSHOT_INTERVAL.to_owned()
+}
+fn default_snapshot_log_entries() -> u64 {
+    DEFAULT_SNAPSHOT_LOG_ENTRIES
+}
+fn default_snapshot_keep() -> u32 {
+    DEFAULT_SNAPSHOT_KEEP
+}
+fn default_storage_size() -> Quantity {
+    Quantity(DEFAULT_STORAGE_SIZE.to_owned())
+}
+fn default_true() -> bool {
+    true
+}
+
+/// `Quantity` is int-or-string in k8s-openapi; a volume size is always a string here, so
+/// the schema can carry a pattern the API server checks.
+fn storage_size_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "maxLength": 32,
+        "pattern": STORAGE_SIZE_PATTERN,
+    })
+}

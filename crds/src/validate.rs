@@ -1,0 +1,573 @@
+//! Validation in Rust of everything the CRD schema enforces, plus cross-field checks.
+//!
+//! The API server already rejects bad objects, but the operator may meet objects that
+//! slipped past (an older CRD, a schema-less test server) and must report them in status
+//! instead of crash-looping. Keep these checks in step with the schema attributes in
+//! `spec.rs`; the unit tests below pin both.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::spec::{MAX_POLICIES, PolicyKind, VectorIndexSpec};
+
+/// Why a spec is invalid. `field` is the YAML path below `spec`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("spec.{field} = {value} is out of range {min}..={max}")]
+    OutOfRange {
+        field: String,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("spec.{field} = {value:?} is invalid: {reason}")]
+    InvalidValue {
+        field: String,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("spec.policies has {count} entries; at most {max} are allowed")]
+    TooManyPolicies { count: usize, max: usize },
+    #[error("spec.policies: name {name:?} is used more than once")]
+    DuplicatePolicy { name: String },
+    #[error("spec.policies[{name}]: {reason}")]
+    InvalidPolicy { name: String, reason: &'static str },
+    #[error(
+        "spec.{field} is immutable (structural field): {old} -> {new}; create a new VectorIndex to change it"
+    )]
+    Immutable {
+        field: &'static str,
+        old: String,
+        new: String,
+    },
+}
+
+/// Legal but questionable settings; the operator may surface them as Events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecWarning {
+    #[error(
+        "spec.replicas = {0} is even: a Raft group of {0} tolerates no more failures than one of {n}",
+        n = .0 - 1
+    )]
+    EvenReplicas(u32),
+    #[error(
+        "spec.replicas = 1: a shard has no redundancy and is unavailable while its pod restarts"
+    )]
+    SingleReplica,
+    #[error(
+        "spec.hnsw.efConstruction = {ef_construction} is below hnsw.m = {m}: graph quality suffers"
+    )]
+    EfConstructionBelowM { ef_construction: u32, m: u32 },
+}
+
+/// Check a spec; returns every problem found, not just the first.
+pub fn validate(spec: &VectorIndexSpec) -> Result<(), Vec<SpecError>> {
+    let mut errors = Vec::new();
+    let mut range = |field: &str, value: u64, min: u64, max: u64| {
+        if !(min..=max).contains(&value) {
+            errors.push(SpecError::OutOfRange {
+                field: field.to_owned(),
+                value,
+                min,
+                max,
+            });
+        }
+    };
+    range("dimension", spec.dimension.into(), 1, 4096);
+    range("shards", spec.shards.into(), 1, 64);
+    range("replicas", spec.replicas.into(), 1, 7);
+    range("hnsw.m", spec.hnsw.m.into(), 4, 128);
+    range(
+        "hnsw.efConstruction",
+        spec.hnsw.ef_construction.into(),
+        8,
+        2048,
+    );
+    range("hnsw.efSearch", spec.hnsw.ef_search.into(), 1, 4096);
+    range("indexing.threads", spec.indexing.threads.into(), 0, 256);
+    range(
+        "indexing.batchSize",
+        spec.indexing.batch_size.into(),
+        1,
+        65536,
+    );
+    range(
+        "indexing.queueCapacity",
+        spec.indexing.queue_capacity.into(),
+        1,
+        u32::MAX.into(),
+    );
+    range(
+        "snapshots.logEntries",
+        spec.snapshots.log_entries,
+        1,
+        u64::MAX,
+    );
+    range("snapshots.keep", spec.snapshots.keep.into(), 1, 100);
+
+    let mut invalid = |field: &str, value: &str, reason: &'static str| {
+        errors.push(SpecError::InvalidValue {
+            field: field.to_owned(),
+            value: value.to_owned(),
+            reason,
+        });
+    };
+    match parse_duration(&spec.snapshots.interval) {
+        Ok(d) if d < Duration::from_secs(1) => {
+            invalid(
+                "snapshots.interval",
+                &spec.snapshots.interval,
+                "must be at least 1s",
+            );
+        }
+        Ok(_) => {}
+        Err(reason) => invalid("snapshots.interval", &spec.snapshots.interval, reason),
+    }
+    if let Err(reason) = check_storage_size(&spec.storage.size.0) {
+        invalid("storage.size", &spec.storage.size.0, reason);
+    }
+    if let Some(class) = &spec.storage.storage_class_name
+        && !is_dns_subdomain(class)
+    {
+        invalid(
+            "storage.storageClassName",
+            class,
+            "must be a DNS subdomain (lowercase alphanumerics, '-' and '.', at most 253 characters)",
+        );
+    }
+    if let Some(image) = &spec.image
+        && (image.is_empty() || image.len() > 512 || image.chars().any(char::is_whitespace))
+    {
+        invalid(
+            "image",
+            image,
+            "must be 1..=512 characters without whitespace",
+        );
+    }
+
+    validate_policies(spec, &mut errors);
+
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn validate_policies(spec: &VectorIndexSpec, errors: &mut Vec<SpecError>) {
+    if spec.policies.len() > MAX_POLICIES {
+        errors.push(SpecError::TooManyPolicies {
+            count: spec.policies.len(),
+            max: MAX_POLICIES,
+        });
+    }
+    let mut seen = BTreeSet::new();
+    for p in &spec.policies {
+        let mut bad = |reason| {
+            errors.push(SpecError::InvalidPolicy {
+                name: p.name.clone(),
+                reason,
+            });
+        };
+        if !is_dns_label(&p.name) {
+            bad(
+                "name must be a DNS label (lowercase alphanumerics and '-', at most 63 characters)",
+            );
+        }
+        let limits = [p.max_age_seconds, p.max_vectors, p.max_payload_bytes];
+        if limits.contains(&Some(0)) {
+            bad("limits must be at least 1");
+        }
+        match p.kind {
+            PolicyKind::Retention => {
+                if p.max_age_seconds.is_none() && p.max_vectors.is_none() {
+                    bad("a retention policy needs maxAgeSeconds and/or maxVectors");
+                }
+                if p.max_payload_bytes.is_some() {
+                    bad("maxPayloadBytes applies to quota policies only");
+                }
+            }
+            PolicyKind::Quota => {
+                if p.max_vectors.is_none() && p.max_payload_bytes.is_none() {
+                    bad("a quota policy needs maxVectors and/or maxPayloadBytes");
+                }
+                if p.max_age_seconds.is_some() {
+                    bad("maxAgeSeconds applies to retention policies only");
+                }
+            }
+        }
+        if !seen.insert(p.name.as_str()) {
+            errors.push(SpecError::DuplicatePolicy {
+                name: p.name.clone(),
+            });
+        }
+    }
+}
+
+/// Check an update: the structural fields must not change (mirrors the CEL rules).
+pub fn validate_update(old: &VectorIndexSpec, new: &VectorIndexSpec) -> Result<(), Vec<SpecError>> {
+    let (o, n) = (old.structural(), new.structural());
+    let errors: Vec<SpecError> = o
+        .changed_fields(&n)
+        .into_iter()
+        .map(|field| {
+            let (old, new) = match field {
+                "dimension" => (o.dimension.to_string(), n.dimension.to_string()),
+                "metric" => (o.metric.to_string(), n.metric.to_string()),
+                "shards" => (o.shards.to_string(), n.shards.to_string()),
+                "hnsw.m" => (o.m.to_string(), n.m.to_string()),
+                _ => (o.ef_construction.to_string(), n.ef_construction.to_string()),
+            };
+            SpecError::Immutable { field, old, new }
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Legal settings worth a warning.
+pub fn warnings(spec: &VectorIndexSpec) -> Vec<SpecWarning> {
+    let mut w = Vec::new();
+    if spec.replicas == 1 {
+        w.push(SpecWarning::SingleReplica);
+    } else if spec.replicas.is_multiple_of(2) {
+        w.push(SpecWarning::EvenReplicas(spec.replicas));
+    }
+    if spec.hnsw.ef_construction < spec.hnsw.m {
+        w.push(SpecWarning::EfConstructionBelowM {
+            ef_construction: spec.hnsw.ef_construction,
+            m: spec.hnsw.m,
+        });
+    }
+    w
+}
+
+/// Parse a duration such as `500ms`, `90s`, `5m` or `1h30m` (the schema's
+/// [`DURATION_PATTERN`](crate::spec::DURATION_PATTERN)).
+pub fn parse_duration(s: &str) -> Result<Duration, &'static str> {
+    const SHAPE: &str = "expected <number><unit> parts with units ms, s, m or h, e.g. 5m or 1h30m";
+    if s.is_empty() || s.len() > 32 {
+        return Err(SHAPE);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or(SHAPE)?;
+        if digits == 0 {
+            return Err(SHAPE);
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| "number too large")?;
+        rest = &rest[digits..];
+        // "ms" before "m", or "5ms" would read as 5 minutes followed by garbage.
+        let (unit_ms, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else {
+            return Err(SHAPE);
+        };
+        rest = &rest[len..];
+        let part = n.checked_mul(unit_ms).ok_or("duration too large")?;
+        total = total
+            .checked_add(Duration::from_millis(part))
+            .ok_or("duration too large")?;
+    }
+    Ok(total)
+}
+
+/// Check a volume size (the schema's
+/// [`STORAGE_SIZE_PATTERN`](crate::spec::STORAGE_SIZE_PATTERN)) and that it is not zero.
+fn check_storage_size(s: &str) -> Result<(), &'static str> {
+    const SHAPE: &str = "expected a positive quantity such as 10Gi, 500Mi or 1T";
+    const SUFFIXES: [&str; 12] = [
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+    ];
+    let number_end = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(number_end);
+    let (int, frac) = match number.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (number, None),
+    };
+    let digits_ok = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    if s.len() > 32
+        || !digits_ok(int)
+        || frac.is_some_and(|f| !digits_ok(f))
+        || !(suffix.is_empty() || SUFFIXES.contains(&suffix))
+    {
+        return Err(SHAPE);
+    }
+    if number.bytes().all(|b| b == b'0' || b == b'.') {
+        return Err("must be greater than zero");
+    }
+    Ok(())
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(ok_char)
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Metric, PolicySpec};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn good() -> VectorIndexSpec {
+        VectorIndexSpec::new(384, Metric::Cosine)
+    }
+
+    fn policy(name: &str, kind: PolicyKind) -> PolicySpec {
+        PolicySpec {
+            name: name.into(),
+            kind,
+            max_age_seconds: None,
+            max_vectors: Some(1000),
+            max_payload_bytes: None,
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(validate(&good()), Ok(()));
+    }
+
+    /// Each row breaks one thing; `validate` must reject it and name the field.
+    #[test]
+    fn bad_specs_are_rejected() {
+        type Edit = fn(&mut VectorIndexSpec);
+        let table: &[(&str, Edit)] = &[
+            ("dimension", |s| s.dimension = 0),
+            ("dimension", |s| s.dimension = 4097),
+            ("shards", |s| s.shards = 0),
+            ("shards", |s| s.shards = 65),
+            ("replicas", |s| s.replicas = 0),
+            ("replicas", |s| s.replicas = 8),
+            ("hnsw.m", |s| s.hnsw.m = 3),
+            ("hnsw.m", |s| s.hnsw.m = 129),
+            ("hnsw.efConstruction", |s| s.hnsw.ef_construction = 7),
+            ("hnsw.efConstruction", |s| s.hnsw.ef_construction = 2049),
+            ("hnsw.efSearch", |s| s.hnsw.ef_search = 0),
+            ("hnsw.efSearch", |s| s.hnsw.ef_search = 4097),
+            ("indexing.threads", |s| s.indexing.threads = 257),
+            ("indexing.batchSize", |s| s.indexing.batch_size = 0),
+            ("indexing.batchSize", |s| s.indexing.batch_size = 65537),
+            ("indexing.queueCapacity", |s| s.indexing.queue_capacity = 0),
+            ("snapshots.logEntries", |s| s.snapshots.log_entries = 0),
+            ("snapshots.keep", |s| s.snapshots.keep = 0),
+            ("snapshots.keep", |s| s.snapshots.keep = 101),
+            ("snapshots.interval", |s| s.snapshots.interval = "".into()),
+            ("snapshots.interval", |s| s.snapshots.interval = "5".into()),
+            ("snapshots.interval", |s| {
+                s.snapshots.interval = "5 m".into()
+            }),
+            ("snapshots.interval", |s| s.snapshots.interval = "1d".into()),
+            ("snapshots.interval", |s| {
+                s.snapshots.interval = "-5m".into()
+            }),
+            ("snapshots.interval", |s| {
+                s.snapshots.interval = "500ms".into()
+            }),
+            ("snapshots.interval", |s| s.snapshots.interval = "0s".into()),
+            ("storage.size", |s| s.storage.size = Quantity("".into())),
+            ("storage.size", |s| s.storage.size = Quantity("ten".into())),
+            ("storage.size", |s| s.storage.size = Quantity("10GB".into())),
+            ("storage.size", |s| s.storage.size = Quantity("-1Gi".into())),
+            ("storage.size", |s| s.storage.size = Quantity("0Gi".into())),
+            ("storage.size", |s| s.storage.size = Quantity("1.Gi".into())),
+            ("storage.storageClassName", |s| {
+                s.storage.storage_class_name = Some("Fast_SSD".into())
+            }),
+            ("storage.storageClassName", |s| {
+                s.storage.storage_class_name = Some("".into())
+            }),
+            ("image", |s| s.image = Some("".into())),
+            ("image", |s| s.image = Some("kindex node:1".into())),
+        ];
+        for (field, edit) in table {
+            let mut spec = good();
+            edit(&mut spec);
+            let errors =
+                validate(&spec).expect_err(&format!("{field}: {spec:?} should be rejected"));
+            let text = errors[0].to_string();
+            assert!(
+                text.starts_with(&format!("spec.{field} ")),
+                "{field}: unexpected error {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_policies_are_rejected() {
+        type Edit = fn(&mut Vec<PolicySpec>);
+        let table: &[(&str, Edit)] = &[
+            ("needs maxAgeSeconds", |p| {
+                p.push(PolicySpec {
+                    max_vectors: None,
+                    ..policy("keep", PolicyKind::Retention)
+                })
+            }),
+            ("quota policies only", |p| {
+                p.push(PolicySpec {
+                    max_payload_bytes: Some(10),
+                    ..policy("keep", PolicyKind::Retention)
+                })
+            }),
+            ("needs maxVectors", |p| {
+                p.push(PolicySpec {
+                    max_vectors: None,
+                    ..policy("cap", PolicyKind::Quota)
+                })
+            }),
+            ("retention policies only", |p| {
+                p.push(PolicySpec {
+                    max_age_seconds: Some(60),
+                    ..policy("cap", PolicyKind::Quota)
+                })
+            }),
+            ("at least 1", |p| {
+                p.push(PolicySpec {
+                    max_vectors: Some(0),
+                    ..policy("cap", PolicyKind::Quota)
+                })
+            }),
+            ("DNS label", |p| {
+                p.push(policy("Bad_Name", PolicyKind::Quota))
+            }),
+            ("more than once", |p| {
+                p.push(policy("cap", PolicyKind::Quota));
+                p.push(policy("cap", PolicyKind::Retention));
+            }),
+            ("at most 32", |p| {
+                for i in 0..33 {
+                    p.push(policy(&format!("p{i}"), PolicyKind::Quota));
+                }
+            }),
+        ];
+        for (needle, edit) in table {
+            let mut spec = good();
+            edit(&mut spec.policies);
+            let errors = validate(&spec).expect_err(needle);
+            assert!(
+                errors.iter().any(|e| e.to_string().contains(needle)),
+                "{needle}: got {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn all_errors_are_reported() {
+        let mut spec = good();
+        spec.dimension = 0;
+        spec.shards = 100;
+        spec.hnsw.m = 1;
+        assert_eq!(validate(&spec).unwrap_err().len(), 3);
+    }
+
+    #[test]
+    fn edge_values_are_accepted() {
+        let mut spec = good();
+        spec.dimension = 4096;
+        spec.shards = 64;
+        spec.replicas = 7;
+        spec.hnsw.m = 128;
+        spec.hnsw.ef_construction = 8;
+        spec.indexing.threads = 256;
+        spec.indexing.batch_size = 65536;
+        spec.snapshots.interval = "1h30m15s".into();
+        spec.snapshots.keep = 100;
+        spec.storage.size = Quantity("1.5Ti".into());
+        spec.storage.storage_class_name = Some("fast.ssd-1".into());
+        spec.policies = vec![policy("cap", PolicyKind::Quota)];
+        assert_eq!(validate(&spec), Ok(()));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m5s"), Ok(Duration::from_secs(125)));
+        for bad in ["", "m", "5", "5x", "5m3", "1.5h", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn updates_of_structural_fields_are_rejected() {
+        let old = good();
+        let mut new = old.clone();
+        new.replicas = 5;
+        new.hnsw.ef_search = 128;
+        assert_eq!(validate_update(&old, &new), Ok(()));
+
+        new.dimension = 768;
+        new.metric = Metric::L2;
+        new.shards = 2;
+        new.hnsw.m = 32;
+        new.hnsw.ef_construction = 400;
+        let errors = validate_update(&old, &new).unwrap_err();
+        let fields: Vec<_> = errors
+            .iter()
+            .map(|e| match e {
+                SpecError::Immutable { field, .. } => *field,
+                other => panic!("unexpected {other}"),
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "dimension",
+                "metric",
+                "shards",
+                "hnsw.m",
+                "hnsw.efConstruction"
+            ]
+        );
+        assert_eq!(
+            errors[0].to_string(),
+            "spec.dimension is immutable (structural field): 384 -> 768; create a new VectorIndex to change it"
+        );
+    }
+
+    #[test]
+    fn warnings_flag_questionable_settings() {
+        let mut spec = good();
+        assert!(warnings(&spec).is_empty());
+        spec.replicas = 4;
+        assert_eq!(warnings(&spec), [SpecWarning::EvenReplicas(4)]);
+        spec.replicas = 1;
+        spec.hnsw.ef_construction = 8;
+        assert_eq!(
+            warnings(&spec),
+            [
+                SpecWarning::SingleReplica,
+                SpecWarning::EfConstructionBelowM {
+                    ef_construction: 8,
+                    m: 16
+                }
+            ]
+        );
+        assert_eq!(
+            SpecWarning::EvenReplicas(4).to_string(),
+            "spec.replicas = 4 is even: a Raft group of 4 tolerates no more failures than one of 3"
+        );
+    }
+}

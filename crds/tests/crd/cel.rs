@@ -1,0 +1,245 @@
+//! The CRD's CEL rules, evaluated offline by kube's `cel` feature (kube-cel), which
+//! applies schema defaults first as the API server does.
+
+use kindex_crds::{Metric, PolicyKind, PolicySpec, VectorIndex, VectorIndexSpec};
+use kube::core::cel::{
+    CompiledSchema, ScopeContext, Validator, analyze_rule, compile_schema, validate_cel,
+    validate_cel_update,
+};
+use serde_json::Value;
+
+use super::{demo, example, schema};
+
+type Edit = fn(&mut VectorIndexSpec);
+
+/// Every structural field with an edit that changes it and the message the rule gives.
+const STRUCTURAL: &[(&str, Edit)] = &[
+    ("dimension is immutable", |s| s.dimension = 768),
+    ("metric is immutable", |s| s.metric = Metric::L2),
+    ("shards is immutable", |s| s.shards = 2),
+    ("hnsw.m is immutable", |s| s.hnsw.m = 32),
+    ("hnsw.efConstruction is immutable", |s| {
+        s.hnsw.ef_construction = 400
+    }),
+];
+
+fn messages(errors: &kube::core::cel::ValidationErrors) -> Vec<String> {
+    errors.iter().map(|e| e.to_string()).collect()
+}
+
+#[test]
+fn all_rules_compile_and_fit_the_cost_budget() {
+    fn walk(node: &CompiledSchema, path: &str, problems: &mut Vec<String>, rules: &mut usize) {
+        for rule in &node.validations {
+            match rule {
+                Ok(compiled) => {
+                    *rules += 1;
+                    for w in analyze_rule(&compiled.rule.rule, node, ScopeContext::CrdValidation) {
+                        problems.push(format!("{path}: {}: {}", w.rule, w.message));
+                    }
+                }
+                Err(e) => problems.push(format!("{path}: {e}")),
+            }
+        }
+        for (name, child) in &node.properties {
+            walk(child, &format!("{path}.{name}"), problems, rules);
+        }
+        if let Some(items) = &node.items {
+            walk(items, &format!("{path}[]"), problems, rules);
+        }
+    }
+    let (mut problems, mut rules) = (Vec::new(), 0);
+    walk(&compile_schema(&schema()), "", &mut problems, &mut rules);
+    assert!(problems.is_empty(), "{problems:#?}");
+    // 5 immutability + 4 presence + 1 interval + 4 policy rules.
+    assert_eq!(rules, 14);
+}
+
+#[test]
+fn valid_objects_pass_on_create() {
+    validate_cel(&demo()).expect("demo");
+    validate_cel(&example("production.yaml")).expect("production");
+}
+
+#[test]
+fn changing_a_structural_field_is_rejected() {
+    for (message, edit) in STRUCTURAL {
+        let old = demo();
+        let mut new = old.clone();
+        edit(&mut new.spec);
+        let errors = validate_cel_update(&new, &old).expect_err(message);
+        assert_eq!(messages(&errors).len(), 1, "{message}: {errors:?}");
+        assert!(errors[0].message.contains(message), "{message}: {errors:?}");
+    }
+}
+
+#[test]
+fn updates_that_keep_a_structural_field_are_accepted_for_it() {
+    let old = demo();
+    for (kept, _) in STRUCTURAL {
+        // Change every *other* structural field: the kept field's rule must stay quiet.
+        let mut new = old.clone();
+        for (message, edit) in STRUCTURAL {
+            if message != kept {
+                edit(&mut new.spec);
+            }
+        }
+        let errors = validate_cel_update(&new, &old).expect_err("others changed");
+        assert!(
+            errors.iter().all(|e| !e.message.contains(kept)),
+            "{kept}: {errors:?}"
+        );
+        assert_eq!(errors.len(), STRUCTURAL.len() - 1);
+    }
+}
+
+#[test]
+fn runtime_changes_are_accepted() {
+    let old = example("production.yaml");
+    validate_cel_update(&old, &old).expect("no-op update");
+
+    let mut new = old.clone();
+    let s = &mut new.spec;
+    s.replicas = 5;
+    s.hnsw.ef_search = 512;
+    s.indexing.threads = 0;
+    s.indexing.batch_size = 64;
+    s.indexing.queue_capacity = 1;
+    s.snapshots.interval = "1h30m".into();
+    s.snapshots.keep = 10;
+    s.storage.retain_on_delete = false;
+    s.image = Some("registry.example/kindex-node:0.2.0".into());
+    s.policies.clear();
+    validate_cel_update(&new, &old).expect("runtime knobs may change");
+}
+
+fn without(mut value: Value, path: &[&str]) -> Value {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut node = &mut value;
+    for key in parents {
+        node = &mut node[*key];
+    }
+    node.as_object_mut().expect("object").remove(*last);
+    value
+}
+
+/// Removes every `default:` so only the presence rules stand between a dropped field
+/// and acceptance (as if a default were ever taken out of the schema).
+fn strip_defaults(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.remove("default");
+            map.values_mut().for_each(strip_defaults);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_defaults),
+        _ => {}
+    }
+}
+
+#[test]
+fn removing_a_structural_field_is_rejected() {
+    let mut old = demo();
+    old.spec.shards = 2;
+    old.spec.hnsw.m = 32;
+    old.spec.hnsw.ef_construction = 400;
+    let old = serde_json::to_value(&old).expect("json");
+
+    let mut bare = schema();
+    strip_defaults(&mut bare);
+    let cases: &[(&[&str], &str)] = &[
+        (&["spec", "shards"], "shards"),
+        (&["spec", "hnsw"], "hnsw"),
+        (&["spec", "hnsw", "m"], "hnsw.m"),
+        (&["spec", "hnsw", "efConstruction"], "hnsw.efConstruction"),
+    ];
+    for (path, field) in cases {
+        let new = without(old.clone(), path);
+        // With defaults (the real API server): the dropped field comes back at its
+        // default, which differs from the old value, so the immutability rule fires.
+        let errors = Validator::new()
+            .validate(&schema(), &new, Some(&old))
+            .expect_err(field);
+        assert!(
+            messages(&errors).iter().any(|m| m.contains("is immutable")),
+            "{field}: {errors:?}"
+        );
+        // Without defaults the presence rule alone rejects the removal.
+        let errors = Validator::new()
+            .validate(&bare, &new, Some(&old))
+            .expect_err(field);
+        let expected = format!("{field} cannot be removed once set");
+        assert!(
+            messages(&errors).iter().any(|m| m.contains(&expected)),
+            "{field}: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn dropping_a_field_that_holds_its_default_is_accepted() {
+    // Re-applying minimal.yaml-style objects that omit hnsw must keep working.
+    let old = serde_json::to_value(demo()).expect("json");
+    let new = without(old.clone(), &["spec", "hnsw"]);
+    Validator::new()
+        .validate(&schema(), &new, Some(&old))
+        .expect("defaults refill the same values");
+}
+
+#[test]
+fn snapshot_interval_must_be_at_least_one_second() {
+    let mut vi = demo();
+    vi.spec.snapshots.interval = "500ms".into();
+    let errors = validate_cel(&vi).expect_err("500ms");
+    assert!(errors[0].message.contains("at least 1s"), "{errors:?}");
+    for ok in ["1s", "90s", "1h30m", "1500ms"] {
+        vi.spec.snapshots.interval = ok.into();
+        validate_cel(&vi).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+    }
+}
+
+#[test]
+fn policy_rules() {
+    let policy = |kind, age, vectors, bytes| PolicySpec {
+        name: "p".into(),
+        kind,
+        max_age_seconds: age,
+        max_vectors: vectors,
+        max_payload_bytes: bytes,
+    };
+    use PolicyKind::{Quota, Retention};
+    let cases = [
+        (policy(Retention, Some(60), None, None), None),
+        (policy(Retention, None, Some(10), None), None),
+        (policy(Quota, None, Some(10), Some(10)), None),
+        (
+            policy(Retention, None, None, None),
+            Some("needs maxAgeSeconds"),
+        ),
+        (
+            policy(Retention, Some(60), None, Some(1)),
+            Some("quota policies only"),
+        ),
+        (policy(Quota, None, None, None), Some("needs maxVectors")),
+        (
+            policy(Quota, Some(60), Some(1), None),
+            Some("retention policies only"),
+        ),
+    ];
+    for (p, expected) in cases {
+        let mut vi: VectorIndex = demo();
+        vi.spec.policies = vec![p.clone()];
+        match (validate_cel(&vi), expected) {
+            (Ok(()), None) => {}
+            (Err(errors), Some(needle)) => {
+                assert!(errors[0].message.contains(needle), "{p:?}: {errors:?}");
+            }
+            (result, _) => panic!("{p:?}: expected {expected:?}, got {result:?}"),
+        }
+        // validate() agrees with the CEL rules.
+        assert_eq!(
+            kindex_crds::validate(&vi.spec).is_ok(),
+            expected.is_none(),
+            "{p:?}"
+        );
+    }
+}
