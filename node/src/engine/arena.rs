@@ -155,11 +155,14 @@ impl VectorArena {
                 let off = (i & (CHUNK_SLOTS - 1)) * self.dim;
                 if off < chunk.len() {
                     let p = chunk[off].get() as *const i8;
-                    // SAFETY: prefetch never faults; the pointer is in bounds anyway.
-                    unsafe {
-                        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                        _mm_prefetch(p, _MM_HINT_T0);
-                        _mm_prefetch(p.wrapping_add(64), _MM_HINT_T0);
+                    // The first few lines; the hardware streams the rest.
+                    let lines = (self.dim * 4).div_ceil(64).min(4);
+                    for l in 0..lines {
+                        // SAFETY: prefetch never faults, whatever the address.
+                        unsafe {
+                            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                            _mm_prefetch(p.wrapping_add(64 * l), _MM_HINT_T0);
+                        }
                     }
                 }
             }

@@ -372,13 +372,13 @@ impl Hnsw {
                 break;
             }
             self.neighbours(c.id, level, &mut nbs);
+            // Only unvisited neighbours cost a distance: mark them first and
+            // prefetch just their vectors, so memory loads overlap.
+            nbs.retain(|&nb| vis.insert(nb));
             for &nb in &nbs {
                 vectors.prefetch(nb);
             }
             for &nb in &nbs {
-                if !vis.insert(nb) {
-                    continue;
-                }
                 let d = dist.distance(qv, vectors.get(nb));
                 let worst = results.peek().map_or(f32::INFINITY, |w| w.dist);
                 if results.len() < ef || d < worst {

@@ -475,8 +475,7 @@ impl Engine {
             }
         };
         // Exact scan of the queued tail first; graph results dedupe against it.
-        let tail: Vec<u32> = (watermark..len).map(|s| s as u32).collect();
-        for &slot in &tail {
+        for slot in watermark as u32..len as u32 {
             if accept(slot) {
                 push(Scored {
                     dist: inner.dist.distance(&q, inner.vectors.get(slot)),
