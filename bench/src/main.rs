@@ -194,7 +194,10 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
             let res = engine.search(query.row(i), a.k, Some(ef), &filter)?;
             lat.push(s.elapsed());
             let truth = &gt.row(i)[..a.k];
-            hits += res.iter().filter(|h| h.id.parse::<i32>().is_ok_and(|id| truth.contains(&id))).count();
+            hits += res
+                .iter()
+                .filter(|h| h.id.parse::<i32>().is_ok_and(|id| truth.contains(&id)))
+                .count();
         }
         // Throughput: a tight loop over all queries, best of `repeat` runs
         // (the machine is shared; the best run is the least disturbed).
