@@ -1,0 +1,63 @@
+//! The client Service (all pods of the index, ready ones only) and one headless
+//! Service per shard (stable pod DNS names for Raft and the operator, including pods
+//! that are not ready yet: a Raft group must form before its pods report ready).
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kindex_crds::VectorIndex;
+use kube::ResourceExt;
+
+use super::{BuildError, labels, owned_meta};
+
+pub const GRPC_PORT: i32 = 7070;
+pub const RAFT_PORT: i32 = 7071;
+pub const HTTP_PORT: i32 = 7080;
+
+fn port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::String(name.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        ..ServicePort::default()
+    }
+}
+
+pub fn build_client_service(vi: &VectorIndex) -> Result<Service, BuildError> {
+    Ok(Service {
+        metadata: owned_meta(
+            vi,
+            labels::client_service_name(&vi.name_any()),
+            labels::index_labels(vi),
+        )?,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(labels::index_selector(vi)),
+            ports: Some(vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+pub fn build_headless_service(vi: &VectorIndex, shard: u32) -> Result<Service, BuildError> {
+    Ok(Service {
+        metadata: owned_meta(
+            vi,
+            labels::headless_name(&vi.name_any(), shard),
+            labels::shard_labels(vi, shard),
+        )?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(labels::shard_selector(vi, shard)),
+            ports: Some(vec![
+                port("grpc", GRPC_PORT),
+                port("raft", RAFT_PORT),
+                port("http", HTTP_PORT),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}

@@ -1,0 +1,125 @@
+//! Golden files of every builder, for a minimal and a production-like VectorIndex.
+//! `UPDATE_GOLDEN=1 cargo test -p kindex-operator --test golden` rewrites them; review
+//! the diff, it is what the operator ships.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use kindex_crds::VectorIndex;
+use kindex_operator::build::{StatefulSetParams, configmap, pdb, service, statefulset};
+use serde::Serialize;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests")
+}
+
+fn fixture(name: &str) -> VectorIndex {
+    let text =
+        std::fs::read_to_string(dir().join("fixtures").join(format!("{name}.yaml"))).unwrap();
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+fn check(file: &str, obj: &impl Serialize) {
+    let got = serde_saphyr::to_string(obj).unwrap();
+    let path = dir().join("golden").join(file);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+    assert!(
+        got == want,
+        "{file} differs from the golden file (UPDATE_GOLDEN=1 to accept):\n--- got ---\n{got}"
+    );
+}
+
+/// Every builder's output for `name`; per-shard objects for the last shard.
+fn goldens(name: &str) {
+    let vi = fixture(name);
+    let shard = vi.spec.shards - 1;
+    let replicas = vi.spec.replicas;
+    check(
+        &format!("{name}-configmap.yaml"),
+        &configmap::build_configmap(&vi).unwrap(),
+    );
+    check(
+        &format!("{name}-service.yaml"),
+        &service::build_client_service(&vi).unwrap(),
+    );
+    check(
+        &format!("{name}-headless.yaml"),
+        &service::build_headless_service(&vi, shard).unwrap(),
+    );
+    check(
+        &format!("{name}-pdb.yaml"),
+        &pdb::build_pdb(&vi, shard, replicas).unwrap(),
+    );
+    let params =
+        StatefulSetParams::from_spec(&vi, replicas as i32, &kindex_operator::default_image());
+    check(
+        &format!("{name}-statefulset.yaml"),
+        &statefulset::build_statefulset(&vi, shard, &params).unwrap(),
+    );
+}
+
+#[test]
+fn minimal() {
+    goldens("minimal");
+}
+
+#[test]
+fn production() {
+    goldens("production");
+}
+
+/// Runtime knobs live in the ConfigMap only: changing them must not touch the pod
+/// template (no restarts), while the image does.
+#[test]
+fn runtime_knobs_do_not_change_the_pod_template() {
+    let vi = fixture("production");
+    let params = StatefulSetParams::from_spec(&vi, 3, "unused");
+    let before = statefulset::build_statefulset(&vi, 0, &params).unwrap();
+    let mut tuned = vi.clone();
+    tuned.spec.hnsw.ef_search = 512;
+    tuned.spec.indexing.threads = 8;
+    tuned.spec.snapshots.interval = "1h".into();
+    tuned.spec.snapshots.keep = 9;
+    let after = statefulset::build_statefulset(&tuned, 0, &params).unwrap();
+    assert_eq!(before, after);
+    assert_ne!(
+        configmap::build_configmap(&vi).unwrap(),
+        configmap::build_configmap(&tuned).unwrap()
+    );
+    let mut image = StatefulSetParams::from_spec(&vi, 3, "unused");
+    image.image = "other:1".into();
+    assert_ne!(
+        statefulset::build_statefulset(&vi, 0, &image).unwrap(),
+        before
+    );
+}
+
+/// The ConfigMap's runtime.json has exactly the node's `RuntimeConfig` keys (the node
+/// rejects unknown ones).
+#[test]
+fn runtime_json_has_the_node_keys() {
+    let cm = configmap::build_configmap(&fixture("production")).unwrap();
+    let text = &cm.data.unwrap()[configmap::RUNTIME_KEY];
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "efSearch",
+            "indexingBatchSize",
+            "indexingThreads",
+            "logLevel",
+            "queueCapacity",
+            "retentionSweepIntervalSecs",
+            "snapshotIntervalSecs",
+            "snapshotKeep",
+            "snapshotLogEntries"
+        ]
+    );
+    assert_eq!(v["snapshotIntervalSecs"], 600);
+}

@@ -1,0 +1,176 @@
+//! `GrpcNodeClient` against a real tonic Admin server on loopback, through an
+//! injected `AddressBook` (the way a later test tier maps pods to local processes).
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kindex_operator::observe::{AddressBook, GrpcNodeClient, NodeClient, NodeError, PodRef};
+use kindex_proto::admin_server::{Admin, AdminServer};
+use kindex_proto::{
+    AddLearnerRequest, AdminResponse, ChangeMembershipRequest, InitializeRequest, Member,
+    SnapshotResponse, StatusRequest, StatusResponse, TransferLeaderRequest, TriggerSnapshotRequest,
+};
+use tonic::{Request, Response, Status};
+
+#[derive(Default, Clone)]
+struct FakeAdmin {
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeAdmin {
+    fn push(&self, s: String) -> Result<Response<AdminResponse>, Status> {
+        self.calls.lock().unwrap().push(s);
+        Ok(Response::new(AdminResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for FakeAdmin {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(StatusResponse {
+            index: "idx".into(),
+            node_id: 0,
+            role: "leader".into(),
+            initialized: true,
+            structural_hash: "74f6a5f1cbb7360a".into(),
+            ..StatusResponse::default()
+        }))
+    }
+    async fn initialize(
+        &self,
+        r: Request<InitializeRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let ids: Vec<u64> = r.get_ref().members.iter().map(|m| m.node_id).collect();
+        self.push(format!(
+            "initialize {ids:?} {}",
+            r.get_ref().members[1].addr
+        ))
+    }
+    async fn add_learner(
+        &self,
+        r: Request<AddLearnerRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let r = r.into_inner();
+        let m = r.member.unwrap();
+        self.push(format!(
+            "add_learner {} voter={} blocking={}",
+            m.node_id, m.voter, r.blocking
+        ))
+    }
+    async fn change_membership(
+        &self,
+        r: Request<ChangeMembershipRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let r = r.into_inner();
+        self.push(format!(
+            "change_membership {:?} retain={}",
+            r.voters, r.retain
+        ))
+    }
+    async fn transfer_leader(
+        &self,
+        r: Request<TransferLeaderRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        if r.get_ref().to == 99 {
+            return Err(Status::failed_precondition("not a voter"));
+        }
+        self.push(format!("transfer_leader {}", r.get_ref().to))
+    }
+    async fn trigger_snapshot(
+        &self,
+        _: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<SnapshotResponse>, Status> {
+        Err(Status::unimplemented("not used by the operator"))
+    }
+}
+
+/// Every pod is the one local server; Raft addresses stay symbolic.
+struct Loopback(u16);
+
+impl AddressBook for Loopback {
+    fn admin_endpoint(&self, _: &PodRef) -> String {
+        format!("http://127.0.0.1:{}", self.0)
+    }
+    fn raft_addr(&self, pod: &PodRef) -> String {
+        format!("{}:7071", pod.pod_name())
+    }
+}
+
+fn pod(ordinal: u32) -> PodRef {
+    PodRef {
+        namespace: "ns".into(),
+        index: "idx".into(),
+        shard: 0,
+        ordinal,
+    }
+}
+
+#[tokio::test]
+async fn admin_calls_reach_the_node() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let admin = FakeAdmin::default();
+    let server = admin.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(AdminServer::new(server))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    let client = GrpcNodeClient {
+        addresses: Arc::new(Loopback(port)),
+        timeout: Duration::from_secs(5),
+    };
+
+    let s = client.status(&pod(0)).await.unwrap();
+    assert_eq!((s.role.as_str(), s.initialized), ("leader", true));
+    let member = |id: u64, voter| Member {
+        node_id: id,
+        addr: format!("idx-s0-{id}:7071"),
+        voter,
+    };
+    client
+        .initialize(&pod(0), vec![member(0, true), member(1, true)])
+        .await
+        .unwrap();
+    client.add_learner(&pod(0), member(3, false)).await.unwrap();
+    client
+        .change_membership(&pod(0), vec![0, 1, 3])
+        .await
+        .unwrap();
+    client.transfer_leader(&pod(0), 1).await.unwrap();
+    assert_eq!(
+        *admin.calls.lock().unwrap(),
+        [
+            "initialize [0, 1] idx-s0-1:7071",
+            "add_learner 3 voter=false blocking=false",
+            "change_membership [0, 1, 3] retain=false",
+            "transfer_leader 1",
+        ]
+    );
+
+    let err = client.transfer_leader(&pod(0), 99).await.unwrap_err();
+    assert!(
+        matches!(&err, NodeError::Rpc { status, .. } if status.contains("not a voter")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_node_is_an_error_not_a_hang() {
+    // A port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let client = GrpcNodeClient {
+        addresses: Arc::new(Loopback(port)),
+        timeout: Duration::from_secs(2),
+    };
+    let started = std::time::Instant::now();
+    let err = client.status(&pod(0)).await.unwrap_err();
+    assert!(matches!(err, NodeError::Connect { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

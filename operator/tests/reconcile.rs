@@ -1,0 +1,428 @@
+//! Reconcile scenarios against the in-memory API server and fake nodes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{ApiServer, FakeNodes};
+use http::Method;
+use kindex_crds::{Metric, VectorIndex, VectorIndexSpec};
+use kindex_operator::controller::{Context, OperatorConfig};
+use kindex_operator::events::Events;
+use kindex_operator::metrics::Metrics;
+use kindex_operator::observe::ClusterDns;
+use kindex_operator::reconcile::reconcile;
+use kindex_proto::{LogId, Member, StatusResponse};
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+const NS: &str = "ns";
+const UID: &str = "0b7c0e3c-0000-4000-8000-000000000001";
+const VI_PATH: &str = "/apis/kindex.dev/v1alpha1/namespaces/ns/vectorindexes/idx";
+
+fn index(replicas: u32) -> VectorIndex {
+    let mut spec = VectorIndexSpec::new(384, Metric::Cosine);
+    spec.replicas = replicas;
+    let mut vi = VectorIndex::new("idx", spec);
+    vi.metadata.namespace = Some(NS.into());
+    vi.metadata.uid = Some(UID.into());
+    vi.metadata.generation = Some(1);
+    vi
+}
+
+struct Env {
+    api: ApiServer,
+    nodes: Arc<FakeNodes>,
+    ctx: Arc<Context>,
+}
+
+fn env(vi: &VectorIndex) -> Env {
+    let (client, api) = ApiServer::start();
+    api.insert(VI_PATH, serde_json::to_value(vi).unwrap());
+    let nodes = Arc::new(FakeNodes::default());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        nodes.clone(),
+        Arc::new(ClusterDns),
+        Events::new(client, None),
+        Metrics::new().unwrap(),
+        OperatorConfig {
+            default_image: "kindex/kindex-node:test".into(),
+            ..OperatorConfig::default()
+        },
+    ));
+    Env { api, nodes, ctx }
+}
+
+/// A running pod of shard 0 made from `revision`.
+fn seed_pod(api: &ApiServer, ordinal: u32, revision: &str) {
+    let name = format!("idx-s0-{ordinal}");
+    api.insert(
+        &format!("/api/v1/namespaces/ns/pods/{name}"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": name, "namespace": NS,
+                "creationTimestamp": "2024-01-01T00:00:00Z",
+                "labels": {
+                    "app.kubernetes.io/name": "kindex",
+                    "app.kubernetes.io/instance": "idx",
+                    "kindex.dev/shard": "0",
+                    "controller-revision-hash": revision,
+                }
+            },
+            "status": {
+                "phase": "Running", "podIP": format!("10.0.0.{ordinal}"),
+                "conditions": [{"type": "Ready", "status": "True"}]
+            }
+        }),
+    );
+}
+
+/// Shard 0's StatefulSet as the StatefulSet controller leaves it.
+fn seed_statefulset(api: &ApiServer, replicas: i32, update_revision: &str) {
+    api.insert(
+        "/apis/apps/v1/namespaces/ns/statefulsets/idx-s0",
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {
+                "name": "idx-s0", "namespace": NS, "generation": 1,
+                "labels": {"app.kubernetes.io/name": "kindex", "app.kubernetes.io/instance": "idx",
+                           "app.kubernetes.io/managed-by": "kindex-operator", "kindex.dev/shard": "0"},
+                "ownerReferences": [{"apiVersion": "kindex.dev/v1alpha1", "kind": "VectorIndex",
+                                      "name": "idx", "uid": UID, "controller": true}]
+            },
+            "spec": {"replicas": replicas, "selector": {}, "template": {}, "serviceName": "idx-s0-headless"},
+            "status": {"replicas": replicas, "observedGeneration": 1,
+                       "updateRevision": update_revision, "currentRevision": "r1"}
+        }),
+    );
+}
+
+/// A node of an initialized group of `n` voters (leader 0) that applied 100 entries.
+fn member(id: u64, n: u64) -> StatusResponse {
+    StatusResponse {
+        index: "idx".into(),
+        node_id: id,
+        role: if id == 0 { "leader" } else { "follower" }.into(),
+        term: 1,
+        leader_id: Some(0),
+        members: (0..n)
+            .map(|node_id| Member {
+                node_id,
+                addr: String::new(),
+                voter: true,
+            })
+            .collect(),
+        applied: Some(LogId {
+            term: 1,
+            index: 100,
+        }),
+        vectors_live: 10,
+        initialized: true,
+        ..StatusResponse::default()
+    }
+}
+
+/// The status the operator applied last.
+fn applied_status(api: &ApiServer) -> Value {
+    api.writes()
+        .into_iter()
+        .rev()
+        .find(|c| c.is(Method::PATCH, "/vectorindexes/idx/status"))
+        .map(|c| c.body["status"].clone())
+        .unwrap()
+}
+
+fn condition(status: &Value, type_: &str) -> Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+        .unwrap()
+}
+
+fn events(api: &ApiServer) -> Vec<(String, String)> {
+    api.writes()
+        .into_iter()
+        .filter(|c| c.method == Method::POST && c.path.ends_with("/events"))
+        .map(|c| {
+            (
+                c.body["type"].as_str().unwrap().to_owned(),
+                c.body["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn create_applies_every_object_then_status() {
+    let vi = index(3);
+    let e = env(&vi);
+    let action = reconcile(Arc::new(vi), e.ctx.clone()).await.unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(10)),
+        "waiting for pods"
+    );
+
+    let writes = e.api.writes();
+    let paths: Vec<String> = writes
+        .iter()
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "PATCH /api/v1/namespaces/ns/configmaps/idx-config",
+            "PATCH /api/v1/namespaces/ns/services/idx",
+            "PATCH /api/v1/namespaces/ns/services/idx-s0-headless",
+            "PATCH /apis/policy/v1/namespaces/ns/poddisruptionbudgets/idx-s0",
+            "PATCH /apis/apps/v1/namespaces/ns/statefulsets/idx-s0",
+            "PATCH /apis/kindex.dev/v1alpha1/namespaces/ns/vectorindexes/idx/status",
+        ]
+    );
+    for c in &writes {
+        assert!(c.is_apply(), "not a forced server-side apply: {c:?}");
+    }
+    for c in &writes[..5] {
+        let owner = &c.body["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["uid"], UID, "{}", c.path);
+        assert_eq!(owner["kind"], "VectorIndex");
+        assert_eq!(owner["controller"], true);
+        assert_eq!(
+            c.body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "kindex-operator"
+        );
+    }
+    let sts = &writes[4].body;
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "kindex/kindex-node:test"
+    );
+
+    // No pods (no kubelet): Creating and Progressing, not Degraded, no node calls.
+    let status = applied_status(&e.api);
+    assert_eq!(status["phase"], "Creating");
+    assert_eq!(condition(&status, "Progressing")["status"], "True");
+    assert_eq!(condition(&status, "Degraded")["status"], "False");
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["ready"], "0/3");
+    assert!(e.nodes.calls.lock().unwrap().is_empty());
+    assert!(events(&e.api).is_empty());
+}
+
+#[tokio::test]
+async fn invalid_spec_only_patches_status_and_emits_an_event() {
+    let mut vi = index(3);
+    vi.spec.dimension = 0;
+    let e = env(&vi);
+    let action = reconcile(Arc::new(vi), e.ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+
+    let writes = e.api.writes();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    assert_eq!(events(&e.api), [("Warning".into(), "InvalidSpec".into())]);
+    assert!(writes[1].is(Method::PATCH, "/vectorindexes/idx/status"));
+    let status = applied_status(&e.api);
+    assert_eq!(status["phase"], "Failed");
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["reason"], "InvalidSpec");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.dimension = 0")
+    );
+}
+
+#[tokio::test]
+async fn structural_change_is_refused() {
+    let vi = index(3);
+    let e = env(&vi);
+    // The ConfigMap records that the index was created with dimension 128.
+    let mut old = vi.clone();
+    old.spec.dimension = 128;
+    let cm = kindex_operator::build::configmap::build_configmap(&old).unwrap();
+    e.api.insert(
+        "/api/v1/namespaces/ns/configmaps/idx-config",
+        serde_json::to_value(cm).unwrap(),
+    );
+    reconcile(Arc::new(vi), e.ctx.clone()).await.unwrap();
+    let writes = e.api.writes();
+    assert_eq!(writes.len(), 2, "only an event and the status: {writes:?}");
+    let status = applied_status(&e.api);
+    assert!(
+        condition(&status, "Ready")["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.dimension is immutable (structural field): 128 -> 384")
+    );
+}
+
+#[tokio::test]
+async fn initializes_when_all_pods_answer() {
+    let vi = index(3);
+    let e = env(&vi);
+    seed_statefulset(&e.api, 3, "r1");
+    for o in 0..3 {
+        seed_pod(&e.api, o, "r1");
+        e.nodes.set(
+            &format!("idx-s0-{o}"),
+            Ok(StatusResponse {
+                node_id: o.into(),
+                role: "learner".into(),
+                ..StatusResponse::default()
+            }),
+        );
+    }
+    reconcile(Arc::new(vi), e.ctx.clone()).await.unwrap();
+    let addr = |o: u32| format!("{o}@idx-s0-{o}.idx-s0-headless.ns.svc:7071");
+    assert_eq!(
+        e.nodes.actions(),
+        [format!(
+            "Initialize idx-s0-0 [{},{},{}]",
+            addr(0),
+            addr(1),
+            addr(2)
+        )]
+    );
+    assert_eq!(events(&e.api), [("Normal".into(), "Initialize".into())]);
+    let status = applied_status(&e.api);
+    assert_eq!(status["phase"], "Creating");
+    assert!(
+        condition(&status, "Progressing")["message"]
+            .as_str()
+            .unwrap()
+            .contains("initializing shard 0 with voters 0, 1, 2")
+    );
+}
+
+#[tokio::test]
+async fn node_not_answering_is_degraded_and_nothing_is_done() {
+    let mut vi = index(3);
+    // A previous reconcile saw the group.
+    vi.status = Some(kindex_crds::VectorIndexStatus {
+        shards: vec![kindex_crds::ShardStatus {
+            shard: 0,
+            members: vec!["idx-s0-0".into(), "idx-s0-1".into(), "idx-s0-2".into()],
+            ..Default::default()
+        }],
+        observed_generation: Some(1),
+        ..Default::default()
+    });
+    let e = env(&vi);
+    seed_statefulset(&e.api, 3, "r1");
+    for o in 0..3 {
+        seed_pod(&e.api, o, "r1");
+    }
+    e.nodes.set("idx-s0-0", Ok(member(0, 3)));
+    e.nodes.set("idx-s0-1", Ok(member(1, 3)));
+    e.nodes.set("idx-s0-2", Err("connection refused"));
+    reconcile(Arc::new(vi), e.ctx.clone()).await.unwrap();
+
+    assert!(e.nodes.actions().is_empty(), "{:?}", e.nodes.actions());
+    let status = applied_status(&e.api);
+    assert_eq!(status["phase"], "Degraded");
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "ReplicasUnavailable");
+    let msg = degraded["message"].as_str().unwrap();
+    assert!(
+        msg.contains("voters do not answer") && msg.contains("connection refused"),
+        "{msg}"
+    );
+    assert_eq!(status["shards"][0]["leader"], "idx-s0-0");
+    assert_eq!(status["shards"][0]["appliedIndex"], 100);
+    assert_eq!(status["vectors"], 10);
+    assert_eq!(
+        events(&e.api),
+        [("Warning".into(), "ReplicasUnavailable".into())]
+    );
+}
+
+#[tokio::test]
+async fn scale_down_leaves_raft_before_the_statefulset_shrinks() {
+    let vi = index(1);
+    let e = env(&vi);
+    seed_statefulset(&e.api, 3, "r1");
+    for o in 0..3 {
+        seed_pod(&e.api, o, "r1");
+        e.nodes.set(&format!("idx-s0-{o}"), Ok(member(o.into(), 3)));
+    }
+    reconcile(Arc::new(vi), e.ctx.clone()).await.unwrap();
+    assert_eq!(e.nodes.actions(), ["ChangeMembership idx-s0-0 [0, 1]"]);
+    let sts = e
+        .api
+        .writes()
+        .into_iter()
+        .find(|c| c.is(Method::PATCH, "/statefulsets/idx-s0"))
+        .unwrap();
+    assert_eq!(
+        sts.body["spec"]["replicas"], 3,
+        "pods stay while they are voters"
+    );
+    assert_eq!(applied_status(&e.api)["phase"], "Scaling");
+}
+
+#[tokio::test]
+async fn rollout_restarts_the_highest_follower_first() {
+    let vi = index(3);
+    let e = env(&vi);
+    seed_statefulset(&e.api, 3, "r2");
+    for o in 0..3 {
+        seed_pod(&e.api, o, "r1");
+        e.nodes.set(&format!("idx-s0-{o}"), Ok(member(o.into(), 3)));
+    }
+    reconcile(Arc::new(vi), e.ctx.clone()).await.unwrap();
+    let deletes: Vec<String> = e
+        .api
+        .writes()
+        .into_iter()
+        .filter(|c| c.method == Method::DELETE)
+        .map(|c| c.path)
+        .collect();
+    assert_eq!(deletes, ["/api/v1/namespaces/ns/pods/idx-s0-2"]);
+    assert_eq!(events(&e.api), [("Normal".into(), "RestartPod".into())]);
+    assert_eq!(applied_status(&e.api)["phase"], "Upgrading");
+}
+
+#[tokio::test]
+async fn orphans_owned_by_the_index_are_deleted() {
+    let vi = index(3);
+    let e = env(&vi);
+    let labels = json!({"app.kubernetes.io/name": "kindex", "app.kubernetes.io/instance": "idx",
+                        "app.kubernetes.io/managed-by": "kindex-operator"});
+    let owner = json!([{"apiVersion": "kindex.dev/v1alpha1", "kind": "VectorIndex",
+                        "name": "idx", "uid": UID, "controller": true}]);
+    e.api.insert(
+        "/api/v1/namespaces/ns/services/idx-s7-headless",
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "idx-s7-headless", "namespace": NS, "labels": labels, "ownerReferences": owner}}),
+    );
+    // Same labels, not ours: left alone.
+    e.api.insert(
+        "/api/v1/namespaces/ns/services/foreign",
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "foreign", "namespace": NS, "labels": labels}}),
+    );
+    reconcile(Arc::new(vi), e.ctx.clone()).await.unwrap();
+    let deletes: Vec<String> = e
+        .api
+        .writes()
+        .into_iter()
+        .filter(|c| c.method == Method::DELETE)
+        .map(|c| c.path)
+        .collect();
+    assert_eq!(deletes, ["/api/v1/namespaces/ns/services/idx-s7-headless"]);
+    assert!(
+        e.api
+            .get("/api/v1/namespaces/ns/services/foreign")
+            .is_some()
+    );
+}
