@@ -5,5 +5,6 @@ pub mod engine;
 pub mod fsutil;
 pub mod metrics;
 pub mod node;
+pub mod raft;
 pub mod server;
 pub mod snapshot;

@@ -1,18 +1,23 @@
 //! `kindex-node`: serves one shard replica of one index.
 //!
-//! With no cluster flags it runs standalone: one shard, one replica, data in
-//! `--data-dir` (the README's run command).
+//! Every write goes through the shard's Raft group. With no cluster flags (`--peers`,
+//! `--raft-addr-template`) the node is standalone: a group of one member (node 0 unless
+//! `--node-id` says otherwise) that initializes itself on first start, data in `--data-dir`
+//! (the README's run command). With cluster flags the group is initialized once by the Admin
+//! `Initialize` RPC (the operator), or by `--bootstrap` on the lowest id of `--peers`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::Context;
+use anyhow::bail;
 use clap::Parser;
 use kindex_node::config::{RuntimeConfig, StructuralConfig};
 use kindex_node::engine::distance::Metric;
-use kindex_node::node::{self, Node};
+use kindex_node::node::{self, DEFAULT_RAFT_PORT, Membership, Node, NodeConfig, RaftTuning};
 use kindex_node::server::{grpc, http};
 use kindex_proto as pb;
 
@@ -29,13 +34,61 @@ struct Args {
     /// Name of the index this node serves.
     #[arg(long, env = "KINDEX_INDEX", default_value = "default")]
     index: String,
-    /// Address to listen on (0.0.0.0 inside Kubernetes).
+    /// Address to listen on (0.0.0.0 inside Kubernetes): gRPC, HTTP and Raft.
     #[arg(long, env = "KINDEX_LISTEN", default_value = "127.0.0.1")]
     listen: std::net::IpAddr,
     #[arg(long, env = "KINDEX_GRPC_PORT", default_value_t = 7070)]
     grpc_port: u16,
     #[arg(long, env = "KINDEX_HTTP_PORT", default_value_t = 7080)]
     http_port: u16,
+    /// Raft transport port [default: 7071]. A standalone node serves Raft RPCs only when it
+    /// is given (a group of one needs none).
+    #[arg(long, env = "KINDEX_RAFT_PORT")]
+    raft_port: Option<u16>,
+    /// This node's Raft id. Default: the ordinal suffix `-<n>` of `--pod-name` (or of
+    /// `$HOSTNAME` in cluster mode), else 0.
+    #[arg(long, env = "KINDEX_NODE_ID")]
+    node_id: Option<u64>,
+    /// The pod name (`<index>-s<shard>-<ordinal>`); its ordinal is the node id.
+    #[arg(long, env = "KINDEX_POD_NAME")]
+    pod_name: Option<String>,
+    /// The shard this replica serves.
+    #[arg(long, env = "KINDEX_SHARD", default_value_t = 0)]
+    shard: u32,
+    /// Static members of the shard's Raft group: `0=host:7071,1=host:7071,...`. An address may
+    /// also carry the member's client gRPC endpoint: `host:7071|host:7070` (otherwise it is the
+    /// Raft host with this node's `--grpc-port`). Turns on cluster mode: the group waits for
+    /// the Admin `Initialize` RPC (or `--bootstrap`).
+    #[arg(long, env = "KINDEX_PEERS", value_parser = parse_peers)]
+    peers: Option<Peers>,
+    /// With `--peers`: the lowest id of the peers initializes the group on first start.
+    #[arg(long, env = "KINDEX_BOOTSTRAP")]
+    bootstrap: bool,
+    /// This node's Raft address in Kubernetes, e.g. `{pod}.{service}.{namespace}.svc:7071`
+    /// (placeholders: pod, service, namespace, ordinal, shard, index). Turns on cluster mode.
+    #[arg(long, env = "KINDEX_RAFT_ADDR_TEMPLATE")]
+    raft_addr_template: Option<String>,
+    /// `{service}` of the template (the shard's headless Service).
+    #[arg(long, env = "KINDEX_SERVICE")]
+    service: Option<String>,
+    /// `{namespace}` of the template.
+    #[arg(long, env = "KINDEX_NAMESPACE")]
+    namespace: Option<String>,
+    /// This member's address as other members reach it (`raft_host:port` or
+    /// `raft_host:port|grpc_host:port`). Default: its `--peers` entry, else the rendered
+    /// `--raft-addr-template`, else `<listen>:<raft port>|<listen>:<grpc port>`.
+    #[arg(long, env = "KINDEX_ADVERTISE_ADDR")]
+    advertise_addr: Option<String>,
+    /// Raft heartbeat interval.
+    #[arg(long, env = "KINDEX_RAFT_HEARTBEAT_MS", default_value_t = 250)]
+    raft_heartbeat_ms: u64,
+    /// Raft election timeout (minimum; the maximum is twice this).
+    #[arg(long, env = "KINDEX_RAFT_ELECTION_TIMEOUT_MS", default_value_t = 1500)]
+    raft_election_timeout_ms: u64,
+    /// Log entries kept behind the newest snapshot for briefly lagging followers; older ones
+    /// are purged after each snapshot (a follower further behind gets the snapshot).
+    #[arg(long, env = "KINDEX_RAFT_LOG_KEEP", default_value_t = 1000)]
+    raft_log_keep: u64,
     /// Structural: vector dimension (fixed for the life of the data).
     #[arg(long, env = "KINDEX_DIMENSION", default_value_t = 384)]
     dimension: u32,
@@ -59,8 +112,60 @@ struct Args {
     drain_timeout_secs: u64,
 }
 
+type Peers = BTreeMap<u64, String>;
+
 fn parse_metric(s: &str) -> Result<Metric, String> {
     Metric::parse(s).ok_or_else(|| format!("unknown metric {s:?}; use cosine, l2 or dot"))
+}
+
+fn parse_peers(s: &str) -> Result<Peers, String> {
+    let mut peers = BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("peer {item:?} is not <id>=<host:port>"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer id {id:?} is not a number"))?;
+        let addr = addr.trim();
+        if addr.is_empty() || !addr.split('|').all(|a| a.contains(':')) {
+            return Err(format!(
+                "peer {id}: address {addr:?} is not host:port (or host:port|host:port)"
+            ));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("peer {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no peers given".into());
+    }
+    Ok(peers)
+}
+
+/// `kindex-a-s0-2` → 2.
+fn ordinal(name: &str) -> Option<u64> {
+    name.rsplit_once('-')?.1.parse().ok()
+}
+
+fn render_template(t: &str, vars: &[(&str, Option<String>)]) -> anyhow::Result<String> {
+    let mut out = t.to_string();
+    for (k, v) in vars {
+        let key = format!("{{{k}}}");
+        if out.contains(&key) {
+            let Some(v) = v else {
+                bail!(
+                    "--raft-addr-template uses {key} but its value is not known (set the matching flag)"
+                );
+            };
+            out = out.replace(&key, v);
+        }
+    }
+    if out.contains('{') {
+        bail!("--raft-addr-template {t:?}: unknown placeholder left in {out:?}");
+    }
+    Ok(out)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,34 +194,123 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(args, structural, runtime))
 }
 
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {what} on {addr}"))
+}
+
 async fn run(
     args: Args,
     structural: StructuralConfig,
     runtime: RuntimeConfig,
 ) -> anyhow::Result<()> {
-    let data_dir = args.data_dir.clone();
-    let index = args.index.clone();
-    let node =
-        tokio::task::spawn_blocking(move || Node::open(&index, &data_dir, structural, runtime))
-            .await?
-            .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
-    let node = Arc::new(node);
+    let cluster = args.peers.is_some() || args.raft_addr_template.is_some();
+    let pod = args
+        .pod_name
+        .clone()
+        .or_else(|| cluster.then(|| std::env::var("HOSTNAME").ok()).flatten());
+    let node_id = match (args.node_id, &pod) {
+        (Some(id), _) => id,
+        (None, Some(p)) => ordinal(p).with_context(|| {
+            format!("cannot derive the node id from the pod name {p:?} (no -<ordinal> suffix); pass --node-id")
+        })?,
+        (None, None) if cluster => bail!("cluster mode needs --node-id (or --pod-name with an ordinal)"),
+        (None, None) => 0,
+    };
+    let raft_port = args.raft_port.unwrap_or(DEFAULT_RAFT_PORT);
+    let advertise = match (&args.advertise_addr, &args.peers, &args.raft_addr_template) {
+        (Some(a), _, _) => a.clone(),
+        (None, Some(peers), _) => peers
+            .get(&node_id)
+            .cloned()
+            .with_context(|| format!("--peers has no entry for this node ({node_id})"))?,
+        (None, None, Some(t)) => render_template(
+            t,
+            &[
+                ("pod", pod.clone()),
+                ("service", args.service.clone()),
+                ("namespace", args.namespace.clone()),
+                ("ordinal", Some(node_id.to_string())),
+                ("shard", Some(args.shard.to_string())),
+                ("index", Some(args.index.clone())),
+            ],
+        )?,
+        (None, None, None) => format!("{0}:{raft_port}|{0}:{1}", args.listen, args.grpc_port),
+    };
+    let membership = match &args.peers {
+        Some(peers) => Membership::Cluster {
+            peers: peers.clone(),
+            bootstrap: args.bootstrap,
+        },
+        None if cluster => Membership::Cluster {
+            peers: BTreeMap::new(),
+            bootstrap: false,
+        },
+        None => Membership::Standalone,
+    };
+    if args.bootstrap && args.peers.is_none() {
+        bail!("--bootstrap needs --peers");
+    }
+
+    // Bind everything first so a busy port fails start-up with a clear error.
+    let grpc_addr = SocketAddr::new(args.listen, args.grpc_port);
+    let http_addr = SocketAddr::new(args.listen, args.http_port);
+    let grpc_listener = bind(grpc_addr, "gRPC").await?;
+    let http_listener = bind(http_addr, "HTTP").await?;
+    let raft_listener = if cluster || args.raft_port.is_some() {
+        Some(bind(SocketAddr::new(args.listen, raft_port), "Raft").await?)
+    } else {
+        None
+    };
+
+    let node = Node::open(NodeConfig {
+        index: args.index.clone(),
+        data_dir: args.data_dir.clone(),
+        structural,
+        runtime,
+        node_id,
+        shard: args.shard,
+        advertise: advertise.clone(),
+        grpc_port: args.grpc_port,
+        raft_listener,
+        membership,
+        tuning: RaftTuning {
+            heartbeat_ms: args.raft_heartbeat_ms,
+            election_timeout_ms: args.raft_election_timeout_ms,
+            log_keep: args.raft_log_keep,
+        },
+    })
+    .await
+    .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
     tracing::info!(
         index = %node.index,
+        shard = node.shard,
+        node_id,
+        %advertise,
+        raft_addr = ?node.raft_addr(),
         data_dir = %args.data_dir.display(),
         structural = %node.engine().structural(),
         vectors = node.engine().count(),
+        standalone = node.is_standalone(),
         "node open"
     );
+    if node.is_standalone() {
+        // A group of one elects itself at once: serve only when it can take writes.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !node.is_ready() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !node.is_ready() {
+            tracing::warn!("standalone node is not ready after 60 s; serving anyway");
+        }
+    }
     if let Some(p) = args.runtime_config.clone() {
         node::spawn_runtime_reload(node.clone(), p, Duration::from_secs(2));
     }
     node::spawn_maintenance(node.clone());
 
-    let grpc_addr = SocketAddr::new(args.listen, args.grpc_port);
-    let http_addr = SocketAddr::new(args.listen, args.http_port);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-
     let grpc = {
         let mut stop = stop_rx.clone();
         let points =
@@ -124,15 +318,11 @@ async fn run(
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20);
         let admin = pb::admin_server::AdminServer::new(grpc::AdminService { node: node.clone() });
-        // Bind first so a busy port fails start-up with a clear error.
-        let listener = tokio::net::TcpListener::bind(grpc_addr)
-            .await
-            .with_context(|| format!("binding gRPC on {grpc_addr}"))?;
         let server = tonic::transport::Server::builder()
             .add_service(points)
             .add_service(admin)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                 async move {
                     let _ = stop.changed().await;
                 },
@@ -141,12 +331,9 @@ async fn run(
     };
     let http = {
         let mut stop = stop_rx.clone();
-        let listener = tokio::net::TcpListener::bind(http_addr)
-            .await
-            .with_context(|| format!("binding HTTP on {http_addr}"))?;
         let app = http::router(node.clone());
         tokio::spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(http_listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stop.changed().await;
                 })
@@ -155,15 +342,26 @@ async fn run(
     };
     tracing::info!(%grpc_addr, %http_addr, "serving");
 
-    shutdown_signal().await;
-    tracing::info!("shutting down: draining the indexing queue, then taking a snapshot");
-    node.set_ready(false);
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        why = node.raft_stopped() => {
+            // Serving without a Raft member would only fail every write: exit and be restarted.
+            tracing::error!(error = %why, "the shard's raft member stopped; exiting");
+            anyhow::bail!("{why}");
+        }
+    }
+    tracing::info!("shutting down: no more writes; draining the indexing queue, then a snapshot");
+    node.begin_stop();
     let _ = stop_tx.send(true);
-    let _ = grpc.await;
-    let _ = http.await;
-    let n = node.clone();
-    let timeout = Duration::from_secs(args.drain_timeout_secs);
-    tokio::task::spawn_blocking(move || n.shutdown(timeout)).await??;
+    // In-flight requests finish (bounded); new ones are refused.
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        let _ = grpc.await;
+        let _ = http.await;
+    })
+    .await;
+    node.shutdown(Duration::from_secs(args.drain_timeout_secs))
+        .await
+        .context("graceful shutdown")?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
@@ -187,4 +385,30 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_and_ordinals_parse() {
+        let p = parse_peers("0=a:7071, 1=b:7071|b:7070").unwrap();
+        assert_eq!(p[&1], "b:7071|b:7070");
+        assert!(parse_peers("0=a").is_err());
+        assert!(parse_peers("0=a:1,0=b:1").is_err());
+        assert_eq!(ordinal("docs-s0-12"), Some(12));
+        assert_eq!(ordinal("docs"), None);
+        let t = render_template(
+            "{pod}.{service}.{namespace}.svc:7071",
+            &[
+                ("pod", Some("docs-s0-1".into())),
+                ("service", Some("docs-s0".into())),
+                ("namespace", Some("ns".into())),
+            ],
+        )
+        .unwrap();
+        assert_eq!(t, "docs-s0-1.docs-s0.ns.svc:7071");
+        assert!(render_template("{pod}:1", &[("pod", None)]).is_err());
+    }
 }

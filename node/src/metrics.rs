@@ -1,29 +1,94 @@
-//! Prometheus metrics of a node. Engine gauges are refreshed at scrape time.
+//! Prometheus metrics of a node. Engine and Raft gauges are refreshed at scrape time; counters
+//! (requests, applied entries, leader changes) as things happen.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntGauge, Registry, TextEncoder,
-};
+use std::collections::BTreeMap;
+
+use prometheus::Encoder;
+use prometheus::Histogram;
+use prometheus::HistogramOpts;
+use prometheus::HistogramVec;
+use prometheus::IntCounter;
+use prometheus::IntGauge;
+use prometheus::IntGaugeVec;
+use prometheus::Opts;
+use prometheus::Registry;
+use prometheus::TextEncoder;
 
 use crate::engine::Engine;
+
+/// The Raft state a scrape reports (taken from openraft's metrics by the node).
+#[derive(Debug, Clone, Default)]
+pub struct RaftGauges {
+    /// See [`role_code`].
+    pub role: i64,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
+    /// Leader only: entries each follower/learner is behind the leader's last log entry.
+    pub replication_lag: BTreeMap<u64, u64>,
+    /// Bytes of the Raft log (WAL chunk files) on disk.
+    pub log_bytes: u64,
+    /// Seconds since the newest snapshot was taken (None: no snapshot).
+    pub snapshot_age_secs: Option<u64>,
+    /// Bytes of the newest snapshot on disk (None: no snapshot).
+    pub snapshot_bytes: Option<u64>,
+}
+
+/// `kindex_raft_role` values.
+pub fn role_code(role: &str) -> i64 {
+    match role {
+        "learner" => 0,
+        "follower" => 1,
+        "candidate" => 2,
+        "leader" => 3,
+        _ => 4, // shutdown
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
     pub requests: HistogramVec,
     pub snapshot_duration: Histogram,
     pub snapshot_bytes: IntGauge,
+    snapshot_age: IntGauge,
     vectors_live: IntGauge,
     tombstones: IntGauge,
     queue_depth: IntGauge,
     queue_capacity: IntGauge,
     indexing_lag_ms: IntGauge,
     last_batch_ms: IntGauge,
+    /// Normal (write) entries applied to the engine.
+    pub raft_applied_entries: IntCounter,
+    /// Times this node saw a new leader.
+    pub raft_leader_changes: IntCounter,
+    raft_role: IntGauge,
+    raft_term: IntGauge,
+    raft_has_leader: IntGauge,
+    raft_last_log_index: IntGauge,
+    raft_committed_index: IntGauge,
+    raft_applied_index: IntGauge,
+    raft_snapshot_index: IntGauge,
+    raft_purged_index: IntGauge,
+    raft_replication_lag: IntGaugeVec,
+    raft_log_bytes: IntGauge,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric name");
-    r.register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+    register(r, IntGauge::new(name, help).expect("valid metric name"))
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    register(r, IntCounter::new(name, help).expect("valid metric name"))
 }
 
 impl Default for Metrics {
@@ -35,72 +100,125 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let requests = HistogramVec::new(
-            HistogramOpts::new(
-                "kindex_request_duration_seconds",
-                "Request latency by API and method",
+        let r = &registry;
+        let requests = register(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "kindex_request_duration_seconds",
+                    "Request latency by API and method",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0, 5.0,
+                ]),
+                &["api", "method", "code"],
             )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-                5.0,
-            ]),
-            &["api", "method", "code"],
-        )
-        .expect("valid histogram");
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("registered once");
-        let snapshot_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "kindex_snapshot_duration_seconds",
-                "Time to write a snapshot",
+            .expect("valid histogram"),
+        );
+        let snapshot_duration = register(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "kindex_snapshot_duration_seconds",
+                    "Time to write a snapshot",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]),
             )
-            .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]),
-        )
-        .expect("valid histogram");
-        registry
-            .register(Box::new(snapshot_duration.clone()))
-            .expect("registered once");
+            .expect("valid histogram"),
+        );
+        let raft_replication_lag = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "kindex_raft_replication_lag_entries",
+                    "Leader only: log entries each follower is behind the leader",
+                ),
+                &["follower"],
+            )
+            .expect("valid gauge vec"),
+        );
         Metrics {
-            snapshot_bytes: gauge(
-                &registry,
-                "kindex_snapshot_bytes",
-                "Size of the last snapshot",
+            snapshot_bytes: gauge(r, "kindex_snapshot_bytes", "Size of the last snapshot"),
+            snapshot_age: gauge(
+                r,
+                "kindex_snapshot_age_seconds",
+                "Seconds since the newest snapshot was taken (-1: none)",
             ),
-            vectors_live: gauge(&registry, "kindex_vectors", "Live vectors on this replica"),
+            vectors_live: gauge(r, "kindex_vectors", "Live vectors on this replica"),
             tombstones: gauge(
-                &registry,
+                r,
                 "kindex_tombstones",
                 "Deleted vectors still linked in the graph",
             ),
             queue_depth: gauge(
-                &registry,
+                r,
                 "kindex_index_queue_depth",
                 "Applied vectors waiting to be indexed",
             ),
             queue_capacity: gauge(
-                &registry,
+                r,
                 "kindex_index_queue_capacity",
                 "Queue capacity before writes wait",
             ),
             indexing_lag_ms: gauge(
-                &registry,
+                r,
                 "kindex_indexing_lag_milliseconds",
                 "Age of the oldest queued vector",
             ),
             last_batch_ms: gauge(
-                &registry,
+                r,
                 "kindex_indexing_last_batch_milliseconds",
                 "Duration of the last indexing batch",
             ),
+            raft_applied_entries: counter(
+                r,
+                "kindex_raft_applied_entries_total",
+                "Write entries applied to the engine (rate = apply rate)",
+            ),
+            raft_leader_changes: counter(
+                r,
+                "kindex_raft_leader_changes_total",
+                "Times this node saw a new leader",
+            ),
+            raft_role: gauge(
+                r,
+                "kindex_raft_role",
+                "Raft role: 0 learner, 1 follower, 2 candidate, 3 leader, 4 shutdown",
+            ),
+            raft_term: gauge(r, "kindex_raft_term", "Current Raft term"),
+            raft_has_leader: gauge(r, "kindex_raft_has_leader", "1 if this node knows a leader"),
+            raft_last_log_index: gauge(
+                r,
+                "kindex_raft_last_log_index",
+                "Index of the last entry in the local log",
+            ),
+            raft_committed_index: gauge(
+                r,
+                "kindex_raft_committed_index",
+                "Highest log index known committed",
+            ),
+            raft_applied_index: gauge(r, "kindex_raft_applied_index", "Highest log index applied"),
+            raft_snapshot_index: gauge(
+                r,
+                "kindex_raft_snapshot_index",
+                "Log index of the newest snapshot",
+            ),
+            raft_purged_index: gauge(
+                r,
+                "kindex_raft_purged_index",
+                "Highest log index purged from the log",
+            ),
+            raft_log_bytes: gauge(r, "kindex_raft_log_bytes", "Bytes of the Raft log on disk"),
+            raft_replication_lag,
             requests,
             snapshot_duration,
             registry,
         }
     }
 
-    /// Prometheus text exposition, with engine gauges refreshed.
-    pub fn render(&self, engine: &Engine) -> String {
+    /// Prometheus text exposition, with engine (and Raft) gauges refreshed.
+    pub fn render(&self, engine: &Engine, raft: Option<&RaftGauges>) -> String {
         let s = engine.stats();
         self.vectors_live.set(s.live as i64);
         self.tombstones.set(s.tombstoned as i64);
@@ -108,6 +226,29 @@ impl Metrics {
         self.queue_capacity.set(s.queue_capacity as i64);
         self.indexing_lag_ms.set(s.indexing_lag_ms as i64);
         self.last_batch_ms.set(s.last_batch_ms as i64);
+        if let Some(r) = raft {
+            self.raft_role.set(r.role);
+            self.raft_term.set(r.term as i64);
+            self.raft_has_leader.set(i64::from(r.leader.is_some()));
+            self.raft_last_log_index.set(r.last_log_index as i64);
+            self.raft_committed_index.set(r.committed_index as i64);
+            self.raft_applied_index.set(r.applied_index as i64);
+            self.raft_snapshot_index.set(r.snapshot_index as i64);
+            self.raft_purged_index.set(r.purged_index as i64);
+            self.raft_log_bytes.set(r.log_bytes as i64);
+            self.snapshot_age
+                .set(r.snapshot_age_secs.map_or(-1, |a| a as i64));
+            if let Some(b) = r.snapshot_bytes {
+                self.snapshot_bytes.set(b as i64);
+            }
+            // Only current followers: a removed member's series disappears.
+            self.raft_replication_lag.reset();
+            for (id, lag) in &r.replication_lag {
+                self.raft_replication_lag
+                    .with_label_values(&[&id.to_string()])
+                    .set(*lag as i64);
+            }
+        }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

@@ -1,5 +1,6 @@
 //! HTTP: health, readiness, metrics, and a JSON mirror of the `Points` API
-//! under `/v1`.
+//! under `/v1`. Writes are replicated like the gRPC ones (a follower forwards them to the
+//! leader over gRPC); reads are served by this replica (consistency `eventual`).
 
 use std::sync::Arc;
 
@@ -12,9 +13,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::engine::filter::{Filter, Payload};
-use crate::engine::{InputError, PointInput};
-use crate::node::{Node, NodeError};
+use crate::engine::InputError;
+use crate::engine::filter::Filter;
+use crate::node::{Node, NodeError, WriteOutcome};
+use crate::raft::PointRecord;
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -49,21 +51,38 @@ impl IntoResponse for ApiError {
 
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
-        match &e {
-            NodeError::UnknownIndex { .. } => {
-                ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string())
-            }
-            NodeError::Engine(crate::engine::EngineError::Input(_)) => {
-                ApiError(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string())
-            }
+        use crate::engine::EngineError;
+        let (code, name) = match &e {
+            NodeError::UnknownIndex { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            NodeError::Engine(EngineError::Input(_))
+            | NodeError::Rejected(_)
+            | NodeError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
             NodeError::Unavailable(_)
-            | NodeError::Engine(crate::engine::EngineError::ShuttingDown) => ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            ),
-            _ => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-        }
+            | NodeError::NotLeader { .. }
+            | NodeError::Engine(EngineError::ShuttingDown) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            NodeError::Engine(EngineError::Full(_)) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "resource_exhausted")
+            }
+            NodeError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            NodeError::FailedPrecondition(_) => (StatusCode::CONFLICT, "failed_precondition"),
+            NodeError::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
+            NodeError::Forwarded(s) => match s.code() {
+                tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_argument"),
+                tonic::Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+                tonic::Code::Unavailable | tonic::Code::FailedPrecondition => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                }
+                tonic::Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+                tonic::Code::ResourceExhausted => {
+                    (StatusCode::INSUFFICIENT_STORAGE, "resource_exhausted")
+                }
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError(code, name, e.to_string())
     }
 }
 
@@ -85,6 +104,7 @@ impl From<JsonRejection> for ApiError {
 
 type Body<T> = Result<Json<T>, JsonRejection>;
 
+/// Ready: a leader is known and the log this node had at start is applied (not while stopping).
 async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
     if node.is_ready() {
         (StatusCode::OK, "ready")
@@ -94,12 +114,15 @@ async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let text = tokio::task::spawn_blocking(move || node.render_metrics())
+        .await
+        .unwrap_or_default();
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        node.metrics.render(node.engine()),
+        text,
     )
 }
 
@@ -124,14 +147,17 @@ struct WriteReply {
     token: Value,
 }
 
-fn token(node: &Node) -> Value {
-    json!({"shards": [{"shard": node.shard, "appliedIndex": node.applied_index()}]})
+fn reply(node: &Node, w: WriteOutcome) -> WriteReply {
+    WriteReply {
+        affected: w.affected,
+        token: json!({"shards": [{"shard": node.shard, "appliedIndex": w.applied_index}]}),
+    }
 }
 
-fn point_in(i: usize, p: JsonPoint) -> Result<PointInput, InputError> {
-    let payload: Option<Payload> = match p.payload {
+fn point_in(i: usize, p: JsonPoint) -> Result<PointRecord, InputError> {
+    let payload_json = match p.payload {
         None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(m),
+        Some(Value::Object(m)) => Some(Value::Object(m).to_string()),
         Some(_) => {
             return Err(InputError::BadPayload {
                 id: p.id,
@@ -139,10 +165,10 @@ fn point_in(i: usize, p: JsonPoint) -> Result<PointInput, InputError> {
             });
         }
     };
-    Ok(PointInput {
+    Ok(PointRecord {
         id: p.id,
         vector: p.vector,
-        payload,
+        payload_json,
     })
 }
 
@@ -159,14 +185,8 @@ async fn upsert(
         .enumerate()
         .map(|(i, p)| point_in(i, p))
         .collect::<Result<Vec<_>, _>>()?;
-    let n = node.clone();
-    let affected = tokio::task::spawn_blocking(move || n.upsert(&points))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    Ok(Json(WriteReply {
-        affected,
-        token: token(&node),
-    }))
+    let w = node.upsert(points, false).await?;
+    Ok(Json(reply(&node, w)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,11 +234,8 @@ async fn delete(
 ) -> Result<Json<WriteReply>, ApiError> {
     let Json(body) = body?;
     node.check_index(&index)?;
-    let affected = node.delete(&body.ids)?;
-    Ok(Json(WriteReply {
-        affected,
-        token: token(&node),
-    }))
+    let w = node.delete(body.ids, false).await?;
+    Ok(Json(reply(&node, w)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,10 +263,9 @@ async fn search(
     let n = node.clone();
     let filter = body.filter.unwrap_or_default();
     let (vector, k, ef) = (body.vector, body.k, body.ef_search);
-    let hits = tokio::task::spawn_blocking(move || n.search(&vector, k, ef, &filter))
+    let (hits, engine) = tokio::task::spawn_blocking(move || n.search(&vector, k, ef, &filter))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    let engine = node.engine();
     let hits: Vec<Value> = hits
         .into_iter()
         .map(|h| {

@@ -1,0 +1,153 @@
+//! The Raft layer of one shard: every write is committed on a quorum before it is acknowledged.
+//!
+//! - [`log_store`]: durable Raft log + vote on the data dir (raft-log WAL, fsync before ack).
+//! - [`state_machine`]: applies committed [`Command`]s to a [`ShardState`] (the engine) and
+//!   manages snapshots as directories of files.
+//! - [`network`] / [`server`]: the Raft transport over the `kindex.v1.Raft` gRPC service.
+//! - [`node`]: wires the above into one running Raft member (`RaftShard`).
+//!
+//! openraft is `=0.10.0-alpha.37`; see `NOTES.md` in this directory for the API facts this module relies on.
+
+pub mod engine_state;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod server;
+pub mod snapshot;
+pub mod state_machine;
+pub mod wire;
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+pub use self::engine_state::EngineState;
+pub use self::log_store::LogStore;
+pub use self::log_store::LogStoreConfig;
+pub use self::network::NetworkConfig;
+pub use self::network::RaftNetworkFactoryImpl;
+pub use self::node::RaftShard;
+pub use self::node::RaftShardConfig;
+pub use self::server::RaftGrpcService;
+pub use self::snapshot::SnapshotDir;
+pub use self::state_machine::ApplyOutcome;
+pub use self::state_machine::ShardState;
+pub use self::state_machine::ShardStateMachine;
+pub use self::state_machine::SnapshotWriter;
+
+/// Node id = the pod ordinal.
+pub type NodeId = u64;
+
+/// A member's address: `BasicNode { addr }` with `addr` = `"raft_host:port"` (the pod's Raft
+/// endpoint, port 7071) or `"raft_host:port|grpc_host:port"` when the member's client gRPC
+/// endpoint (port 7070) cannot be derived from it (see [`raft_addr_of`], [`grpc_addr_of`]).
+pub type Node = openraft::BasicNode;
+
+/// The Raft endpoint of a member address (`"raft"` or `"raft|grpc"`).
+pub fn raft_addr_of(addr: &str) -> &str {
+    addr.split_once('|').map_or(addr, |(raft, _)| raft)
+}
+
+/// The client gRPC endpoint of a member address, if it carries one (`"raft|grpc"`).
+pub fn grpc_addr_of(addr: &str) -> Option<&str> {
+    addr.split_once('|')
+        .map(|(_, grpc)| grpc)
+        .filter(|g| !g.is_empty())
+}
+
+openraft::declare_raft_types!(
+    /// openraft type configuration of a kindex shard.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = Node,
+);
+
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type EntryPayload = openraft::alias::EntryPayloadOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type Membership = openraft::Membership<NodeId, Node>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotDir>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+/// The Raft handle of a shard whose engine is `S`.
+pub type KindexRaft<S> = openraft::Raft<TypeConfig, ShardStateMachine<S>>;
+
+/// One point of an upsert: string id, vector, optional JSON payload (kept as text so the log
+/// encoding stays schema-free and compact).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointRecord {
+    pub id: String,
+    pub vector: Vec<f32>,
+    pub payload_json: Option<String>,
+}
+
+/// A replicated write. Applied in log order on every replica; must be validated (dimension,
+/// ids, limits) by the coordinator *before* it is proposed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    Upsert {
+        points: Vec<PointRecord>,
+    },
+    Delete {
+        ids: Vec<String>,
+    },
+    /// Reserved for policy updates (retention, quota, prune). The policy is JSON text rather than
+    /// a `serde_json::Value` because the log and the wire use postcard, which cannot decode
+    /// self-describing values.
+    Policy {
+        json: String,
+    },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Upsert { points } => write!(f, "upsert({} points)", points.len()),
+            Command::Delete { ids } => write!(f, "delete({} ids)", ids.len()),
+            Command::Policy { json } => write!(f, "policy({} bytes)", json.len()),
+        }
+    }
+}
+
+/// The result of applying one log entry, returned by `client_write` on the leader.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// Log index at which the command was applied (the client's "session" token).
+    pub applied_index: u64,
+    /// Points inserted/replaced/deleted.
+    pub affected: u64,
+    /// Set when the state deterministically refused the command (e.g. quota); nothing changed.
+    pub rejected: Option<String>,
+}
+
+/// A stable wire/log representation size estimate for a command, used by the log cache and to
+/// bound AppendEntries batches.
+pub(crate) fn command_size(cmd: &Command) -> u64 {
+    match cmd {
+        Command::Upsert { points } => points
+            .iter()
+            .map(|p| {
+                (p.id.len()
+                    + p.vector.len() * 4
+                    + p.payload_json.as_ref().map_or(0, String::len)
+                    + 16) as u64
+            })
+            .sum(),
+        Command::Delete { ids } => ids.iter().map(|i| i.len() as u64 + 2).sum(),
+        Command::Policy { json } => json.len() as u64,
+    }
+}
+
+/// Size estimate of a log payload (see [`command_size`]).
+pub(crate) fn payload_size(payload: &EntryPayload) -> u64 {
+    match payload {
+        openraft::EntryPayload::Normal(cmd) => command_size(cmd) + 16,
+        openraft::EntryPayload::Blank => 16,
+        openraft::EntryPayload::Membership(m) => 64 + 64 * m.nodes().count() as u64,
+    }
+}

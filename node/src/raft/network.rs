@@ -1,0 +1,316 @@
+//! Outgoing Raft RPCs over gRPC (`kindex.v1.Raft`): openraft's `RaftNetworkFactory` and the
+//! per-peer `RaftNetworkV2` client.
+//!
+//! - One lazily connected tonic `Channel` per peer address, cached and shared by every client
+//!   openraft creates for that peer (replication, heartbeat, snapshot); tonic reconnects it.
+//! - AppendEntries with entries gets `append_timeout` (multi-MB batches), at least openraft's
+//!   own TTL (openraft passes only the heartbeat interval for appends).
+//! - `Vote`, `PreVote` and `TransferLeader` share the proto's `Vote` RPC: its bytes are a
+//!   [`VoteRpc`] envelope (the contract has no RPC of their own).
+//! - Snapshots stream from their directory in chunks (see [`super::snapshot`]), bounded by
+//!   `snapshot_timeout` and cancelled when openraft closes the replication.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kindex_proto::RaftReply;
+use kindex_proto::RaftRequest;
+use kindex_proto::raft_client::RaftClient;
+use openraft::RPCTypes;
+use openraft::RaftNetworkFactory;
+use openraft::RaftNetworkV2;
+use openraft::errors::NetworkError;
+use openraft::errors::RPCError;
+use openraft::errors::ReplicationClosed;
+use openraft::errors::StreamingError;
+use openraft::errors::Timeout;
+use openraft::errors::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+
+use super::Node;
+use super::NodeId;
+use super::Snapshot;
+use super::TypeConfig;
+use super::Vote;
+use super::snapshot::SnapshotDir;
+use super::wire;
+
+/// Transport settings, shared by client and server.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    pub connect_timeout: Duration,
+    /// Timeout of an AppendEntries that carries entries.
+    pub append_timeout: Duration,
+    /// Smallest timeout of any RPC (openraft's TTLs can be a few ms).
+    pub min_rpc_timeout: Duration,
+    /// Data bytes per snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Whole snapshot transfer (send or receive).
+    pub snapshot_timeout: Duration,
+    /// Receiver: longest wait for the next snapshot chunk.
+    pub snapshot_idle_timeout: Duration,
+    /// Receiver: largest snapshot accepted (sum of its files).
+    pub max_snapshot_bytes: u64,
+    /// gRPC message limit, both directions. Must exceed the log store's `append_batch_bytes`
+    /// plus the largest single command.
+    pub max_message_bytes: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            append_timeout: Duration::from_secs(30),
+            min_rpc_timeout: Duration::from_millis(500),
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_timeout: Duration::from_secs(30 * 60),
+            snapshot_idle_timeout: Duration::from_secs(60),
+            max_snapshot_bytes: 64 << 30,
+            max_message_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Payload of the `Vote` RPC.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum VoteRpc {
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+}
+
+/// Creates per-peer clients; holds the channel cache. Clone shares the cache.
+#[derive(Clone)]
+pub struct RaftNetworkFactoryImpl {
+    id: NodeId,
+    cfg: Arc<NetworkConfig>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl RaftNetworkFactoryImpl {
+    /// `id`: this node (only used in error reports).
+    pub fn new(id: NodeId, cfg: NetworkConfig) -> Self {
+        Self {
+            id,
+            cfg: Arc::new(cfg),
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock();
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+            .connect_timeout(self.cfg.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient {
+            id: self.id,
+            target,
+            addr: node.addr.clone(),
+            channel: self.channel(super::raft_addr_of(&node.addr)),
+            cfg: self.cfg.clone(),
+        }
+    }
+}
+
+/// The client to one peer.
+pub struct PeerClient {
+    id: NodeId,
+    target: NodeId,
+    addr: String,
+    channel: Result<Channel, String>,
+    cfg: Arc<NetworkConfig>,
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftClient<Channel>, Unreachable<TypeConfig>> {
+        let ch = self.channel.clone().map_err(Unreachable::from_string)?;
+        Ok(RaftClient::new(ch)
+            .max_decoding_message_size(self.cfg.max_message_bytes)
+            .max_encoding_message_size(self.cfg.max_message_bytes))
+    }
+
+    fn timeout_err(&self, action: RPCTypes, timeout: Duration) -> Timeout<TypeConfig> {
+        Timeout {
+            action,
+            id: self.id,
+            target: self.target,
+            timeout,
+        }
+    }
+
+    fn unreachable(&self, what: impl std::fmt::Display) -> Unreachable<TypeConfig> {
+        Unreachable::from_string(format!(
+            "raft peer {} at {}: {what}",
+            self.target, self.addr
+        ))
+    }
+
+    /// One unary call: encode, send with a deadline, decode the reply.
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        action: RPCTypes,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let timeout = timeout.max(self.cfg.min_rpc_timeout);
+        let data = wire::encode(req).map_err(|e| NetworkError::<TypeConfig>::new(&e))?;
+        let mut client = self.client()?;
+        let mut request = tonic::Request::new(RaftRequest { data });
+        request.set_timeout(timeout);
+        let fut = async {
+            match action {
+                RPCTypes::AppendEntries => client.append_entries(request).await,
+                _ => client.vote(request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, fut).await {
+            Err(_) => return Err(self.timeout_err(action, timeout).into()),
+            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+                return Err(self.timeout_err(action, timeout).into());
+            }
+            Ok(Err(status)) => return Err(self.unreachable(status).into()),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        decode_reply(reply).map_err(|e| self.unreachable(e).into())
+    }
+}
+
+/// Decode a `RaftReply`: the peer's error, or the encoded response.
+pub(crate) fn decode_reply<T: DeserializeOwned>(reply: RaftReply) -> Result<T, String> {
+    if !reply.error.is_empty() {
+        return Err(format!("remote error: {}", reply.error));
+    }
+    wire::decode(&reply.data).map_err(|e| e.to_string())
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotDir;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let timeout = if rpc.entries.is_empty() {
+            option.hard_ttl()
+        } else {
+            option.hard_ttl().max(self.cfg.append_timeout)
+        };
+        self.call(RPCTypes::AppendEntries, &rpc, timeout).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RPCTypes::Vote, &VoteRpc::Vote(rpc), option.hard_ttl())
+            .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RPCTypes::Vote, &VoteRpc::PreVote(rpc), option.hard_ttl())
+            .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(
+            RPCTypes::TransferLeader,
+            &VoteRpc::TransferLeader(req),
+            option.hard_ttl(),
+        )
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        _option: RPCOption, // openraft's install_snapshot_timeout is per call, too short for GBs
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let dir = snapshot.snapshot.path.clone();
+        let meta = snapshot.meta.clone();
+        let chunk = self.cfg.snapshot_chunk_bytes;
+        let reader = tokio::task::spawn_blocking(move || {
+            super::snapshot::read_chunks(&dir, vote, meta, chunk, tx)
+        });
+
+        let timeout = self.cfg.snapshot_timeout;
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request.set_timeout(timeout);
+        tracing::info!(target_node = self.target, meta = %snapshot.meta, "sending snapshot");
+        let res = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            res = tokio::time::timeout(timeout, client.install_snapshot(request)) => res,
+        };
+        let reply = match res {
+            Err(_) => return Err(self.timeout_err(RPCTypes::InstallSnapshot, timeout).into()),
+            Ok(Err(status)) => {
+                // A local read failure (e.g. the snapshot was pruned mid-transfer) ends the stream
+                // early and shows up here as the receiver's complaint; report the cause. Either
+                // way it is retryable: openraft fetches the current snapshot again.
+                if reader.is_finished()
+                    && let Ok(Err(e)) = reader.await
+                {
+                    return Err(self.unreachable(format!("reading snapshot: {e}")).into());
+                }
+                return Err(self.unreachable(status).into());
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        // The receiver saw the final chunk, so the reader has finished.
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.unreachable(format!("reading snapshot: {e}")).into()),
+            Err(e) => return Err(self.unreachable(format!("snapshot reader: {e}")).into()),
+        }
+        decode_reply(reply).map_err(|e| self.unreachable(e).into())
+    }
+}

@@ -1,0 +1,260 @@
+//! One running Raft member of a shard: log store + state machine + gRPC transport, wired.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::Config;
+use openraft::SnapshotPolicy;
+use openraft::async_runtime::WatchReceiver;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::KindexRaft;
+use super::LogId;
+use super::NodeId;
+use super::log_store::LogStore;
+use super::log_store::LogStoreConfig;
+use super::log_store::LogStoreError;
+use super::log_store::LogStoreRelease;
+use super::network::NetworkConfig;
+use super::network::RaftNetworkFactoryImpl;
+use super::server::RaftGrpcService;
+use super::snapshot::SnapshotStore;
+use super::state_machine::ShardState;
+use super::state_machine::ShardStateMachine;
+use super::state_machine::StateMachineConfig;
+use super::state_machine::StateMachineError;
+
+/// Everything needed to start a member.
+#[derive(Debug, Clone)]
+pub struct RaftShardConfig {
+    /// Pod ordinal.
+    pub node_id: NodeId,
+    /// The PV: the log goes to `<data_dir>/raft-log`, snapshots to `<data_dir>/snapshots`.
+    pub data_dir: PathBuf,
+    pub raft: Config,
+    pub log: LogStoreConfig,
+    pub network: NetworkConfig,
+    pub state_machine: StateMachineConfig,
+}
+
+impl RaftShardConfig {
+    pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            node_id,
+            log: LogStoreConfig::new(data_dir.join("raft-log")),
+            data_dir,
+            raft: default_raft_config(),
+            network: NetworkConfig::default(),
+            state_machine: StateMachineConfig::default(),
+        }
+    }
+}
+
+/// Raft timing for pods on a cluster network with fsync on PVs.
+pub fn default_raft_config() -> Config {
+    Config {
+        cluster_name: "kindex".into(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1500,
+        election_timeout_max: 3000,
+        // Build a snapshot every 10k applied entries (the `snapshotLogEntries` knob).
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
+        // Keep some log behind the snapshot so briefly lagging followers catch up without one.
+        max_in_snapshot_log_to_keep: 1_000,
+        // Only used by `add_learner(.., blocking = true)`: it returns once the learner is at most
+        // this many entries behind. (A snapshot is sent only when the needed log is purged.)
+        replication_lag_threshold: 100,
+        // Only relevant to openraft's own timers; our transport uses NetworkConfig timeouts.
+        install_snapshot_timeout: 30 * 60 * 1000,
+        // A restarted or partitioned node must not bump the term and depose a healthy leader.
+        enable_pre_vote: Some(true),
+        ..Config::default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RaftShardError {
+    #[error(transparent)]
+    LogStore(#[from] LogStoreError),
+    #[error(transparent)]
+    StateMachine(#[from] StateMachineError),
+    #[error("invalid raft config: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("raft failed to start: {0}")]
+    Start(String),
+    #[error("raft listener: {0}")]
+    Listener(std::io::Error),
+}
+
+/// A running member: the Raft handle and its gRPC server.
+pub struct RaftShard<S: ShardState> {
+    raft: KindexRaft<S>,
+    state: Arc<S>,
+    store: SnapshotStore,
+    local_addr: Option<std::net::SocketAddr>,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    log_release: LogStoreRelease,
+}
+
+/// Leader-side view of the group, from openraft's metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub node_id: NodeId,
+    pub is_leader: bool,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    /// Committed as known locally (what this node may apply).
+    pub committed: Option<LogId>,
+    /// Committed by a quorum as last reported by the leader (may be ahead of `committed`).
+    pub cluster_committed: Option<LogId>,
+    pub last_applied: Option<LogId>,
+    pub snapshot: Option<LogId>,
+    pub purged: Option<LogId>,
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+    /// Leader only: per follower/learner, how many entries it is behind the leader's last log.
+    pub lag: BTreeMap<NodeId, u64>,
+}
+
+impl<S: ShardState> RaftShard<S> {
+    /// Open the data dir, start Raft and serve the Raft RPCs on `listener`.
+    /// The member is pristine until [`Self::raft`]`.initialize(..)` (first start of the group)
+    /// or until a leader adds it.
+    ///
+    /// Without a listener no Raft RPCs are served: only for a group of one member (a standalone
+    /// node), which never receives any.
+    pub async fn start(
+        cfg: RaftShardConfig,
+        state: Arc<S>,
+        listener: Option<TcpListener>,
+    ) -> Result<Self, RaftShardError> {
+        let raft_cfg = Arc::new(cfg.raft.clone().validate()?);
+        let log = LogStore::open(&cfg.log)?;
+        let log_release = log.release_tracker();
+        let sm = ShardStateMachine::open(
+            cfg.data_dir.join("snapshots"),
+            state.clone(),
+            cfg.state_machine,
+        )
+        .await?;
+        let store = sm.snapshot_store().clone();
+        let network = RaftNetworkFactoryImpl::new(cfg.node_id, cfg.network.clone());
+        let raft = openraft::Raft::new(cfg.node_id, raft_cfg, network, log, sm)
+            .await
+            .map_err(|e| RaftShardError::Start(e.to_string()))?;
+
+        let (local_addr, stop_server, server) = match listener {
+            None => (None, None, None),
+            Some(listener) => {
+                let local_addr = listener.local_addr().map_err(RaftShardError::Listener)?;
+                let svc = RaftGrpcService::new(raft.clone(), store.clone(), cfg.network.clone())
+                    .into_server();
+                let (stop_tx, stop_rx) = oneshot::channel::<()>();
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let server = tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .tcp_nodelay(true)
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, async {
+                            let _ = stop_rx.await;
+                        }),
+                );
+                (Some(local_addr), Some(stop_tx), Some(server))
+            }
+        };
+        Ok(Self {
+            raft,
+            state,
+            store,
+            local_addr,
+            stop_server,
+            server,
+            log_release,
+        })
+    }
+
+    pub fn raft(&self) -> &KindexRaft<S> {
+        &self.raft
+    }
+
+    pub fn state(&self) -> &Arc<S> {
+        &self.state
+    }
+
+    /// Where the Raft RPCs are served (None: not served).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.local_addr
+    }
+
+    /// The snapshot directories (`<data>/snapshots`).
+    pub fn snapshot_store(&self) -> &SnapshotStore {
+        &self.store
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let lag = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != m.id)
+                    .map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |l| l.index))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let membership = m.membership_config.membership();
+        RaftStatus {
+            node_id: m.id,
+            is_leader: m.current_leader == Some(m.id),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            committed: m.local_committed,
+            cluster_committed: m.cluster_committed,
+            last_applied: m.last_applied,
+            snapshot: m.snapshot,
+            purged: m.purged,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            lag,
+        }
+    }
+
+    /// Stop Raft, then the server, then wait (up to 10 s) until openraft's tasks have dropped
+    /// the log store: once this returns Ok, the data dir is free to be opened again.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        let res = self.raft.shutdown().await.map_err(|e| e.to_string());
+        if let Some(tx) = self.stop_server.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.server.take() {
+            let _ = h.await;
+        }
+        res?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.log_release.is_released() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err("raft log store still in use 10 s after shutdown".into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
+impl<S: ShardState> Drop for RaftShard<S> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop_server.take() {
+            let _ = tx.send(());
+        }
+    }
+}

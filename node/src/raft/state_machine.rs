@@ -1,0 +1,732 @@
+//! openraft `RaftStateMachine` over a [`ShardState`] (the engine), with snapshots as
+//! directories of files in `<data>/snapshots/` (see [`super::snapshot`]).
+//!
+//! The state is transient between snapshots: on open the newest snapshot that loads is loaded
+//! (a broken one is reported, moved to `corrupt-*`, and the previous one tried), and openraft
+//! then re-applies the committed log after it (the log store persists `committed`).
+
+use std::io;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::Stream;
+use futures::StreamExt;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::storage::ApplyResponder;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+use parking_lot::Mutex;
+
+use super::Command;
+use super::CommandResult;
+use super::Entry;
+use super::LogId;
+use super::Snapshot;
+use super::SnapshotMeta;
+use super::StoredMembership;
+use super::TypeConfig;
+use super::snapshot::SnapshotDir;
+use super::snapshot::SnapshotStore;
+use super::snapshot::read_raft_meta;
+
+/// Most entries handed to the engine in one blocking call.
+const APPLY_BATCH: usize = 256;
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Applied; `affected` points were inserted, replaced or deleted.
+    Applied { affected: u64 },
+    /// Deterministically refused (e.g. over quota): nothing changed, the client gets the reason.
+    Rejected(String),
+}
+
+/// The shard's state as the Raft layer sees it. Implemented by the engine.
+///
+/// All methods are called from blocking threads, never from an async task, so they may block
+/// (e.g. `apply` waiting for room in a full indexing queue).
+pub trait ShardState: Send + Sync + 'static {
+    /// Apply one committed command at `log_id`. Must be deterministic: every replica applies
+    /// the same commands in the same order and must end in the same state. `Err` means this
+    /// replica cannot go on (disk failure...): the Raft node stops with a fatal error.
+    fn apply(&self, log_id: &LogId, cmd: &Command) -> io::Result<ApplyOutcome>;
+
+    /// Capture the state as of now, between two applies (nothing is applied concurrently with
+    /// this call). Should be cheap: the heavy I/O belongs in [`SnapshotWriter::write`], which
+    /// runs in the background while later commands are applied.
+    ///
+    /// `last_applied` is the log id the snapshot will be recorded at: the last applied entry of
+    /// any kind (blank and membership entries never reach [`Self::apply`]).
+    fn begin_snapshot(&self, last_applied: Option<&LogId>) -> io::Result<Box<dyn SnapshotWriter>>;
+
+    /// Replace the whole state with the snapshot in `dir` (written by a [`SnapshotWriter`] on
+    /// this or another replica). Validate before replacing: on error the state must be unchanged.
+    /// Do not keep using paths inside `dir` afterwards: old snapshot dirs get deleted.
+    ///
+    /// An error made by [`refuse`] (e.g. the snapshot was built with another structural
+    /// config) is not a damaged snapshot: opening stops instead of falling back to an older one.
+    fn load_snapshot(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// Marks a snapshot load error as "this replica must not go on" (see
+/// [`ShardState::load_snapshot`]), as opposed to "this snapshot is damaged".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// An error that stops opening instead of trying an older snapshot.
+pub fn refuse(reason: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, Refused(reason.into()))
+}
+
+/// Whether `e` was made by [`refuse`].
+pub fn is_refusal(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Refused>())
+}
+
+/// Writes a captured state (see [`ShardState::begin_snapshot`]).
+pub trait SnapshotWriter: Send + 'static {
+    /// Write the captured state as files (subdirectories allowed) into the empty directory
+    /// `dir`. The top-level name `RAFT_META` is reserved. No fsync needed: the caller fsyncs
+    /// the whole tree before the snapshot counts as taken.
+    fn write(self: Box<Self>, dir: &Path) -> io::Result<()>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateMachineError {
+    #[error("snapshot dir {path}: {source}")]
+    Store { path: PathBuf, source: io::Error },
+    #[error("snapshot {path} cannot be used: {source}")]
+    Refused { path: PathBuf, source: io::Error },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StateMachineConfig {
+    /// Complete snapshots kept on disk (at least 1).
+    pub keep_snapshots: usize,
+}
+
+impl Default for StateMachineConfig {
+    fn default() -> Self {
+        Self { keep_snapshots: 2 }
+    }
+}
+
+struct Applied {
+    last: Option<LogId>,
+    membership: StoredMembership,
+}
+
+struct Inner<S> {
+    state: Arc<S>,
+    store: SnapshotStore,
+    cfg: StateMachineConfig,
+    applied: Mutex<Applied>,
+    /// The newest complete snapshot: what `get_current_snapshot` returns.
+    current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
+}
+
+/// The Raft state machine of a shard. Cheap to clone (shared).
+pub struct ShardStateMachine<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for ShardStateMachine<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
+}
+
+impl<S: ShardState> ShardStateMachine<S> {
+    /// Open the state machine on `snapshot_root` (`<data>/snapshots`) and load the newest
+    /// snapshot that loads into `state` (which must be empty).
+    pub async fn open(
+        snapshot_root: impl Into<PathBuf>,
+        state: Arc<S>,
+        cfg: StateMachineConfig,
+    ) -> Result<Self, StateMachineError> {
+        let root = snapshot_root.into();
+        let err = |source| StateMachineError::Store {
+            path: root.clone(),
+            source,
+        };
+        let store = SnapshotStore::open(root.clone()).map_err(err)?;
+        let cfg = StateMachineConfig {
+            keep_snapshots: cfg.keep_snapshots.max(1),
+        };
+
+        let opened = blocking(move || {
+            let mut current = None;
+            for dir in store.list()? {
+                let loaded = read_raft_meta(&dir).and_then(|meta| state.load_snapshot(&dir).map(|()| meta));
+                match loaded {
+                    Ok(meta) => {
+                        tracing::info!(dir = %dir.display(), %meta, "loaded snapshot");
+                        current = Some((meta, dir));
+                        break;
+                    }
+                    Err(e) if is_refusal(&e) => return Ok(Err((dir, e))),
+                    Err(e) => {
+                        tracing::error!(dir = %dir.display(), error = %e, "snapshot does not load; trying an older one");
+                        store.mark_corrupt(&dir)?;
+                    }
+                }
+            }
+            Ok(Ok((current, store, state)))
+        })
+        .await
+        .map_err(err)?;
+        let (current, store, state) =
+            opened.map_err(|(path, source)| StateMachineError::Refused { path, source })?;
+
+        let applied = match &current {
+            Some((meta, _)) => Applied {
+                last: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            },
+            None => Applied {
+                last: None,
+                membership: StoredMembership::default(),
+            },
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                state,
+                store,
+                cfg,
+                applied: Mutex::new(applied),
+                current: Mutex::new(current),
+            }),
+        })
+    }
+
+    /// The engine.
+    pub fn state(&self) -> &Arc<S> {
+        &self.inner.state
+    }
+
+    pub fn snapshot_store(&self) -> &SnapshotStore {
+        &self.inner.store
+    }
+
+    /// Last applied log id (also in `RaftMetrics::last_applied`).
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.inner.applied.lock().last
+    }
+
+    /// Apply up to [`APPLY_BATCH`] entries on a blocking thread; returns the results of the
+    /// applied prefix, the entries back, and the error that stopped it, if any.
+    async fn apply_batch(
+        &self,
+        batch: Vec<Entry>,
+    ) -> io::Result<(Vec<CommandResult>, Vec<Entry>, Option<io::Error>)> {
+        let state = self.inner.state.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut results = Vec::with_capacity(batch.len());
+            for entry in &batch {
+                let applied_index = entry.log_id.index;
+                let result = match &entry.payload {
+                    openraft::EntryPayload::Normal(cmd) => match state.apply(&entry.log_id, cmd) {
+                        Ok(ApplyOutcome::Applied { affected }) => CommandResult {
+                            applied_index,
+                            affected,
+                            rejected: None,
+                        },
+                        Ok(ApplyOutcome::Rejected(reason)) => CommandResult {
+                            applied_index,
+                            affected: 0,
+                            rejected: Some(reason),
+                        },
+                        Err(e) => return (results, batch, Some(e)),
+                    },
+                    _ => CommandResult {
+                        applied_index,
+                        affected: 0,
+                        rejected: None,
+                    },
+                };
+                results.push(result);
+            }
+            (results, batch, None)
+        })
+        .await
+        .map_err(io::Error::other)
+    }
+
+    fn record_applied(&self, entries: &[Entry]) {
+        let mut a = self.inner.applied.lock();
+        for e in entries {
+            a.last = Some(e.log_id);
+            if let openraft::EntryPayload::Membership(m) = &e.payload {
+                a.membership = StoredMembership::new(Some(e.log_id), m.clone());
+            }
+        }
+    }
+
+    /// Make a freshly built `dir` the current snapshot, unless a newer one was installed while
+    /// it was being built: then it stays on disk unused until pruned (openraft may still hold
+    /// the path the build returned).
+    fn register(&self, meta: &SnapshotMeta, dir: &Path) -> io::Result<()> {
+        let mut cur = self.inner.current.lock();
+        if cur
+            .as_ref()
+            .is_some_and(|(m, _)| m.last_log_id > meta.last_log_id)
+        {
+            return Ok(());
+        }
+        *cur = Some((meta.clone(), dir.to_path_buf()));
+        self.inner.store.prune(dir, self.inner.cfg.keep_snapshots)
+    }
+}
+
+/// Builds one snapshot from a state captured by [`ShardState::begin_snapshot`].
+pub struct ShardSnapshotBuilder<S> {
+    sm: ShardStateMachine<S>,
+    meta: SnapshotMeta,
+    /// Mutex only to make the builder `Sync` (openraft requires it); taken once.
+    writer: Mutex<Option<io::Result<Box<dyn SnapshotWriter>>>>,
+}
+
+impl<S: ShardState> RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder<S> {
+    type SnapshotData = SnapshotDir;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let writer = self
+            .writer
+            .lock()
+            .take()
+            .ok_or_else(|| io::Error::other("snapshot builder used twice"))??;
+        let store = self.sm.inner.store.clone();
+        let meta = self.meta.clone();
+        let dir = blocking(move || {
+            let tmp = store.new_build_dir()?;
+            let res = writer
+                .write(&tmp)
+                .and_then(|()| store.commit(&tmp, &meta, true));
+            if res.is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            res
+        })
+        .await?;
+        let sm = self.sm.clone();
+        let meta = self.meta.clone();
+        let d = dir.clone();
+        blocking(move || sm.register(&meta, &d)).await?;
+        tracing::info!(dir = %dir.display(), meta = %self.meta, "built snapshot");
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: SnapshotDir { path: dir },
+        })
+    }
+}
+
+impl<S: ShardState> RaftStateMachine<TypeConfig> for ShardStateMachine<S> {
+    type SnapshotData = SnapshotDir;
+    type SnapshotBuilder = ShardSnapshotBuilder<S>;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let a = self.inner.applied.lock();
+        Ok((a.last, a.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut done = false;
+        while !done {
+            // Pull a bounded batch: the stream may cover a long range of large entries.
+            let mut batch = Vec::new();
+            let mut responders: Vec<Option<ApplyResponder<TypeConfig>>> = Vec::new();
+            while batch.len() < APPLY_BATCH {
+                match entries.next().await {
+                    Some(item) => {
+                        let (entry, responder) = item?;
+                        batch.push(entry);
+                        responders.push(responder);
+                    }
+                    None => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let (results, batch, err) = self.apply_batch(batch).await?;
+            self.record_applied(&batch[..results.len()]);
+            for (result, responder) in results.into_iter().zip(responders) {
+                if let Some(r) = responder {
+                    r.send(result);
+                }
+            }
+            if let Some(e) = err {
+                tracing::error!(error = %e, "state machine apply failed; stopping");
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
+        Some(self.get_snapshot_builder().await)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Called between applies: the captured state and the applied meta agree.
+        let meta = {
+            let a = self.inner.applied.lock();
+            SnapshotMeta {
+                last_log_id: a.last,
+                last_membership: a.membership.clone(),
+            }
+        };
+        let state = self.inner.state.clone();
+        let writer = state.begin_snapshot(meta.last_log_id.as_ref());
+        ShardSnapshotBuilder {
+            sm: self.clone(),
+            meta,
+            writer: Mutex::new(Some(writer)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotDir,
+    ) -> Result<(), io::Error> {
+        let already_current = self
+            .inner
+            .current
+            .lock()
+            .as_ref()
+            .is_some_and(|(_, p)| *p == snapshot.path);
+        let sm = self.clone();
+        let meta2 = meta.clone();
+        let dir = blocking(move || {
+            let store = &sm.inner.store;
+            let dir = if already_current {
+                snapshot.path
+            } else {
+                // Received into our store: move it. Anywhere else: copy, never take others' dirs.
+                let src = if store.contains(&snapshot.path) {
+                    snapshot.path
+                } else {
+                    let tmp = store.new_build_dir()?;
+                    super::snapshot::copy_tree(&snapshot.path, &tmp)?;
+                    tmp
+                };
+                store.commit(&src, &meta2, false)?
+            };
+            if let Err(e) = sm.inner.state.load_snapshot(&dir) {
+                tracing::error!(dir = %dir.display(), error = %e, "installing snapshot failed");
+                let _ = store.mark_corrupt(&dir);
+                return Err(e);
+            }
+            Ok(dir)
+        })
+        .await?;
+
+        {
+            let mut a = self.inner.applied.lock();
+            a.last = meta.last_log_id;
+            a.membership = meta.last_membership.clone();
+        }
+        // A snapshot from the leader replaces the local history: drop every other snapshot.
+        *self.inner.current.lock() = Some((meta.clone(), dir.clone()));
+        let store = self.inner.store.clone();
+        blocking(move || store.prune(&dir, 1)).await?;
+        tracing::info!(%meta, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self
+            .inner
+            .current
+            .lock()
+            .as_ref()
+            .map(|(meta, path)| Snapshot {
+                meta: meta.clone(),
+                snapshot: SnapshotDir { path: path.clone() },
+            }))
+    }
+}
+
+/// An in-memory [`ShardState`] for tests: id → (vector, payload). Snapshot = one JSON file.
+pub mod memory {
+    use std::collections::BTreeMap;
+    use std::io;
+    use std::path::Path;
+
+    use parking_lot::RwLock;
+    use serde::Deserialize;
+    use serde::Serialize;
+
+    use super::ApplyOutcome;
+    use super::ShardState;
+    use super::SnapshotWriter;
+    use crate::raft::Command;
+
+    #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct MemData {
+        pub points: BTreeMap<String, (Vec<f32>, Option<String>)>,
+        pub last_index: u64,
+        /// Reject upserts that would make the store hold more points (stand-in for a quota).
+        pub max_points: Option<usize>,
+    }
+
+    #[derive(Debug, Default)]
+    pub struct MemState {
+        data: RwLock<MemData>,
+    }
+
+    impl MemState {
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        pub fn snapshot_data(&self) -> MemData {
+            self.data.read().clone()
+        }
+
+        pub fn len(&self) -> usize {
+            self.data.read().points.len()
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+
+        pub fn get(&self, id: &str) -> Option<Vec<f32>> {
+            self.data.read().points.get(id).map(|(v, _)| v.clone())
+        }
+    }
+
+    struct MemWriter(MemData);
+
+    impl SnapshotWriter for MemWriter {
+        fn write(self: Box<Self>, dir: &Path) -> io::Result<()> {
+            std::fs::write(
+                dir.join("points.json"),
+                serde_json::to_vec(&self.0).map_err(io::Error::other)?,
+            )
+        }
+    }
+
+    impl ShardState for MemState {
+        fn apply(&self, log_id: &crate::raft::LogId, cmd: &Command) -> io::Result<ApplyOutcome> {
+            let mut d = self.data.write();
+            d.last_index = log_id.index;
+            match cmd {
+                Command::Upsert { points } => {
+                    let new = points
+                        .iter()
+                        .filter(|p| !d.points.contains_key(&p.id))
+                        .count();
+                    if d.max_points.is_some_and(|m| d.points.len() + new > m) {
+                        return Ok(ApplyOutcome::Rejected("quota: too many points".into()));
+                    }
+                    for p in points {
+                        d.points
+                            .insert(p.id.clone(), (p.vector.clone(), p.payload_json.clone()));
+                    }
+                    Ok(ApplyOutcome::Applied {
+                        affected: points.len() as u64,
+                    })
+                }
+                Command::Delete { ids } => {
+                    let n = ids
+                        .iter()
+                        .filter(|id| d.points.remove(*id).is_some())
+                        .count();
+                    Ok(ApplyOutcome::Applied { affected: n as u64 })
+                }
+                Command::Policy { json } => {
+                    #[derive(Deserialize)]
+                    struct Quota {
+                        max_points: Option<usize>,
+                    }
+                    let Ok(q) = serde_json::from_str::<Quota>(json) else {
+                        return Ok(ApplyOutcome::Rejected("malformed policy".into()));
+                    };
+                    d.max_points = q.max_points;
+                    Ok(ApplyOutcome::Applied { affected: 0 })
+                }
+            }
+        }
+
+        fn begin_snapshot(
+            &self,
+            _last_applied: Option<&crate::raft::LogId>,
+        ) -> io::Result<Box<dyn SnapshotWriter>> {
+            Ok(Box::new(MemWriter(self.data.read().clone())))
+        }
+
+        fn load_snapshot(&self, dir: &Path) -> io::Result<()> {
+            let bytes = std::fs::read(dir.join("points.json"))?;
+            let d: MemData = serde_json::from_slice(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            *self.data.write() = d;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::RaftSnapshotBuilder;
+    use openraft::storage::RaftStateMachine;
+
+    use super::memory::MemState;
+    use super::*;
+    use crate::raft::PointRecord;
+
+    fn ent(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(
+                openraft::impls::leader_id_adv::LeaderId {
+                    term: 1,
+                    node_id: 0,
+                },
+                index,
+            ),
+            payload: openraft::EntryPayload::Normal(Command::Upsert {
+                points: vec![PointRecord {
+                    id: format!("p{index}"),
+                    vector: vec![1.0; 4],
+                    payload_json: None,
+                }],
+            }),
+        }
+    }
+
+    async fn apply(sm: &mut ShardStateMachine<MemState>, range: std::ops::RangeInclusive<u64>) {
+        let items: Vec<io::Result<EntryResponder<TypeConfig>>> =
+            range.map(|i| Ok((ent(i), None))).collect();
+        sm.apply(futures::stream::iter(items)).await.unwrap();
+    }
+
+    async fn open(root: &Path) -> ShardStateMachine<MemState> {
+        ShardStateMachine::open(
+            root,
+            Arc::new(MemState::new()),
+            StateMachineConfig { keep_snapshots: 2 },
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn reopen_loads_newest_snapshot_and_skips_a_corrupt_one() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("snapshots");
+        {
+            let mut sm = open(&root).await;
+            for (to, n) in [(10, 1), (20, 2), (30, 3)] {
+                apply(&mut sm, (to - 9)..=to).await;
+                let snap = sm
+                    .get_snapshot_builder()
+                    .await
+                    .build_snapshot()
+                    .await
+                    .unwrap();
+                assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(to));
+                // keep_snapshots = 2
+                assert_eq!(sm.snapshot_store().list().unwrap().len(), n.min(2));
+            }
+            apply(&mut sm, 31..=35).await; // not in any snapshot: openraft replays it from the log
+        }
+        let sm = open(&root).await;
+        assert_eq!(sm.last_applied().map(|l| l.index), Some(30));
+        assert_eq!(sm.state().len(), 30);
+
+        // Damage the newest: the previous one is used and the damaged one set aside.
+        let newest = sm.snapshot_store().list().unwrap()[0].clone();
+        drop(sm);
+        std::fs::write(newest.join("points.json"), b"{not json").unwrap();
+        let mut sm = open(&root).await;
+        assert_eq!(sm.last_applied().map(|l| l.index), Some(20));
+        assert_eq!(sm.state().len(), 20);
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta.last_log_id.map(|l| l.index), Some(20));
+        let names: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.starts_with("corrupt-snap-")),
+            "{names:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn install_replaces_state_and_other_snapshots() {
+        let t = tempfile::tempdir().unwrap();
+        let mut leader = open(&t.path().join("a")).await;
+        apply(&mut leader, 1..=50).await;
+        let snap = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        let mut follower = open(&t.path().join("b")).await;
+        apply(&mut follower, 1..=5).await;
+        follower
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        follower
+            .install_snapshot(&snap.meta, snap.snapshot.clone())
+            .await
+            .unwrap();
+        assert_eq!(follower.state().len(), 50);
+        assert_eq!(
+            follower.applied_state().await.unwrap().0,
+            snap.meta.last_log_id
+        );
+        // The leader's dir was copied, not taken; the follower keeps only the installed one.
+        assert!(snap.snapshot.path.exists());
+        assert_eq!(follower.snapshot_store().list().unwrap().len(), 1);
+        let cur = follower.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta, snap.meta);
+    }
+
+    #[tokio::test]
+    async fn rejected_commands_change_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let mut sm = open(t.path()).await;
+        let s = sm.state().clone();
+        assert_eq!(
+            s.apply(
+                &ent(1).log_id,
+                &Command::Policy {
+                    json: r#"{"max_points":1}"#.into()
+                }
+            )
+            .unwrap(),
+            ApplyOutcome::Applied { affected: 0 }
+        );
+        apply(&mut sm, 2..=3).await;
+        assert_eq!(s.len(), 1);
+        assert_eq!(sm.last_applied().map(|l| l.index), Some(3));
+    }
+}
