@@ -5,7 +5,7 @@
 #   bash e2e/chart-tests.sh     standalone: builds/reuses the tools (e2e/scripts/tools.sh)
 #                               and starts its own kindex-testenv
 #   . e2e/chart-tests.sh        from e2e/run.sh, after the API server is up: uses
-#                               lib.sh's check/check_rejected, k, $KC, $HELM, $KUBECTL
+#                               lib.sh's check/wait_for/retry/step, k, $KC, $HELM, $KUBECTL
 #
 # Checks:
 #   1. versions: Chart version/appVersion, deploy/ images, Dockerfile VERSION
@@ -21,8 +21,12 @@
 #   7. RBAC for real: the chart applied into kindex-system, then
 #      `kubectl auth can-i --as=system:serviceaccount:kindex-system:kindex-operator`
 #      for every verb the operator needs (granted) and a list it must not have
-#      (denied); a `helm install` with watchNamespace (Role in one namespace only);
-#      then everything is uninstalled.
+#      (denied); when a kindex-operator binary is built ($KINDEX_OPERATOR_BIN,
+#      $CARGO_TARGET_DIR/debug or target/debug), it runs with the Deployment's
+#      args and env as that ServiceAccount (the testenv's static token) and must
+#      take its Lease, create an index's objects and write status with no 403;
+#      a `helm install` with watchNamespace (Role in one namespace only); then
+#      everything is uninstalled.
 # Only objects this script created are removed. It never deletes namespace
 # kindex-system (e2e/run.sh may still use it).
 
@@ -97,11 +101,11 @@ ct_rejects() { # EXPECTED VALUES_FILE: helm must refuse to render, saying EXPECT
   echo "$out" | tail -n 3
   [[ -n "$1" ]] && grep -qF -- "$1" <<<"$out"
 }
-for ct_bad in $ct_chart/ci/invalid/*.yaml; do
+for ct_bad in "$ct_chart"/ci/invalid/*.yaml; do
   ct_expect=$(sed -n '1s/^# expect: //p' "$ct_bad")
   check "rejected values: ${ct_bad#"$ct_chart"/} -> $ct_expect" ct_rejects "$ct_expect" "$ct_bad"
 done
-for ct_vals in $ct_chart/ci/*-values.yaml; do
+for ct_vals in "$ct_chart"/ci/*-values.yaml; do
   check "helm lint --strict -f ${ct_vals#"$ct_chart"/}" "$HELM" lint --strict $ct_chart --values "$ct_vals"
   check "helm template -f ${ct_vals#"$ct_chart"/}" bash -c \
     '"$HELM" template kindex "$1" --namespace kindex-system --include-crds --values "$2" >"$3"' \
@@ -282,7 +286,7 @@ check "VectorIndex CRD from the chart applies (server-side)" \
   k apply --server-side --field-manager=kindex-chart-tests -f $ct_chart/crds/vectorindex.yaml
 check "VectorIndex CRD established" \
   k wait --for condition=Established --timeout=60s crd/vectorindexes.kindex.dev
-for ct_vals in $ct_chart/ci/*-values.yaml; do
+for ct_vals in "$ct_chart"/ci/*-values.yaml; do
   ct_render="$ct_dir/$(basename "$ct_vals" .yaml).yaml"
   check "kubectl apply --dry-run=server: helm template -f ${ct_vals#"$ct_chart"/}" \
     k apply --dry-run=server -f "$ct_render"
@@ -388,6 +392,86 @@ ct_denied "escalate clusterroles" escalate clusterroles.rbac.authorization.k8s.i
 ct_denied "bind clusterroles" bind clusterroles.rbac.authorization.k8s.io
 ct_denied "create rolebindings" create rolebindings.rbac.authorization.k8s.io -n team-a
 ct_denied "impersonate users" impersonate users
+
+# The real operator binary, when one is built, run with the chart's arguments and
+# environment as the ServiceAccount (the testenv's static token for
+# system:serviceaccount:kindex-system:kindex-operator) under only these RBAC rules.
+ct_find_operator() {
+  local c
+  for c in "${KINDEX_OPERATOR_BIN:-}" "${CARGO_TARGET_DIR:-target}/debug/kindex-operator" \
+    target/debug/kindex-operator "${XDG_CACHE_HOME:-$HOME/.cache}/kindex/target/debug/kindex-operator"; do
+    if [[ -n "$c" && -x "$c" ]]; then
+      echo "$c"
+      return 0
+    fi
+  done
+  return 0
+}
+ct_op_bin=$(ct_find_operator)
+if [[ -z "$ct_op_bin" ]]; then
+  echo "  skip real operator under the chart's RBAC (no kindex-operator binary; cargo build -p kindex-operator)"
+else
+  step "packaging: the real operator ($ct_op_bin) with the chart's arguments and RBAC"
+  ct_ensure_ns team-c
+  ct_op_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  ct_server=$(k config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')
+  ct_ca=$(k config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
+  # In a pod the namespace comes from the ServiceAccount mount; here from the context.
+  printf '%s\n' \
+    'apiVersion: v1' \
+    'kind: Config' \
+    "clusters: [{name: e2e, cluster: {server: \"$ct_server\", certificate-authority-data: \"$ct_ca\"}}]" \
+    'users: [{name: kindex-operator, user: {token: e2e-operator-token}}]' \
+    'contexts: [{name: sa, context: {cluster: e2e, user: kindex-operator, namespace: kindex-system}}]' \
+    'current-context: sa' >"$ct_dir/sa.kubeconfig"
+  # The container's args and env from the rendered Deployment (fieldRefs filled in
+  # as the kubelet would, the metrics address moved to a free loopback port).
+  python3 - "$ct_dir/rbac-install.yaml" "$ct_dir" "$ct_op_port" <<'PY'
+import sys, yaml
+dep = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Deployment")
+c = dep["spec"]["template"]["spec"]["containers"][0]
+field = {"metadata.name": "kindex-operator-e2e", "metadata.namespace": "kindex-system"}
+with open(sys.argv[2] + "/op.env", "w") as f:
+    for e in c.get("env", []):
+        v = e.get("value")
+        if v is None:
+            v = field[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        if e["name"] == "KINDEX_METRICS_ADDR":
+            v = "127.0.0.1:" + sys.argv[3]
+        f.write(f'{e["name"]}={v}\n')
+open(sys.argv[2] + "/op.args", "w").write("\n".join(c.get("args", [])) + "\n")
+PY
+  k apply -n team-c -f deploy/examples/minimal.yaml >/dev/null 2>&1 || true
+  mapfile -t ct_op_args <"$ct_dir/op.args"
+  (
+    set -a
+    . "$ct_dir/op.env"
+    set +a
+    exec "$ct_op_bin" --kubeconfig "$ct_dir/sa.kubeconfig" "${ct_op_args[@]}"
+  ) >"$ct_dir/operator.log" 2>&1 &
+  ct_op_pid=$!
+  PIDS+=("$ct_op_pid")
+  wait_for "operator accepts the chart's args ($(tr '\n' ' ' <"$ct_dir/op.args")) and serves /healthz" 60 \
+    curl -sf "http://127.0.0.1:$ct_op_port/healthz"
+  if kill -0 "$ct_op_pid" 2>/dev/null; then
+    wait_for "operator holds the Lease kindex-operator in kindex-system" 60 bash -c \
+      'test "$("$1" --kubeconfig "$2" get lease kindex-operator -n kindex-system -o jsonpath={.spec.holderIdentity})" = kindex-operator-e2e' \
+      _ "$KUBECTL" "$KC"
+    wait_for "operator creates ConfigMap, Services, StatefulSet, PDB of team-c/demo" 60 \
+      "$KUBECTL" --kubeconfig "$KC" get -n team-c configmap/demo-config service/demo \
+      service/demo-s0-headless statefulset/demo-s0 poddisruptionbudget/demo-s0
+    wait_for "operator writes team-c/demo status (phase)" 60 bash -c \
+      'test -n "$("$1" --kubeconfig "$2" get vidx demo -n team-c -o jsonpath={.status.phase})"' _ "$KUBECTL" "$KC"
+  else
+    check "operator is running (its log follows)" bash -c 'tail -n 20 "$1"; false' _ "$ct_dir/operator.log"
+  fi
+  check "operator log has no 'forbidden'" bash -c '! grep -i "forbidden" "$1"' _ "$ct_dir/operator.log"
+  kill -TERM "$ct_op_pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$ct_op_pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$ct_op_pid" 2>/dev/null || true
+  wait "$ct_op_pid" 2>/dev/null || true
+  k delete vidx demo -n team-c --ignore-not-found --wait=false >/dev/null 2>&1 || true
+fi
 
 ct_delete_default() {
   k delete --ignore-not-found --wait=false -f "$ct_dir/rbac-install.yaml" >/dev/null || return 1

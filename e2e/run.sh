@@ -8,7 +8,9 @@
 #      enums), invalid updates rejected with the CEL message;
 #   3. printer columns (kubectl get vidx);
 #   4. the operator against the real API server (e2e/operator.sh);
-#   5. the Helm chart and the kustomize base with --dry-run=server (when present).
+#   5. the Helm chart and the kustomize base with --dry-run=server, schema
+#      rejections, CRD copy drift, and RBAC checked by running the operator as
+#      its ServiceAccount (e2e/chart-tests.sh).
 # Prints "N passed, M failed" and exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +68,11 @@ if [ -f charts/kindex/Chart.yaml ]; then
   check "helm lint" "$HELM" lint charts/kindex
   check "helm template | kubectl apply --dry-run=server" \
     bash -c "'$HELM' template kindex charts/kindex --namespace kindex-system | '$KUBECTL' --kubeconfig '$KC' apply --dry-run=server -f -"
+fi
+
+if [ -f e2e/chart-tests.sh ]; then
+  step "chart, kustomize and RBAC (least privilege, as the operator's ServiceAccount)"
+  . e2e/chart-tests.sh
 fi
 
 summary

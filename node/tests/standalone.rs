@@ -68,6 +68,23 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// A POST the way `curl -d` sends it: no JSON content type.
+fn http_post(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    Some((code, body))
+}
+
 fn wait_healthy(p: &NodeProc) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -160,6 +177,36 @@ async fn serves_restarts_and_keeps_data() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
+    // The REST mirror takes JSON whatever the Content-Type (curl -d).
+    let (code, body) = http_post(
+        node.http,
+        "/v1/indexes/default/points",
+        r#"{"points": [{"id": "rest", "vector": [9, 9, 9, 9], "payload": {"via": "http"}}]}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http_post(
+        node.http,
+        "/v1/indexes/default/search",
+        r#"{"vector": [9, 9, 9, 9], "k": 1}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""id":"rest""#), "{body}");
+    let (code, body) = http_post(
+        node.http,
+        "/v1/indexes/default/search",
+        r#"{"vector": [9, 9"#,
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("malformed request body"), "{body}");
+    c.delete(pb::DeleteRequest {
+        index: String::new(),
+        ids: vec!["rest".into()],
+    })
+    .await
+    .unwrap();
     let metrics = http_get(node.http, "/metrics").unwrap().1;
     assert!(metrics.contains("kindex_vectors 500"), "{metrics}");
 

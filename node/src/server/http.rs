@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,6 +33,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/indexes/{index}/points/delete", post(delete))
         .route("/v1/indexes/{index}/search", post(search))
         .route("/v1/indexes/{index}/count", get(count))
+        // Bulk JSON batches are large (10k × 384 floats is ~40 MB of text).
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
         .with_state(node)
 }
 
@@ -92,17 +94,30 @@ impl From<InputError> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(e: JsonRejection) -> Self {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument",
-            format!("malformed request body: {}", e.body_text()),
-        )
+/// A JSON request body, parsed whatever the Content-Type says (`curl -d`
+/// sends a form type), with serde's precise error on malformed input.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("cannot read the request body: {}", e.body_text()),
+            )
+        })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("malformed request body: {e}"),
+            )
+        })
     }
 }
-
-type Body<T> = Result<Json<T>, JsonRejection>;
 
 /// Ready: a leader is known and the log this node had at start is applied (not while stopping).
 async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
@@ -175,9 +190,8 @@ fn point_in(i: usize, p: JsonPoint) -> Result<PointRecord, InputError> {
 async fn upsert(
     State(node): State<Arc<Node>>,
     Path(index): Path<String>,
-    body: Body<UpsertBody>,
+    JsonBody(body): JsonBody<UpsertBody>,
 ) -> Result<Json<WriteReply>, ApiError> {
-    let Json(body) = body?;
     node.check_index(&index)?;
     let points = body
         .points
@@ -206,9 +220,8 @@ fn yes() -> bool {
 async fn get_points(
     State(node): State<Arc<Node>>,
     Path(index): Path<String>,
-    body: Body<IdsBody>,
+    JsonBody(body): JsonBody<IdsBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body?;
     node.check_index(&index)?;
     let points: Vec<Value> = node
         .get(&body.ids)?
@@ -230,9 +243,8 @@ async fn get_points(
 async fn delete(
     State(node): State<Arc<Node>>,
     Path(index): Path<String>,
-    body: Body<IdsBody>,
+    JsonBody(body): JsonBody<IdsBody>,
 ) -> Result<Json<WriteReply>, ApiError> {
-    let Json(body) = body?;
     node.check_index(&index)?;
     let w = node.delete(body.ids, false).await?;
     Ok(Json(reply(&node, w)))
@@ -256,9 +268,8 @@ struct SearchBody {
 async fn search(
     State(node): State<Arc<Node>>,
     Path(index): Path<String>,
-    body: Body<SearchBody>,
+    JsonBody(body): JsonBody<SearchBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body?;
     node.check_index(&index)?;
     let n = node.clone();
     let filter = body.filter.unwrap_or_default();
