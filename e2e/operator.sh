@@ -81,7 +81,10 @@ spec: {dimension: 8, metric: l2, shards: 1, replicas: 1}
 YAML
 eq "invalid spec is reported as Failed, not crash-looped" Failed vectorindex/this-name-is-far-too-long-for-the-derived-pod-names-x '{.status.phase}'
 check "the operator is still running" kill -0 "${OP_PID[$other]}"
+# The StatefulSet controller creates the claim with the (pending) pod.
+wait_for "PersistentVolumeClaim data-demo-s0-0 created from the claim template" 90 k get pvc data-demo-s0-0
 k delete vidx demo --wait=false >/dev/null
 wait_for "owned StatefulSet garbage-collected" 90 bash -c "! '$KUBECTL' --kubeconfig '$KC' get statefulset demo-s0 2>/dev/null"
 wait_for "owned ConfigMap garbage-collected" 90 bash -c "! '$KUBECTL' --kubeconfig '$KC' get configmap demo-config 2>/dev/null"
 wait_for "owned Services garbage-collected" 90 bash -c "! '$KUBECTL' --kubeconfig '$KC' get service demo demo-s0-headless 2>/dev/null"
+check "retainOnDelete (default true) keeps the PersistentVolumeClaim" k get pvc data-demo-s0-0
