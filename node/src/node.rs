@@ -1051,16 +1051,7 @@ impl Node {
     pub fn raft_gauges(&self) -> RaftGauges {
         let m = self.raft_metrics();
         let last = m.last_log_index.unwrap_or(0);
-        let replication_lag = m
-            .replication
-            .as_ref()
-            .map(|r| {
-                r.iter()
-                    .filter(|(id, _)| **id != m.id)
-                    .map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |l| l.index))))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let replication_lag = crate::raft::node::replication_lag(&m).into_iter().collect();
         let snap = self.snapshot_info();
         let snapshot_age_secs = snap
             .as_ref()

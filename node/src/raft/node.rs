@@ -200,17 +200,7 @@ impl<S: ShardState> RaftShard<S> {
 
     pub fn status(&self) -> RaftStatus {
         let m = self.raft.metrics().borrow_watched().clone();
-        let last = m.last_log_index.unwrap_or(0);
-        let lag = m
-            .replication
-            .as_ref()
-            .map(|r| {
-                r.iter()
-                    .filter(|(id, _)| **id != m.id)
-                    .map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |l| l.index))))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let lag = replication_lag(&m);
         let membership = m.membership_config.membership();
         RaftStatus {
             node_id: m.id,
@@ -257,4 +247,18 @@ impl<S: ShardState> Drop for RaftShard<S> {
             let _ = tx.send(());
         }
     }
+}
+
+/// Entries each follower is behind the leader's last log entry (empty unless leader).
+pub fn replication_lag(m: &super::RaftMetrics) -> BTreeMap<NodeId, u64> {
+    let last = m.last_log_index.unwrap_or(0);
+    m.replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .filter(|(id, _)| **id != m.id)
+                .map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |l| l.index))))
+                .collect()
+        })
+        .unwrap_or_default()
 }
