@@ -426,3 +426,57 @@ async fn orphans_owned_by_the_index_are_deleted() {
             .is_some()
     );
 }
+
+/// A node that answers but is in no Raft group yet (a freshly created pod).
+fn fresh(id: u64) -> StatusResponse {
+    StatusResponse {
+        index: "idx".into(),
+        node_id: id,
+        role: "learner".into(),
+        initialized: false,
+        ..StatusResponse::default()
+    }
+}
+
+#[tokio::test]
+async fn scale_up_adds_a_learner_then_promotes_it_when_caught_up() {
+    let vi = index(4);
+    let e = env(&vi);
+    seed_statefulset(&e.api, 4, "r1");
+    for o in 0..4 {
+        seed_pod(&e.api, o, "r1");
+    }
+    for o in 0..3 {
+        e.nodes.set(&format!("idx-s0-{o}"), Ok(member(o, 3)));
+    }
+    e.nodes.set("idx-s0-3", Ok(fresh(3)));
+    reconcile(Arc::new(vi.clone()), e.ctx.clone())
+        .await
+        .unwrap();
+    let actions = e.nodes.actions();
+    assert_eq!(actions.len(), 1, "one step per reconcile: {actions:?}");
+    assert!(
+        actions[0].starts_with("AddLearner idx-s0-0 [3"),
+        "{actions:?}"
+    );
+    assert_eq!(applied_status(&e.api)["phase"], "Scaling");
+
+    // The learner has caught up (same applied index as the leader): promote.
+    let mut leader = member(0, 3);
+    leader.members.push(Member {
+        node_id: 3,
+        addr: String::new(),
+        voter: false,
+    });
+    e.nodes.set("idx-s0-0", Ok(leader));
+    let mut learner = member(3, 3);
+    learner.role = "learner".into();
+    e.nodes.set("idx-s0-3", Ok(learner));
+    reconcile(Arc::new(vi), e.ctx.clone()).await.unwrap();
+    let actions = e.nodes.actions();
+    assert_eq!(
+        actions.last().map(String::as_str),
+        Some("ChangeMembership idx-s0-0 [0, 1, 2, 3]"),
+        "{actions:?}"
+    );
+}
