@@ -242,3 +242,32 @@ fn runtime_knobs_apply_without_restart() {
     assert!(e.drain(Duration::from_secs(60)));
     assert_eq!(e.stats().queued, 0);
 }
+
+/// Regression: small batches arriving while workers index and searches run
+/// made a graph search meet slots published after it sized its visited set
+/// (an indexer panicked and the queue stopped draining).
+#[test]
+fn trickling_writes_with_concurrent_indexing_and_search_drain() {
+    let e = std::sync::Arc::new(Engine::new(structural(16, Metric::L2), knobs()));
+    let data = clustered(8000, 16, 21);
+    let searcher = {
+        let e = e.clone();
+        let q = data[0].clone();
+        std::thread::spawn(move || {
+            for _ in 0..2000 {
+                e.search(&q, 5, None, &Filter::default()).unwrap();
+            }
+        })
+    };
+    for (b, chunk) in points(&data).chunks(20).enumerate() {
+        e.upsert(chunk)
+            .unwrap_or_else(|err| panic!("batch {b}: {err}"));
+    }
+    searcher.join().expect("searches never panic");
+    assert!(
+        e.drain(Duration::from_secs(60)),
+        "queue drained: {:?}",
+        e.stats()
+    );
+    assert_eq!(e.stats().indexed, 8000);
+}

@@ -23,7 +23,13 @@ impl Visited {
     /// Marks `i`; true if it was not marked in this search yet.
     #[inline(always)]
     pub fn insert(&mut self, i: u32) -> bool {
-        let m = &mut self.marks[i as usize];
+        let i = i as usize;
+        if i >= self.marks.len() {
+            // A slot published after this search began (a concurrent insert
+            // linked it): grow instead of indexing out of bounds.
+            self.marks.resize((i + 1).next_power_of_two(), 0);
+        }
+        let m = &mut self.marks[i];
         if *m == self.epoch {
             false
         } else {
@@ -67,6 +73,15 @@ mod tests {
             assert!(!v.insert(3));
         });
         with_visited(10, |v| assert!(v.insert(3)));
+    }
+
+    #[test]
+    fn slots_beyond_the_prepared_capacity_grow_the_set() {
+        with_visited(4, |v| {
+            assert!(v.insert(3));
+            assert!(v.insert(1025));
+            assert!(!v.insert(1025));
+        });
     }
 
     #[test]
