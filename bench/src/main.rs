@@ -4,6 +4,7 @@
 //! runs hnswlib on the same files in the same run for ratios.
 
 mod data;
+mod load;
 mod npy;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ enum Cmd {
     Hnsw(HnswArgs),
     /// Write a seeded synthetic set (base, query, exact ground truth) as .npy.
     Synth(SynthArgs),
+    /// Replicated upsert load over gRPC against running nodes.
+    Load(load::LoadArgs),
     /// Enqueue latency of single-vector writes (p50/p99).
     Enqueue {
         #[arg(long, default_value_t = 128)]
@@ -98,6 +101,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Hnsw(a) => hnsw(a),
         Cmd::Synth(a) => synth(a),
         Cmd::Enqueue { dim, n } => enqueue(dim, n),
+        Cmd::Load(a) => tokio::runtime::Runtime::new()?.block_on(load::run(a)),
     }
 }
 
