@@ -187,6 +187,27 @@ impl PointsService {
         .unwrap_or_else(|e| Err(Status::internal(e.to_string())))
     }
 
+    /// Sends a read to the leader (a linearizable read arriving at a follower).
+    async fn forward_read<Req, Resp, F, Fut>(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        req: Req,
+        call: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(pb::points_client::PointsClient<tonic::transport::Channel>, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let client = self.node.points_client(addr).map_err(status_of)?;
+        call(
+            client,
+            self.node.forwarded_request(req, FORWARD_READ_TIMEOUT),
+        )
+        .await
+        .map_err(|s| status_of(self.node.forward_error(leader, addr, s)))
+    }
+
     async fn search_inner(
         &self,
         forwarded: bool,
@@ -197,12 +218,15 @@ impl PointsService {
             .barrier(forwarded, req.consistency, req.token.as_ref())
             .await?
         {
-            let mut client = self.node.points_client(&addr).map_err(status_of)?;
-            return client
-                .search(self.node.forwarded_request(req, FORWARD_READ_TIMEOUT))
+            return self
+                .forward_read(
+                    leader,
+                    &addr,
+                    req,
+                    |mut c, r| async move { c.search(r).await },
+                )
                 .await
-                .map(Response::into_inner)
-                .map_err(|s| status_of(self.node.forward_error(leader, &addr, s)));
+                .map(Response::into_inner);
         }
         self.search_local(req).await
     }
@@ -292,12 +316,10 @@ impl pb::points_server::Points for PointsService {
                 .barrier(forwarded, req.consistency, req.token.as_ref())
                 .await?
             {
-                let mut client = self.node.points_client(&addr).map_err(status_of)?;
-                return client
-                    .get(self.node.forwarded_request(req, FORWARD_READ_TIMEOUT))
+                return self
+                    .forward_read(leader, &addr, req, |mut c, r| async move { c.get(r).await })
                     .await
-                    .map(Response::into_inner)
-                    .map_err(|s| status_of(self.node.forward_error(leader, &addr, s)));
+                    .map(Response::into_inner);
             }
             let pts = self.node.get(&req.ids).map_err(status_of)?;
             Ok(pb::GetResponse {
@@ -358,11 +380,14 @@ impl pb::points_server::Points for PointsService {
             .barrier(forwarded, req.consistency, req.token.as_ref())
             .await?
         {
-            let mut client = self.node.points_client(&addr).map_err(status_of)?;
-            return client
-                .count(self.node.forwarded_request(req, FORWARD_READ_TIMEOUT))
-                .await
-                .map_err(|s| status_of(self.node.forward_error(leader, &addr, s)));
+            return self
+                .forward_read(
+                    leader,
+                    &addr,
+                    req,
+                    |mut c, r| async move { c.count(r).await },
+                )
+                .await;
         }
         Ok(Response::new(pb::CountResponse {
             count: self.node.engine().count(),
