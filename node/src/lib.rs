@@ -1,6 +1,7 @@
 //! kindex index node: the HNSW engine, snapshots, configuration and servers.
 
 pub mod config;
+pub mod coordinator;
 pub mod engine;
 pub mod fsutil;
 pub mod metrics;

@@ -16,6 +16,8 @@ use anyhow::Context;
 use anyhow::bail;
 use clap::Parser;
 use kindex_node::config::{RuntimeConfig, StructuralConfig};
+use kindex_node::coordinator::Coordinator;
+use kindex_node::coordinator::topology::{self, ShardSeeds};
 use kindex_node::engine::distance::Metric;
 use kindex_node::node::{self, DEFAULT_RAFT_PORT, Membership, Node, NodeConfig, RaftTuning};
 use kindex_node::server::{grpc, http};
@@ -104,6 +106,19 @@ struct Args {
     /// Structural: number of shards of the index.
     #[arg(long, env = "KINDEX_SHARDS", default_value_t = 1)]
     shards: u32,
+    /// With `--shards` > 1: gRPC addresses of the other shards' replicas (any subset; the rest
+    /// is learned from their Admin `Status`): `1=host:7070,host:7070;2=host:7070`.
+    #[arg(long, env = "KINDEX_SHARD_ADDRS", value_parser = parse_shard_addrs)]
+    shard_addrs: Option<ShardSeeds>,
+    /// With `--shards` > 1: one gRPC address per shard from a template, e.g. the shard's
+    /// headless Service `{index}-s{shard}-headless.{namespace}.svc:7070` (placeholders:
+    /// shard, index, namespace).
+    #[arg(
+        long,
+        env = "KINDEX_SHARD_ADDR_TEMPLATE",
+        conflicts_with = "shard_addrs"
+    )]
+    shard_addr_template: Option<String>,
     /// Runtime knobs as JSON (a mounted ConfigMap key); reloaded on change.
     #[arg(long, env = "KINDEX_RUNTIME_CONFIG")]
     runtime_config: Option<PathBuf>,
@@ -113,6 +128,10 @@ struct Args {
 }
 
 type Peers = BTreeMap<u64, String>;
+
+fn parse_shard_addrs(s: &str) -> Result<ShardSeeds, String> {
+    topology::parse_shard_addrs(s).map_err(|e| e.to_string())
+}
 
 fn parse_metric(s: &str) -> Result<Metric, String> {
     Metric::parse(s).ok_or_else(|| format!("unknown metric {s:?}; use cosine, l2 or dot"))
@@ -252,6 +271,23 @@ async fn run(
     if args.bootstrap && args.peers.is_none() {
         bail!("--bootstrap needs --peers");
     }
+    let shard_seeds = match (&args.shard_addrs, &args.shard_addr_template) {
+        (Some(s), _) => s.clone(),
+        (None, Some(t)) => topology::seeds_from_template(
+            t,
+            structural.shards,
+            &args.index,
+            args.namespace.as_deref(),
+        )?,
+        (None, None) => ShardSeeds::new(),
+    };
+    if args.shard >= structural.shards {
+        bail!(
+            "--shard {} is out of range: the index has {} shard(s) (--shards)",
+            args.shard,
+            structural.shards
+        );
+    }
 
     // Bind everything first so a busy port fails start-up with a clear error.
     let grpc_addr = SocketAddr::new(args.listen, args.grpc_port);
@@ -309,12 +345,14 @@ async fn run(
         node::spawn_runtime_reload(node.clone(), p, Duration::from_secs(2));
     }
     node::spawn_maintenance(node.clone());
+    let coordinator = Coordinator::new(node.clone(), shard_seeds)?;
+    coordinator.spawn_refresh();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grpc = {
         let mut stop = stop_rx.clone();
         let points =
-            pb::points_server::PointsServer::new(grpc::PointsService { node: node.clone() })
+            pb::points_server::PointsServer::new(grpc::PointsService::new(coordinator.clone()))
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20);
         let admin = pb::admin_server::AdminServer::new(grpc::AdminService { node: node.clone() });
@@ -331,7 +369,7 @@ async fn run(
     };
     let http = {
         let mut stop = stop_rx.clone();
-        let app = http::router(node.clone());
+        let app = http::router(coordinator.clone());
         tokio::spawn(async move {
             axum::serve(http_listener, app)
                 .with_graceful_shutdown(async move {

@@ -441,6 +441,11 @@ impl Node {
         &self.data_dir
     }
 
+    /// The client gRPC port of every replica (unless a member address names its own).
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
+    }
+
     pub fn advertise(&self) -> &str {
         &self.advertise
     }
@@ -746,7 +751,8 @@ impl Node {
 
     /// Makes a local read satisfy `consistency` (see the module docs of `server::grpc`):
     /// eventual = nothing; session = wait (bounded) until this replica applied the token's index;
-    /// linearizable = leader read-index check; unspecified = session with a token, else nothing.
+    /// linearizable = leader read-index check; unspecified = session with a token, else a
+    /// leader lease read (read-your-writes by default).
     pub async fn read_barrier(
         &self,
         consistency: i32,
@@ -758,39 +764,45 @@ impl Node {
         let want = token
             .and_then(|t| t.shards.iter().find(|s| s.shard == self.shard))
             .map(|s| s.applied_index);
-        match c {
-            pb::Consistency::Eventual => Ok(()),
-            pb::Consistency::Session | pb::Consistency::Unspecified => match want {
-                Some(idx) => self.wait_applied(idx, SESSION_WAIT).await,
-                None => Ok(()),
-            },
-            pb::Consistency::Linearizable => {
-                let res = tokio::time::timeout(
-                    LEADER_WAIT,
-                    self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
-                )
-                .await
-                .map_err(|_| {
-                    NodeError::Unavailable(
-                        "linearizable read: no quorum confirmed the leader in time".into(),
-                    )
-                })?;
-                match res {
-                    Ok(_) => Ok(()),
-                    Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                        Err(self.not_leader(
-                            f.leader_id.filter(|id| *id != self.node_id),
-                            f.leader_node,
-                        ))
-                    }
-                    Err(RaftError::APIError(e)) => {
-                        Err(NodeError::Unavailable(format!("linearizable read: {e}")))
-                    }
-                    Err(RaftError::Fatal(f)) => {
-                        Err(NodeError::Unavailable(format!("raft stopped: {f}")))
-                    }
+        match (c, want) {
+            (pb::Consistency::Eventual, _) => Ok(()),
+            (pb::Consistency::Session | pb::Consistency::Unspecified, Some(idx)) => {
+                self.wait_applied(idx, SESSION_WAIT).await
+            }
+            // A session token without an entry for this shard: nothing to wait for here.
+            (pb::Consistency::Session, None) => Ok(()),
+            // The default: served by the leader under its lease (no quorum round trip) once it
+            // has applied everything it committed, so a client reads its acknowledged writes.
+            // A stale lease (leader cut off) falls back to a read-index round.
+            (pb::Consistency::Unspecified, None) => {
+                match self.linearize(ReadPolicy::LeaseRead).await {
+                    Err(NodeError::Unavailable(_)) => self.linearize(ReadPolicy::ReadIndex).await,
+                    other => other,
                 }
             }
+            (pb::Consistency::Linearizable, _) => self.linearize(ReadPolicy::ReadIndex).await,
+        }
+    }
+
+    /// Confirms leadership under `policy` and waits until the read point is applied; a
+    /// follower gets `NotLeader` (naming the leader when known).
+    async fn linearize(&self, policy: ReadPolicy) -> Result<(), NodeError> {
+        let res = tokio::time::timeout(LEADER_WAIT, self.raft.ensure_linearizable(policy))
+            .await
+            .map_err(|_| {
+                NodeError::Unavailable(
+                    "linearizable read: no quorum confirmed the leader in time".into(),
+                )
+            })?;
+        match res {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(self.not_leader(f.leader_id.filter(|id| *id != self.node_id), f.leader_node))
+            }
+            Err(RaftError::APIError(e)) => {
+                Err(NodeError::Unavailable(format!("linearizable read: {e}")))
+            }
+            Err(RaftError::Fatal(f)) => Err(NodeError::Unavailable(format!("raft stopped: {f}"))),
         }
     }
 

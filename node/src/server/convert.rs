@@ -62,6 +62,34 @@ pub fn filter_in(f: Option<pb::Filter>) -> Result<Filter, InputError> {
     Ok(f)
 }
 
+/// The wire form of a filter (the HTTP API parses filters as JSON into [`Filter`]).
+pub fn filter_out(f: &Filter) -> pb::Filter {
+    pb::Filter {
+        must: f
+            .must
+            .iter()
+            .map(|c| pb::Condition {
+                field: c.field.clone(),
+                kind: Some(match &c.predicate {
+                    Predicate::Match(m) => pb::condition::Kind::Match(pb::Match {
+                        value: Some(match m {
+                            MatchValue::Text(t) => pb::r#match::Value::Text(t.clone()),
+                            MatchValue::Integer(i) => pb::r#match::Value::Integer(*i),
+                            MatchValue::Boolean(b) => pb::r#match::Value::Boolean(*b),
+                        }),
+                    }),
+                    Predicate::Range(r) => pb::condition::Kind::Range(pb::Range {
+                        gt: r.gt,
+                        gte: r.gte,
+                        lt: r.lt,
+                        lte: r.lte,
+                    }),
+                }),
+            })
+            .collect(),
+    }
+}
+
 pub fn point_out(p: StoredPoint, with_vector: bool, with_payload: bool) -> pb::Point {
     pb::Point {
         id: p.id,
@@ -128,6 +156,15 @@ mod tests {
                 .to_string()
                 .contains("match has no value")
         );
+    }
+
+    #[test]
+    fn filters_round_trip_through_the_wire_form() {
+        let f: Filter = serde_json::from_str(
+            r#"{"must":[{"field":"lang","match":"en"},{"field":"n","match":3},{"field":"ok","match":true},{"field":"year","range":{"gte":2000.0,"lt":2010.0}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(filter_in(Some(filter_out(&f))).unwrap(), f);
     }
 
     #[test]

@@ -1,21 +1,23 @@
 //! gRPC services: `Points` (data plane) and `Admin`.
 //!
-//! Writes (`Upsert`, `UpsertStream`, `Delete`) are replicated through the shard's Raft group.
-//! A follower forwards them to the leader (once: requests carrying the `kindex-forwarded`
-//! metadata are never forwarded again); when it cannot, it answers `FailedPrecondition` with
-//! the leader in the message and in the metadata `kindex-leader` (gRPC address) and
-//! `kindex-leader-id`, or `Unavailable` when there is no leader (election, no quorum). The
-//! write response's token holds `{shard, applied log index}`.
+//! A client may send any `Points` request to any node: the node's coordinator
+//! (`crate::coordinator`) routes writes to the owning shards' leaders and fans reads out to
+//! every shard. Within a shard, writes are replicated through its Raft group; a follower
+//! forwards them to the leader (once: requests carrying the `kindex-forwarded` metadata are
+//! never forwarded again); when it cannot, it answers `FailedPrecondition` with the leader in
+//! the message and in the metadata `kindex-leader` (gRPC address) and `kindex-leader-id`, or
+//! `Unavailable` when there is no leader (election, no quorum). A write response's token
+//! holds `{shard, applied log index}` for every shard it touched; write responses carry the
+//! shard leader in `kindex-leader` metadata.
 //!
-//! Reads (`Get`, `Search`, `Count`) by `consistency`:
-//! - `EVENTUAL`: this replica, as it is;
-//! - `SESSION`: this replica once it has applied the token's index for this shard (waits up to
-//!   5 s, then `Unavailable`); no entry for this shard in the token = eventual;
+//! Reads (`Get`, `Search`, `Count`) by `consistency`, per shard:
+//! - `EVENTUAL`: any replica, as it is;
+//! - `SESSION`: a replica once it has applied the token's index for its shard (waits up to
+//!   5 s, then `Unavailable`); no entry for a shard in the token = eventual there;
 //! - `LINEARIZABLE`: the leader after a read-index round (confirms leadership with a quorum and
-//!   waits until applied); a follower forwards the read to the leader;
-//! - `UNSPECIFIED`: `SESSION` if a token is given, else `EVENTUAL`.
-//!
-//! `SearchBatch` applies each search's consistency on this node and does not forward.
+//!   waits until applied);
+//! - `UNSPECIFIED` (the default): `SESSION` if a token is given, else the leader under its
+//!   lease once it has applied what it committed: a client reads its own acknowledged writes.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -30,19 +32,16 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
-use super::convert;
+use crate::coordinator::Coordinator;
+use crate::coordinator::SHARD_LOCAL_HEADER;
+use crate::coordinator::merge;
 use crate::node::FORWARDED_HEADER;
 use crate::node::LEADER_HEADER;
 use crate::node::LEADER_ID_HEADER;
 use crate::node::Node;
 use crate::node::NodeError;
-use crate::node::WriteOutcome;
 use crate::raft::LogId;
 use crate::raft::NodeId;
-use crate::raft::PointRecord;
-
-/// Timeout of a forwarded read.
-const FORWARD_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn status_of(e: NodeError) -> Status {
     use crate::engine::EngineError;
@@ -80,23 +79,21 @@ pub fn status_of(e: NodeError) -> Status {
     }
 }
 
-fn invalid(e: crate::engine::InputError) -> Status {
-    Status::invalid_argument(e.to_string())
-}
-
 fn is_forwarded<T>(r: &Request<T>) -> bool {
     r.metadata().contains_key(FORWARDED_HEADER)
 }
 
-fn records(points: Vec<pb::Point>) -> Vec<PointRecord> {
-    points
-        .into_iter()
-        .map(|p| PointRecord {
-            id: p.id,
-            vector: p.vector,
-            payload_json: p.payload_json,
-        })
-        .collect()
+/// Which shard a request from another node's coordinator is meant for.
+fn shard_local<T>(r: &Request<T>) -> Result<Option<u32>, Status> {
+    match r.metadata().get(SHARD_LOCAL_HEADER) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Some)
+            .ok_or_else(|| Status::invalid_argument(format!("bad {SHARD_LOCAL_HEADER} metadata"))),
+    }
 }
 
 pub fn token(shard: u32, applied_index: u64) -> pb::ConsistencyToken {
@@ -108,127 +105,66 @@ pub fn token(shard: u32, applied_index: u64) -> pb::ConsistencyToken {
     }
 }
 
+/// The `Points` service: requests from clients go through the coordinator; requests from
+/// other nodes (`kindex-shard-local`, or forwarded to this leader) are served for this shard.
 #[derive(Clone)]
 pub struct PointsService {
-    pub node: Arc<Node>,
+    pub coordinator: Arc<Coordinator>,
+}
+
+/// How a request reached this node.
+enum Via {
+    Client,
+    /// From another node: serve this shard only; `forwarded`: do not forward again.
+    Node {
+        forwarded: bool,
+    },
 }
 
 impl PointsService {
+    pub fn new(coordinator: Arc<Coordinator>) -> PointsService {
+        PointsService { coordinator }
+    }
+
+    fn node(&self) -> &Arc<Node> {
+        &self.coordinator.local().node
+    }
+
+    fn via<T>(&self, r: &Request<T>) -> Result<Via, Status> {
+        let forwarded = is_forwarded(r);
+        match shard_local(r)? {
+            Some(shard) if shard != self.node().shard => Err(Status::failed_precondition(format!(
+                "this replica serves shard {}, not shard {shard}; the sender's shard addresses are wrong",
+                self.node().shard
+            ))),
+            Some(_) => Ok(Via::Node { forwarded }),
+            None if forwarded => Ok(Via::Node { forwarded }),
+            None => Ok(Via::Client),
+        }
+    }
+
     fn observe<T>(&self, method: &str, started: Instant, r: &Result<T, Status>) {
         let code = match r {
             Ok(_) => "ok".to_string(),
             Err(s) => format!("{:?}", s.code()).to_lowercase(),
         };
-        self.node
+        self.node()
             .metrics
             .requests
             .with_label_values(&["grpc", method, &code])
             .observe(started.elapsed().as_secs_f64());
     }
 
-    fn response(&self, w: WriteOutcome) -> pb::WriteResponse {
-        pb::WriteResponse {
-            affected: w.affected,
-            token: Some(token(self.node.shard, w.applied_index)),
-        }
-    }
-
-    async fn upsert_inner(
-        &self,
-        forwarded: bool,
-        req: pb::UpsertRequest,
-    ) -> Result<WriteOutcome, Status> {
-        self.node.check_index(&req.index).map_err(status_of)?;
-        // Ids, dimensions, components and payloads are checked for the whole batch before
-        // anything is proposed.
-        self.node
-            .upsert(records(req.points), forwarded)
-            .await
-            .map_err(status_of)
-    }
-
-    /// Apply `consistency`; `Some(leader)` when the read must be forwarded there.
-    async fn barrier(
-        &self,
-        forwarded: bool,
-        consistency: i32,
-        token: Option<&pb::ConsistencyToken>,
-    ) -> Result<Option<(NodeId, String)>, Status> {
-        match self.node.read_barrier(consistency, token).await {
-            Ok(()) => Ok(None),
-            Err(e) => match self.node.read_forward_target(&e, forwarded) {
-                Some(target) => Ok(Some(target)),
-                None => Err(status_of(e)),
-            },
-        }
-    }
-
-    async fn search_local(&self, req: pb::SearchRequest) -> Result<pb::SearchResponse, Status> {
-        let node = self.node.clone();
-        tokio::task::spawn_blocking(move || {
-            let filter = convert::filter_in(req.filter).map_err(invalid)?;
-            let (hits, engine) = node
-                .search(
-                    &req.vector,
-                    req.k as usize,
-                    req.ef_search.map(|e| e as usize),
-                    &filter,
-                )
-                .map_err(status_of)?;
-            Ok(pb::SearchResponse {
-                hits: hits
-                    .into_iter()
-                    .map(|h| convert::hit_out(h, &engine, req.with_vectors, req.with_payload))
-                    .collect(),
-                failures: Vec::new(),
-            })
-        })
-        .await
-        .unwrap_or_else(|e| Err(Status::internal(e.to_string())))
-    }
-
-    /// Sends a read to the leader (a linearizable read arriving at a follower).
-    async fn forward_read<Req, Resp, F, Fut>(
-        &self,
-        leader: NodeId,
-        addr: &str,
-        req: Req,
-        call: F,
-    ) -> Result<Response<Resp>, Status>
-    where
-        F: FnOnce(pb::points_client::PointsClient<tonic::transport::Channel>, Request<Req>) -> Fut,
-        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
-    {
-        let client = self.node.points_client(addr).map_err(status_of)?;
-        call(
-            client,
-            self.node.forwarded_request(req, FORWARD_READ_TIMEOUT),
-        )
-        .await
-        .map_err(|s| status_of(self.node.forward_error(leader, addr, s)))
-    }
-
-    async fn search_inner(
-        &self,
-        forwarded: bool,
-        req: pb::SearchRequest,
-    ) -> Result<pb::SearchResponse, Status> {
-        self.node.check_index(&req.index).map_err(status_of)?;
-        if let Some((leader, addr)) = self
-            .barrier(forwarded, req.consistency, req.token.as_ref())
-            .await?
+    /// A write answered for this shard names the shard's leader, so coordinators can send the
+    /// next write straight there.
+    fn with_leader_hint<T>(&self, r: Result<T, Status>) -> Result<Response<T>, Status> {
+        let mut resp = Response::new(r?);
+        if let Some(addr) = self.node().leader().and_then(|l| l.grpc)
+            && let Ok(v) = addr.parse()
         {
-            return self
-                .forward_read(
-                    leader,
-                    &addr,
-                    req,
-                    |mut c, r| async move { c.search(r).await },
-                )
-                .await
-                .map(Response::into_inner);
+            resp.metadata_mut().insert(LEADER_HEADER, v);
         }
-        self.search_local(req).await
+        Ok(resp)
     }
 }
 
@@ -239,13 +175,14 @@ impl pb::points_server::Points for PointsService {
         request: Request<pb::UpsertRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let t = Instant::now();
-        let forwarded = is_forwarded(&request);
-        let r = self
-            .upsert_inner(forwarded, request.into_inner())
-            .await
-            .map(|w| self.response(w));
+        let via = self.via(&request)?;
+        let req = request.into_inner();
+        let r = match via {
+            Via::Client => self.coordinator.upsert(req).await,
+            Via::Node { forwarded } => self.coordinator.local().upsert(req, forwarded).await,
+        };
         self.observe("Upsert", t, &r);
-        r.map(Response::new)
+        self.with_leader_hint(r)
     }
 
     async fn upsert_stream(
@@ -253,24 +190,25 @@ impl pb::points_server::Points for PointsService {
         request: Request<tonic::Streaming<pb::UpsertRequest>>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let t = Instant::now();
-        let forwarded = is_forwarded(&request);
+        let via = self.via(&request)?;
         let mut stream = request.into_inner();
-        let mut total = WriteOutcome::default();
+        let mut affected = 0;
+        let mut tokens = Vec::new();
         let mut result = Ok(());
         while let Some(batch) = stream.message().await? {
-            match self.upsert_inner(forwarded, batch).await {
+            let r = match via {
+                Via::Client => self.coordinator.upsert(batch).await,
+                Via::Node { forwarded } => self.coordinator.local().upsert(batch, forwarded).await,
+            };
+            match r {
                 Ok(w) => {
-                    total.affected += w.affected;
-                    total.applied_index = total.applied_index.max(w.applied_index);
+                    affected += w.affected;
+                    tokens.extend(w.token);
                 }
                 Err(s) => {
                     let mut out = Status::new(
                         s.code(),
-                        format!(
-                            "after {} points were written: {}",
-                            total.affected,
-                            s.message()
-                        ),
+                        format!("after {affected} points were written: {}", s.message()),
                     );
                     *out.metadata_mut() = s.metadata().clone();
                     result = Err(out);
@@ -278,9 +216,12 @@ impl pb::points_server::Points for PointsService {
                 }
             }
         }
-        let r = result.map(|_| self.response(total));
+        let r = result.map(|_| pb::WriteResponse {
+            affected,
+            token: Some(merge::tokens(tokens)),
+        });
         self.observe("UpsertStream", t, &r);
-        r.map(Response::new)
+        self.with_leader_hint(r)
     }
 
     async fn delete(
@@ -288,19 +229,14 @@ impl pb::points_server::Points for PointsService {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let t = Instant::now();
-        let forwarded = is_forwarded(&request);
+        let via = self.via(&request)?;
         let req = request.into_inner();
-        let r = match self.node.check_index(&req.index) {
-            Ok(()) => self
-                .node
-                .delete(req.ids, forwarded)
-                .await
-                .map(|w| self.response(w))
-                .map_err(status_of),
-            Err(e) => Err(status_of(e)),
+        let r = match via {
+            Via::Client => self.coordinator.delete(req).await,
+            Via::Node { forwarded } => self.coordinator.local().delete(req, forwarded).await,
         };
         self.observe("Delete", t, &r);
-        r.map(Response::new)
+        self.with_leader_hint(r)
     }
 
     async fn get(
@@ -308,28 +244,12 @@ impl pb::points_server::Points for PointsService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let t = Instant::now();
-        let forwarded = is_forwarded(&request);
+        let via = self.via(&request)?;
         let req = request.into_inner();
-        let r = async {
-            self.node.check_index(&req.index).map_err(status_of)?;
-            if let Some((leader, addr)) = self
-                .barrier(forwarded, req.consistency, req.token.as_ref())
-                .await?
-            {
-                return self
-                    .forward_read(leader, &addr, req, |mut c, r| async move { c.get(r).await })
-                    .await
-                    .map(Response::into_inner);
-            }
-            let pts = self.node.get(&req.ids).map_err(status_of)?;
-            Ok(pb::GetResponse {
-                points: pts
-                    .into_iter()
-                    .map(|p| convert::point_out(p, req.with_vectors, req.with_payload))
-                    .collect(),
-            })
-        }
-        .await;
+        let r = match via {
+            Via::Client => self.coordinator.get(req).await,
+            Via::Node { forwarded } => self.coordinator.local().get(req, forwarded).await,
+        };
         self.observe("Get", t, &r);
         r.map(Response::new)
     }
@@ -339,8 +259,12 @@ impl pb::points_server::Points for PointsService {
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
         let t = Instant::now();
-        let forwarded = is_forwarded(&request);
-        let r = self.search_inner(forwarded, request.into_inner()).await;
+        let via = self.via(&request)?;
+        let req = request.into_inner();
+        let r = match via {
+            Via::Client => self.coordinator.search(req).await,
+            Via::Node { forwarded } => self.coordinator.local().search(req, forwarded).await,
+        };
         self.observe("Search", t, &r);
         r.map(Response::new)
     }
@@ -350,21 +274,7 @@ impl pb::points_server::Points for PointsService {
         request: Request<pb::SearchBatchRequest>,
     ) -> Result<Response<pb::SearchBatchResponse>, Status> {
         let t = Instant::now();
-        let searches = request.into_inner().searches;
-        let r = async {
-            crate::engine::limits::check_batch_len(searches.len()).map_err(invalid)?;
-            let mut results = Vec::with_capacity(searches.len());
-            for s in searches {
-                self.node.check_index(&s.index).map_err(status_of)?;
-                self.node
-                    .read_barrier(s.consistency, s.token.as_ref())
-                    .await
-                    .map_err(status_of)?;
-                results.push(self.search_local(s).await?);
-            }
-            Ok(pb::SearchBatchResponse { results })
-        }
-        .await;
+        let r = self.coordinator.search_batch(request.into_inner()).await;
         self.observe("SearchBatch", t, &r);
         r.map(Response::new)
     }
@@ -373,34 +283,25 @@ impl pb::points_server::Points for PointsService {
         &self,
         request: Request<pb::CountRequest>,
     ) -> Result<Response<pb::CountResponse>, Status> {
-        let forwarded = is_forwarded(&request);
+        let t = Instant::now();
+        let via = self.via(&request)?;
         let req = request.into_inner();
-        self.node.check_index(&req.index).map_err(status_of)?;
-        if let Some((leader, addr)) = self
-            .barrier(forwarded, req.consistency, req.token.as_ref())
-            .await?
-        {
-            return self
-                .forward_read(
-                    leader,
-                    &addr,
-                    req,
-                    |mut c, r| async move { c.count(r).await },
-                )
-                .await;
-        }
-        Ok(Response::new(pb::CountResponse {
-            count: self.node.engine().count(),
-        }))
+        let r = match via {
+            Via::Client => self.coordinator.count(req).await,
+            Via::Node { forwarded } => self.coordinator.local().count(req, forwarded).await,
+        };
+        self.observe("Count", t, &r);
+        r.map(Response::new)
     }
 
     async fn info(
         &self,
         request: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
-        let req = request.into_inner();
-        self.node.check_index(&req.index).map_err(status_of)?;
-        Ok(Response::new(info(&self.node)))
+        self.coordinator
+            .info(request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

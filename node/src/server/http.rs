@@ -1,11 +1,11 @@
 //! HTTP: health, readiness, metrics, and a JSON mirror of the `Points` API
-//! under `/v1`. Writes are replicated like the gRPC ones (a follower forwards them to the
-//! leader over gRPC); reads are served by this replica (consistency `eventual`).
+//! under `/v1`. Every request goes through the node's coordinator, like a gRPC one: same
+//! routing, consistency levels (`consistency`, `token` fields) and errors.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,12 +13,15 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use kindex_proto as pb;
+
+use super::convert;
+use crate::coordinator::Coordinator;
 use crate::engine::InputError;
 use crate::engine::filter::Filter;
-use crate::node::{Node, NodeError, WriteOutcome};
-use crate::raft::PointRecord;
+use crate::node::{Node, NodeError};
 
-pub fn router(node: Arc<Node>) -> Router {
+pub fn router(coordinator: Arc<Coordinator>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -35,7 +38,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/indexes/{index}/count", get(count))
         // Bulk JSON batches are large (10k × 384 floats is ~40 MB of text).
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
-        .with_state(node)
+        .with_state(coordinator)
 }
 
 /// JSON error body: `{"error": {"code": ..., "message": ...}}`.
@@ -51,40 +54,29 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<NodeError> for ApiError {
-    fn from(e: NodeError) -> Self {
-        use crate::engine::EngineError;
-        let (code, name) = match &e {
-            NodeError::UnknownIndex { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            NodeError::Engine(EngineError::Input(_))
-            | NodeError::Rejected(_)
-            | NodeError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
-            NodeError::Unavailable(_)
-            | NodeError::NotLeader { .. }
-            | NodeError::Engine(EngineError::ShuttingDown) => {
+impl From<tonic::Status> for ApiError {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code;
+        let (code, name) = match s.code() {
+            Code::InvalidArgument | Code::OutOfRange => {
+                (StatusCode::BAD_REQUEST, "invalid_argument")
+            }
+            Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Code::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+            Code::FailedPrecondition | Code::Unavailable | Code::Cancelled => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
-            NodeError::Engine(EngineError::Full(_)) => {
-                (StatusCode::INSUFFICIENT_STORAGE, "resource_exhausted")
-            }
-            NodeError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
-            NodeError::FailedPrecondition(_) => (StatusCode::CONFLICT, "failed_precondition"),
-            NodeError::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
-            NodeError::Forwarded(s) => match s.code() {
-                tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_argument"),
-                tonic::Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-                tonic::Code::Unavailable | tonic::Code::FailedPrecondition => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-                }
-                tonic::Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
-                tonic::Code::ResourceExhausted => {
-                    (StatusCode::INSUFFICIENT_STORAGE, "resource_exhausted")
-                }
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            },
+            Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            Code::ResourceExhausted => (StatusCode::INSUFFICIENT_STORAGE, "resource_exhausted"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        ApiError(code, name, e.to_string())
+        ApiError(code, name, s.message().to_string())
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        super::grpc::status_of(e).into()
     }
 }
 
@@ -120,15 +112,16 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
 }
 
 /// Ready: a leader is known and the log this node had at start is applied (not while stopping).
-async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    if node.is_ready() {
+async fn readyz(State(c): State<Arc<Coordinator>>) -> impl IntoResponse {
+    if c.local().node.is_ready() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     }
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn metrics(State(c): State<Arc<Coordinator>>) -> impl IntoResponse {
+    let node: Arc<Node> = c.local().node.clone();
     let text = tokio::task::spawn_blocking(move || node.render_metrics())
         .await
         .unwrap_or_default();
@@ -156,20 +149,86 @@ struct UpsertBody {
     points: Vec<JsonPoint>,
 }
 
-#[derive(Debug, Serialize)]
-struct WriteReply {
-    affected: u64,
-    token: Value,
+/// `{"shards": [{"shard": 0, "appliedIndex": 12}]}`: what writes return and session reads take.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonToken {
+    pub shards: Vec<JsonShardIndex>,
 }
 
-fn reply(node: &Node, w: WriteOutcome) -> WriteReply {
-    WriteReply {
-        affected: w.affected,
-        token: json!({"shards": [{"shard": node.shard, "appliedIndex": w.applied_index}]}),
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JsonShardIndex {
+    pub shard: u32,
+    pub applied_index: u64,
+}
+
+impl From<pb::ConsistencyToken> for JsonToken {
+    fn from(t: pb::ConsistencyToken) -> Self {
+        JsonToken {
+            shards: t
+                .shards
+                .into_iter()
+                .map(|s| JsonShardIndex {
+                    shard: s.shard,
+                    applied_index: s.applied_index,
+                })
+                .collect(),
+        }
     }
 }
 
-fn point_in(i: usize, p: JsonPoint) -> Result<PointRecord, InputError> {
+impl From<JsonToken> for pb::ConsistencyToken {
+    fn from(t: JsonToken) -> Self {
+        pb::ConsistencyToken {
+            shards: t
+                .shards
+                .into_iter()
+                .map(|s| pb::ShardIndex {
+                    shard: s.shard,
+                    applied_index: s.applied_index,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `eventual | session | linearizable`; absent = the default (read-your-writes).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum JsonConsistency {
+    #[default]
+    Default,
+    Eventual,
+    Session,
+    Linearizable,
+}
+
+impl JsonConsistency {
+    fn wire(self) -> i32 {
+        (match self {
+            JsonConsistency::Default => pb::Consistency::Unspecified,
+            JsonConsistency::Eventual => pb::Consistency::Eventual,
+            JsonConsistency::Session => pb::Consistency::Session,
+            JsonConsistency::Linearizable => pb::Consistency::Linearizable,
+        }) as i32
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct WriteReply {
+    affected: u64,
+    token: JsonToken,
+}
+
+fn reply(w: pb::WriteResponse) -> WriteReply {
+    WriteReply {
+        affected: w.affected,
+        token: w.token.map(JsonToken::from).unwrap_or_default(),
+    }
+}
+
+fn point_in(i: usize, p: JsonPoint) -> Result<pb::Point, InputError> {
     let payload_json = match p.payload {
         None | Some(Value::Null) => None,
         Some(Value::Object(m)) => Some(Value::Object(m).to_string()),
@@ -180,27 +239,32 @@ fn point_in(i: usize, p: JsonPoint) -> Result<PointRecord, InputError> {
             });
         }
     };
-    Ok(PointRecord {
+    Ok(pb::Point {
         id: p.id,
         vector: p.vector,
         payload_json,
     })
 }
 
+/// A stored payload (a JSON object, validated on write) back as JSON.
+fn payload_out(json: Option<String>) -> Value {
+    json.and_then(|j| serde_json::from_str(&j).ok())
+        .unwrap_or(Value::Null)
+}
+
 async fn upsert(
-    State(node): State<Arc<Node>>,
+    State(c): State<Arc<Coordinator>>,
     Path(index): Path<String>,
     JsonBody(body): JsonBody<UpsertBody>,
 ) -> Result<Json<WriteReply>, ApiError> {
-    node.check_index(&index)?;
     let points = body
         .points
         .into_iter()
         .enumerate()
         .map(|(i, p)| point_in(i, p))
         .collect::<Result<Vec<_>, _>>()?;
-    let w = node.upsert(points, false).await?;
-    Ok(Json(reply(&node, w)))
+    let w = c.upsert(pb::UpsertRequest { index, points }).await?;
+    Ok(Json(reply(w)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +275,16 @@ struct IdsBody {
     with_vectors: bool,
     #[serde(default = "yes")]
     with_payload: bool,
+    #[serde(default)]
+    consistency: JsonConsistency,
+    #[serde(default)]
+    token: Option<JsonToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteBody {
+    ids: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -218,13 +292,22 @@ fn yes() -> bool {
 }
 
 async fn get_points(
-    State(node): State<Arc<Node>>,
+    State(c): State<Arc<Coordinator>>,
     Path(index): Path<String>,
     JsonBody(body): JsonBody<IdsBody>,
 ) -> Result<Json<Value>, ApiError> {
-    node.check_index(&index)?;
-    let points: Vec<Value> = node
-        .get(&body.ids)?
+    let r = c
+        .get(pb::GetRequest {
+            index,
+            ids: body.ids,
+            with_vectors: body.with_vectors,
+            with_payload: body.with_payload,
+            consistency: body.consistency.wire(),
+            token: body.token.map(Into::into),
+        })
+        .await?;
+    let points: Vec<Value> = r
+        .points
         .into_iter()
         .map(|p| {
             let mut o = json!({"id": p.id});
@@ -232,7 +315,7 @@ async fn get_points(
                 o["vector"] = json!(p.vector);
             }
             if body.with_payload {
-                o["payload"] = p.payload.map_or(Value::Null, Value::Object);
+                o["payload"] = payload_out(p.payload_json);
             }
             o
         })
@@ -241,75 +324,105 @@ async fn get_points(
 }
 
 async fn delete(
-    State(node): State<Arc<Node>>,
+    State(c): State<Arc<Coordinator>>,
     Path(index): Path<String>,
-    JsonBody(body): JsonBody<IdsBody>,
+    JsonBody(body): JsonBody<DeleteBody>,
 ) -> Result<Json<WriteReply>, ApiError> {
-    node.check_index(&index)?;
-    let w = node.delete(body.ids, false).await?;
-    Ok(Json(reply(&node, w)))
+    let w = c
+        .delete(pb::DeleteRequest {
+            index,
+            ids: body.ids,
+        })
+        .await?;
+    Ok(Json(reply(w)))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct SearchBody {
     vector: Vec<f32>,
-    k: usize,
+    k: u32,
     #[serde(default)]
-    ef_search: Option<usize>,
+    ef_search: Option<u32>,
     #[serde(default)]
     filter: Option<Filter>,
     #[serde(default)]
     with_vectors: bool,
     #[serde(default)]
     with_payload: bool,
+    #[serde(default)]
+    consistency: JsonConsistency,
+    #[serde(default)]
+    token: Option<JsonToken>,
 }
 
 async fn search(
-    State(node): State<Arc<Node>>,
+    State(c): State<Arc<Coordinator>>,
     Path(index): Path<String>,
     JsonBody(body): JsonBody<SearchBody>,
 ) -> Result<Json<Value>, ApiError> {
-    node.check_index(&index)?;
-    let n = node.clone();
-    let filter = body.filter.unwrap_or_default();
-    let (vector, k, ef) = (body.vector, body.k, body.ef_search);
-    let (hits, engine) = tokio::task::spawn_blocking(move || n.search(&vector, k, ef, &filter))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    let hits: Vec<Value> = hits
+    let r = c
+        .search(pb::SearchRequest {
+            index,
+            vector: body.vector,
+            k: body.k,
+            ef_search: body.ef_search,
+            filter: body.filter.map(|f| convert::filter_out(&f)),
+            with_vectors: body.with_vectors,
+            with_payload: body.with_payload,
+            consistency: body.consistency.wire(),
+            token: body.token.map(Into::into),
+        })
+        .await?;
+    let hits: Vec<Value> = r
+        .hits
         .into_iter()
         .map(|h| {
             let mut o = json!({"id": h.id, "distance": h.distance});
             if body.with_vectors {
-                o["vector"] = json!(engine.vector(h.slot));
+                o["vector"] = json!(h.vector);
             }
             if body.with_payload {
-                o["payload"] = engine
-                    .payload(h.slot)
-                    .cloned()
-                    .map_or(Value::Null, Value::Object);
+                o["payload"] = payload_out(h.payload_json);
             }
             o
         })
         .collect();
-    Ok(Json(json!({"hits": hits, "failures": []})))
+    let failures: Vec<Value> = r
+        .failures
+        .into_iter()
+        .map(|f| json!({"shard": f.shard, "message": f.message}))
+        .collect();
+    Ok(Json(json!({"hits": hits, "failures": failures})))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CountQuery {
+    #[serde(default)]
+    consistency: JsonConsistency,
 }
 
 async fn count(
-    State(node): State<Arc<Node>>,
+    State(c): State<Arc<Coordinator>>,
     Path(index): Path<String>,
+    Query(q): Query<CountQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    node.check_index(&index)?;
-    Ok(Json(json!({"count": node.engine().count()})))
+    let r = c
+        .count(pb::CountRequest {
+            index,
+            consistency: q.consistency.wire(),
+            token: None,
+        })
+        .await?;
+    Ok(Json(json!({"count": r.count})))
 }
 
 async fn info(
-    State(node): State<Arc<Node>>,
+    State(c): State<Arc<Coordinator>>,
     Path(index): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    node.check_index(&index)?;
-    let i = super::grpc::info(&node);
+    let i = c.info(pb::InfoRequest { index }).await?;
     let l = i.limits.unwrap_or_default();
     Ok(Json(json!({
         "index": i.index, "dimension": i.dimension, "metric": i.metric, "shards": i.shards, "vectors": i.vectors,

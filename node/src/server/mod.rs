@@ -3,4 +3,5 @@
 pub mod convert;
 pub mod grpc;
 pub mod http;
+pub mod local;
 pub mod openapi;

@@ -25,11 +25,11 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::Lifecycle;
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction,
-    LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecurityContext, SleepAction, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, SleepAction, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -204,6 +204,14 @@ fn container(vi: &VectorIndex, shard: u32, p: &StatefulSetParams) -> Container {
         &HTTP_PORT.to_string(),
         "--runtime-config",
         &format!("{CONFIG_DIR}/{RUNTIME_KEY}"),
+        // Cluster mode: the node id is the pod ordinal; members reach each other through the
+        // shard's headless Service, and the coordinator reaches other shards the same way.
+        "--service",
+        &labels::headless_name(&vi.name_any(), shard),
+        "--raft-addr-template",
+        &format!("{{pod}}.{{service}}.{{namespace}}.svc:{RAFT_PORT}"),
+        "--shard-addr-template",
+        &format!("{{index}}-s{{shard}}-headless.{{namespace}}.svc:{GRPC_PORT}"),
     ]
     .map(str::to_owned)
     .to_vec();
@@ -220,7 +228,25 @@ fn container(vi: &VectorIndex, shard: u32, p: &StatefulSetParams) -> Container {
         value: Some(value),
         ..EnvVar::default()
     })
-    .to_vec();
+    .into_iter()
+    .chain(
+        [
+            ("KINDEX_POD_NAME", "metadata.name"),
+            ("KINDEX_NAMESPACE", "metadata.namespace"),
+        ]
+        .map(|(name, path)| EnvVar {
+            name: name.to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: path.to_owned(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }),
+    )
+    .collect();
     let http_probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
