@@ -6,6 +6,7 @@
 mod data;
 mod load;
 mod npy;
+mod search_load;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -34,6 +35,8 @@ enum Cmd {
     Synth(SynthArgs),
     /// Replicated upsert load over gRPC against running nodes.
     Load(load::LoadArgs),
+    /// Search load over gRPC (fan-out over the index's shards).
+    SearchLoad(search_load::SearchLoadArgs),
     /// Enqueue latency of single-vector writes (p50/p99).
     Enqueue {
         #[arg(long, default_value_t = 128)]
@@ -102,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Synth(a) => synth(a),
         Cmd::Enqueue { dim, n } => enqueue(dim, n),
         Cmd::Load(a) => tokio::runtime::Runtime::new()?.block_on(load::run(a)),
+        Cmd::SearchLoad(a) => tokio::runtime::Runtime::new()?.block_on(search_load::run(a)),
     }
 }
 
