@@ -427,7 +427,11 @@ pub async fn discover(opts: &KubeOpts, want: Want) -> Result<Found, KubeError> {
     let chosen = select_pods(&index, &namespace, phase.as_deref(), &infos, want)?;
 
     let mut targets = Vec::with_capacity(chosen.len());
+    // Open the first forward now, trying pod after pod: a pod the API server
+    // will not forward to is reported (unreachable for `status`, an error when
+    // no pod works), and RBAC or connection errors stop here.
     let mut opened_one = false;
+    let mut first_err = None;
     for p in chosen {
         let name = format!("pod/{}", p.name);
         if !p.running() {
@@ -440,8 +444,21 @@ pub async fn discover(opts: &KubeOpts, want: Want) -> Result<Found, KubeError> {
         let first = if opened_one {
             None
         } else {
-            opened_one = true;
-            Some(open(&pods, &p.name, p.grpc_port, &namespace, &url).await?)
+            match open(&pods, &p.name, p.grpc_port, &namespace, &url).await {
+                Ok(o) => {
+                    opened_one = true;
+                    Some(o)
+                }
+                Err(e @ KubeError::PortForward { .. }) => {
+                    targets.push(Target {
+                        name,
+                        addr: Err(e.to_string()),
+                    });
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
         };
         let local = serve(
             pods.clone(),
@@ -456,6 +473,9 @@ pub async fn discover(opts: &KubeOpts, want: Want) -> Result<Found, KubeError> {
             name,
             addr: Ok(local_url(local)),
         });
+    }
+    if let (false, Want::Ready, Some(e)) = (opened_one, want, first_err) {
+        return Err(e);
     }
     Ok(Found {
         namespace,
