@@ -44,13 +44,18 @@ ready pod (any pod coordinates every shard), `status` and `snapshot` every pod, 
 shows the VectorIndex status. Needs RBAC to list pods, get vectorindexes and create pods/portforward. \
 --addr skips discovery (e.g. with your own `kubectl port-forward svc/<index> 7070`).";
 
+const NODES_NOTE: &str = "Nodes: --addr (default http://127.0.0.1:7070), or with --kube / as `kubectl kindex` the \
+pods of a VectorIndex found through the kubeconfig. Every command but `inspect` prints a table or, \
+with -o json, one JSON document; the exit code is non-zero on any error. See docs/cli.md.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kindex",
     version,
     about = "Client for kindex, the Kubernetes-native sharded replicated vector index",
     long_about = "Client for kindex: bulk-load vectors with progress and retries, search, read and \
-delete points, show node status, trigger snapshots and inspect a node's data directory offline."
+delete points, show node status, trigger snapshots and inspect a node's data directory offline.",
+    after_long_help = NODES_NOTE
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -84,7 +89,7 @@ pub struct Global {
     /// Kubernetes mode: the namespace (default: the context's).
     #[arg(long, short = 'n', global = true)]
     pub namespace: Option<String>,
-    /// Output format.
+    /// Output format: `table` for people, `json` (one document on stdout) for scripts.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// Per-request timeout in seconds.
@@ -96,7 +101,8 @@ pub struct Global {
 pub enum Command {
     /// Show a node data directory offline: structural config and every snapshot.
     Inspect(InspectArgs),
-    /// Show the Raft/index status of one or more nodes (one row per --addr).
+    /// Show the Raft/index status of every node: one row per --addr, or per pod
+    /// in Kubernetes mode (with the VectorIndex status above the table).
     Status,
     /// Bulk-load vectors from a .npy, .fvecs or .jsonl file.
     Upsert(UpsertArgs),
@@ -110,7 +116,7 @@ pub enum Command {
     Count,
     /// Show the index's dimension, metric, shard count and limits.
     Info,
-    /// Take a snapshot now on each --addr node.
+    /// Take a snapshot now on each node (each --addr, or each pod).
     Snapshot,
 }
 
@@ -237,7 +243,8 @@ pub fn command(flavor: Flavor) -> clap::Command {
         Flavor::KubectlPlugin => cmd
             .name("kubectl-kindex")
             .bin_name("kubectl kindex")
-            .after_help(KUBECTL_NOTE),
+            .after_help(KUBECTL_NOTE)
+            .after_long_help(format!("{KUBECTL_NOTE}\n\n{NODES_NOTE}")),
     }
 }
 
@@ -309,9 +316,19 @@ mod tests {
         assert!(help.contains("pods/portforward"), "{help}");
         assert!(help.contains("kubectl kindex"), "{help}");
         let help = command(Flavor::Kindex).render_long_help().to_string();
-        for flag in ["--kube", "--context", "--namespace", "--output"] {
+        for flag in [
+            "--kube",
+            "--context",
+            "--namespace",
+            "--output",
+            "docs/cli.md",
+        ] {
             assert!(help.contains(flag), "{flag}: {help}");
         }
+        // Both output formats are described, not just listed.
+        assert!(help.contains("- table:"), "{help}");
+        assert!(help.contains("- json:"), "{help}");
+        assert!(help.contains("One JSON document on stdout"), "{help}");
     }
 
     #[test]
