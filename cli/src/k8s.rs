@@ -5,8 +5,10 @@
 //!
 //! The pure parts (pod state, selection and ordering, address building, error
 //! classification) are unit-tested here; discovery and error reporting run
-//! against a real API server in `e2e/kubectl-plugin.sh`. The forward itself
-//! needs a kubelet and is not exercised by CI.
+//! against a real API server in `e2e/kubectl-plugin.sh` (no kubelet there);
+//! the forward runs against a stand-in API server that speaks the
+//! port-forward protocol in `tests/kube_forward.rs`. A forward through a real
+//! kubelet is not exercised by CI.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
