@@ -544,6 +544,8 @@ async fn serve(
     tokio::spawn(async move {
         loop {
             let Ok((mut tcp, _)) = listener.accept().await else {
+                // e.g. out of file descriptors: do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
             let pre = first.take();
