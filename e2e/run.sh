@@ -7,7 +7,8 @@
 #   2. valid examples are accepted, invalid ones rejected (schema ranges and
 #      enums), invalid updates rejected with the CEL message;
 #   3. printer columns (kubectl get vidx);
-#   4. the operator against the real API server (e2e/operator.sh);
+#   4. kubectl kindex: discovery through the kubeconfig (e2e/kubectl-plugin.sh)
+#      and the operator against the real API server (e2e/operator.sh);
 #   5. the Helm chart and the kustomize base with --dry-run=server, schema
 #      rejections, CRD copy drift, and RBAC checked by running the operator as
 #      its ServiceAccount (e2e/chart-tests.sh).
@@ -51,6 +52,11 @@ check "columns SHARDS REPLICAS READY VECTORS PHASE AGE" \
   bash -c "echo '$cols' | grep -qE 'SHARDS +REPLICAS +READY +VECTORS +PHASE +AGE'"
 check "short name vidx and scale subresource" k get --raw /apis/kindex.dev/v1alpha1/namespaces/default/vectorindexes/demo/scale
 k delete vidx --all --wait=false >/dev/null
+
+if [ -f e2e/kubectl-plugin.sh ]; then
+  step "kubectl kindex: discovery through the kubeconfig"
+  . e2e/kubectl-plugin.sh
+fi
 
 if [ -f e2e/operator.sh ]; then
   step "operator"

@@ -15,6 +15,7 @@ macro_rules! outln {
 pub mod commands;
 pub mod filter;
 pub mod input;
+pub mod k8s;
 pub mod output;
 
 use std::path::PathBuf;
@@ -25,15 +26,27 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::input::Format;
 use crate::output::Output;
 
-const ADDR_HELP: &str = "gRPC endpoint of a kindex node (repeatable, or comma-separated in KINDEX_ADDR). \
-`status` and `snapshot` query every address; `upsert` fails over to the next one on \
-transient errors; other commands use the first. In Kubernetes, run `kubectl port-forward svc/<index> 7070` and keep the default; \
-discovering nodes from your kubeconfig is not implemented yet";
+/// Where a node is looked for when neither `--addr` nor Kubernetes mode says.
+pub const DEFAULT_ADDR: &str = "http://127.0.0.1:7070";
 
-const KUBECTL_NOTE: &str = "As a kubectl plugin this does not read your kubeconfig yet: start \
-`kubectl port-forward svc/<index> 7070` (or `pod/<index>-s<shard>-<ordinal> 7070` for one replica) \
-in another terminal and point --addr at it (the default http://127.0.0.1:7070 matches). \
-Kubeconfig-based discovery of the index Service and its pods is planned.";
+const ADDR_HELP: &str = "gRPC endpoint of a kindex node (repeatable, or comma-separated in KINDEX_ADDR) \
+[default: http://127.0.0.1:7070]. `status` and `snapshot` query every address; `upsert` fails over \
+to the next one on transient errors; other commands use the first. Overrides Kubernetes discovery";
+
+const KUBE_HELP: &str = "Find the nodes through the kubeconfig (the default for `kubectl kindex`; \
+implied by --context, --namespace and --kubeconfig): list the index's pods, pick the ready ones and \
+reach each through an in-process port-forward to its gRPC port. --addr overrides it";
+
+const KUBECTL_NOTE: &str = "As a kubectl plugin it reads your kubeconfig (KUBECONFIG or ~/.kube/config; \
+--kubeconfig, --context and -n/--namespace as in kubectl), finds the VectorIndex named by --index \
+(or the only one in the namespace), and port-forwards to its pods by itself: data commands use a \
+ready pod (any pod coordinates every shard), `status` and `snapshot` every pod, and `status` also \
+shows the VectorIndex status. Needs RBAC to list pods, get vectorindexes and create pods/portforward. \
+--addr skips discovery (e.g. with your own `kubectl port-forward svc/<index> 7070`).";
+
+const NODES_NOTE: &str = "Nodes: --addr (default http://127.0.0.1:7070), or with --kube / as `kubectl kindex` the \
+pods of a VectorIndex found through the kubeconfig. Every command but `inspect` prints a table or, \
+with -o json, one JSON document; the exit code is non-zero on any error. See docs/cli.md.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,7 +54,8 @@ Kubeconfig-based discovery of the index Service and its pods is planned.";
     version,
     about = "Client for kindex, the Kubernetes-native sharded replicated vector index",
     long_about = "Client for kindex: bulk-load vectors with progress and retries, search, read and \
-delete points, show node status, trigger snapshots and inspect a node's data directory offline."
+delete points, show node status, trigger snapshots and inspect a node's data directory offline.",
+    after_long_help = NODES_NOTE
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -56,15 +70,26 @@ pub struct Global {
         long,
         global = true,
         env = "KINDEX_ADDR",
-        default_value = "http://127.0.0.1:7070",
         value_delimiter = ',',
         help = ADDR_HELP
     )]
     pub addr: Vec<String>,
-    /// Index name; empty means the index the node serves.
+    /// Index name; empty means the index the node serves (in Kubernetes mode:
+    /// the VectorIndex name, empty meaning the only one in the namespace).
     #[arg(long, global = true, env = "KINDEX_INDEX", default_value = "")]
     pub index: String,
-    /// Output format.
+    #[arg(long, global = true, help = KUBE_HELP)]
+    pub kube: bool,
+    /// Kubernetes mode: the kubeconfig file (default: KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: the kubeconfig context (default: the current one).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Kubernetes mode: the namespace (default: the context's).
+    #[arg(long, short = 'n', global = true)]
+    pub namespace: Option<String>,
+    /// Output format: `table` for people, `json` (one document on stdout) for scripts.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// Per-request timeout in seconds.
@@ -76,7 +101,8 @@ pub struct Global {
 pub enum Command {
     /// Show a node data directory offline: structural config and every snapshot.
     Inspect(InspectArgs),
-    /// Show the Raft/index status of one or more nodes (one row per --addr).
+    /// Show the Raft/index status of every node: one row per --addr, or per pod
+    /// in Kubernetes mode (with the VectorIndex status above the table).
     Status,
     /// Bulk-load vectors from a .npy, .fvecs or .jsonl file.
     Upsert(UpsertArgs),
@@ -90,7 +116,7 @@ pub enum Command {
     Count,
     /// Show the index's dimension, metric, shard count and limits.
     Info,
-    /// Take a snapshot now on each --addr node.
+    /// Take a snapshot now on each node (each --addr, or each pod).
     Snapshot,
 }
 
@@ -125,10 +151,14 @@ pub struct UpsertArgs {
     /// (rows are assumed to have been loaded in order) and start there.
     #[arg(long)]
     pub resume: bool,
-    /// Attempts per batch on transient errors (unavailable, leader change,
-    /// timeouts, backpressure) before giving up.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Attempts per batch on transient errors (unavailable, connection
+    /// refused, leader change, timeouts, backpressure) before giving up.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub attempts: u32,
+    /// Longest time, in seconds, one batch may spend retrying before the load
+    /// stops (with the row to resume from).
+    #[arg(long, default_value_t = 120)]
+    pub retry_timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +214,20 @@ pub struct DeleteArgs {
     pub ids: Vec<String>,
 }
 
+impl Global {
+    /// Kubernetes discovery is used unless `--addr` (or KINDEX_ADDR) is given:
+    /// always for `kubectl kindex`, and for `kindex` with --kube or any of the
+    /// kubeconfig flags.
+    pub fn use_kube(&self, flavor: Flavor) -> bool {
+        self.addr.is_empty()
+            && (flavor == Flavor::KubectlPlugin
+                || self.kube
+                || self.kubeconfig.is_some()
+                || self.context.is_some()
+                || self.namespace.is_some())
+    }
+}
+
 /// Which binary is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
@@ -199,7 +243,8 @@ pub fn command(flavor: Flavor) -> clap::Command {
         Flavor::KubectlPlugin => cmd
             .name("kubectl-kindex")
             .bin_name("kubectl kindex")
-            .after_help(KUBECTL_NOTE),
+            .after_help(KUBECTL_NOTE)
+            .after_long_help(format!("{KUBECTL_NOTE}\n\n{NODES_NOTE}")),
     }
 }
 
@@ -210,7 +255,7 @@ pub fn run(flavor: Flavor) -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    match dispatch(cli) {
+    match dispatch(cli, flavor) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -219,17 +264,25 @@ pub fn run(flavor: Flavor) -> ExitCode {
     }
 }
 
-fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let ctx = commands::Ctx::new(cli.global)?;
+fn dispatch(cli: Cli, flavor: Flavor) -> anyhow::Result<ExitCode> {
     // `inspect` reads files only; everything else talks gRPC.
     if let Command::Inspect(a) = &cli.command {
-        return commands::inspect::run(&ctx, a);
+        return commands::inspect::run(&commands::Ctx::new(&cli.global)?, a);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
+        let ctx = if cli.global.use_kube(flavor) {
+            let want = match cli.command {
+                Command::Status | Command::Snapshot => k8s::Want::Every,
+                _ => k8s::Want::Ready,
+            };
+            commands::Ctx::from_kube(&cli.global, want).await?
+        } else {
+            commands::Ctx::new(&cli.global)?
+        };
         match cli.command {
             Command::Inspect(_) => unreachable!("handled above"),
             Command::Status => commands::status::run(&ctx).await,
@@ -255,18 +308,46 @@ mod tests {
     }
 
     #[test]
-    fn plugin_help_mentions_port_forward() {
+    fn plugin_help_explains_kubeconfig_discovery() {
         let help = command(Flavor::KubectlPlugin)
             .render_long_help()
             .to_string();
-        assert!(
-            help.contains("kubectl port-forward svc/<index> 7070"),
-            "{help}"
-        );
-        assert!(
-            help.contains("not implemented yet") || help.contains("does not read your kubeconfig")
-        );
+        assert!(help.contains("reads your kubeconfig"), "{help}");
+        assert!(help.contains("pods/portforward"), "{help}");
         assert!(help.contains("kubectl kindex"), "{help}");
+        let help = command(Flavor::Kindex).render_long_help().to_string();
+        for flag in [
+            "--kube",
+            "--context",
+            "--namespace",
+            "--output",
+            "docs/cli.md",
+        ] {
+            assert!(help.contains(flag), "{flag}: {help}");
+        }
+        // Both output formats are described, not just listed.
+        assert!(help.contains("- table:"), "{help}");
+        assert!(help.contains("- json:"), "{help}");
+        assert!(help.contains("One JSON document on stdout"), "{help}");
+    }
+
+    #[test]
+    fn kubernetes_mode_unless_addr_is_given() {
+        let g = |args: &[&str]| {
+            let mut all = vec!["kindex"];
+            all.extend_from_slice(args);
+            all.push("count");
+            Cli::try_parse_from(all).unwrap().global
+        };
+        assert!(!g(&[]).use_kube(Flavor::Kindex));
+        assert!(g(&[]).use_kube(Flavor::KubectlPlugin));
+        assert!(g(&["--kube"]).use_kube(Flavor::Kindex));
+        assert!(g(&["-n", "prod"]).use_kube(Flavor::Kindex));
+        assert!(g(&["--context", "kind"]).use_kube(Flavor::Kindex));
+        assert!(!g(&["--addr", "x:1"]).use_kube(Flavor::KubectlPlugin));
+        assert!(!g(&["--kube", "--addr", "x:1"]).use_kube(Flavor::Kindex));
+        let ctx = commands::Ctx::new(&g(&[])).unwrap();
+        assert_eq!(ctx.addrs, [DEFAULT_ADDR]);
     }
 
     #[test]

@@ -5,8 +5,10 @@ use std::fmt::Write as _;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Output {
+    /// Aligned columns for people; errors and warnings go to stderr.
     #[default]
     Table,
+    /// One JSON document on stdout, for scripts (camelCase keys).
     Json,
 }
 

@@ -8,34 +8,14 @@
 // test code too.
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_port, kindex, node_binary, text, write_npy_dim};
 use serde_json::Value;
-
-const KINDEX: &str = env!("CARGO_BIN_EXE_kindex");
-
-fn node_binary() -> PathBuf {
-    let p =
-        Path::new(KINDEX).with_file_name(format!("kindex-node{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        p.exists(),
-        "{} is missing: build it first with `cargo build -p kindex-node` \
-         (scripts/test.sh builds all binaries before running tests)",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A running node; killed (SIGKILL) when dropped so a failing test leaves no
 /// process behind.
@@ -95,24 +75,6 @@ fn start_node(data: &Path, log: &Path) -> Node {
     panic!("could not start kindex-node; see the log above");
 }
 
-fn kindex(args: &[&str]) -> Output {
-    Command::new(KINDEX)
-        .args(args)
-        .env_remove("KINDEX_ADDR")
-        .env_remove("KINDEX_INDEX")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// Runs a command that must succeed with `--output json` and parses stdout.
 fn json(addr: &str, args: &[&str]) -> Value {
     let mut all = vec!["--addr", addr];
@@ -131,22 +93,6 @@ fn write_npy(path: &Path, rows: &[[f32; 4]]) {
         rows.iter().flatten().copied().collect(),
         rows.len(),
     );
-}
-
-fn write_npy_dim(path: &Path, dim: usize, data: Vec<f32>, rows: usize) {
-    let mut dict =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
-    while (10 + dict.len() + 1) % 64 != 0 {
-        dict.push(' ');
-    }
-    dict.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((dict.len() as u16).to_le_bytes());
-    bytes.extend(dict.as_bytes());
-    for x in data {
-        bytes.extend(x.to_le_bytes());
-    }
-    std::fs::write(path, bytes).unwrap();
 }
 
 #[test]
@@ -322,7 +268,7 @@ fn load_search_snapshot_and_inspect() {
 }
 
 #[test]
-fn kubectl_plugin_help_explains_port_forward() {
+fn kubectl_plugin_help_explains_kubeconfig_discovery() {
     let o = Command::new(env!("CARGO_BIN_EXE_kubectl-kindex"))
         .arg("--help")
         .output()
@@ -330,9 +276,80 @@ fn kubectl_plugin_help_explains_port_forward() {
     assert!(o.status.success(), "{}", text(&o));
     let help = String::from_utf8_lossy(&o.stdout);
     assert!(help.contains("kubectl kindex"), "{help}");
+    assert!(help.contains("reads your kubeconfig"), "{help}");
+    assert!(help.contains("--namespace"), "{help}");
+}
+
+/// `kubectl kindex` with the given kubeconfig environment (no in-cluster
+/// service account, no ~/.kube/config).
+fn plugin(home: &Path, kubeconfig: Option<&Path>, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kubectl-kindex"));
+    c.args(args)
+        .env("HOME", home)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env_remove("KINDEX_ADDR")
+        .env_remove("KINDEX_INDEX");
+    match kubeconfig {
+        Some(k) => c.env("KUBECONFIG", k),
+        None => c.env_remove("KUBECONFIG"),
+    };
+    c.output().unwrap()
+}
+
+#[test]
+fn kubectl_plugin_without_kubeconfig_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = plugin(tmp.path(), None, &["count"]);
+    assert!(!o.status.success());
+    let t = text(&o);
     assert!(
-        help.contains("kubectl port-forward svc/<index> 7070"),
-        "{help}"
+        t.contains("no usable kubeconfig") && t.contains("--addr"),
+        "{t}"
+    );
+
+    // A kubeconfig whose API server does not answer: named, not a hang.
+    let port = free_port();
+    let kc = tmp.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{{name: k, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: k, user: u, namespace: prod}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let o = plugin(tmp.path(), Some(&kc), &["--index", "demo", "count"]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("cannot reach the Kubernetes API server")
+            && t.contains(&format!("127.0.0.1:{port}")),
+        "{t}"
+    );
+    // An unknown context is a kubeconfig error too.
+    let o = plugin(tmp.path(), Some(&kc), &["--context", "nope", "count"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no usable kubeconfig"), "{}", text(&o));
+    // --addr skips discovery entirely.
+    let o = plugin(
+        tmp.path(),
+        Some(&kc),
+        &[
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--timeout",
+            "5",
+            "count",
+        ],
+    );
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("Count on http://127.0.0.1") && t.contains("unavailable"),
+        "{t}"
     );
 }
 

@@ -8,6 +8,7 @@ pub mod snapshot;
 pub mod status;
 pub mod upsert;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,34 +18,106 @@ use kindex_proto::points_client::PointsClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Global;
+use crate::k8s;
 use crate::output::Output;
 
 /// Generous: search results with vectors and bulk batches can be large.
 const MAX_MESSAGE: usize = 256 << 20;
 
 pub struct Ctx {
+    /// gRPC URLs to talk to, in order: `--addr`, or local port-forwards to pods.
     pub addrs: Vec<String>,
+    /// Display names of `addrs` (`pod/<name>` for forwards; absent: the URL).
+    pub names: HashMap<String, String>,
+    /// Nodes that cannot be reached at all (a pod that is not running), with why.
+    pub unreachable: Vec<(String, String)>,
+    /// Set when the nodes were found through the kubeconfig.
+    pub kube: Option<KubeSummary>,
     pub index: String,
     pub output: Output,
     pub timeout: Duration,
 }
 
+/// What Kubernetes discovery found (for `status` and error hints).
+pub struct KubeSummary {
+    pub namespace: String,
+    pub index: String,
+    pub status: Option<kindex_crds::status::VectorIndexStatus>,
+}
+
 impl Ctx {
-    pub fn new(g: Global) -> anyhow::Result<Ctx> {
-        let addrs: Vec<String> = g
+    /// Direct mode: the `--addr` list (default `http://127.0.0.1:7070`).
+    pub fn new(g: &Global) -> anyhow::Result<Ctx> {
+        let mut addrs: Vec<String> = g
             .addr
             .iter()
             .map(|a| a.trim())
             .filter(|a| !a.is_empty())
             .map(normalize_addr)
             .collect();
+        if g.addr.is_empty() {
+            addrs.push(crate::DEFAULT_ADDR.to_string());
+        }
         anyhow::ensure!(!addrs.is_empty(), "--addr is empty");
         Ok(Ctx {
             addrs,
-            index: g.index,
+            names: HashMap::new(),
+            unreachable: Vec::new(),
+            kube: None,
+            index: g.index.clone(),
             output: g.output,
             timeout: Duration::from_secs(g.timeout.max(1)),
         })
+    }
+
+    /// Kubernetes mode: the index's pods through local port-forwards. The
+    /// request's index name is the VectorIndex name (the operator starts the
+    /// nodes with `--index <name>`).
+    pub async fn from_kube(g: &Global, want: k8s::Want) -> anyhow::Result<Ctx> {
+        let opts = k8s::KubeOpts {
+            kubeconfig: g.kubeconfig.clone(),
+            context: g.context.clone(),
+            namespace: g.namespace.clone(),
+            index: g.index.clone(),
+        };
+        let found = k8s::discover(&opts, want).await?;
+        let mut ctx = Ctx {
+            addrs: Vec::new(),
+            names: HashMap::new(),
+            unreachable: Vec::new(),
+            kube: None,
+            index: found.index.clone(),
+            output: g.output,
+            timeout: Duration::from_secs(g.timeout.max(1)),
+        };
+        for t in found.targets {
+            match t.addr {
+                Ok(url) => {
+                    ctx.names.insert(url.clone(), t.name);
+                    ctx.addrs.push(url);
+                }
+                Err(why) => ctx.unreachable.push((t.name, why)),
+            }
+        }
+        ctx.kube = Some(KubeSummary {
+            namespace: found.namespace,
+            index: found.index,
+            status: found.status,
+        });
+        Ok(ctx)
+    }
+
+    /// How `addr` is shown: the pod for a forward, else the URL.
+    pub fn name(&self, addr: &str) -> String {
+        self.names
+            .get(addr)
+            .cloned()
+            .unwrap_or_else(|| addr.to_string())
+    }
+
+    /// [`rpc_error`] naming the node as the user knows it.
+    pub fn rpc_error(&self, addr: &str, what: &str, s: &tonic::Status) -> anyhow::Error {
+        rpc_error_on(&self.name(addr), self.kube.is_some(), what, s)
     }
 
     pub fn json(&self) -> bool {
@@ -73,8 +146,11 @@ impl Ctx {
 
     /// The first address: data-plane commands talk to one node, which
     /// coordinates across shards.
-    pub fn addr(&self) -> &str {
-        &self.addrs[0]
+    pub fn addr(&self) -> anyhow::Result<&str> {
+        self.addrs
+            .first()
+            .map(String::as_str)
+            .ok_or_else(|| anyhow::anyhow!("no reachable node"))
     }
 }
 
@@ -89,9 +165,17 @@ pub fn normalize_addr(a: &str) -> String {
 
 /// A gRPC failure as one readable line, naming the node.
 pub fn rpc_error(addr: &str, what: &str, s: &tonic::Status) -> anyhow::Error {
+    rpc_error_on(addr, false, what, s)
+}
+
+/// [`rpc_error`]; `forwarded`: the node was reached by a port-forward.
+pub fn rpc_error_on(addr: &str, forwarded: bool, what: &str, s: &tonic::Status) -> anyhow::Error {
     let hint = match s.code() {
+        tonic::Code::Unavailable if forwarded => {
+            " (the port-forward to the pod failed or the node is not serving; see the warnings above)"
+        }
         tonic::Code::Unavailable => {
-            " (is the node running and --addr right? In Kubernetes: kubectl port-forward svc/<index> 7070)"
+            " (is the node running and --addr right? In Kubernetes use `kubectl kindex`, which port-forwards by itself)"
         }
         tonic::Code::NotFound if what != "Get" => {
             " (check --index; empty means the node's own index)"
@@ -129,14 +213,19 @@ pub fn code_name(c: tonic::Code) -> &'static str {
 }
 
 /// Errors worth retrying with backoff: the node is down or restarting, the
-/// shard is electing a leader, a deadline passed, the indexing queue is
-/// applying backpressure, or the connection broke mid-request (tonic reports
-/// that as `Unknown: transport error`). Upserts are idempotent, so a retried
-/// batch that was in fact applied does no harm.
+/// shard is electing a leader, a follower could not forward to a leader it
+/// names (`FailedPrecondition` with the leader in the metadata), a deadline
+/// passed, the indexing queue is applying backpressure, or the connection
+/// broke mid-request (tonic reports that as `Unknown: transport error`).
+/// Upserts are idempotent, so a retried batch that was in fact applied does
+/// no harm.
 pub fn is_transient(s: &tonic::Status) -> bool {
     use tonic::Code::*;
     match s.code() {
         Unavailable | DeadlineExceeded | Aborted | ResourceExhausted | Cancelled => true,
+        FailedPrecondition => s
+            .metadata()
+            .contains_key(kindex_node::node::LEADER_ID_HEADER),
         Unknown | Internal => {
             let transport =
                 std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>());
@@ -204,5 +293,13 @@ mod tests {
         assert!(!is_transient(&tonic::Status::not_found("no such index")));
         assert!(is_transient(&tonic::Status::unknown("transport error")));
         assert!(!is_transient(&tonic::Status::internal("assertion failed")));
+        assert!(!is_transient(&tonic::Status::failed_precondition(
+            "structural config differs"
+        )));
+        let mut not_leader = tonic::Status::failed_precondition("not the leader");
+        not_leader
+            .metadata_mut()
+            .insert(kindex_node::node::LEADER_ID_HEADER, "2".parse().unwrap());
+        assert!(is_transient(&not_leader));
     }
 }

@@ -5,12 +5,12 @@ use std::process::ExitCode;
 use kindex_proto as pb;
 use serde_json::{Value, json};
 
-use super::{Ctx, payload_value, rpc_error};
+use super::{Ctx, payload_value};
 use crate::output::{self, Table, kv};
 use crate::{DeleteArgs, GetArgs};
 
 pub async fn get(ctx: &Ctx, args: &GetArgs) -> anyhow::Result<ExitCode> {
-    let addr = ctx.addr();
+    let addr = ctx.addr()?;
     let req = pb::GetRequest {
         index: ctx.index.clone(),
         ids: args.ids.clone(),
@@ -22,7 +22,7 @@ pub async fn get(ctx: &Ctx, args: &GetArgs) -> anyhow::Result<ExitCode> {
         .points(addr)?
         .get(req)
         .await
-        .map_err(|s| rpc_error(addr, "Get", &s))?
+        .map_err(|s| ctx.rpc_error(addr, "Get", &s))?
         .into_inner()
         .points;
     let missing: Vec<&String> = args
@@ -78,7 +78,7 @@ pub async fn get(ctx: &Ctx, args: &GetArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn delete(ctx: &Ctx, args: &DeleteArgs) -> anyhow::Result<ExitCode> {
-    let addr = ctx.addr();
+    let addr = ctx.addr()?;
     let req = pb::DeleteRequest {
         index: ctx.index.clone(),
         ids: args.ids.clone(),
@@ -87,7 +87,7 @@ pub async fn delete(ctx: &Ctx, args: &DeleteArgs) -> anyhow::Result<ExitCode> {
         .points(addr)?
         .delete(req)
         .await
-        .map_err(|s| rpc_error(addr, "Delete", &s))?
+        .map_err(|s| ctx.rpc_error(addr, "Delete", &s))?
         .into_inner();
     if ctx.json() {
         output::print_json(&json!({"requested": args.ids.len(), "affected": r.affected}));
@@ -98,7 +98,7 @@ pub async fn delete(ctx: &Ctx, args: &DeleteArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn count(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let addr = ctx.addr();
+    let addr = ctx.addr()?;
     let req = pb::CountRequest {
         index: ctx.index.clone(),
         ..Default::default()
@@ -107,7 +107,7 @@ pub async fn count(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         .points(addr)?
         .count(req)
         .await
-        .map_err(|s| rpc_error(addr, "Count", &s))?
+        .map_err(|s| ctx.rpc_error(addr, "Count", &s))?
         .into_inner();
     if ctx.json() {
         output::print_json(&json!({"count": r.count}));
@@ -118,7 +118,7 @@ pub async fn count(ctx: &Ctx) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn info(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let addr = ctx.addr();
+    let addr = ctx.addr()?;
     let req = pb::InfoRequest {
         index: ctx.index.clone(),
     };
@@ -126,7 +126,7 @@ pub async fn info(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         .points(addr)?
         .info(req)
         .await
-        .map_err(|s| rpc_error(addr, "Info", &s))?
+        .map_err(|s| ctx.rpc_error(addr, "Info", &s))?
         .into_inner();
     let l = r.limits.unwrap_or_default();
     if ctx.json() {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use kindex_proto as pb;
 use serde_json::{Value, json};
 
-use super::{Consistency, Ctx, payload_value, rpc_error};
+use super::{Consistency, Ctx, payload_value};
 use crate::input::Source;
 use crate::output::{self, Table};
 use crate::{SearchArgs, filter};
@@ -62,12 +62,12 @@ pub async fn run(ctx: &Ctx, args: &SearchArgs) -> anyhow::Result<ExitCode> {
         consistency: Consistency::proto(args.consistency),
         token: None,
     };
-    let addr = ctx.addr();
+    let addr = ctx.addr()?;
     let resp = ctx
         .points(addr)?
         .search(req)
         .await
-        .map_err(|s| rpc_error(addr, "Search", &s))?
+        .map_err(|s| ctx.rpc_error(addr, "Search", &s))?
         .into_inner();
     if ctx.json() {
         let hits: Vec<Value> = resp

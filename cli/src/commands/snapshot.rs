@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use kindex_proto as pb;
 use serde_json::{Value, json};
 
-use super::{Ctx, log_id_json, rpc_error};
+use super::{Ctx, log_id_json};
 use crate::output::{self, Table};
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<ExitCode> {
@@ -17,10 +17,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             .trigger_snapshot(pb::TriggerSnapshotRequest {})
             .await;
         results.push((
-            addr.clone(),
+            ctx.name(addr),
             r.map(|r| r.into_inner())
-                .map_err(|s| rpc_error(addr, "TriggerSnapshot", &s)),
+                .map_err(|s| ctx.rpc_error(addr, "TriggerSnapshot", &s)),
         ));
+    }
+    for (name, why) in &ctx.unreachable {
+        results.push((name.clone(), Err(anyhow::anyhow!("{name}: {why}"))));
     }
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();
     if ctx.json() {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use kindex_proto as pb;
 use serde_json::{Value, json};
 
-use super::{Ctx, log_id_json, rpc_error};
+use super::{Ctx, KubeSummary, log_id_json, rpc_error_on};
 use crate::output::{self, Table};
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<ExitCode> {
@@ -13,19 +13,23 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let mut tasks = Vec::new();
     for addr in &ctx.addrs {
         let mut client = ctx.admin(addr)?;
-        let addr = addr.clone();
+        let name = ctx.name(addr);
+        let forwarded = ctx.kube.is_some();
         tasks.push(tokio::spawn(async move {
             let r = client.status(pb::StatusRequest {}).await;
             (
-                addr.clone(),
+                name.clone(),
                 r.map(|r| r.into_inner())
-                    .map_err(|s| rpc_error(&addr, "Status", &s)),
+                    .map_err(|s| rpc_error_on(&name, forwarded, "Status", &s)),
             )
         }));
     }
     let mut results = Vec::new();
     for t in tasks {
         results.push(t.await?);
+    }
+    for (name, why) in &ctx.unreachable {
+        results.push((name.clone(), Err(anyhow::anyhow!("{name}: {why}"))));
     }
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();
     if ctx.json() {
@@ -36,8 +40,19 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 Err(e) => json!({"addr": addr, "error": format!("{e:#}")}),
             })
             .collect();
-        output::print_json(&json!({"nodes": nodes}));
+        let mut doc = json!({"nodes": nodes});
+        if let Some(k) = &ctx.kube {
+            doc["vectorIndex"] = json!({
+                "namespace": k.namespace,
+                "name": k.index,
+                "status": k.status,
+            });
+        }
+        output::print_json(&doc);
     } else {
+        if let Some(k) = &ctx.kube {
+            outln!("{}", index_line(k));
+        }
         out!("{}", table(&results, output::now_unix_ms()));
         for (_, r) in &results {
             if let Err(e) = r {
@@ -112,6 +127,31 @@ fn table(results: &[(String, anyhow::Result<pb::StatusResponse>)], now_ms: i64) 
     t.render()
 }
 
+/// `VectorIndex prod/demo: phase Running, ready 3/3, 1000 vectors`.
+fn index_line(k: &KubeSummary) -> String {
+    let head = format!("VectorIndex {}/{}", k.namespace, k.index);
+    match &k.status {
+        None => format!("{head}: status not readable"),
+        Some(s) => {
+            let mut parts = Vec::new();
+            if let Some(p) = s.phase {
+                parts.push(format!("phase {p:?}"));
+            }
+            if let Some(r) = &s.ready {
+                parts.push(format!("ready {r}"));
+            }
+            if let Some(v) = s.vectors {
+                parts.push(format!("{v} vectors"));
+            }
+            if parts.is_empty() {
+                format!("{head}: no status yet")
+            } else {
+                format!("{head}: {}", parts.join(", "))
+            }
+        }
+    }
+}
+
 fn status_json(s: &pb::StatusResponse) -> Value {
     let members: Vec<Value> = s
         .members
@@ -177,5 +217,27 @@ mod tests {
             "{text}"
         );
         assert!(lines[2].contains("UNREACHABLE"), "{text}");
+    }
+
+    #[test]
+    fn index_line_summarises_the_vector_index_status() {
+        let mut k = KubeSummary {
+            namespace: "prod".into(),
+            index: "demo".into(),
+            status: None,
+        };
+        assert_eq!(index_line(&k), "VectorIndex prod/demo: status not readable");
+        k.status = Some(Default::default());
+        assert_eq!(index_line(&k), "VectorIndex prod/demo: no status yet");
+        k.status = Some(kindex_crds::status::VectorIndexStatus {
+            phase: Some(kindex_crds::status::Phase::Running),
+            ready: Some("3/3".into()),
+            vectors: Some(1000),
+            ..Default::default()
+        });
+        assert_eq!(
+            index_line(&k),
+            "VectorIndex prod/demo: phase Running, ready 3/3, 1000 vectors"
+        );
     }
 }

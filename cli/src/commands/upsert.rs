@@ -15,19 +15,51 @@ use kindex_proto::points_client::PointsClient;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use super::{Ctx, is_transient, rpc_error};
+use super::{Ctx, is_transient, normalize_addr, rpc_error_on};
 use crate::UpsertArgs;
 use crate::input::{Row, Source};
 use crate::output;
 
-/// Talks to the `--addr` nodes, moving to the next one on a transient error
-/// and retrying with exponential backoff.
+/// Talks to the nodes (`--addr`, or the pods found through the kubeconfig),
+/// retrying transient errors with exponential backoff: on a leader hint that
+/// names one of the nodes it goes there, else it moves to the next node. A
+/// batch is given up after `attempts` attempts or `retry_for`, whichever
+/// comes first.
 struct Sender {
-    clients: Vec<(String, PointsClient<Channel>)>,
+    /// (display name, URL, client)
+    clients: Vec<(String, String, PointsClient<Channel>)>,
     current: usize,
     attempts: u32,
+    retry_for: Duration,
+    forwarded: bool,
     retries: u64,
     progress: ProgressBar,
+}
+
+/// First retry delay; doubles up to [`MAX_DELAY`].
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+const MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// The delay before retry number `retry` (1-based).
+fn backoff(retry: u32) -> Duration {
+    FIRST_DELAY
+        .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
+        .min(MAX_DELAY)
+}
+
+/// The leader's gRPC address a follower put in a `FailedPrecondition`.
+fn leader_hint(s: &tonic::Status) -> Option<String> {
+    s.metadata()
+        .get(kindex_node::node::LEADER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(normalize_addr)
+}
+
+/// The node to try after `current` failed with `s`.
+fn next_node(urls: &[&str], current: usize, s: &tonic::Status) -> usize {
+    leader_hint(s)
+        .and_then(|h| urls.iter().position(|u| *u == h))
+        .unwrap_or((current + 1) % urls.len().max(1))
 }
 
 impl Sender {
@@ -36,29 +68,40 @@ impl Sender {
         F: FnMut(PointsClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let mut delay = Duration::from_millis(200);
+        let started = Instant::now();
         let mut attempt = 1;
         loop {
-            let (addr, client) = &self.clients[self.current];
-            match f(client.clone()).await {
+            let (name, _, client) = &self.clients[self.current];
+            let s = match f(client.clone()).await {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(s) if is_transient(&s) && attempt < self.attempts => {
-                    let e = rpc_error(addr, what, &s);
-                    self.progress.suspend(|| {
-                        eprintln!(
-                            "warning: {e:#}; retrying in {delay:?} (attempt {}/{})",
-                            attempt + 1,
-                            self.attempts
-                        )
-                    });
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                    attempt += 1;
-                    self.retries += 1;
-                    self.current = (self.current + 1) % self.clients.len();
-                }
-                Err(s) => return Err(rpc_error(addr, what, &s)),
+                Err(s) => s,
+            };
+            let e = rpc_error_on(name, self.forwarded, what, &s);
+            if !is_transient(&s) {
+                return Err(e);
             }
+            let delay = backoff(attempt);
+            if attempt >= self.attempts || started.elapsed() + delay > self.retry_for {
+                return Err(e.context(format!(
+                    "gave up after {attempt} attempts in {:.1}s (--attempts {}, --retry-timeout {})",
+                    started.elapsed().as_secs_f64(),
+                    self.attempts,
+                    self.retry_for.as_secs()
+                )));
+            }
+            let urls: Vec<&str> = self.clients.iter().map(|c| c.1.as_str()).collect();
+            self.current = next_node(&urls, self.current, &s);
+            let next = &self.clients[self.current].0;
+            self.progress.suspend(|| {
+                eprintln!(
+                    "warning: {e:#}; retrying on {next} in {delay:?} (attempt {}/{})",
+                    attempt + 1,
+                    self.attempts
+                )
+            });
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+            self.retries += 1;
         }
     }
 
@@ -88,12 +131,15 @@ pub async fn run(ctx: &Ctx, args: &UpsertArgs) -> anyhow::Result<ExitCode> {
     };
     let mut clients = Vec::new();
     for a in &ctx.addrs {
-        clients.push((a.clone(), ctx.points(a)?));
+        clients.push((ctx.name(a), a.clone(), ctx.points(a)?));
     }
+    anyhow::ensure!(!clients.is_empty(), "no reachable node");
     let mut sender = Sender {
         clients,
         current: 0,
         attempts: args.attempts,
+        retry_for: Duration::from_secs(args.retry_timeout),
+        forwarded: ctx.kube.is_some(),
         retries: 0,
         progress: progress.clone(),
     };
@@ -277,6 +323,38 @@ async fn resume_point(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let d: Vec<u64> = (1..=7).map(|r| backoff(r).as_millis() as u64).collect();
+        assert_eq!(d, [100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(backoff(10_000), MAX_DELAY);
+    }
+
+    #[test]
+    fn a_leader_hint_picks_that_node_else_the_next() {
+        let urls = [
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+            "http://127.0.0.1:3",
+        ];
+        let plain = tonic::Status::unavailable("no leader");
+        assert_eq!(next_node(&urls, 0, &plain), 1);
+        assert_eq!(next_node(&urls, 2, &plain), 0);
+        let mut hinted = tonic::Status::failed_precondition("not the leader");
+        hinted.metadata_mut().insert(
+            kindex_node::node::LEADER_HEADER,
+            "127.0.0.1:3".parse().unwrap(),
+        );
+        assert_eq!(next_node(&urls, 0, &hinted), 2);
+        // A hint naming a node we do not know (a pod's cluster address): next.
+        let mut other = tonic::Status::failed_precondition("not the leader");
+        other.metadata_mut().insert(
+            kindex_node::node::LEADER_HEADER,
+            "10.0.0.9:7070".parse().unwrap(),
+        );
+        assert_eq!(next_node(&urls, 1, &other), 2);
+    }
 
     #[test]
     fn non_finite_rows_are_named() {
