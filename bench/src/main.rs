@@ -6,6 +6,7 @@
 mod data;
 mod load;
 mod npy;
+mod replica;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -34,6 +35,10 @@ enum Cmd {
     Synth(SynthArgs),
     /// Replicated upsert load over gRPC against running nodes.
     Load(load::LoadArgs),
+    /// Restart time of a node holding N vectors (snapshot load + log replay).
+    Restart(replica::RestartArgs),
+    /// Catch-up time of a wiped replica through a snapshot.
+    Catchup(replica::CatchupArgs),
     /// Enqueue latency of single-vector writes (p50/p99).
     Enqueue {
         #[arg(long, default_value_t = 128)]
@@ -102,6 +107,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Synth(a) => synth(a),
         Cmd::Enqueue { dim, n } => enqueue(dim, n),
         Cmd::Load(a) => tokio::runtime::Runtime::new()?.block_on(load::run(a)),
+        Cmd::Restart(a) => tokio::runtime::Runtime::new()?.block_on(replica::restart(a)),
+        Cmd::Catchup(a) => tokio::runtime::Runtime::new()?.block_on(replica::catchup(a)),
     }
 }
 
