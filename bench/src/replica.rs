@@ -486,6 +486,10 @@ pub struct CatchupArgs {
     dim: usize,
     #[arg(long, default_value_t = 64)]
     ef_construction: u32,
+    /// Wait until every replica has indexed everything before the snapshot (the snapshot then
+    /// carries the whole graph); otherwise the queued tail is in it unindexed.
+    #[arg(long)]
+    wait_indexed: bool,
     /// The `kindex-node` binary [default: next to this binary].
     #[arg(long)]
     node_bin: Option<PathBuf>,
@@ -496,24 +500,30 @@ pub async fn catchup(a: CatchupArgs) -> anyhow::Result<()> {
     if a.dir.exists() {
         std::fs::remove_dir_all(&a.dir)?;
     }
-    let mut c = Cluster::new(
-        &a.dir,
-        3,
-        bin,
-        &structural_args(a.dim, a.ef_construction),
-        Some(&bench_runtime(a.n)),
-    )?;
+    // Keep only a few entries behind a snapshot, so the wiped replica cannot be caught up
+    // from the log and must take the snapshot.
+    let mut args = structural_args(a.dim, a.ef_construction);
+    args.extend(["--raft-log-keep".into(), "4".into()]);
+    let mut c = Cluster::new(&a.dir, 3, bin, &args, Some(&bench_runtime(a.n)))?;
     c.start_all()?;
     let leader = c.wait_leader(Duration::from_secs(60)).await?;
     fill(&c.nodes[leader as usize], "v", 0..a.n, a.dim, 1024, 4).await?;
-    for p in &c.nodes {
-        wait_indexed(p, Duration::from_secs(3600)).await?;
+    if a.wait_indexed {
+        for p in &c.nodes {
+            wait_indexed(p, Duration::from_secs(3600)).await?;
+        }
     }
     let snap = c.nodes[leader as usize]
         .admin()?
         .trigger_snapshot(pb::TriggerSnapshotRequest {})
         .await?
         .into_inner();
+    let queued_in_snapshot = c.nodes[leader as usize]
+        .status()
+        .await
+        .map_or(0, |s| s.vectors_queued);
+    // The log behind the snapshot is purged right after it is built.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let lost = (leader + 1) % 3;
     // The follower loses its volume: out of the membership, wiped, back empty, re-added.
     c.nodes[lost as usize].kill();
@@ -588,6 +598,7 @@ pub async fn catchup(a: CatchupArgs) -> anyhow::Result<()> {
         json!({"bench": "wiped_replica_catchup", "dim": a.dim, "vectors": s.vectors_live,
                "snapshot_bytes": snap.bytes, "catchup_s": caught_up.as_secs_f64(),
                "mb_per_s": snap.bytes as f64 / 1e6 / caught_up.as_secs_f64(),
+               "leader_queued_at_snapshot": queued_in_snapshot,
                "queued_after": s.vectors_queued,
                "checksum_equal": s.content_checksum == leader_sum})
     );
