@@ -26,6 +26,22 @@ pub struct LoadArgs {
     /// Single-vector upserts in the latency phase (one at a time).
     #[arg(long, default_value_t = 2000)]
     singles: usize,
+    /// Start this many `kindex-node` replicas (127.0.0.1, free ports, data under
+    /// `--spawn-dir`) with their default configuration and load them, instead of `--addr`.
+    #[arg(long)]
+    spawn: Option<u64>,
+    /// Data dirs of the spawned replicas (wiped first) [default: a temp dir].
+    #[arg(long)]
+    spawn_dir: Option<std::path::PathBuf>,
+    /// Runtime-config JSON for the spawned replicas [default: none, the node's defaults].
+    #[arg(long)]
+    runtime: Option<String>,
+    /// The `kindex-node` binary [default: next to this binary].
+    #[arg(long)]
+    node_bin: Option<std::path::PathBuf>,
+    /// Pause between the sustained phase and the single-upsert phase.
+    #[arg(long, default_value_t = 0)]
+    settle_secs: u64,
 }
 
 fn batch(rng: &mut StdRng, prefix: &str, start: usize, n: usize, dim: usize) -> pb::UpsertRequest {
@@ -47,7 +63,28 @@ fn pct(lat: &mut [Duration], p: usize) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
-pub async fn run(a: LoadArgs) -> anyhow::Result<()> {
+pub async fn run(mut a: LoadArgs) -> anyhow::Result<()> {
+    let _cluster = match a.spawn {
+        None => None,
+        Some(n) => {
+            let tmp = tempfile::tempdir()?;
+            let root = a
+                .spawn_dir
+                .clone()
+                .unwrap_or_else(|| tmp.path().to_path_buf());
+            if root.exists() {
+                std::fs::remove_dir_all(&root)?;
+            }
+            let args = ["--dimension".to_string(), a.dim.to_string()];
+            let bin = crate::replica::node_bin(&a.node_bin)?;
+            let mut c = crate::replica::Cluster::new(&root, n, bin, &args, a.runtime.as_deref())?;
+            c.start_all()?;
+            let leader = c.wait_leader(Duration::from_secs(60)).await?;
+            a.addr = c.nodes[leader as usize].grpc_url();
+            eprintln!("{n} replicas under {}, leader {leader}", root.display());
+            Some((c, tmp))
+        }
+    };
     let channel = tonic::transport::Endpoint::from_shared(a.addr.clone())?
         .connect()
         .await
@@ -88,6 +125,7 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<()> {
                "batch_p50_ms": pct(&mut lat, 50), "batch_p99_ms": pct(&mut lat, 99)})
     );
 
+    tokio::time::sleep(Duration::from_secs(a.settle_secs)).await;
     let mut client = pb::points_client::PointsClient::new(channel);
     let mut rng = StdRng::seed_from_u64(99);
     let mut lat = Vec::with_capacity(a.singles);

@@ -7,6 +7,7 @@ mod data;
 mod load;
 mod npy;
 mod search_load;
+mod replica;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -37,6 +38,10 @@ enum Cmd {
     Load(load::LoadArgs),
     /// Search load over gRPC (fan-out over the index's shards).
     SearchLoad(search_load::SearchLoadArgs),
+    /// Restart time of a node holding N vectors (snapshot load + log replay).
+    Restart(replica::RestartArgs),
+    /// Catch-up time of a wiped replica through a snapshot.
+    Catchup(replica::CatchupArgs),
     /// Enqueue latency of single-vector writes (p50/p99).
     Enqueue {
         #[arg(long, default_value_t = 128)]
@@ -106,6 +111,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Enqueue { dim, n } => enqueue(dim, n),
         Cmd::Load(a) => tokio::runtime::Runtime::new()?.block_on(load::run(a)),
         Cmd::SearchLoad(a) => tokio::runtime::Runtime::new()?.block_on(search_load::run(a)),
+        Cmd::Restart(a) => tokio::runtime::Runtime::new()?.block_on(replica::restart(a)),
+        Cmd::Catchup(a) => tokio::runtime::Runtime::new()?.block_on(replica::catchup(a)),
     }
 }
 

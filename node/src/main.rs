@@ -91,6 +91,10 @@ struct Args {
     /// are purged after each snapshot (a follower further behind gets the snapshot).
     #[arg(long, env = "KINDEX_RAFT_LOG_KEEP", default_value_t = 1000)]
     raft_log_keep: u64,
+    /// Testing only: a file listing node ids whose Raft links to this node are cut (both
+    /// directions), re-read every 50 ms; missing or empty = no faults. Partition tests use it.
+    #[arg(long, env = "KINDEX_RAFT_FAULT_FILE", hide = true)]
+    raft_fault_file: Option<PathBuf>,
     /// Structural: vector dimension (fixed for the life of the data).
     #[arg(long, env = "KINDEX_DIMENSION", default_value_t = 384)]
     dimension: u32,
@@ -315,6 +319,7 @@ async fn run(
             heartbeat_ms: args.raft_heartbeat_ms,
             election_timeout_ms: args.raft_election_timeout_ms,
             log_keep: args.raft_log_keep,
+            fault_file: args.raft_fault_file.clone(),
         },
     })
     .await

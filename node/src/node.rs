@@ -144,6 +144,9 @@ pub struct RaftTuning {
     /// Log entries kept behind the newest snapshot, for followers that lag a little
     /// (openraft `max_in_snapshot_log_to_keep`); older entries are purged after a snapshot.
     pub log_keep: u64,
+    /// Fault injection for tests: a file listing peers whose Raft links are cut
+    /// (see [`raft::fault`]). None in production.
+    pub fault_file: Option<PathBuf>,
 }
 
 impl Default for RaftTuning {
@@ -152,6 +155,7 @@ impl Default for RaftTuning {
             heartbeat_ms: 250,
             election_timeout_ms: 1500,
             log_keep: 1000,
+            fault_file: None,
         }
     }
 }
@@ -278,6 +282,9 @@ impl Node {
         // Snapshots are triggered by the node (runtime config: interval, applied entries).
         rc.raft.snapshot_policy = SnapshotPolicy::Never;
         rc.raft.max_in_snapshot_log_to_keep = cfg.tuning.log_keep;
+        if let Some(f) = &cfg.tuning.fault_file {
+            rc.network.faults = raft::fault::FaultSwitch::watch_file(f.clone());
+        }
         rc.state_machine.keep_snapshots = cfg.runtime.snapshot_keep.max(1) as usize;
         let shard = RaftShard::start(rc, state.clone(), cfg.raft_listener)
             .await

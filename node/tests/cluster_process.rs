@@ -165,6 +165,7 @@ impl Cluster {
 
     fn start(&mut self, id: u64) {
         let runtime = self.tmp.path().join("runtime.json");
+        let faults = self.fault_file(id);
         let p = &mut self.nodes[id as usize];
         assert!(p.child.is_none());
         let log = std::fs::OpenOptions::new()
@@ -190,6 +191,7 @@ impl Cluster {
                 "800",
             ])
             .args(["--runtime-config", runtime.to_str().unwrap()])
+            .args(["--raft-fault-file", faults.to_str().unwrap()])
             .args(&self.extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
@@ -201,6 +203,19 @@ impl Cluster {
 
     fn node(&self, id: u64) -> &Proc {
         &self.nodes[id as usize]
+    }
+
+    /// Node `id`'s fault-injection file (no file: no faults).
+    fn fault_file(&self, id: u64) -> PathBuf {
+        self.tmp.path().join(format!("faults-{id}"))
+    }
+
+    /// Cut (or with an empty list, heal) the Raft links between `id` and `peers`. The node
+    /// re-reads the file every 50 ms; waits 200 ms so the change is in effect.
+    async fn cut_links(&self, id: u64, peers: &[u64]) {
+        let list: Vec<String> = peers.iter().map(u64::to_string).collect();
+        std::fs::write(self.fault_file(id), list.join(",")).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     fn running(&self) -> Vec<u64> {
@@ -344,7 +359,12 @@ async fn initialize(c: &Cluster, via: u64, members: &[u64]) {
 
 /// A leader that every running node agrees on and that is ready (has applied its log).
 async fn wait_leader(c: &Cluster, not: Option<u64>) -> u64 {
-    let running = c.running();
+    wait_leader_among(c, &c.running(), not).await
+}
+
+/// A leader that the nodes `among` agree on and that is ready.
+async fn wait_leader_among(c: &Cluster, among: &[u64], not: Option<u64>) -> u64 {
+    let running = among.to_vec();
     wait_for("an agreed, ready leader", WAIT, || {
         let running = running.clone();
         async move {
@@ -368,7 +388,11 @@ async fn wait_leader(c: &Cluster, not: Option<u64>) -> u64 {
 /// Waits until every running node applied the same index (≥ `at_least`) and reports the same
 /// content checksum; returns (applied index, checksum).
 async fn converge(c: &Cluster, at_least: u64) -> (u64, u64) {
-    let running = c.running();
+    converge_among(c, &c.running(), at_least).await
+}
+
+async fn converge_among(c: &Cluster, among: &[u64], at_least: u64) -> (u64, u64) {
+    let running = among.to_vec();
     wait_for("replicas to converge", WAIT, || {
         let running = running.clone();
         async move {
@@ -960,6 +984,147 @@ async fn learner_is_added_promoted_leads_and_is_removed() {
         let s = status(c.node(follower)).await.unwrap();
         assert_eq!(s.vectors_live, 240, "{s:?}");
         eprintln!("learner added, promoted, led, removed; checksum {sum:016x}");
+    })
+    .await;
+}
+
+/// One upsert sent to node `p` itself (marked as forwarded, so the node proposes it locally or
+/// refuses; it is never passed on to another leader), with a client deadline.
+async fn upsert_local(
+    p: &Proc,
+    points: Vec<pb::Point>,
+    deadline: Duration,
+) -> Result<pb::WriteResponse, tonic::Status> {
+    let mut req = tonic::Request::new(pb::UpsertRequest {
+        index: String::new(),
+        points,
+    });
+    req.set_timeout(deadline);
+    req.metadata_mut()
+        .insert("kindex-forwarded", "99".parse().unwrap());
+    points_client_call(p, req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_leader_never_acknowledges_and_rejoins() {
+    let _serial = serial().await;
+    let c = Cluster::new(3, 3, &[]);
+    with_timeout(Duration::from_secs(240), async {
+        let t = Instant::now();
+        wait_answering(&c, &[0, 1, 2]).await;
+        initialize(&c, 0, &[0, 1, 2]).await;
+        let old = wait_leader(&c, None).await;
+        let majority: Vec<u64> = (0..3).filter(|&i| i != old).collect();
+        let old_term = status(c.node(old)).await.unwrap().term;
+
+        // A steady writer over all three nodes for the whole test; records what is acked.
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let urls = c.nodes.iter().map(Proc::grpc_url).collect();
+        let writer = spawn_writer(urls, stop.clone(), acked.clone());
+        wait_for("writes flowing", WAIT, || async {
+            (acked.lock().len() >= 100).then_some(())
+        })
+        .await;
+
+        // Isolate the leader from both followers (Raft links only; clients still reach it).
+        c.cut_links(old, &majority).await;
+        let cut_at = Instant::now();
+
+        // Writes proposed on the isolated leader are never acknowledged: they time out or are
+        // refused, whatever the client's deadline.
+        let mut minority_ids = Vec::new();
+        let mut tries = Vec::new();
+        for i in 0..4u64 {
+            let pts = batch("minority", i * 10, 10);
+            minority_ids.extend(pts.iter().map(|p| p.id.clone()));
+            let deadline = Duration::from_millis(1500 + 1000 * i);
+            let p = c.node(old);
+            tries.push(async move { upsert_local(p, pts, deadline).await });
+        }
+        for (i, r) in futures::future::join_all(tries).await.into_iter().enumerate() {
+            let err = r.expect_err("the isolated leader acknowledged a write");
+            eprintln!("write {i} to the isolated leader: {:?} {}", err.code(), err.message());
+        }
+
+        // The majority elects a new leader (higher term) and accepts writes.
+        let new = wait_leader_among(&c, &majority, Some(old)).await;
+        let elected = cut_at.elapsed();
+        let s = status(c.node(new)).await.unwrap();
+        assert!(s.term > old_term, "{s:?}");
+        let w = upsert(c.node(new), batch("majority", 0, 50)).await.unwrap();
+        assert_eq!(w.affected, 50);
+        let majority_ids: Vec<String> = (0..50).map(|i| format!("majority{i}")).collect();
+        // The old leader has not applied it (it is cut off) …
+        assert_eq!(present(c.node(old), &majority_ids).await, 0);
+        let isolated = status(c.node(old)).await.unwrap();
+        eprintln!(
+            "isolated node {old}: role {} term {}; new leader {new} (term {}) after {elected:?}",
+            isolated.role, isolated.term, s.term
+        );
+        // … and a write through it is still not acknowledged.
+        let err = upsert_local(c.node(old), batch("minority", 100, 1), Duration::from_secs(2))
+            .await
+            .expect_err("the isolated node acknowledged a write");
+        minority_ids.push("minority100".into());
+        eprintln!("late write to the isolated node: {:?}", err.code());
+        // Nor does it serve a linearizable read (it cannot confirm its leadership).
+        let mut req = tonic::Request::new(pb::CountRequest {
+            consistency: pb::Consistency::Linearizable as i32,
+            ..Default::default()
+        });
+        req.set_timeout(Duration::from_secs(3));
+        req.metadata_mut()
+            .insert("kindex-forwarded", "99".parse().unwrap());
+        let err = points(c.node(old))
+            .await
+            .count(req)
+            .await
+            .expect_err("the isolated leader served a linearizable read");
+        eprintln!("linearizable read on the isolated node: {:?}", err.code());
+        let during = acked.lock().len();
+        wait_for("writes flowing through the majority", WAIT, || async {
+            (acked.lock().len() >= during + 100).then_some(())
+        })
+        .await;
+
+        // Heal: the old leader learns the new term, steps down, drops its uncommitted tail and
+        // converges to the majority's content.
+        c.cut_links(old, &[]).await;
+        let healed_at = Instant::now();
+        let leader = wait_leader(&c, None).await;
+        assert_ne!(leader, old, "the stale leader must not win back leadership by itself");
+        let s = status(c.node(old)).await.unwrap();
+        assert_eq!(s.role, "follower", "{s:?}");
+        stop.store(true, Ordering::Relaxed);
+        let (ok, failed) = writer.await.unwrap();
+        let acked = acked.lock().clone();
+        let last = status(c.node(leader)).await.unwrap().applied.unwrap().index;
+        let (applied, sum) = converge(&c, last).await;
+        for id in 0..3 {
+            assert_eq!(
+                present(c.node(id), &acked).await,
+                acked.len(),
+                "node {id} lost acknowledged writes"
+            );
+            assert_eq!(
+                present(c.node(id), &majority_ids).await,
+                majority_ids.len()
+            );
+            assert_eq!(
+                present(c.node(id), &minority_ids).await,
+                0,
+                "node {id} has a write only the isolated leader took"
+            );
+        }
+        eprintln!(
+            "healed: node {old} follower again, converged at {applied} (checksum {sum:016x}) \
+             {:?} after heal; writer {ok} batches acked, {failed} failed; {} acked points on all 3; \
+             test {:?}",
+            healed_at.elapsed(),
+            acked.len(),
+            t.elapsed()
+        );
     })
     .await;
 }

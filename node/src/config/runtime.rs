@@ -14,6 +14,11 @@ pub struct RuntimeConfig {
     /// 0 = one per core.
     pub indexing_threads: u32,
     pub indexing_batch_size: u32,
+    /// Bound of the indexing queue in vectors; a full queue holds back the Raft apply (write
+    /// backpressure). Queued vectors are already stored and found by an exact scan, so a large
+    /// bound costs no memory, only search time (the scan of the unindexed tail) while a write
+    /// burst is being indexed. Default 2,000,000: absorbs a minute of 20k vectors/s; lower it
+    /// to throttle writes to the indexing rate sooner.
     pub queue_capacity: u32,
     pub snapshot_interval_secs: u64,
     pub snapshot_log_entries: u64,
@@ -28,7 +33,7 @@ impl Default for RuntimeConfig {
             ef_search: 64,
             indexing_threads: 0,
             indexing_batch_size: 1024,
-            queue_capacity: 100_000,
+            queue_capacity: 2_000_000,
             snapshot_interval_secs: 300,
             snapshot_log_entries: 100_000,
             snapshot_keep: 3,

@@ -59,6 +59,10 @@ pub struct LogStoreConfig {
     pub cache_items: usize,
     /// Max bytes of entries returned for one AppendEntries (at least one entry is always sent).
     pub append_batch_bytes: u64,
+    /// Group commit: how long the WAL's flush thread waits for more writes before an fsync
+    /// (writes queued meanwhile share one fsync anyway). raft-log's default is 1 ms, which
+    /// adds up to 1 ms to every write on the leader and again on the followers.
+    pub group_commit_wait: std::time::Duration,
 }
 
 impl LogStoreConfig {
@@ -69,6 +73,7 @@ impl LogStoreConfig {
             cache_bytes: 256 << 20,
             cache_items: 100_000,
             append_batch_bytes: 8 << 20,
+            group_commit_wait: std::time::Duration::from_millis(1),
         }
     }
 }
@@ -192,6 +197,7 @@ impl LogStore {
         wal_cfg.wal.chunk_max_size = Some(cfg.chunk_max_bytes);
         wal_cfg.wal.read_buffer_size = Some(4 << 20);
         wal_cfg.wal.truncate_incomplete_record = Some(true);
+        wal_cfg.wal.flush_batch_wait = Some(cfg.group_commit_wait);
         wal_cfg.log_cache_capacity = Some(cfg.cache_bytes);
         wal_cfg.log_cache_max_items = Some(cfg.cache_items);
         let wal = RaftLog::open(Arc::new(wal_cfg)).map_err(|source| LogStoreError::Open {

@@ -9,6 +9,7 @@
 //! openraft is `=0.10.0-alpha.37`; see `NOTES.md` in this directory for the API facts this module relies on.
 
 pub mod engine_state;
+pub mod fault;
 pub mod log_store;
 pub mod network;
 pub mod node;

@@ -46,6 +46,7 @@ use super::NodeId;
 use super::Snapshot;
 use super::TypeConfig;
 use super::Vote;
+use super::fault::FaultSwitch;
 use super::snapshot::SnapshotDir;
 use super::wire;
 
@@ -68,6 +69,8 @@ pub struct NetworkConfig {
     /// gRPC message limit, both directions. Must exceed the log store's `append_batch_bytes`
     /// plus the largest single command.
     pub max_message_bytes: usize,
+    /// Fault injection (tests): peers whose links are cut, both directions. Default: none.
+    pub faults: FaultSwitch,
 }
 
 impl Default for NetworkConfig {
@@ -81,6 +84,7 @@ impl Default for NetworkConfig {
             snapshot_idle_timeout: Duration::from_secs(60),
             max_snapshot_bytes: 64 << 30,
             max_message_bytes: 64 << 20,
+            faults: FaultSwitch::default(),
         }
     }
 }
@@ -159,6 +163,9 @@ pub struct PeerClient {
 
 impl PeerClient {
     fn client(&self) -> Result<RaftClient<Channel>, Unreachable<TypeConfig>> {
+        if self.cfg.faults.is_cut(self.target) {
+            return Err(self.unreachable("link cut by fault injection"));
+        }
         let ch = self.channel.clone().map_err(Unreachable::from_string)?;
         Ok(RaftClient::new(ch)
             .max_decoding_message_size(self.cfg.max_message_bytes)

@@ -115,6 +115,20 @@ fn bad_request(e: impl Display) -> Status {
     Status::invalid_argument(format!("undecodable raft message: {e}"))
 }
 
+impl<S: ShardState> RaftGrpcService<S> {
+    /// Fault injection: refuse a message from a peer whose link is cut.
+    fn check_link(&self, from: &super::Vote) -> Result<(), Status> {
+        let peer = from.leader_id.node_id;
+        if self.cfg.faults.is_cut(peer) {
+            Err(Status::unavailable(format!(
+                "link from raft peer {peer} cut by fault injection"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl<S: ShardState> RaftRpc for RaftGrpcService<S> {
     async fn append_entries(
@@ -123,14 +137,24 @@ impl<S: ShardState> RaftRpc for RaftGrpcService<S> {
     ) -> Result<Response<RaftReply>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> =
             wire::decode(&request.into_inner().data).map_err(bad_request)?;
+        self.check_link(&rpc.vote)?;
         reply(self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         match wire::decode(&request.into_inner().data).map_err(bad_request)? {
-            VoteRpc::Vote(rpc) => reply(self.raft.vote(rpc).await),
-            VoteRpc::PreVote(rpc) => reply(self.raft.pre_vote(rpc).await),
-            VoteRpc::TransferLeader(req) => reply(self.raft.handle_transfer_leader(req).await),
+            VoteRpc::Vote(rpc) => {
+                self.check_link(&rpc.vote)?;
+                reply(self.raft.vote(rpc).await)
+            }
+            VoteRpc::PreVote(rpc) => {
+                self.check_link(&rpc.vote)?;
+                reply(self.raft.pre_vote(rpc).await)
+            }
+            VoteRpc::TransferLeader(req) => {
+                self.check_link(req.from_leader())?;
+                reply(self.raft.handle_transfer_leader(req).await)
+            }
         }
     }
 
@@ -147,6 +171,7 @@ impl<S: ShardState> RaftRpc for RaftGrpcService<S> {
                 _ => Status::invalid_argument(e.to_string()),
             }
         })?;
+        self.check_link(&vote)?;
         let snapshot = Snapshot {
             meta,
             snapshot: SnapshotDir {
