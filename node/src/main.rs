@@ -364,8 +364,10 @@ async fn run(
         let server = tonic::transport::Server::builder()
             .add_service(points)
             .add_service(admin)
+            // Nodelay on every accepted socket (`Server::tcp_nodelay` does not apply to a
+            // caller-supplied listener): without it small replies wait ~40 ms for delayed ACKs.
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 async move {
                     let _ = stop.changed().await;
                 },
