@@ -1,8 +1,9 @@
-//! A bulk load survives a leader kill: three `kindex-node` replicas of one
-//! shard on loopback (`--peers ... --bootstrap`), `kindex upsert` of 20k
-//! vectors across all three `--addr`s, kill -9 of the shard leader while the
-//! load runs. The CLI must retry, finish with exit 0, report every row, and
-//! every id must then be readable from a surviving node.
+//! A bulk load survives a shard leader kill: an index of two shards of three
+//! `kindex-node` replicas each on loopback (`--peers ... --bootstrap`,
+//! `--shard-addrs`), `kindex upsert` of 20k vectors across shard 0's three
+//! `--addr`s (each node routes every point to its shard), kill -9 of shard 0's
+//! leader while the load runs. The CLI must retry, finish with exit 0, report
+//! every row, and every id must then be readable through a surviving node.
 //!
 //! `KINDEX_LOAD_ROWS` changes the number of vectors (default 20000).
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
@@ -20,6 +21,7 @@ use serde_json::Value;
 const BUDGET: Duration = Duration::from_secs(300);
 
 struct Replica {
+    shard: u32,
     id: u64,
     grpc: u16,
     log: PathBuf,
@@ -44,26 +46,66 @@ impl Drop for Replica {
     }
 }
 
+const SHARDS: u32 = 2;
+
+/// `SHARDS` shards of 3 replicas; `[shard * 3 + id]`.
 fn start_cluster(dir: &Path) -> Vec<Replica> {
-    let ports: Vec<(u16, u16, u16)> = (0..3)
-        .map(|_| (free_port(), free_port(), free_port()))
+    let ports: Vec<Vec<(u16, u16, u16)>> = (0..SHARDS)
+        .map(|_| {
+            (0..3)
+                .map(|_| (free_port(), free_port(), free_port()))
+                .collect()
+        })
         .collect();
-    let peers = ports
-        .iter()
-        .enumerate()
-        .map(|(id, (grpc, _, raft))| format!("{id}=127.0.0.1:{raft}|127.0.0.1:{grpc}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut out = Vec::new();
+    for shard in 0..SHARDS {
+        let mine = &ports[shard as usize];
+        let peers = mine
+            .iter()
+            .enumerate()
+            .map(|(id, (grpc, _, raft))| format!("{id}=127.0.0.1:{raft}|127.0.0.1:{grpc}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let others = (0..SHARDS)
+            .filter(|o| *o != shard)
+            .map(|o| {
+                let addrs: Vec<String> = ports[o as usize]
+                    .iter()
+                    .map(|(grpc, _, _)| format!("127.0.0.1:{grpc}"))
+                    .collect();
+                format!("{o}={}", addrs.join(","))
+            })
+            .collect::<Vec<_>>()
+            .join(";");
+        out.extend(start_shard(dir, shard, mine, &peers, &others));
+    }
+    out
+}
+
+fn start_shard(
+    dir: &Path,
+    shard: u32,
+    ports: &[(u16, u16, u16)],
+    peers: &str,
+    others: &str,
+) -> Vec<Replica> {
     ports
         .iter()
         .enumerate()
         .map(|(id, &(grpc, http, raft))| {
-            let log = dir.join(format!("node-{id}.log"));
+            let log = dir.join(format!("s{shard}-node-{id}.log"));
             let child = Command::new(node_binary())
                 .args([
                     "--data-dir",
-                    dir.join(format!("node-{id}")).to_str().unwrap(),
+                    dir.join(format!("s{shard}-node-{id}")).to_str().unwrap(),
                 ])
+                .args([
+                    "--shards",
+                    &SHARDS.to_string(),
+                    "--shard",
+                    &shard.to_string(),
+                ])
+                .args(["--shard-addrs", others])
                 .args([
                     "--dimension",
                     "4",
@@ -76,7 +118,7 @@ fn start_cluster(dir: &Path) -> Vec<Replica> {
                     "--node-id",
                     &id.to_string(),
                     "--peers",
-                    &peers,
+                    peers,
                     "--bootstrap",
                 ])
                 .args(["--grpc-port", &grpc.to_string()])
@@ -94,6 +136,7 @@ fn start_cluster(dir: &Path) -> Vec<Replica> {
                 .spawn()
                 .unwrap();
             Replica {
+                shard,
                 id: id as u64,
                 grpc,
                 log,
@@ -110,7 +153,8 @@ fn logs(nodes: &[Replica]) -> String {
             let l = std::fs::read_to_string(&n.log).unwrap_or_default();
             let tail: Vec<&str> = l.lines().rev().take(20).collect();
             format!(
-                "--- node {} ---\n{}",
+                "--- shard {} node {} ---\n{}",
+                n.shard,
                 n.id,
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             )
@@ -178,11 +222,22 @@ fn bulk_load_survives_a_leader_kill() {
         .unwrap_or(20_000);
     let tmp = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(tmp.path());
-    let addrs: Vec<String> = nodes.iter().map(Replica::addr).collect();
+    let shard_addrs = |shard: u32| -> Vec<String> {
+        nodes
+            .iter()
+            .filter(|n| n.shard == shard)
+            .map(Replica::addr)
+            .collect()
+    };
+    let addrs = shard_addrs(0);
+    let other = shard_addrs(1);
     let leader = wait("an agreed leader", Duration::from_secs(60), &nodes, || {
         agreed_leader(&addrs)
     });
-    eprintln!("leader: node {leader} after {:?}", t0.elapsed());
+    wait("shard 1's leader", Duration::from_secs(60), &nodes, || {
+        agreed_leader(&other)
+    });
+    eprintln!("shard 0 leader: node {leader} after {:?}", t0.elapsed());
 
     // Row i is [i, i/7, 1, -i]; ids v0..v<rows-1>.
     let npy = tmp.path().join("load.npy");
@@ -234,13 +289,14 @@ fn bulk_load_survives_a_leader_kill() {
             count(&leader_addr).filter(|&c| c as usize >= rows / 10)
         },
     );
+    // Shard 0's replicas come first in `nodes`.
     nodes[leader as usize].kill9();
     let killed_at = load_started.elapsed();
     assert!(
         load.try_wait().unwrap().is_none(),
         "the load ended before the kill took effect; raise KINDEX_LOAD_ROWS"
     );
-    eprintln!("killed leader {leader} at {killed_at:?} with {at_kill} vectors stored");
+    eprintln!("killed shard 0's leader {leader} at {killed_at:?} with {at_kill} vectors stored");
 
     // The CLI must finish by itself, in bounded time.
     let status = wait(
@@ -272,8 +328,8 @@ fn bulk_load_survives_a_leader_kill() {
         stderr.lines().take(8).collect::<Vec<_>>().join("\n")
     );
 
-    // Every id is readable from each survivor (eventual reads: wait until
-    // the survivor has applied everything, then read every id).
+    // Every id is readable through each survivor (its coordinator reads every
+    // shard's leader), and both shards hold a part of the load.
     let survivors: Vec<String> = nodes
         .iter()
         .filter(|n| n.child.is_some())
@@ -311,8 +367,20 @@ fn bulk_load_survives_a_leader_kill() {
             text(&o)
         );
     }
+    let live = |a: &String| {
+        json_of(&["--addr", a, "status"])
+            .and_then(|st| st["nodes"][0]["status"]["vectorsLive"].as_u64())
+    };
+    let per_shard = [
+        live(&survivors[0]).unwrap_or(0),
+        live(other.last().unwrap()).unwrap_or(0),
+    ];
+    assert!(
+        per_shard.iter().all(|n| *n > 0),
+        "both shards hold points: {per_shard:?}"
+    );
     eprintln!(
-        "all {rows} ids readable on {} survivors; test took {:?}",
+        "all {rows} ids readable through {} survivors (per shard {per_shard:?}); test took {:?}",
         survivors.len(),
         t0.elapsed()
     );

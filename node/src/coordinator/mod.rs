@@ -172,7 +172,13 @@ impl Coordinator {
         // This node's own shard: the node itself waits out elections and forwards to its
         // leader (see `Node::upsert`, `LocalShard`); retrying here would only stack waits.
         if shard == self.node.shard {
-            return local(req).await;
+            return local(req).await.map_err(|s| {
+                if self.shards > 1 {
+                    on_shard(shard, s)
+                } else {
+                    s
+                }
+            });
         }
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
