@@ -20,7 +20,7 @@ use crate::config::structural::{FieldDiff, StructuralError};
 use crate::engine::hnsw::Hnsw;
 use crate::engine::{AppliedLog, DELETED, Engine, EngineKnobs, IdIndex, Inner, LIVE, PURGED};
 use crate::fsutil;
-use section::{Kind, Section, SectionError, SectionReader, SectionWriter};
+use section::{Kind, ParallelSection, Section, SectionError, SectionReader, SectionWriter};
 
 /// Format 2: per-slot state section (live / deleted / purged).
 /// Format 1: a deleted-slot bitset; migrated on load.
@@ -130,6 +130,21 @@ impl Writer {
     }
 }
 
+/// The bytes of the vectors in slots `from..to`, as one slice per chunk.
+fn vector_bytes(inner: &Inner, from: usize, to: usize) -> impl Iterator<Item = &[u8]> + '_ {
+    let dim = inner.vectors.dim().max(1);
+    inner
+        .vectors
+        .runs()
+        .enumerate()
+        .filter_map(move |(c, run)| {
+            let start = c * crate::engine::arena::CHUNK_SLOTS;
+            let end = start + run.len() / dim;
+            let (a, b) = (from.max(start), to.min(end));
+            (a < b).then(|| bytemuck::cast_slice(&run[(a - start) * dim..(b - start) * dim]))
+        })
+}
+
 /// Writes and fsyncs one section file in `dir`.
 fn write_section(
     dir: &Path,
@@ -224,20 +239,20 @@ impl Capture {
             version: format_version,
             infos: Vec::new(),
         };
-        // The vectors (most of the bytes) are written and fsynced on a
-        // second thread while this one writes the other sections.
+        // The vectors (most of the bytes) are written by two threads at
+        // once: a second thread writes the first two thirds while this one
+        // writes the other sections, then the last third.
+        let dim = inner.vectors.dim();
+        let vec_len = (len * dim * 4) as u64;
+        let vec_file = ParallelSection::create(
+            &dir.join(Kind::Vectors.file_name()),
+            format_version,
+            Kind::Vectors,
+            vec_len,
+        )?;
+        let split = len * 2 / 3;
         let (vectors, rest) = std::thread::scope(|sc| {
-            let vectors = sc.spawn(|| {
-                write_section(dir, format_version, Kind::Vectors, |s| {
-                    let mut left = len * inner.vectors.dim();
-                    for run in inner.vectors.runs() {
-                        let take = run.len().min(left);
-                        s.write(bytemuck::cast_slice(&run[..take]))?;
-                        left -= take;
-                    }
-                    Ok(())
-                })
-            });
+            let head = sc.spawn(|| vec_file.write_range(0, vector_bytes(inner, 0, split)));
             let rest = (|| -> Result<usize, SnapshotError> {
                 w.section(Kind::Ids, |s| {
                     let mut buf = Vec::with_capacity(64 * 1024);
@@ -290,16 +305,30 @@ impl Capture {
                 w.section(Kind::Raft, |s| s.write(raft_meta))?;
                 Ok(indexed)
             })();
-            let vectors = vectors.join().unwrap_or_else(|_| {
+            let tail =
+                vec_file.write_range((split * dim * 4) as u64, vector_bytes(inner, split, len));
+            let head = head.join().unwrap_or_else(|_| {
                 Err(SectionError::Corrupt {
                     path: dir.join(Kind::Vectors.file_name()),
                     reason: "vector writer panicked".into(),
                 })
             });
+            let vectors = head.and_then(|h| {
+                let t = tail?;
+                Ok(crc32c::crc32c_combine(h, t, (len - split) * dim * 4))
+            });
             (vectors, rest)
         });
         let indexed = rest?;
-        w.infos.insert(1.min(w.infos.len()), vectors?);
+        let (bytes, crc) = vec_file.finish(vectors?)?;
+        w.infos.insert(
+            1.min(w.infos.len()),
+            SectionInfo {
+                file: Kind::Vectors.file_name().into(),
+                bytes,
+                crc32c: format!("{crc:08x}"),
+            },
+        );
 
         let count = |st: u8| self.states.iter().filter(|&&x| x == st).count() as u64;
         let manifest = Manifest {

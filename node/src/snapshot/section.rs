@@ -130,6 +130,81 @@ impl SectionWriter {
     }
 }
 
+/// A section written by several threads at once: its payload length is
+/// known up front, so the header is final at creation and each thread writes
+/// its own byte range with positional writes, returning that range's CRC;
+/// `finish` takes the CRCs combined in payload order.
+pub struct ParallelSection {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl ParallelSection {
+    pub fn create(path: &Path, version: u32, kind: Kind, len: u64) -> Result<Self, SectionError> {
+        let io_err = |source| SectionError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = File::create(path).map_err(io_err)?;
+        let mut head = Vec::with_capacity(HEADER_LEN);
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&version.to_le_bytes());
+        head.extend_from_slice(&(kind as u32).to_le_bytes());
+        head.extend_from_slice(&len.to_le_bytes());
+        file.write_all(&head).map_err(io_err)?;
+        Ok(ParallelSection {
+            path: path.to_path_buf(),
+            file,
+            len,
+        })
+    }
+
+    /// Writes `pieces` back to back from payload offset `at`; returns their
+    /// CRC. Callers must cover the payload exactly once overall.
+    pub fn write_range<'a>(
+        &self,
+        at: u64,
+        pieces: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<u32, SectionError> {
+        use std::os::unix::fs::FileExt;
+        let mut pos = HEADER_LEN as u64 + at;
+        let mut crc = 0;
+        for p in pieces {
+            if pos + p.len() as u64 > HEADER_LEN as u64 + self.len {
+                return Err(SectionError::Corrupt {
+                    path: self.path.clone(),
+                    reason: "write past the declared payload length".into(),
+                });
+            }
+            crc = crc32c::crc32c_append(crc, p);
+            self.file
+                .write_all_at(p, pos)
+                .map_err(|source| SectionError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            pos += p.len() as u64;
+        }
+        Ok(crc)
+    }
+
+    /// Writes the trailer (`crc` of the whole payload) and fsyncs. Returns
+    /// (file bytes, crc).
+    pub fn finish(self, crc: u32) -> Result<(u64, u32), SectionError> {
+        use std::os::unix::fs::FileExt;
+        let io_err = |source| SectionError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file
+            .write_all_at(&crc.to_le_bytes(), HEADER_LEN as u64 + self.len)
+            .map_err(io_err)?;
+        self.file.sync_all().map_err(io_err)?;
+        Ok((self.len + (HEADER_LEN + TRAILER_LEN) as u64, crc))
+    }
+}
+
 /// A validated section: its payload sits at `bytes[HEADER_LEN..end]`.
 pub struct Section {
     pub version: u32,
@@ -432,5 +507,27 @@ mod tests {
             SectionReader::open(&p, Kind::Vectors, 1),
             Err(SectionError::NewerFormat { found: 2, .. })
         ));
+    }
+
+    #[test]
+    fn parallel_section_equals_streamed_section() {
+        let d = tempfile::tempdir().unwrap();
+        let payload: Vec<u8> = (0..1000u32).map(|i| (i * 13) as u8).collect();
+        let a = d.path().join("a.sect");
+        let mut w = SectionWriter::create(&a, 2, Kind::Vectors).unwrap();
+        w.write(&payload).unwrap();
+        let (bytes_a, crc_a) = w.finish().unwrap();
+        let b = d.path().join("b.sect");
+        let p = ParallelSection::create(&b, 2, Kind::Vectors, 1000).unwrap();
+        // Second range first: order of writes does not matter.
+        let c2 = p
+            .write_range(600, [&payload[600..800], &payload[800..]].into_iter())
+            .unwrap();
+        let c1 = p.write_range(0, std::iter::once(&payload[..600])).unwrap();
+        let (bytes_b, crc_b) = p.finish(crc32c::crc32c_combine(c1, c2, 400)).unwrap();
+        assert_eq!((bytes_a, crc_a), (bytes_b, crc_b));
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        let p = ParallelSection::create(&b, 2, Kind::Vectors, 10).unwrap();
+        assert!(p.write_range(5, std::iter::once(&payload[..6])).is_err());
     }
 }
