@@ -95,6 +95,14 @@ struct HnswArgs {
     /// Throughput runs per ef point; the best is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Search-only runs: load the index from a snapshot under this dir if one
+    /// exists (build_s is then reported as null), else build and save it there.
+    #[arg(long)]
+    index_cache: Option<PathBuf>,
+    /// Skip the throughput loops and latency pass for efs not listed here
+    /// (profiling aid): run only the search loop this many times.
+    #[arg(long, default_value_t = 0)]
+    search_only_loops: usize,
     /// Dataset label for the output.
     #[arg(long, default_value = "")]
     name: String,
@@ -166,26 +174,45 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
         batch_size: 1024,
         queue_capacity: base.rows + 1,
     };
-    let engine = Engine::new(structural.clone(), knobs);
-
-    // Build: enqueue everything, then wait for the workers to index it.
-    let points: Vec<PointInput> = (0..base.rows)
-        .map(|i| PointInput {
-            id: i.to_string(),
-            vector: base.row(i).to_vec(),
-            payload: None,
-        })
-        .collect();
-    let t = Instant::now();
-    for chunk in points.chunks(5_000) {
-        engine.upsert(chunk)?;
+    let cached = match &a.index_cache {
+        Some(dir) => snapshot::load_latest(dir, &structural, knobs)?,
+        None => None,
+    };
+    let (engine, build_secs) = match cached {
+        Some(l) => (l.engine, None),
+        None => {
+            let (e, s) = build(&base, &structural, knobs)?;
+            if let Some(dir) = &a.index_cache {
+                snapshot::save(&e, dir, &SaveOptions::default())?;
+            }
+            (e, Some(s))
+        }
+    };
+    if a.search_only_loops > 0 {
+        let filter = Filter::default();
+        let ef =
+            a.ef.split(',')
+                .next()
+                .unwrap_or("16")
+                .trim()
+                .parse::<usize>()?;
+        let (t, cpu) = (Instant::now(), thread_cpu_ns());
+        for _ in 0..a.search_only_loops {
+            for i in 0..query.rows {
+                std::hint::black_box(engine.search(query.row(i), a.k, Some(ef), &filter)?);
+            }
+        }
+        let n = (a.search_only_loops * query.rows) as f64;
+        let qps = n / t.elapsed().as_secs_f64();
+        // CPU time of this thread only: less disturbed by a busy machine
+        // than wall time (profiling aid; Linux only, else 0).
+        let cpu_us = (thread_cpu_ns().saturating_sub(cpu)) as f64 / 1e3 / n;
+        println!(
+            "{}",
+            json!({"ef": ef, "qps": qps, "cpu_us_per_query": cpu_us})
+        );
+        return Ok(());
     }
-    drop(points);
-    if !engine.drain(Duration::from_secs(3600)) {
-        bail!("indexing did not finish");
-    }
-    let build_secs = t.elapsed().as_secs_f64();
-
     let (save_mbps, load_mbps, snapshot_bytes) = match &a.snapshot_dir {
         Some(dir) => snapshot_speed(&engine, dir, &structural, knobs)?,
         None => (0.0, 0.0, 0),
@@ -242,6 +269,40 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Nanoseconds this thread has run on a CPU (from /proc; 0 if unavailable).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Builds an engine over `base`: enqueue everything, then wait for the
+/// workers to index it. Returns the engine and the seconds it took.
+fn build(
+    base: &npy::Matrix<f32>,
+    structural: &StructuralConfig,
+    knobs: EngineKnobs,
+) -> anyhow::Result<(Engine, f64)> {
+    let engine = Engine::new(structural.clone(), knobs);
+    let points: Vec<PointInput> = (0..base.rows)
+        .map(|i| PointInput {
+            id: i.to_string(),
+            vector: base.row(i).to_vec(),
+            payload: None,
+        })
+        .collect();
+    let t = Instant::now();
+    for chunk in points.chunks(5_000) {
+        engine.upsert(chunk)?;
+    }
+    drop(points);
+    if !engine.drain(Duration::from_secs(3600)) {
+        bail!("indexing did not finish");
+    }
+    Ok((engine, t.elapsed().as_secs_f64()))
 }
 
 /// Save and load (with full checksum validation) speeds in MB/s, warm page cache.

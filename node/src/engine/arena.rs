@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
+use super::hugebuf::HugeBuf;
+
 /// Slots per chunk (2^14). Small enough that a fresh chunk is cheap, large
 /// enough that the chunk table stays tiny.
 pub const CHUNK_BITS: u32 = 14;
@@ -23,7 +25,7 @@ pub const MAX_SLOTS: usize = CHUNK_SLOTS * MAX_CHUNKS;
 /// `T` must be safe to share (atomics, locks, `OnceLock`s).
 pub struct Chunked<T> {
     stride: usize,
-    chunks: Box<[OnceLock<Box<[T]>>]>,
+    chunks: Box<[OnceLock<HugeBuf<T>>]>,
 }
 
 impl<T: Default + Sync> Chunked<T> {
@@ -38,11 +40,8 @@ impl<T: Default + Sync> Chunked<T> {
     #[inline]
     pub fn slot(&self, i: u32) -> &[T] {
         let i = i as usize;
-        let chunk = self.chunks[i >> CHUNK_BITS].get_or_init(|| {
-            (0..CHUNK_SLOTS * self.stride)
-                .map(|_| T::default())
-                .collect()
-        });
+        let chunk = self.chunks[i >> CHUNK_BITS]
+            .get_or_init(|| HugeBuf::new(CHUNK_SLOTS * self.stride, |_| T::default()));
         let off = (i & (CHUNK_SLOTS - 1)) * self.stride;
         &chunk[off..off + self.stride]
     }
@@ -51,10 +50,38 @@ impl<T: Default + Sync> Chunked<T> {
     pub fn first(&self, i: u32) -> &T {
         &self.slot(i)[0]
     }
+
+    /// Hints the CPU to load slot `i` (a no-op if its chunk is not allocated).
+    #[inline(always)]
+    pub fn prefetch(&self, i: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let i = i as usize;
+            if let Some(chunk) = self.chunks.get(i >> CHUNK_BITS).and_then(|c| c.get()) {
+                let off = (i & (CHUNK_SLOTS - 1)) * self.stride;
+                if let Some(first) = chunk.get(off) {
+                    let p = (first as *const T).cast::<i8>();
+                    let bytes = (self.stride * std::mem::size_of::<T>()).max(1);
+                    // Every cache line the slot touches (at most 4).
+                    let (a, b) = (p as usize & !63, (p as usize + bytes - 1) & !63);
+                    let lines = ((b - a) / 64 + 1).min(4);
+                    let p = p.wrapping_sub(p as usize - a);
+                    for l in 0..lines {
+                        // SAFETY: prefetch has no architectural effect and
+                        // never faults, whatever the address.
+                        unsafe {
+                            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                            _mm_prefetch(p.wrapping_add(64 * l), _MM_HINT_T0);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One chunk of vector floats, written once per slot before publication.
-type VectorChunk = Box<[UnsafeCell<f32>]>;
+type VectorChunk = HugeBuf<UnsafeCell<f32>>;
 
 /// Vectors of one fixed dimension. One writer appends (serialised by an
 /// internal lock); any number of readers read published slots.
@@ -115,11 +142,8 @@ impl VectorArena {
         }
         for (k, v) in flat.chunks_exact(self.dim).enumerate() {
             let i = start + k;
-            let chunk = self.chunks[i >> CHUNK_BITS].get_or_init(|| {
-                (0..CHUNK_SLOTS * self.dim)
-                    .map(|_| UnsafeCell::new(0.0))
-                    .collect()
-            });
+            let chunk = self.chunks[i >> CHUNK_BITS]
+                .get_or_init(|| HugeBuf::new(CHUNK_SLOTS * self.dim, |_| UnsafeCell::new(0.0)));
             let off = (i & (CHUNK_SLOTS - 1)) * self.dim;
             // SAFETY: slot i >= len is not yet visible to readers and we are
             // the only writer (guard held).
@@ -130,6 +154,44 @@ impl VectorArena {
         }
         self.len.store(start + count, Ordering::Release);
         Ok(start as u32)
+    }
+
+    /// Appends `count` vectors produced in place by `fill` (no intermediate
+    /// copy: snapshot loading reads file bytes straight into the arena), then
+    /// publishes them together. `fill` gets the new slots as consecutive
+    /// disjoint runs (at most one per chunk), in slot order. If `fill` fails
+    /// nothing is published (the runs may already have been written; they
+    /// stay unpublished and the next append overwrites them).
+    pub fn extend_with<E>(
+        &self,
+        count: usize,
+        mut fill: impl FnMut(&mut [f32]) -> Result<(), E>,
+    ) -> Result<Result<u32, E>, ArenaFull> {
+        let _guard = self.writer.lock();
+        let start = self.len.load(Ordering::Relaxed);
+        if start + count > MAX_SLOTS {
+            return Err(ArenaFull);
+        }
+        let mut i = start;
+        while i < start + count {
+            let chunk = self.chunks[i >> CHUNK_BITS]
+                .get_or_init(|| HugeBuf::new(CHUNK_SLOTS * self.dim, |_| UnsafeCell::new(0.0)));
+            let in_chunk = (CHUNK_SLOTS - (i & (CHUNK_SLOTS - 1))).min(start + count - i);
+            let off = (i & (CHUNK_SLOTS - 1)) * self.dim;
+            let run = &chunk[off..off + in_chunk * self.dim];
+            // SAFETY: slots i.. are at or above `len`, so no reader touches
+            // them (readers stop at `len`), and we are the only writer (guard
+            // held); `run` is a range of one live allocation and UnsafeCell
+            // permits mutation through a shared reference.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(run.as_ptr() as *mut f32, run.len()) };
+            if let Err(e) = fill(dst) {
+                return Ok(Err(e));
+            }
+            i += in_chunk;
+        }
+        self.len.store(start + count, Ordering::Release);
+        Ok(Ok(start as u32))
     }
 
     /// The vector in slot `i`; `i` must be below `len()`.
@@ -199,6 +261,34 @@ mod tests {
         assert_eq!(a.get(last)[0], ((n - 1) * 3) as f32);
         let total: usize = a.runs().map(|r| r.len()).sum();
         assert_eq!(total, n * 3);
+    }
+
+    #[test]
+    fn extend_with_fills_in_place_across_chunks_and_publishes_only_on_success() {
+        let a = VectorArena::new(2);
+        a.extend(&[9.0, 9.0]).unwrap();
+        let n = CHUNK_SLOTS + 3;
+        let mut next = 0.0f32;
+        let mut runs = 0;
+        let first = a
+            .extend_with::<()>(n, |dst| {
+                runs += 1;
+                for x in dst.iter_mut() {
+                    *x = next;
+                    next += 1.0;
+                }
+                Ok(())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!((first, runs, a.len()), (1, 2, n + 1));
+        assert_eq!(a.get(1), &[0.0, 1.0]);
+        assert_eq!(a.get(n as u32)[1], (2 * n - 1) as f32);
+        // A failing fill publishes nothing.
+        let r = a.extend_with(5, |_| Err("bad")).unwrap();
+        assert_eq!(r, Err("bad"));
+        assert_eq!(a.len(), n + 1);
+        assert!(a.extend_with::<()>(MAX_SLOTS, |_| Ok(())).is_err());
     }
 
     #[test]

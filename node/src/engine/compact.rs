@@ -103,8 +103,10 @@ impl Engine {
             inner.state.first(d).store(PURGED, Ordering::Release);
         }
         let n = deleted.len() as u64;
-        inner.tombstoned.fetch_sub(n, Ordering::Relaxed);
+        // purged up before tombstoned down (Release): a search never sees
+        // both at zero while a dead slot exists (see `Engine::search`).
         inner.purged.fetch_add(n, Ordering::Relaxed);
+        inner.tombstoned.fetch_sub(n, Ordering::Release);
         stats.purged = n;
         stats.millis = started.elapsed().as_millis() as u64;
         stats

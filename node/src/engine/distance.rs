@@ -3,7 +3,8 @@
 //!
 //! Cosine vectors are normalised once at insert time, which turns cosine into a
 //! dot product on the hot path. The AVX2+FMA kernels are chosen once at run
-//! time; the scalar fallback is used on other CPUs and checked against them in
+//! time (AVX-512F where available, else AVX2+FMA); the scalar fallback is used
+//! on other CPUs, and every kernel the CPU can run is checked against it in
 //! tests.
 
 use serde::{Deserialize, Serialize};
@@ -115,6 +116,13 @@ pub fn neg_dot_scalar(a: &[f32], b: &[f32]) -> f32 {
 
 fn select_l2() -> Kernel {
     #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        return |a, b| {
+            // SAFETY: the CPU feature was checked just above.
+            unsafe { x86::l2_avx512(a, b) }
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         return |a, b| {
             // SAFETY: the CPU features were checked just above.
@@ -125,6 +133,13 @@ fn select_l2() -> Kernel {
 }
 
 fn select_neg_dot() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        return |a, b| {
+            // SAFETY: the CPU feature was checked just above.
+            unsafe { -x86::dot_avx512(a, b) }
+        };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         return |a, b| {
@@ -138,6 +153,84 @@ fn select_neg_dot() -> Kernel {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn l2_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut i = 0;
+        // SAFETY (all loads): full loads stay below n by the loop bounds; the
+        // tail load is masked to the n - i < 16 remaining lanes, and masked
+        // lanes are never read (no fault past the end).
+        unsafe {
+            while i + 32 <= n {
+                let d0 = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)));
+                let d1 = _mm512_sub_ps(
+                    _mm512_loadu_ps(pa.add(i + 16)),
+                    _mm512_loadu_ps(pb.add(i + 16)),
+                );
+                acc0 = _mm512_fmadd_ps(d0, d0, acc0);
+                acc1 = _mm512_fmadd_ps(d1, d1, acc1);
+                i += 32;
+            }
+            if i + 16 <= n {
+                let d0 = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)));
+                acc0 = _mm512_fmadd_ps(d0, d0, acc0);
+                i += 16;
+            }
+            if i < n {
+                let m: __mmask16 = (1u16 << (n - i)) - 1;
+                let d = _mm512_sub_ps(
+                    _mm512_maskz_loadu_ps(m, pa.add(i)),
+                    _mm512_maskz_loadu_ps(m, pb.add(i)),
+                );
+                acc1 = _mm512_fmadd_ps(d, d, acc1);
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut i = 0;
+        // SAFETY (all loads): as in `l2_avx512`.
+        unsafe {
+            while i + 32 <= n {
+                acc0 =
+                    _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+                acc1 = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(pa.add(i + 16)),
+                    _mm512_loadu_ps(pb.add(i + 16)),
+                    acc1,
+                );
+                i += 32;
+            }
+            if i + 16 <= n {
+                acc0 =
+                    _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+                i += 16;
+            }
+            if i < n {
+                let m: __mmask16 = (1u16 << (n - i)) - 1;
+                acc1 = _mm512_fmadd_ps(
+                    _mm512_maskz_loadu_ps(m, pa.add(i)),
+                    _mm512_maskz_loadu_ps(m, pb.add(i)),
+                    acc1,
+                );
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -254,6 +347,33 @@ mod tests {
                     (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
                     "{metric} len {len}: {x} vs {y}"
                 );
+            }
+        }
+    }
+
+    /// Every x86 kernel this CPU can run (not only the one `new` picks)
+    /// agrees with the scalar reference, for every length up to 200.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn every_x86_kernel_matches_scalar() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        let avx512 = std::is_x86_feature_detected!("avx512f");
+        for len in 0..200 {
+            let a: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let b: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let (l2, dot) = (l2_scalar(&a, &b), -neg_dot_scalar(&a, &b));
+            let close = |x: f32, y: f32| (x - y).abs() <= 1e-4 * (1.0 + y.abs());
+            // SAFETY: each kernel runs only if its CPU features were detected.
+            unsafe {
+                if avx2 {
+                    assert!(close(x86::l2_avx2(&a, &b), l2), "avx2 l2 len {len}");
+                    assert!(close(x86::dot_avx2(&a, &b), dot), "avx2 dot len {len}");
+                }
+                if avx512 {
+                    assert!(close(x86::l2_avx512(&a, &b), l2), "avx512 l2 len {len}");
+                    assert!(close(x86::dot_avx512(&a, &b), dot), "avx512 dot len {len}");
+                }
             }
         }
     }

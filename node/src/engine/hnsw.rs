@@ -4,6 +4,7 @@
 //! at a time. A reader may see a list half-way through an update; every id it
 //! sees is still a valid published slot, which is all a greedy search needs.
 
+use std::cell::RefCell;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::sync::OnceLock;
@@ -13,7 +14,7 @@ use parking_lot::Mutex;
 
 use super::arena::{Chunked, VectorArena};
 use super::distance::DistanceFn;
-use super::visited::{Visited, with_visited};
+use super::visited::Visited;
 
 const NO_ENTRY: u64 = u64::MAX;
 /// Levels above 15 are vanishingly rare (p = m^-16); capping keeps the byte
@@ -198,46 +199,48 @@ impl Hnsw {
             }
         };
         let (mut ep, top) = entry;
-        let mut ep_dist = dist.distance(qv, vectors.get(ep));
-        let mut scratch = Vec::with_capacity(self.params.m0());
-        for l in (level.saturating_add(1)..=top).rev() {
-            (ep, ep_dist) = self.greedy(vectors, dist, qv, ep, ep_dist, l, &mut scratch);
-        }
-
-        let mut eps = vec![Scored {
-            dist: ep_dist,
-            id: ep,
-        }];
-        for l in (0..=level.min(top)).rev() {
-            let mut found = with_visited(vectors.len(), |vis| {
-                self.search_layer(
+        with_scratch(|s| {
+            let mut ep_dist = dist.distance(qv, vectors.get(ep));
+            for l in (level.saturating_add(1)..=top).rev() {
+                (ep, ep_dist) = self.greedy(vectors, dist, qv, ep, ep_dist, l, &mut s.nbs);
+            }
+            s.eps.clear();
+            s.eps.push(Scored {
+                dist: ep_dist,
+                id: ep,
+            });
+            for l in (0..=level.min(top)).rev() {
+                s.visited.prepare(vectors.len());
+                self.layer(
                     vectors,
                     dist,
                     qv,
-                    &eps,
                     self.params.ef_construction,
                     l,
-                    vis,
+                    s,
                     &|_| true,
-                )
-            });
-            // A concurrent insert may already have linked q; never self-link.
-            found.retain(|s| s.id != q);
-            let max = if l == 0 {
-                self.params.m0()
-            } else {
-                self.params.m
-            };
-            let chosen = self.select(vectors, dist, &found, self.params.m);
-            {
-                let _g = self.locks.first(q).lock();
-                Self::write_list(self.list(q, l), &chosen);
+                );
+                // A concurrent insert may already have linked q; never self-link.
+                s.found.retain(|x| x.id != q);
+                let max = if l == 0 {
+                    self.params.m0()
+                } else {
+                    self.params.m
+                };
+                self.select_into(vectors, dist, &s.found, self.params.m, &mut s.kept);
+                s.chosen.clear();
+                s.chosen.extend(s.kept.iter().map(|k| k.id));
+                {
+                    let _g = self.locks.first(q).lock();
+                    Self::write_list(self.list(q, l), &s.chosen);
+                }
+                for i in 0..s.chosen.len() {
+                    let nb = s.chosen[i];
+                    self.add_link(vectors, dist, nb, q, l, max, &mut s.link);
+                }
+                std::mem::swap(&mut s.eps, &mut s.found);
             }
-            for &nb in &chosen {
-                self.add_link(vectors, dist, nb, q, l, max);
-            }
-            eps = found;
-        }
+        });
 
         if level > top {
             let _g = self.entry_lock.lock();
@@ -249,6 +252,7 @@ impl Hnsw {
 
     /// Adds `new` to `node`'s list at `level`, shrinking it with the heuristic
     /// when full.
+    #[allow(clippy::too_many_arguments)]
     fn add_link(
         &self,
         vectors: &VectorArena,
@@ -257,6 +261,7 @@ impl Hnsw {
         new: u32,
         level: u8,
         max: usize,
+        buf: &mut LinkScratch,
     ) {
         let list = self.list(node, level);
         if list.is_empty() {
@@ -274,18 +279,22 @@ impl Hnsw {
             return;
         }
         let nv = vectors.get(node);
-        let mut cands: Vec<Scored> = current
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .chain(std::iter::once(new))
-            .map(|id| Scored {
-                dist: dist.distance(nv, vectors.get(id)),
-                id,
-            })
-            .collect();
-        cands.sort_unstable();
-        let chosen = self.select(vectors, dist, &cands, max);
-        Self::write_list(list, &chosen);
+        buf.cands.clear();
+        buf.cands.extend(
+            current
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .chain(std::iter::once(new))
+                .map(|id| Scored {
+                    dist: dist.distance(nv, vectors.get(id)),
+                    id,
+                }),
+        );
+        buf.cands.sort_unstable();
+        self.select_into(vectors, dist, &buf.cands, max, &mut buf.kept);
+        buf.ids.clear();
+        buf.ids.extend(buf.kept.iter().map(|k| k.id));
+        Self::write_list(list, &buf.ids);
     }
 
     /// Neighbour selection heuristic: keep a candidate only if it is closer to
@@ -298,7 +307,21 @@ impl Hnsw {
         cands: &[Scored],
         max: usize,
     ) -> Vec<u32> {
-        let mut kept: Vec<Scored> = Vec::with_capacity(max);
+        let mut kept = Vec::with_capacity(max);
+        self.select_into(vectors, dist, cands, max, &mut kept);
+        kept.into_iter().map(|s| s.id).collect()
+    }
+
+    /// `select` into a reused buffer.
+    fn select_into(
+        &self,
+        vectors: &VectorArena,
+        dist: &DistanceFn,
+        cands: &[Scored],
+        max: usize,
+        kept: &mut Vec<Scored>,
+    ) {
+        kept.clear();
         for c in cands {
             if kept.len() >= max {
                 break;
@@ -311,7 +334,6 @@ impl Hnsw {
                 kept.push(*c);
             }
         }
-        kept.into_iter().map(|s| s.id).collect()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -355,30 +377,69 @@ impl Hnsw {
         vis: &mut Visited,
         accept: &dyn Accept,
     ) -> Vec<Scored> {
-        let mut candidates: BinaryHeap<Near> = BinaryHeap::with_capacity(ef * 2);
-        let mut results: BinaryHeap<Scored> = BinaryHeap::with_capacity(ef + 1);
-        // Distance bound for pruning: the worst kept result, or the nearest
-        // seen candidate while no result is accepted yet.
-        for e in eps {
+        let mut s = Scratch::new();
+        std::mem::swap(&mut s.visited, vis);
+        s.eps.extend_from_slice(eps);
+        self.layer(vectors, dist, qv, ef, level, &mut s, accept);
+        std::mem::swap(&mut s.visited, vis);
+        s.found
+    }
+
+    /// `search_layer` on reused buffers: starts from `s.eps`, leaves the
+    /// results (ascending) in `s.found`. `s.visited` must be prepared.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn layer<A: Accept + ?Sized>(
+        &self,
+        vectors: &VectorArena,
+        dist: &DistanceFn,
+        qv: &[f32],
+        ef: usize,
+        level: u8,
+        s: &mut Scratch,
+        accept: &A,
+    ) {
+        let Scratch {
+            visited: vis,
+            candidates,
+            results,
+            nbs,
+            found,
+            eps,
+            ..
+        } = s;
+        candidates.clear();
+        results.clear();
+        for e in eps.iter() {
             vis.insert(e.id);
             candidates.push(Near(std::cmp::Reverse(*e)));
             if accept.accept(e.id) {
                 results.push(*e);
             }
         }
-        let mut nbs = Vec::with_capacity(self.params.m0());
         while let Some(Near(std::cmp::Reverse(c))) = candidates.pop() {
             if results.len() >= ef && results.peek().is_some_and(|w| c.dist > w.dist) {
                 break;
             }
-            self.neighbours(c.id, level, &mut nbs);
-            // Only unvisited neighbours cost a distance: mark them first and
-            // prefetch just their vectors, so memory loads overlap.
+            // The next candidate's list is likely read next: start loading it.
+            if let Some(Near(std::cmp::Reverse(next))) = candidates.peek() {
+                self.prefetch_list(next.id, level);
+            }
+            self.neighbours(c.id, level, nbs);
+            for &nb in nbs.iter() {
+                vis.prefetch(nb);
+            }
+            // Only unvisited neighbours cost a distance: mark them first, then
+            // keep PREFETCH_AHEAD vectors in flight while computing.
             nbs.retain(|&nb| vis.insert(nb));
-            for &nb in &nbs {
+            for &nb in nbs.iter().take(PREFETCH_AHEAD) {
                 vectors.prefetch(nb);
             }
-            for &nb in &nbs {
+            for j in 0..nbs.len() {
+                if let Some(&ahead) = nbs.get(j + PREFETCH_AHEAD) {
+                    vectors.prefetch(ahead);
+                }
+                let nb = nbs[j];
                 let d = dist.distance(qv, vectors.get(nb));
                 let worst = results.peek().map_or(f32::INFINITY, |w| w.dist);
                 if results.len() < ef || d < worst {
@@ -393,43 +454,101 @@ impl Hnsw {
                 }
             }
         }
-        results.into_sorted_vec()
+        found.clear();
+        found.extend(results.drain());
+        found.sort_unstable();
+    }
+
+    #[inline(always)]
+    fn prefetch_list(&self, id: u32, level: u8) {
+        if level == 0 {
+            self.links0.prefetch(id);
+        }
     }
 
     /// k nearest accepted nodes reachable in the graph, ascending.
-    pub fn search(
+    pub fn search<A: Accept + ?Sized>(
         &self,
         vectors: &VectorArena,
         dist: &DistanceFn,
         qv: &[f32],
         k: usize,
         ef: usize,
-        accept: &dyn Accept,
+        accept: &A,
     ) -> Vec<Scored> {
         let Some((mut ep, top)) = self.entry_point() else {
             return Vec::new();
         };
-        let mut ep_dist = dist.distance(qv, vectors.get(ep));
-        let mut scratch = Vec::with_capacity(self.params.m0());
-        for l in (1..=top).rev() {
-            (ep, ep_dist) = self.greedy(vectors, dist, qv, ep, ep_dist, l, &mut scratch);
-        }
-        let mut found = with_visited(vectors.len(), |vis| {
-            self.search_layer(
-                vectors,
-                dist,
-                qv,
-                &[Scored {
-                    dist: ep_dist,
-                    id: ep,
-                }],
-                ef.max(k),
-                0,
-                vis,
-                accept,
-            )
-        });
-        found.truncate(k);
-        found
+        with_scratch(|s| {
+            let mut ep_dist = dist.distance(qv, vectors.get(ep));
+            for l in (1..=top).rev() {
+                (ep, ep_dist) = self.greedy(vectors, dist, qv, ep, ep_dist, l, &mut s.nbs);
+            }
+            s.eps.clear();
+            s.eps.push(Scored {
+                dist: ep_dist,
+                id: ep,
+            });
+            s.visited.prepare(vectors.len());
+            self.layer(vectors, dist, qv, ef.max(k), 0, s, accept);
+            s.found.iter().take(k).copied().collect()
+        })
     }
+}
+
+/// Vectors kept in flight ahead of the distance loop.
+const PREFETCH_AHEAD: usize = 3;
+
+/// Buffers for shrinking a full link list.
+#[derive(Default)]
+struct LinkScratch {
+    cands: Vec<Scored>,
+    kept: Vec<Scored>,
+    ids: Vec<u32>,
+}
+
+/// Per-thread buffers for searches and inserts, so neither allocates in the
+/// steady state.
+pub struct Scratch {
+    visited: Visited,
+    candidates: BinaryHeap<Near>,
+    results: BinaryHeap<Scored>,
+    nbs: Vec<u32>,
+    eps: Vec<Scored>,
+    found: Vec<Scored>,
+    kept: Vec<Scored>,
+    chosen: Vec<u32>,
+    link: LinkScratch,
+}
+
+impl Scratch {
+    const fn new() -> Scratch {
+        Scratch {
+            visited: Visited::new(),
+            candidates: BinaryHeap::new(),
+            results: BinaryHeap::new(),
+            nbs: Vec::new(),
+            eps: Vec::new(),
+            found: Vec::new(),
+            kept: Vec::new(),
+            chosen: Vec::new(),
+            link: LinkScratch {
+                cands: Vec::new(),
+                kept: Vec::new(),
+                ids: Vec::new(),
+            },
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffers (fresh ones if re-entered).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut Scratch::new()),
+    })
 }

@@ -10,6 +10,7 @@ pub mod compact;
 pub mod distance;
 pub mod filter;
 pub mod hnsw;
+pub mod hugebuf;
 pub mod limits;
 pub mod queue;
 pub mod visited;
@@ -156,16 +157,37 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Order-independent content hash of one point (id, stored vector, payload).
+/// Order-independent content hash of one point (id, stored vector, payload):
+/// xxh3-64 of `id | 0xff | vector bytes | payload JSON`. Hashed in one shot
+/// from a per-thread buffer (same value as streaming those bytes, faster for
+/// these short inputs).
 fn point_hash(id: &str, vector: &[f32], payload: Option<&Payload>) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(id.as_bytes());
-    h.update(&[0xff]);
-    h.update(bytemuck::cast_slice(vector));
-    if let Some(p) = payload {
-        h.update(serde_json::to_string(p).unwrap_or_default().as_bytes());
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    h.digest()
+    let hash = |buf: &mut Vec<u8>| {
+        buf.clear();
+        buf.extend_from_slice(id.as_bytes());
+        buf.push(0xff);
+        buf.extend_from_slice(bytemuck::cast_slice(vector));
+        if let Some(p) = payload {
+            // Writing JSON into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *buf, p);
+        }
+        xxhash_rust::xxh3::xxh3_64(buf)
+    };
+    BUF.with(|b| match b.try_borrow_mut() {
+        Ok(mut b) => hash(&mut b),
+        Err(_) => hash(&mut Vec::new()),
+    })
+}
+
+/// Slot ids indexed for a restore: the live id map and the state counts.
+pub(crate) struct IdIndex {
+    map: HashMap<Box<str>, u32>,
+    live: u64,
+    dead: u64,
+    purged: u64,
 }
 
 impl Engine {
@@ -223,47 +245,10 @@ impl Engine {
         {
             return Err("snapshot parts disagree on the slot count".into());
         }
+        inner.vectors.extend(&r.flat).map_err(|e| e.to_string())?;
         {
             let _w = inner.writer.lock();
             let _pause = inner.gate.write();
-            let mut ids = HashMap::with_capacity(len);
-            for (slot, id) in r.ids.iter().enumerate() {
-                let slot = slot as u32;
-                let _ = inner.slot_ids.first(slot).set((*id).into());
-                inner
-                    .state
-                    .first(slot)
-                    .store(r.states[slot as usize], Ordering::Relaxed);
-            }
-            for (slot, p) in r.payloads {
-                let _ = inner.payloads.first(slot).set(p);
-            }
-            inner.vectors.extend(&r.flat).map_err(|e| e.to_string())?;
-            let (mut live, mut dead, mut purged, mut checksum) = (0u64, 0u64, 0u64, 0u64);
-            for (slot, id) in r.ids.iter().enumerate() {
-                match r.states[slot] {
-                    LIVE => {
-                        if ids.insert(Box::<str>::from(*id), slot as u32).is_some() {
-                            return Err(format!("id {id:?} is live in two slots"));
-                        }
-                        live += 1;
-                        let s = slot as u32;
-                        checksum = checksum.wrapping_add(point_hash(
-                            id,
-                            inner.vectors.get(s),
-                            inner.payloads.first(s).get(),
-                        ));
-                    }
-                    DELETED => dead += 1,
-                    _ => purged += 1,
-                }
-            }
-            *inner.ids.write() = ids;
-            inner.live.store(live, Ordering::Relaxed);
-            inner.tombstoned.store(dead, Ordering::Relaxed);
-            inner.purged.store(purged, Ordering::Relaxed);
-            inner.checksum.store(checksum, Ordering::Relaxed);
-
             let g = &inner.graph;
             let (m, m0) = (g.params().m, g.params().m0());
             let mut upper = r.graph.upper.chunks_exact(1 + m);
@@ -278,11 +263,117 @@ impl Engine {
                     g.set_list(s, l, &list[1..=list[0] as usize]);
                 }
             }
-            g.set_entry_point(r.graph.entry.map(|e| (e, g.level(e))));
-            *inner.applied.lock() = r.applied;
-            inner.queue.reset(r.graph.indexed, len);
         }
+        engine.restore_points(
+            &r.ids,
+            &r.states,
+            r.payloads,
+            r.graph.indexed,
+            r.graph.entry,
+            r.applied,
+        )?;
         Ok(engine)
+    }
+
+    /// Second half of a restore, once the vectors (all `ids.len()` of them)
+    /// and the graph lists of the first `indexed` slots are in place: ids,
+    /// states, payloads, counters, content checksum, entry point and queue.
+    pub(crate) fn restore_points(
+        &self,
+        ids: &[&str],
+        states: &[u8],
+        payloads: Vec<(u32, Payload)>,
+        indexed: usize,
+        entry: Option<u32>,
+        applied: Option<AppliedLog>,
+    ) -> Result<(), String> {
+        let index = self.index_ids(ids, states)?;
+        self.finish_restore(index, ids, payloads, indexed, entry, applied)
+    }
+
+    /// Restore step that needs no vectors (snapshot loading runs it while
+    /// the vectors stream in): sets slot ids and states, builds the id map.
+    pub(crate) fn index_ids(&self, ids: &[&str], states: &[u8]) -> Result<IdIndex, String> {
+        let inner = &*self.inner;
+        if states.len() != ids.len() {
+            return Err("snapshot parts disagree on the slot count".into());
+        }
+        let mut map = HashMap::with_capacity(ids.len());
+        let (mut live, mut dead, mut purged) = (0u64, 0u64, 0u64);
+        for (slot, (id, st)) in ids.iter().zip(states).enumerate() {
+            let s = slot as u32;
+            let _ = inner.slot_ids.first(s).set((*id).into());
+            inner.state.first(s).store(*st, Ordering::Relaxed);
+            match *st {
+                LIVE => {
+                    if map.insert(Box::<str>::from(*id), s).is_some() {
+                        return Err(format!("id {id:?} is live in two slots"));
+                    }
+                    live += 1;
+                }
+                DELETED => dead += 1,
+                _ => purged += 1,
+            }
+        }
+        Ok(IdIndex {
+            map,
+            live,
+            dead,
+            purged,
+        })
+    }
+
+    /// Last restore step: payloads, content checksum (on two threads),
+    /// counters, entry point, applied log id and the indexing queue.
+    pub(crate) fn finish_restore(
+        &self,
+        index: IdIndex,
+        ids: &[&str],
+        payloads: Vec<(u32, Payload)>,
+        indexed: usize,
+        entry: Option<u32>,
+        applied: Option<AppliedLog>,
+    ) -> Result<(), String> {
+        let inner = &*self.inner;
+        let len = ids.len();
+        if inner.vectors.len() != len || indexed > len {
+            return Err("snapshot parts disagree on the slot count".into());
+        }
+        let _w = inner.writer.lock();
+        let _pause = inner.gate.write();
+        for (slot, p) in payloads {
+            let _ = inner.payloads.first(slot).set(p);
+        }
+        let sum = |range: std::ops::Range<usize>| {
+            let mut checksum = 0u64;
+            for slot in range {
+                let s = slot as u32;
+                if inner.state.first(s).load(Ordering::Relaxed) == LIVE {
+                    checksum = checksum.wrapping_add(point_hash(
+                        ids[slot],
+                        inner.vectors.get(s),
+                        inner.payloads.first(s).get(),
+                    ));
+                }
+            }
+            checksum
+        };
+        let checksum = std::thread::scope(|sc| {
+            let half = sc.spawn(|| sum(len / 2..len));
+            let first = sum(0..len / 2);
+            half.join().map(|h| first.wrapping_add(h))
+        })
+        .map_err(|_| "content checksum thread panicked".to_string())?;
+        *inner.ids.write() = index.map;
+        inner.live.store(index.live, Ordering::Relaxed);
+        inner.tombstoned.store(index.dead, Ordering::Relaxed);
+        inner.purged.store(index.purged, Ordering::Relaxed);
+        inner.checksum.store(checksum, Ordering::Relaxed);
+        let g = &inner.graph;
+        g.set_entry_point(entry.map(|e| (e, g.level(e))));
+        *inner.applied.lock() = applied;
+        inner.queue.reset(indexed, len);
+        Ok(())
     }
 
     pub fn structural(&self) -> &StructuralConfig {
@@ -458,8 +549,13 @@ impl Engine {
         let mut q = query.to_vec();
         inner.dist.prepare(&mut q);
         let ef = ef.unwrap_or_else(|| self.knobs().ef_search);
+        // With no deleted or purged slot at the start of the search, every
+        // reachable slot is live: skip the per-candidate state load. (A
+        // delete racing with this search may or may not be seen either way.)
+        let all_live = inner.tombstoned.load(Ordering::Acquire) == 0
+            && inner.purged.load(Ordering::Acquire) == 0;
         let accept = |slot: u32| {
-            inner.state.first(slot).load(Ordering::Relaxed) == LIVE
+            (all_live || inner.state.first(slot).load(Ordering::Relaxed) == LIVE)
                 && (filter.is_empty() || filter.matches(inner.payloads.first(slot).get()))
         };
 
@@ -619,8 +715,10 @@ fn worker_loop(inner: Arc<Inner>, me: usize) {
                     .is_ok()
                 {
                     // Deleted before it was indexed: never link it.
-                    inner.tombstoned.fetch_sub(1, Ordering::Relaxed);
+                    // purged up before tombstoned down (Release): a search
+                    // never sees both at zero while a dead slot exists.
                     inner.purged.fetch_add(1, Ordering::Relaxed);
+                    inner.tombstoned.fetch_sub(1, Ordering::Release);
                 }
             }
         }
@@ -632,5 +730,34 @@ fn worker_loop(inner: Arc<Inner>, me: usize) {
             .last_batch_size
             .store(range.len() as u64, Ordering::Relaxed);
         inner.queue.complete(range);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-shot hash must equal the streaming hash the checksums (and
+    /// snapshot manifests) were defined with.
+    #[test]
+    fn point_hash_matches_the_streaming_definition() {
+        let payload = serde_json::json!({"a": 1, "b": "x"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        for (id, v, p) in [
+            ("p1", vec![1.0f32, -2.5, 3.25], None),
+            ("", vec![], Some(&payload)),
+            ("long-id-éü", vec![0.5; 384], Some(&payload)),
+        ] {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(id.as_bytes());
+            h.update(&[0xff]);
+            h.update(bytemuck::cast_slice(&v));
+            if let Some(p) = p {
+                h.update(serde_json::to_string(p).unwrap_or_default().as_bytes());
+            }
+            assert_eq!(point_hash(id, &v, p), h.digest(), "{id}");
+        }
     }
 }

@@ -8,8 +8,22 @@ pub struct Visited {
     epoch: u16,
 }
 
+impl Default for Visited {
+    fn default() -> Self {
+        Visited::new()
+    }
+}
+
 impl Visited {
-    fn prepare(&mut self, capacity: usize) {
+    pub const fn new() -> Visited {
+        Visited {
+            marks: Vec::new(),
+            epoch: 0,
+        }
+    }
+
+    /// Starts a new search over up to `capacity` slots (more grow on demand).
+    pub fn prepare(&mut self, capacity: usize) {
         if self.marks.len() < capacity {
             self.marks.resize(capacity.next_power_of_two(), 0);
         }
@@ -17,6 +31,20 @@ impl Visited {
         if self.epoch == 0 {
             self.marks.fill(0);
             self.epoch = 1;
+        }
+    }
+
+    /// Hints the CPU to load the mark of `i` (no-op when out of range).
+    #[inline(always)]
+    pub fn prefetch(&self, i: u32) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(m) = self.marks.get(i as usize) {
+            // SAFETY: prefetch has no architectural effect and never faults;
+            // the address is inside `marks` anyway.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch((m as *const u16).cast::<i8>(), _MM_HINT_T0);
+            }
         }
     }
 

@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::StructuralConfig;
 use crate::config::structural::{FieldDiff, StructuralError};
-use crate::engine::{AppliedLog, DELETED, Engine, EngineKnobs, Inner, LIVE, PURGED};
+use crate::engine::hnsw::Hnsw;
+use crate::engine::{AppliedLog, DELETED, Engine, EngineKnobs, IdIndex, Inner, LIVE, PURGED};
 use crate::fsutil;
-use section::{Kind, Section, SectionError, SectionWriter};
+use section::{Kind, ParallelSection, Section, SectionError, SectionReader, SectionWriter};
 
 /// Format 2: per-slot state section (live / deleted / purged).
 /// Format 1: a deleted-slot bitset; migrated on load.
@@ -123,16 +124,42 @@ impl Writer {
         kind: Kind,
         body: impl FnOnce(&mut SectionWriter) -> Result<(), SectionError>,
     ) -> Result<(), SectionError> {
-        let mut w = SectionWriter::create(&self.dir.join(kind.file_name()), self.version, kind)?;
-        body(&mut w)?;
-        let (bytes, crc) = w.finish()?;
-        self.infos.push(SectionInfo {
-            file: kind.file_name().into(),
-            bytes,
-            crc32c: format!("{crc:08x}"),
-        });
+        let info = write_section(&self.dir, self.version, kind, body)?;
+        self.infos.push(info);
         Ok(())
     }
+}
+
+/// The bytes of the vectors in slots `from..to`, as one slice per chunk.
+fn vector_bytes(inner: &Inner, from: usize, to: usize) -> impl Iterator<Item = &[u8]> + '_ {
+    let dim = inner.vectors.dim().max(1);
+    inner
+        .vectors
+        .runs()
+        .enumerate()
+        .filter_map(move |(c, run)| {
+            let start = c * crate::engine::arena::CHUNK_SLOTS;
+            let end = start + run.len() / dim;
+            let (a, b) = (from.max(start), to.min(end));
+            (a < b).then(|| bytemuck::cast_slice(&run[(a - start) * dim..(b - start) * dim]))
+        })
+}
+
+/// Writes and fsyncs one section file in `dir`.
+fn write_section(
+    dir: &Path,
+    version: u32,
+    kind: Kind,
+    body: impl FnOnce(&mut SectionWriter) -> Result<(), SectionError>,
+) -> Result<SectionInfo, SectionError> {
+    let mut w = SectionWriter::create(&dir.join(kind.file_name()), version, kind)?;
+    body(&mut w)?;
+    let (bytes, crc) = w.finish()?;
+    Ok(SectionInfo {
+        file: kind.file_name().into(),
+        bytes,
+        crc32c: format!("{crc:08x}"),
+    })
 }
 
 /// Options for `save`; `format_version` other than the current one exists
@@ -212,64 +239,96 @@ impl Capture {
             version: format_version,
             infos: Vec::new(),
         };
-        w.section(Kind::Ids, |s| {
-            let mut buf = Vec::with_capacity(64 * 1024);
-            for slot in 0..len as u32 {
-                let id = inner
-                    .slot_ids
-                    .first(slot)
-                    .get()
-                    .map(|b| b.as_bytes())
-                    .unwrap_or_default();
-                buf.extend_from_slice(&(id.len() as u16).to_le_bytes());
-                buf.extend_from_slice(id);
-                if buf.len() >= 60 * 1024 {
-                    s.write(&buf)?;
-                    buf.clear();
-                }
-            }
-            s.write(&buf)
-        })?;
-        w.section(Kind::Vectors, |s| {
-            let mut left = len * inner.vectors.dim();
-            for run in inner.vectors.runs() {
-                let take = run.len().min(left);
-                s.write(bytemuck::cast_slice(&run[..take]))?;
-                left -= take;
-            }
-            Ok(())
-        })?;
-        w.section(Kind::Payloads, |s| {
-            for slot in 0..len as u32 {
-                if let Some(p) = inner.payloads.first(slot).get() {
-                    let json = serde_json::to_vec(p).unwrap_or_default();
-                    s.write(&slot.to_le_bytes())?;
-                    s.write(&(json.len() as u32).to_le_bytes())?;
-                    s.write(&json)?;
-                }
-            }
-            Ok(())
-        })?;
-        if format_version >= 2 {
-            w.section(Kind::States, |s| s.write(&self.states))?;
-        } else {
-            w.section(Kind::TombstonesV1, |s| {
-                let mut bits = vec![0u8; len.div_ceil(8)];
-                for (i, st) in self.states.iter().enumerate() {
-                    if *st != LIVE {
-                        bits[i / 8] |= 1 << (i % 8);
+        // The vectors (most of the bytes) are written by two threads at
+        // once: a second thread writes the first two thirds while this one
+        // writes the other sections, then the last third.
+        let dim = inner.vectors.dim();
+        let vec_len = (len * dim * 4) as u64;
+        let vec_file = ParallelSection::create(
+            &dir.join(Kind::Vectors.file_name()),
+            format_version,
+            Kind::Vectors,
+            vec_len,
+        )?;
+        let split = len * 2 / 3;
+        let (vectors, rest) = std::thread::scope(|sc| {
+            let head = sc.spawn(|| vec_file.write_range(0, vector_bytes(inner, 0, split)));
+            let rest = (|| -> Result<usize, SnapshotError> {
+                w.section(Kind::Ids, |s| {
+                    let mut buf = Vec::with_capacity(64 * 1024);
+                    for slot in 0..len as u32 {
+                        let id = inner
+                            .slot_ids
+                            .first(slot)
+                            .get()
+                            .map(|b| b.as_bytes())
+                            .unwrap_or_default();
+                        buf.extend_from_slice(&(id.len() as u16).to_le_bytes());
+                        buf.extend_from_slice(id);
+                        if buf.len() >= 60 * 1024 {
+                            s.write(&buf)?;
+                            buf.clear();
+                        }
                     }
+                    s.write(&buf)
+                })?;
+                w.section(Kind::Payloads, |s| {
+                    for slot in 0..len as u32 {
+                        if let Some(p) = inner.payloads.first(slot).get() {
+                            let json = serde_json::to_vec(p).unwrap_or_default();
+                            s.write(&slot.to_le_bytes())?;
+                            s.write(&(json.len() as u32).to_le_bytes())?;
+                            s.write(&json)?;
+                        }
+                    }
+                    Ok(())
+                })?;
+                if format_version >= 2 {
+                    w.section(Kind::States, |s| s.write(&self.states))?;
+                } else {
+                    w.section(Kind::TombstonesV1, |s| {
+                        let mut bits = vec![0u8; len.div_ceil(8)];
+                        for (i, st) in self.states.iter().enumerate() {
+                            if *st != LIVE {
+                                bits[i / 8] |= 1 << (i % 8);
+                            }
+                        }
+                        s.write(&bits)
+                    })?;
                 }
-                s.write(&bits)
-            })?;
-        }
-        let indexed = {
-            let _pause = inner.gate.write();
-            let indexed = inner.queue.watermark().min(len);
-            write_graph(&mut w, inner, indexed)?;
-            indexed
-        };
-        w.section(Kind::Raft, |s| s.write(raft_meta))?;
+                let indexed = {
+                    let _pause = inner.gate.write();
+                    let indexed = inner.queue.watermark().min(len);
+                    write_graph(&mut w, inner, indexed)?;
+                    indexed
+                };
+                w.section(Kind::Raft, |s| s.write(raft_meta))?;
+                Ok(indexed)
+            })();
+            let tail =
+                vec_file.write_range((split * dim * 4) as u64, vector_bytes(inner, split, len));
+            let head = head.join().unwrap_or_else(|_| {
+                Err(SectionError::Corrupt {
+                    path: dir.join(Kind::Vectors.file_name()),
+                    reason: "vector writer panicked".into(),
+                })
+            });
+            let vectors = head.and_then(|h| {
+                let t = tail?;
+                Ok(crc32c::crc32c_combine(h, t, (len - split) * dim * 4))
+            });
+            (vectors, rest)
+        });
+        let indexed = rest?;
+        let (bytes, crc) = vec_file.finish(vectors?)?;
+        w.infos.insert(
+            1.min(w.infos.len()),
+            SectionInfo {
+                file: Kind::Vectors.file_name().into(),
+                bytes,
+                crc32c: format!("{crc:08x}"),
+            },
+        );
 
         let count = |st: u8| self.states.iter().filter(|&&x| x == st).count() as u64;
         let manifest = Manifest {
@@ -533,10 +592,6 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn read_u32s(bytes: &[u8]) -> Vec<u32> {
-    bytemuck::pod_collect_to_vec(bytes)
-}
-
 /// Loads one snapshot dir into a new engine.
 pub fn load(
     dir: &Path,
@@ -589,27 +644,137 @@ pub fn load(
     }
     let dim = configured.dimension as usize;
 
-    let vectors = read(Kind::Vectors)?;
-    let vbytes = vectors.payload();
-    if vbytes.len() != len * dim * 4 {
+    // A private engine: vectors stream straight into its arena (on a second
+    // thread) while the other sections are parsed and the graph streams
+    // into its lists. Nothing is trusted until every checksum has passed;
+    // on any error the engine is dropped.
+    let engine = Engine::new(configured.clone(), knobs);
+    let inner = &*engine.inner;
+    let vec_path = dir.join(Kind::Vectors.file_name());
+    let graph_path = dir.join(Kind::Graph.file_name());
+    let (vectors_loaded, graph_loaded, rest) = std::thread::scope(|sc| {
+        let vectors = sc.spawn(|| load_vectors(&vec_path, version, len, dim, inner));
+        let graph = sc.spawn(|| load_graph(&graph_path, version, len, configured, &inner.graph));
+        let rest = load_rest(dir, version, len, &engine, &read);
+        let vectors = vectors
+            .join()
+            .unwrap_or_else(|_| Err(invalid(&vec_path, "vector loading panicked")));
+        let graph = graph
+            .join()
+            .unwrap_or_else(|_| Err(invalid(&graph_path, "graph loading panicked")));
+        (vectors, graph, rest)
+    });
+    vectors_loaded?;
+    let (indexed, entry) = graph_loaded?;
+    let Rest {
+        ids_sect,
+        id_spans,
+        index,
+        payloads,
+        raft_meta,
+    } = rest?;
+    let ids = span_strs(ids_sect.payload(), &id_spans);
+    engine
+        .finish_restore(index, &ids, payloads, indexed, entry, manifest.applied)
+        .map_err(|e| invalid(dir, e))?;
+    if engine.content_checksum() != manifest.content_checksum && version >= 2 {
         return Err(invalid(
             dir,
+            "content checksum of the loaded points does not match the manifest",
+        ));
+    }
+    Ok(Loaded {
+        engine,
+        manifest,
+        raft_meta,
+        dir: dir.to_path_buf(),
+        duration: started.elapsed(),
+        skipped: Vec::new(),
+    })
+}
+
+/// Everything but the vectors and graph lists, decoded.
+struct Rest {
+    ids_sect: Section,
+    /// (offset, length) of each id inside `ids_sect`'s payload (validated UTF-8).
+    id_spans: Vec<(u32, u16)>,
+    /// Slot ids and states, already set in the engine.
+    index: IdIndex,
+    payloads: Vec<(u32, crate::engine::filter::Payload)>,
+    raft_meta: Vec<u8>,
+}
+
+/// The ids at `spans` of `data` (validated as UTF-8 when the spans were made).
+fn span_strs<'a>(data: &'a [u8], spans: &[(u32, u16)]) -> Vec<&'a str> {
+    spans
+        .iter()
+        .map(|&(o, n)| {
+            data.get(o as usize..o as usize + n as usize)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Streams the vectors section into the engine's arena, checking that every
+/// value is finite.
+fn load_vectors(
+    path: &Path,
+    version: u32,
+    len: usize,
+    dim: usize,
+    inner: &Inner,
+) -> Result<(), SnapshotError> {
+    let mut r = SectionReader::open(path, Kind::Vectors, FORMAT_VERSION)?;
+    if r.version != version {
+        return Err(invalid(
+            path,
             format!(
-                "vectors section holds {} bytes, expected {}",
-                vbytes.len(),
-                len * dim * 4
+                "Vectors section has format {} but the manifest {version}",
+                r.version
             ),
         ));
     }
-    let flat: Vec<f32> = match bytemuck::try_cast_slice::<u8, f32>(vbytes) {
-        Ok(s) => s.to_vec(),
-        Err(_) => bytemuck::pod_collect_to_vec(vbytes),
-    };
-    drop(vectors);
-    if flat.iter().any(|x| !x.is_finite()) {
-        return Err(invalid(dir, "vectors section holds a non-finite value"));
+    let expected = (len * dim * 4) as u64;
+    if r.remaining() != expected {
+        return Err(invalid(
+            path,
+            format!(
+                "vectors section holds {} bytes, expected {expected}",
+                r.remaining()
+            ),
+        ));
     }
+    let filled = inner
+        .vectors
+        .extend_with(len, |dst| {
+            r.read_exact(bytemuck::cast_slice_mut(dst))?;
+            // A fold (not `any`) so the check vectorises.
+            if dst.iter().fold(true, |ok, x| ok & x.is_finite()) {
+                Ok(())
+            } else {
+                Err(invalid(path, "vectors section holds a non-finite value"))
+            }
+        })
+        .map_err(|e| invalid(path, e.to_string()))?;
+    match filled {
+        Ok(_) => Ok(r.finish()?),
+        // Damage is the likelier cause: report the checksum if it fails.
+        Err(e) => {
+            r.verify_rest()?;
+            Err(e)
+        }
+    }
+}
 
+/// Ids and states (indexed into `engine`), payloads and raft meta.
+fn load_rest(
+    dir: &Path,
+    version: u32,
+    len: usize,
+    engine: &Engine,
+    read: &dyn Fn(Kind) -> Result<Section, SnapshotError>,
+) -> Result<Rest, SnapshotError> {
     let ids_sect = read(Kind::Ids)?;
     let ids_path = dir.join(Kind::Ids.file_name());
     let mut c = Cursor {
@@ -617,11 +782,14 @@ pub fn load(
         pos: 0,
         path: &ids_path,
     };
-    let mut ids: Vec<&str> = Vec::with_capacity(len);
+    let mut id_spans: Vec<(u32, u16)> = Vec::with_capacity(len);
     for _ in 0..len {
-        let n = c.u16()? as usize;
-        let raw = c.take(n)?;
-        ids.push(std::str::from_utf8(raw).map_err(|_| invalid(&ids_path, "id is not UTF-8"))?);
+        let n = c.u16()?;
+        let at = c.pos;
+        let raw = c.take(n as usize)?;
+        std::str::from_utf8(raw).map_err(|_| invalid(&ids_path, "id is not UTF-8"))?;
+        let at = u32::try_from(at).map_err(|_| invalid(&ids_path, "ids section over 4 GiB"))?;
+        id_spans.push((at, n));
     }
     if !c.done() {
         return Err(invalid(&ids_path, "trailing bytes after the last id"));
@@ -654,6 +822,11 @@ pub fn load(
             .collect()
     };
 
+    // Ids and states into the engine while the vectors stream in.
+    let index = engine
+        .index_ids(&span_strs(ids_sect.payload(), &id_spans), &states)
+        .map_err(|e| invalid(dir, e))?;
+
     let pay_sect = read(Kind::Payloads)?;
     let pay_path = dir.join(Kind::Payloads.file_name());
     let mut c = Cursor {
@@ -684,72 +857,74 @@ pub fn load(
         payloads.push((slot as u32, p));
     }
 
-    let graph_sect = read(Kind::Graph)?;
-    let graph = parse_graph(
-        &dir.join(Kind::Graph.file_name()),
-        graph_sect.payload(),
-        len,
-        configured,
-    )?;
     let raft_meta = read(Kind::Raft)?.payload().to_vec();
-
-    let engine = Engine::restore(
-        configured.clone(),
-        knobs,
-        crate::engine::Restore {
-            flat,
-            ids,
-            states,
-            payloads,
-            graph,
-            applied: manifest.applied,
-        },
-    )
-    .map_err(|e| invalid(dir, e.to_string()))?;
-    if engine.content_checksum() != manifest.content_checksum && version >= 2 {
-        return Err(invalid(
-            dir,
-            "content checksum of the loaded points does not match the manifest",
-        ));
-    }
-    Ok(Loaded {
-        engine,
-        manifest,
+    Ok(Rest {
+        ids_sect,
+        id_spans,
+        index,
+        payloads,
         raft_meta,
-        dir: dir.to_path_buf(),
-        duration: started.elapsed(),
-        skipped: Vec::new(),
     })
 }
 
-/// Decoded graph section.
-pub struct GraphParts {
-    pub indexed: usize,
-    pub entry: Option<u32>,
-    pub levels: Vec<u8>,
-    /// Level-0 lists, (1 + m0) u32 each.
-    pub level0: Vec<u32>,
-    /// Upper lists in slot order, (1 + m) u32 each.
-    pub upper: Vec<u32>,
-}
-
-fn parse_graph(
+/// Streams the graph section into `g` (see `write_graph` for the layout),
+/// validating every list. Returns (indexed count, entry point).
+fn load_graph(
     path: &Path,
-    data: &[u8],
+    version: u32,
     len: usize,
     s: &StructuralConfig,
-) -> Result<GraphParts, SnapshotError> {
-    let mut c = Cursor { data, pos: 0, path };
-    let indexed = c.u64()? as usize;
+    g: &Hnsw,
+) -> Result<(usize, Option<u32>), SnapshotError> {
+    let mut r = SectionReader::open(path, Kind::Graph, FORMAT_VERSION)?;
+    if r.version != version {
+        return Err(invalid(
+            path,
+            format!(
+                "Graph section has format {} but the manifest {version}",
+                r.version
+            ),
+        ));
+    }
+    match stream_graph(&mut r, len, s, g) {
+        Ok(v) => {
+            r.finish()?;
+            Ok(v)
+        }
+        // Damage is the likelier cause: report the checksum if it fails.
+        Err(e) => {
+            r.verify_rest()?;
+            Err(e)
+        }
+    }
+}
+
+fn stream_graph(
+    r: &mut SectionReader,
+    len: usize,
+    s: &StructuralConfig,
+    g: &Hnsw,
+) -> Result<(usize, Option<u32>), SnapshotError> {
+    let path = r.path().to_path_buf();
+    let path = path.as_path();
+    let mut head = [0u8; 24];
+    r.read_exact(&mut head)?;
+    let mut c = Cursor {
+        data: &head,
+        pos: 0,
+        path,
+    };
+    let indexed = c.u64()?;
     let entry = c.u64()?;
     let m = c.u32()? as usize;
     let m0 = c.u32()? as usize;
-    if indexed > len {
+    if indexed > len as u64 {
         return Err(invalid(
             path,
             format!("{indexed} indexed slots but only {len} slots"),
         ));
     }
+    let indexed = indexed as usize;
     if m != s.m as usize || m0 != 2 * m {
         return Err(invalid(
             path,
@@ -772,38 +947,73 @@ fn parse_graph(
     if entry.is_none() && indexed > 0 {
         return Err(invalid(path, "indexed nodes but no entry point"));
     }
-    let levels = c.take(indexed)?.to_vec();
+    // Sizes are checked against the section before anything is allocated.
+    let (stride0, stride) = (1 + m0, 1 + m);
+    if (indexed as u64) * (1 + 4 * stride0 as u64) > r.remaining() {
+        return Err(invalid(
+            path,
+            "graph section is too short for its node count",
+        ));
+    }
+    let mut levels = vec![0u8; indexed];
+    r.read_exact(&mut levels)?;
     if levels.iter().any(|&l| l > 15) {
         return Err(invalid(path, "node level above 15"));
     }
-    let level0 = read_u32s(
-        c.take(
-            indexed
-                .checked_mul((1 + m0) * 4)
-                .ok_or_else(|| invalid(path, "size overflow"))?,
-        )?,
-    );
-    let uppers: usize = levels.iter().map(|&l| l as usize).sum();
-    let upper = read_u32s(c.take(uppers * (1 + m) * 4)?);
-    if !c.done() {
-        return Err(invalid(path, "trailing bytes after the graph"));
-    }
-    let check = |lists: &[u32], stride: usize| {
-        lists.chunks_exact(stride).all(|l| {
-            (l[0] as usize) < stride && l[1..=l[0] as usize].iter().all(|&n| (n as usize) < indexed)
-        })
-    };
-    if !check(&level0, 1 + m0) || !check(&upper, 1 + m) {
+    let uppers: u64 = levels.iter().map(|&l| l as u64).sum();
+    if r.remaining() != (indexed as u64 * stride0 as u64 + uppers * stride as u64) * 4 {
         return Err(invalid(
             path,
-            "a link list is malformed or points outside the indexed slots",
+            "graph section size does not match its levels",
         ));
     }
-    Ok(GraphParts {
-        indexed,
-        entry,
-        levels,
-        level0,
-        upper,
-    })
+    for (slot, &l) in levels.iter().enumerate() {
+        g.init_node(slot as u32, l);
+    }
+    let bad = || {
+        invalid(
+            path,
+            "a link list is malformed or points outside the indexed slots",
+        )
+    };
+    let mut buf: Vec<u32> = vec![0; 4096 * stride0];
+    // Level-0 lists, in blocks of 4096.
+    let mut slot = 0usize;
+    while slot < indexed {
+        let n = (indexed - slot).min(4096);
+        let block = &mut buf[..n * stride0];
+        r.read_exact(bytemuck::cast_slice_mut(block))?;
+        for l in block.chunks_exact(stride0) {
+            let cnt = l[0] as usize;
+            if cnt >= stride0 || l[1..=cnt].iter().any(|&x| x as usize >= indexed) {
+                return Err(bad());
+            }
+            g.set_list(slot as u32, 0, &l[1..=cnt]);
+            slot += 1;
+        }
+    }
+    // Upper lists of every node above level 0, in slot order.
+    let mut one = vec![0u32; stride];
+    for (slot, &top) in levels.iter().enumerate() {
+        for level in 1..=top {
+            r.read_exact(bytemuck::cast_slice_mut(&mut one))?;
+            let cnt = one[0] as usize;
+            if cnt >= stride || one[1..=cnt].iter().any(|&x| x as usize >= indexed) {
+                return Err(bad());
+            }
+            g.set_list(slot as u32, level, &one[1..=cnt]);
+        }
+    }
+    Ok((indexed, entry))
+}
+
+/// Decoded graph section.
+pub struct GraphParts {
+    pub indexed: usize,
+    pub entry: Option<u32>,
+    pub levels: Vec<u8>,
+    /// Level-0 lists, (1 + m0) u32 each.
+    pub level0: Vec<u32>,
+    /// Upper lists in slot order, (1 + m) u32 each.
+    pub upper: Vec<u32>,
 }
