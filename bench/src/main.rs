@@ -6,8 +6,8 @@
 mod data;
 mod load;
 mod npy;
-mod search_load;
 mod replica;
+mod search_load;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
