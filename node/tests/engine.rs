@@ -44,7 +44,15 @@ fn filtered_search_keeps_recall_and_only_returns_matches() {
             ),
         })
         .collect();
-    let e = Engine::new(structural(16, Metric::L2), knobs());
+    // One indexing worker: the graph (and so the recall) is the same on every run; with
+    // several, insertion order varies and a busy machine once gave 0.89.
+    let e = Engine::new(
+        structural(16, Metric::L2),
+        EngineKnobs {
+            threads: 1,
+            ..knobs()
+        },
+    );
     load(&e, &pts);
     assert!(e.drain(Duration::from_secs(60)));
     let queries = clustered(50, 16, 4);
