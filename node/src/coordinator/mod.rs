@@ -240,26 +240,18 @@ impl Coordinator {
         // The whole request is checked before any shard sees a part of it.
         validate_upsert(dim, &points)
             .map_err(|e| status_of(crate::engine::EngineError::from(e).into()))?;
-        let groups = group_by_shard(req_points(points), self.shards, |p| p.id.as_str());
-        let parts = groups.into_iter().map(|(shard, points)| {
-            let req = pb::UpsertRequest {
-                index: index.clone(),
-                points,
-            };
-            async move {
-                let r = self
-                    .call(
-                        shard,
-                        Pick::Leader(WRITE_BUDGET),
-                        req,
-                        |r| async move { self.local.upsert(r, false).await },
-                        |mut c, r| async move { c.upsert(r).await },
-                    )
-                    .await;
-                (shard, r)
-            }
-        });
-        self.write_results(futures::future::join_all(parts).await)
+        let parts = group_by_shard(req_points(points), self.shards, |p| p.id.as_str())
+            .into_iter()
+            .map(|(shard, points)| {
+                let index = index.clone();
+                (shard, pb::UpsertRequest { index, points })
+            });
+        self.write(
+            parts,
+            |r| async move { self.local.upsert(r, false).await },
+            |mut c, r| async move { c.upsert(r).await },
+        )
+        .await
     }
 
     pub async fn delete(&self, req: pb::DeleteRequest) -> Result<pb::WriteResponse, Status> {
@@ -267,26 +259,43 @@ impl Coordinator {
         validate_delete(&req.ids)
             .map_err(|e| status_of(crate::engine::EngineError::from(e).into()))?;
         let index = req.index;
-        let groups = group_by_shard(req.ids, self.shards, String::as_str);
-        let parts = groups.into_iter().map(|(shard, ids)| {
-            let req = pb::DeleteRequest {
-                index: index.clone(),
-                ids,
-            };
-            async move {
-                let r = self
-                    .call(
-                        shard,
-                        Pick::Leader(WRITE_BUDGET),
-                        req,
-                        |r| async move { self.local.delete(r, false).await },
-                        |mut c, r| async move { c.delete(r).await },
-                    )
-                    .await;
-                (shard, r)
-            }
+        let parts = group_by_shard(req.ids, self.shards, String::as_str)
+            .into_iter()
+            .map(|(shard, ids)| {
+                let index = index.clone();
+                (shard, pb::DeleteRequest { index, ids })
+            });
+        self.write(
+            parts,
+            |r| async move { self.local.delete(r, false).await },
+            |mut c, r| async move { c.delete(r).await },
+        )
+        .await
+    }
+
+    /// Sends each shard its part of a write (to its leader, concurrently) and combines the
+    /// answers.
+    async fn write<Req, L, LF, R, RF>(
+        &self,
+        parts: impl Iterator<Item = (u32, Req)>,
+        local: L,
+        remote: R,
+    ) -> Result<pb::WriteResponse, Status>
+    where
+        Req: Clone,
+        L: Fn(Req) -> LF,
+        LF: Future<Output = Result<pb::WriteResponse, Status>>,
+        R: Fn(PointsClient, Request<Req>) -> RF,
+        RF: Future<Output = Result<Response<pb::WriteResponse>, Status>>,
+    {
+        let (local, remote) = (&local, &remote);
+        let calls = parts.map(|(shard, req)| async move {
+            let r = self
+                .call(shard, Pick::Leader(WRITE_BUDGET), req, local, remote)
+                .await;
+            (shard, r)
         });
-        self.write_results(futures::future::join_all(parts).await)
+        self.write_results(futures::future::join_all(calls).await)
     }
 
     /// One answer for a write that touched several shards.

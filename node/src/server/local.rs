@@ -143,27 +143,51 @@ impl LocalShard {
         .map_err(|s| status_of(self.node.forward_error(leader, addr, s)))
     }
 
+    /// A read under `consistency`: here, or forwarded to the leader when this replica cannot
+    /// serve it (see `Node::read_barrier`).
+    async fn read<Req, Resp, C, CF, H, HF>(
+        &self,
+        forwarded: bool,
+        (consistency, token): (i32, Option<pb::ConsistencyToken>),
+        req: Req,
+        forward: C,
+        here: H,
+    ) -> Result<Resp, Status>
+    where
+        C: FnOnce(pb::points_client::PointsClient<tonic::transport::Channel>, Request<Req>) -> CF,
+        CF: std::future::Future<Output = Result<Response<Resp>, Status>>,
+        H: FnOnce(Req) -> HF,
+        HF: std::future::Future<Output = Result<Resp, Status>>,
+    {
+        match self.barrier(forwarded, consistency, token.as_ref()).await? {
+            Some((leader, addr)) => self.forward_read(leader, &addr, req, forward).await,
+            None => here(req).await,
+        }
+    }
+
     pub async fn get(
         &self,
         req: pb::GetRequest,
         forwarded: bool,
     ) -> Result<pb::GetResponse, Status> {
         self.node.check_index(&req.index).map_err(status_of)?;
-        if let Some((leader, addr)) = self
-            .barrier(forwarded, req.consistency, req.token.as_ref())
-            .await?
-        {
-            return self
-                .forward_read(leader, &addr, req, |mut c, r| async move { c.get(r).await })
-                .await;
-        }
-        let pts = self.node.get(&req.ids).map_err(status_of)?;
-        Ok(pb::GetResponse {
-            points: pts
-                .into_iter()
-                .map(|p| convert::point_out(p, req.with_vectors, req.with_payload))
-                .collect(),
-        })
+        let level = (req.consistency, req.token.clone());
+        self.read(
+            forwarded,
+            level,
+            req,
+            |mut c, r| async move { c.get(r).await },
+            |req| async move {
+                let pts = self.node.get(&req.ids).map_err(status_of)?;
+                Ok(pb::GetResponse {
+                    points: pts
+                        .into_iter()
+                        .map(|p| convert::point_out(p, req.with_vectors, req.with_payload))
+                        .collect(),
+                })
+            },
+        )
+        .await
     }
 
     /// Search this replica as it is (no consistency step).
@@ -197,20 +221,15 @@ impl LocalShard {
         forwarded: bool,
     ) -> Result<pb::SearchResponse, Status> {
         self.node.check_index(&req.index).map_err(status_of)?;
-        if let Some((leader, addr)) = self
-            .barrier(forwarded, req.consistency, req.token.as_ref())
-            .await?
-        {
-            return self
-                .forward_read(
-                    leader,
-                    &addr,
-                    req,
-                    |mut c, r| async move { c.search(r).await },
-                )
-                .await;
-        }
-        self.search_here(req).await
+        let level = (req.consistency, req.token.clone());
+        self.read(
+            forwarded,
+            level,
+            req,
+            |mut c, r| async move { c.search(r).await },
+            |req| self.search_here(req),
+        )
+        .await
     }
 
     pub async fn count(
@@ -219,21 +238,18 @@ impl LocalShard {
         forwarded: bool,
     ) -> Result<pb::CountResponse, Status> {
         self.node.check_index(&req.index).map_err(status_of)?;
-        if let Some((leader, addr)) = self
-            .barrier(forwarded, req.consistency, req.token.as_ref())
-            .await?
-        {
-            return self
-                .forward_read(
-                    leader,
-                    &addr,
-                    req,
-                    |mut c, r| async move { c.count(r).await },
-                )
-                .await;
-        }
-        Ok(pb::CountResponse {
-            count: self.node.engine().count(),
-        })
+        let level = (req.consistency, req.token.clone());
+        self.read(
+            forwarded,
+            level,
+            req,
+            |mut c, r| async move { c.count(r).await },
+            |_| async {
+                Ok(pb::CountResponse {
+                    count: self.node.engine().count(),
+                })
+            },
+        )
+        .await
     }
 }
