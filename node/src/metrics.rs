@@ -8,6 +8,7 @@ use prometheus::Histogram;
 use prometheus::HistogramOpts;
 use prometheus::HistogramVec;
 use prometheus::IntCounter;
+use prometheus::IntCounterVec;
 use prometheus::IntGauge;
 use prometheus::IntGaugeVec;
 use prometheus::Opts;
@@ -52,6 +53,10 @@ pub fn role_code(role: &str) -> i64 {
 pub struct Metrics {
     registry: Registry,
     pub requests: HistogramVec,
+    /// Coordinator calls to another shard's replicas, by shard, operation and outcome: `ok`;
+    /// `retried`: that replica failed transiently (another, or a retry, follows); `error`: a
+    /// definite error; `failed`: no replica of the shard answered, the request reports it.
+    pub shard_calls: IntCounterVec,
     pub snapshot_duration: Histogram,
     pub snapshot_bytes: IntGauge,
     snapshot_age: IntGauge,
@@ -116,6 +121,17 @@ impl Metrics {
             )
             .expect("valid histogram"),
         );
+        let shard_calls = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "kindex_coordinator_shard_calls_total",
+                    "Calls the coordinator made to other shards, by outcome",
+                ),
+                &["shard", "op", "outcome"],
+            )
+            .expect("valid counter"),
+        );
         let snapshot_duration = register(
             r,
             Histogram::with_opts(
@@ -139,6 +155,7 @@ impl Metrics {
             .expect("valid gauge vec"),
         );
         Metrics {
+            shard_calls,
             snapshot_bytes: gauge(r, "kindex_snapshot_bytes", "Size of the last snapshot"),
             snapshot_age: gauge(
                 r,

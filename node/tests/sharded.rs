@@ -230,7 +230,7 @@ async fn search_merges_exact_shard_results_and_reports_a_down_shard() {
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
         assert!(err.message().contains("shard 2"), "{err:?}");
         let (code, body) = http_post(
-            c.node(1, 0).http,
+            &c.node(1, 0).http,
             "/v1/indexes/default/search",
             &format!(
                 r#"{{"vector": {:?}, "k": 3, "consistency": "eventual"}}"#,
@@ -240,6 +240,23 @@ async fn search_merges_exact_shard_results_and_reports_a_down_shard() {
         .unwrap();
         assert_eq!(code, 200, "{body}");
         assert!(body.contains(r#""shard":2"#), "{body}");
+        // Operators see it too.
+        let (_, metrics) = http_get(&c.node(0, 0).http, "/metrics").unwrap();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("kindex_coordinator_shard_calls_total")
+                    && l.contains(r#"outcome="failed""#)
+                    && l.contains(r#"shard="2""#)
+                    && l.contains(r#"op="Search""#)),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(
+                r#"kindex_coordinator_shard_calls_total{op="Search",outcome="ok",shard="1"}"#
+            ),
+            "{metrics}"
+        );
     })
     .await;
 }
@@ -351,7 +368,7 @@ async fn reads_through_any_node_see_writes_and_bad_input_changes_nothing() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
         // The same over HTTP (through a node of the other shard).
-        let port = c.node(1, 2).http;
+        let port = &c.node(1, 2).http;
         let good_json = |i: u64| format!(r#"{{"id": "h{i}", "vector": [1, 2, 3, {i}]}}"#);
         let batch = |bad: &str| {
             let mut v: Vec<String> = (0..20).map(good_json).collect();

@@ -196,7 +196,14 @@ impl Coordinator {
                 if let Ok(v) = shard.to_string().parse() {
                     r.metadata_mut().insert(SHARD_LOCAL_HEADER, v);
                 }
-                match remote(client, r).await {
+                let outcome = remote(client, r).await;
+                let label = match &outcome {
+                    Ok(_) => "ok",
+                    Err(s) if retryable(s) => "retried",
+                    Err(_) => "error",
+                };
+                self.count_call::<Req>(shard, label);
+                match outcome {
                     Ok(resp) => {
                         if let Some(l) = leader_hint(resp.metadata()) {
                             self.topology.set_leader(shard, Some(l));
@@ -222,12 +229,26 @@ impl Coordinator {
                 Pick::Leader(budget) => started.elapsed() + backoff > budget,
             };
             if give_up {
+                self.count_call::<Req>(shard, "failed");
                 return Err(on_shard(shard, last));
             }
             self.topology.refresh(shard).await;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+    }
+
+    fn count_call<Req>(&self, shard: u32, outcome: &str) {
+        let op = std::any::type_name::<Req>()
+            .rsplit("::")
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches("Request");
+        self.node
+            .metrics
+            .shard_calls
+            .with_label_values(&[&shard.to_string(), op, outcome])
+            .inc();
     }
 
     // ------------------------------------------------------------------ writes

@@ -34,32 +34,39 @@ pub async fn serial() -> std::fs::File {
     .unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Every node listens on its own loopback address with the default ports: ports picked
+/// by binding :0 could be taken meanwhile by the ephemeral port of one of the many outgoing
+/// connections a starting cluster makes (seen: a node failing to bind). The second octet
+/// differs per test process.
+fn node_ip(shard: u32, id: u64) -> String {
+    format!(
+        "127.{}.{}.{}",
+        100 + std::process::id() % 100,
+        shard + 1,
+        id + 1
+    )
 }
 
 pub struct Proc {
+    pub ip: String,
     pub shard: u32,
     pub id: u64,
     pub dir: PathBuf,
     pub log: PathBuf,
     pub grpc: u16,
-    pub http: u16,
+    /// `ip:port` of the HTTP server.
+    pub http: String,
     pub raft: u16,
     child: Option<Child>,
 }
 
 impl Proc {
     pub fn member_addr(&self) -> String {
-        format!("127.0.0.1:{}|127.0.0.1:{}", self.raft, self.grpc)
+        format!("{0}:{1}|{0}:{2}", self.ip, self.raft, self.grpc)
     }
 
     pub fn grpc_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.grpc)
+        format!("{}:{}", self.ip, self.grpc)
     }
 
     pub fn running(&self) -> bool {
@@ -127,9 +134,10 @@ impl Cluster {
                     id,
                     dir: tmp.path().join(format!("s{shard}-{id}")),
                     log: tmp.path().join(format!("s{shard}-{id}.log")),
-                    grpc: free_port(),
-                    http: free_port(),
-                    raft: free_port(),
+                    ip: node_ip(shard, id),
+                    grpc: 7070,
+                    http: format!("{}:7080", node_ip(shard, id)),
+                    raft: 7071,
                     child: None,
                 });
             }
@@ -210,8 +218,9 @@ impl Cluster {
                 &peers,
                 "--bootstrap",
             ])
+            .args(["--listen", &p.ip])
             .args(["--grpc-port", &p.grpc.to_string()])
-            .args(["--http-port", &p.http.to_string()])
+            .args(["--http-port", "7080"])
             .args(["--raft-port", &p.raft.to_string()])
             .args([
                 "--raft-heartbeat-ms",
@@ -263,7 +272,7 @@ impl Cluster {
                 }
                 let l = leader?;
                 let ready =
-                    http_get(self.node(shard, l).http, "/readyz").is_some_and(|(c, _)| c == 200);
+                    http_get(&self.node(shard, l).http, "/readyz").is_some_and(|(c, _)| c == 200);
                 ready.then_some(l)
             },
         )
@@ -276,13 +285,17 @@ impl Cluster {
         for p in &self.nodes {
             let text = std::fs::read_to_string(&p.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            let from = lines.len().saturating_sub(30);
+            // A panic's or error's message comes before its (long) backtrace: show from there.
+            let from = lines
+                .iter()
+                .position(|l| l.contains("panicked at") || l.starts_with("Error:"))
+                .unwrap_or(lines.len().saturating_sub(30));
             out.push_str(&format!(
                 "---- shard {} node {} ({})\n{}\n",
                 p.shard,
                 p.id,
                 p.log.display(),
-                lines[from..].join("\n")
+                lines[from..(from + 30).min(lines.len())].join("\n")
             ));
         }
         out
@@ -322,8 +335,8 @@ pub async fn with_timeout<F: std::future::Future<Output = ()>>(limit: Duration, 
         .unwrap_or_else(|_| panic!("test exceeded {limit:?}"));
 }
 
-fn http(port: u16, request: String, read_timeout: Duration) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+fn http(addr: &str, request: String, read_timeout: Duration) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(read_timeout)).ok()?;
     s.write_all(request.as_bytes()).ok()?;
     let mut out = String::new();
@@ -333,17 +346,17 @@ fn http(port: u16, request: String, read_timeout: Duration) -> Option<(u16, Stri
     Some((code, body))
 }
 
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     http(
-        port,
+        addr,
         format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n"),
         Duration::from_secs(5),
     )
 }
 
-pub fn http_post(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+pub fn http_post(addr: &str, path: &str, body: &str) -> Option<(u16, String)> {
     http(
-        port,
+        addr,
         format!(
             "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
