@@ -21,9 +21,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod procs;
+
 use kindex_proto as pb;
 use pb::admin_client::AdminClient;
 use pb::points_client::PointsClient;
+use procs::{wait_for, with_timeout};
 use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -313,25 +316,6 @@ async fn status(p: &Proc) -> Option<pb::StatusResponse> {
         .map(|r| r.into_inner())
 }
 
-/// Polls `f` until it returns Some, at most `timeout`.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn wait_answering(c: &Cluster, ids: &[u64]) {
     for &id in ids {
         wait_for(&format!("node {id} answering Status"), WAIT, || async {
@@ -459,12 +443,6 @@ async fn present(p: &Proc, ids: &[String]) -> usize {
 
 fn token_index(w: &pb::WriteResponse) -> u64 {
     w.token.as_ref().unwrap().shards[0].applied_index
-}
-
-async fn with_timeout<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
-    tokio::time::timeout(limit, f)
-        .await
-        .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
