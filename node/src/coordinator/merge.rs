@@ -35,19 +35,6 @@ pub fn tokens(parts: impl IntoIterator<Item = pb::ConsistencyToken>) -> pb::Cons
     }
 }
 
-/// The part of a token that concerns `shard` (what that shard's replicas wait for).
-pub fn token_for(token: Option<&pb::ConsistencyToken>, shard: u32) -> Option<pb::ConsistencyToken> {
-    let t = token?;
-    Some(pb::ConsistencyToken {
-        shards: t
-            .shards
-            .iter()
-            .filter(|s| s.shard == shard)
-            .cloned()
-            .collect(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,8 +90,6 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(token_for(Some(&merged), 1).unwrap().shards.len(), 1);
-        assert!(token_for(None, 1).is_none());
     }
 
     proptest! {

@@ -129,10 +129,6 @@ impl Coordinator {
         &self.local
     }
 
-    pub fn shards(&self) -> u32 {
-        self.shards
-    }
-
     /// Keeps the other shards' members and leaders fresh.
     pub fn spawn_refresh(self: &Arc<Self>) {
         if self.shards <= 1 {

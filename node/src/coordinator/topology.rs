@@ -197,14 +197,6 @@ impl Topology {
             .and_then(|r| r.leader.clone())
     }
 
-    pub fn replicas(&self, shard: u32) -> Vec<String> {
-        self.routes
-            .read()
-            .get(&shard)
-            .map(|r| r.replicas.clone())
-            .unwrap_or_default()
-    }
-
     pub fn set_leader(&self, shard: u32, leader: Option<String>) {
         if let Some(r) = self.routes.write().get_mut(&shard) {
             r.leader = leader;
