@@ -4,6 +4,7 @@
 //! runs hnswlib on the same files in the same run for ratios.
 
 mod data;
+mod failover;
 mod load;
 mod npy;
 mod replica;
@@ -42,6 +43,8 @@ enum Cmd {
     Restart(replica::RestartArgs),
     /// Catch-up time of a wiped replica through a snapshot.
     Catchup(replica::CatchupArgs),
+    /// Time until writes are acknowledged again after a leader kill (leader restore off vs on).
+    Failover(failover::FailoverArgs),
     /// Enqueue latency of single-vector writes (p50/p99).
     Enqueue {
         #[arg(long, default_value_t = 128)]
@@ -121,6 +124,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::SearchLoad(a) => tokio::runtime::Runtime::new()?.block_on(search_load::run(a)),
         Cmd::Restart(a) => tokio::runtime::Runtime::new()?.block_on(replica::restart(a)),
         Cmd::Catchup(a) => tokio::runtime::Runtime::new()?.block_on(replica::catchup(a)),
+        Cmd::Failover(a) => tokio::runtime::Runtime::new()?.block_on(failover::failover(a)),
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod coordinator;
+pub mod divergence;
 pub mod engine;
 pub mod fsutil;
 pub mod metrics;

@@ -91,10 +91,16 @@ struct Args {
     /// are purged after each snapshot (a follower further behind gets the snapshot).
     #[arg(long, env = "KINDEX_RAFT_LOG_KEEP", default_value_t = 1000)]
     raft_log_keep: u64,
-    /// Testing only: a file listing node ids whose Raft links to this node are cut (both
-    /// directions), re-read every 50 ms; missing or empty = no faults. Partition tests use it.
+    /// Testing only: a fault file, re-read every 50 ms (missing or empty = no faults): node ids
+    /// whose Raft links to this node are cut (both directions), `flush-delay-ms=N`,
+    /// `diverge-at=INDEX` (see node/src/raft/fault.rs). Partition and fault tests use it.
     #[arg(long, env = "KINDEX_RAFT_FAULT_FILE", hide = true)]
     raft_fault_file: Option<PathBuf>,
+    /// Testing only, UNSAFE: let a restarted leader resume its term without an election
+    /// (openraft's leader restore), which loses acknowledged writes. Fault tests use it to show
+    /// that their checker catches the loss.
+    #[arg(long, env = "KINDEX_UNSAFE_RAFT_LEADER_RESTORE", hide = true)]
+    unsafe_raft_leader_restore: bool,
     /// Structural: vector dimension (fixed for the life of the data).
     #[arg(long, env = "KINDEX_DIMENSION", default_value_t = 384)]
     dimension: u32,
@@ -320,6 +326,7 @@ async fn run(
             election_timeout_ms: args.raft_election_timeout_ms,
             log_keep: args.raft_log_keep,
             fault_file: args.raft_fault_file.clone(),
+            unsafe_leader_restore: args.unsafe_raft_leader_restore,
         },
     })
     .await

@@ -80,6 +80,11 @@ pub struct Metrics {
     raft_purged_index: IntGauge,
     raft_replication_lag: IntGaugeVec,
     raft_log_bytes: IntGauge,
+    /// Divergence guard: comparisons of this replica's apply digest with the leader's, by
+    /// outcome (`equal`, `diverged`, `incomparable`, `error`).
+    pub digest_checks: IntCounterVec,
+    /// 1 once this replica found it applied something else than the leader (not ready then).
+    pub diverged: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -154,7 +159,24 @@ impl Metrics {
             )
             .expect("valid gauge vec"),
         );
+        let digest_checks = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "kindex_raft_digest_checks_total",
+                    "Comparisons of this replica's apply digest with the leader's, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("valid counter"),
+        );
         Metrics {
+            digest_checks,
+            diverged: gauge(
+                r,
+                "kindex_raft_diverged",
+                "1 if this replica applied something else than the leader at some log index",
+            ),
             shard_calls,
             snapshot_bytes: gauge(r, "kindex_snapshot_bytes", "Size of the last snapshot"),
             snapshot_age: gauge(

@@ -59,6 +59,7 @@ use crate::raft::PointRecord;
 use crate::raft::RaftMetrics;
 use crate::raft::RaftShard;
 use crate::raft::RaftShardConfig;
+use crate::raft::ShardStateMachine;
 use crate::raft::engine_state::validate_delete;
 use crate::raft::engine_state::validate_upsert;
 use crate::raft::snapshot::SnapshotStore;
@@ -144,9 +145,12 @@ pub struct RaftTuning {
     /// Log entries kept behind the newest snapshot, for followers that lag a little
     /// (openraft `max_in_snapshot_log_to_keep`); older entries are purged after a snapshot.
     pub log_keep: u64,
-    /// Fault injection for tests: a file listing peers whose Raft links are cut
-    /// (see [`raft::fault`]). None in production.
+    /// Fault injection for tests: a file of faults (cut links, a delayed log flush, a replica
+    /// applying something else; see [`raft::fault`]). None in production.
     pub fault_file: Option<PathBuf>,
+    /// Tests only: turn openraft's leader restore back on, which loses acknowledged writes
+    /// (issue 12), to show that the fault tests detect it.
+    pub unsafe_leader_restore: bool,
 }
 
 impl Default for RaftTuning {
@@ -156,6 +160,7 @@ impl Default for RaftTuning {
             election_timeout_ms: 1500,
             log_keep: 1000,
             fault_file: None,
+            unsafe_leader_restore: false,
         }
     }
 }
@@ -242,7 +247,11 @@ pub struct Node {
     recovered: AtomicBool,
     stopping: AtomicBool,
     snapshot_cache: Mutex<Option<SnapshotInfo>>,
-    leader_clients: Mutex<HashMap<String, pb::points_client::PointsClient<Channel>>>,
+    /// gRPC channels to other members, by address (forwarding, the divergence guard).
+    channels: Mutex<HashMap<String, Channel>>,
+    state_machine: ShardStateMachine<EngineState>,
+    /// What the divergence guard found (see [`crate::divergence`]).
+    pub divergence: crate::divergence::Guard,
     pub metrics: Arc<Metrics>,
 }
 
@@ -283,13 +292,17 @@ impl Node {
         rc.raft.snapshot_policy = SnapshotPolicy::Never;
         rc.raft.max_in_snapshot_log_to_keep = cfg.tuning.log_keep;
         if let Some(f) = &cfg.tuning.fault_file {
-            rc.network.faults = raft::fault::FaultSwitch::watch_file(f.clone());
+            rc.faults = raft::fault::FaultSwitch::watch_file(f.clone());
+        }
+        if cfg.tuning.unsafe_leader_restore {
+            rc.raft.enable_leader_restore = Some(true);
         }
         rc.state_machine.keep_snapshots = cfg.runtime.snapshot_keep.max(1) as usize;
         let shard = RaftShard::start(rc, state.clone(), cfg.raft_listener)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let raft = shard.raft().clone();
+        let state_machine = shard.state_machine().clone();
         let store = shard.snapshot_store().clone();
         let raft_addr = shard.local_addr();
 
@@ -311,7 +324,9 @@ impl Node {
             recovered: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             snapshot_cache: Mutex::new(None),
-            leader_clients: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+            state_machine,
+            divergence: crate::divergence::Guard::default(),
             metrics,
         });
         node.form_group(&cfg.membership).await?;
@@ -404,6 +419,9 @@ impl Node {
                 }
             }
         });
+        if !self.standalone {
+            crate::divergence::spawn(self.clone());
+        }
     }
 
     pub fn raft(&self) -> &KindexRaft<EngineState> {
@@ -466,17 +484,48 @@ impl Node {
         self.raft_addr
     }
 
-    /// Ready: not stopping, a leader is known, and the log this node had at start (as committed
-    /// by the cluster) has been applied.
+    /// Ready: not stopping, a leader is known, the log this node had at start (as committed
+    /// by the cluster) has been applied, and it has not diverged from the leader.
     pub fn is_ready(&self) -> bool {
-        !self.stopping.load(Ordering::Acquire)
-            && self.recovered.load(Ordering::Acquire)
-            && self
-                .raft
-                .metrics()
-                .borrow_watched()
-                .current_leader
-                .is_some()
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why this node is not ready (None: ready).
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Some("shutting down".into());
+        }
+        if let Some(d) = self.divergence.found() {
+            return Some(d.to_string());
+        }
+        if !self.recovered.load(Ordering::Acquire) {
+            return Some("catching up with the shard after start".into());
+        }
+        if self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .current_leader
+            .is_none()
+        {
+            return Some("no shard leader known".into());
+        }
+        None
+    }
+
+    /// The apply digest after the last applied entry (see [`raft::digest`]).
+    pub fn apply_digest(&self) -> raft::digest::ApplyDigest {
+        self.state_machine.apply_digest()
+    }
+
+    /// The apply digest at a recently applied `index`.
+    pub fn apply_digest_at(&self, index: u64) -> Option<raft::digest::ApplyDigest> {
+        self.state_machine.apply_digest_at(index)
+    }
+
+    /// Whether graceful shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Stops readiness and writes (graceful shutdown begins).
@@ -550,27 +599,41 @@ impl Node {
         }
     }
 
-    /// A cached client to another node's `Points` service.
-    pub fn points_client(
-        &self,
-        grpc_addr: &str,
-    ) -> Result<pb::points_client::PointsClient<Channel>, NodeError> {
-        let mut clients = self.leader_clients.lock();
-        if let Some(c) = clients.get(grpc_addr) {
+    /// A cached channel to another member's client gRPC endpoint.
+    fn channel(&self, grpc_addr: &str) -> Result<Channel, NodeError> {
+        let mut channels = self.channels.lock();
+        if let Some(c) = channels.get(grpc_addr) {
             return Ok(c.clone());
         }
         let channel = Endpoint::from_shared(format!("http://{grpc_addr}"))
-            .map_err(|e| NodeError::Unavailable(format!("bad leader address {grpc_addr:?}: {e}")))?
+            .map_err(|e| NodeError::Unavailable(format!("bad member address {grpc_addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(20))
             .connect_lazy();
-        let client = pb::points_client::PointsClient::new(channel)
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20);
-        clients.insert(grpc_addr.to_string(), client.clone());
-        Ok(client)
+        channels.insert(grpc_addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A client to another member's `Points` service.
+    pub fn points_client(
+        &self,
+        grpc_addr: &str,
+    ) -> Result<pb::points_client::PointsClient<Channel>, NodeError> {
+        Ok(
+            pb::points_client::PointsClient::new(self.channel(grpc_addr)?)
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+        )
+    }
+
+    /// A client to another member's `Admin` service.
+    pub fn admin_client(
+        &self,
+        grpc_addr: &str,
+    ) -> Result<pb::admin_client::AdminClient<Channel>, NodeError> {
+        Ok(pb::admin_client::AdminClient::new(self.channel(grpc_addr)?))
     }
 
     /// Where to forward a request this node cannot serve: the leader, if known, not us, and the
@@ -1035,7 +1098,10 @@ impl Node {
         if let Some(c) = cache.as_ref().filter(|c| c.path == newest) {
             return Some(c.clone());
         }
-        let log_id = raft::snapshot::read_raft_meta(&newest).ok()?.last_log_id;
+        let log_id = raft::snapshot::read_raft_meta(&newest)
+            .ok()?
+            .meta
+            .last_log_id;
         let bytes = raft::snapshot::list_files(&newest)
             .map(|f| f.iter().map(|e| e.size).sum())
             .unwrap_or(0);

@@ -152,6 +152,16 @@ pub fn build(
         .filter(|s| s.initialized() && s.leader().is_none())
         .map(|s| s.shard)
         .collect();
+    // Replicas whose divergence guard found they applied something else than their leader.
+    let diverged: Vec<String> = obs
+        .shards
+        .iter()
+        .flat_map(|s| &s.pods)
+        .filter_map(|p| {
+            let d = p.status()?.divergence.as_ref()?;
+            Some(format!("{}: {}", p.name, d.message))
+        })
+        .collect();
     let creating = obs.shards.iter().any(|s| !s.initialized());
     let rolling = plans.iter().any(|p| p.rollout != Step::Done);
     let scaling = obs.shards.iter().zip(&shards).any(|(o, st)| {
@@ -182,7 +192,11 @@ pub fn build(
         Phase::Upgrading
     } else if scaling {
         Phase::Scaling
-    } else if !blocked.is_empty() || ready_pods < desired_pods || failed.is_some() {
+    } else if !blocked.is_empty()
+        || ready_pods < desired_pods
+        || failed.is_some()
+        || !diverged.is_empty()
+    {
         Phase::Degraded
     } else {
         Phase::Running
@@ -248,6 +262,8 @@ pub fn build(
             "NoLeader",
             format!("shards without a Raft leader: {list}"),
         )
+    } else if !diverged.is_empty() {
+        cond(ct::DEGRADED, true, "ReplicaDiverged", diverged.join("; "))
     } else if let Some((e, err)) = failed {
         cond(
             ct::DEGRADED,
@@ -545,6 +561,29 @@ mod tests {
             ("True", "PodsNotReady")
         );
         assert!(c.message.ends_with("not ready: idx-s0-2"));
+    }
+
+    #[test]
+    fn a_diverged_replica_makes_the_index_degraded_naming_it() {
+        let mut obs = healthy("h");
+        obs.shards[0].pods[1].ready = false;
+        if let NodeObs::Answered(st) = &mut obs.shards[0].pods[1].node {
+            st.divergence = Some(kindex_proto::Divergence {
+                index: 77,
+                message: "diverged from the shard leader (node 0) at log index 77".into(),
+                ..Default::default()
+            });
+        }
+        let now = Timestamp::from_second(1_700_000_100).unwrap();
+        let s = build(&vi(), &obs, &done(), None, "h", now);
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        let c = condition(&s, ct::DEGRADED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "ReplicaDiverged")
+        );
+        assert!(c.message.starts_with("idx-s0-1: diverged"), "{}", c.message);
+        assert!(c.message.contains("log index 77"));
     }
 
     #[test]

@@ -77,6 +77,12 @@ impl Admin for FakeAdmin {
         }
         self.push(format!("transfer_leader {}", r.get_ref().to))
     }
+    async fn apply_digest(
+        &self,
+        _: Request<kindex_proto::ApplyDigestRequest>,
+    ) -> Result<Response<kindex_proto::ApplyDigestResponse>, Status> {
+        Err(Status::unimplemented("not used by the operator"))
+    }
     async fn trigger_snapshot(
         &self,
         _: Request<TriggerSnapshotRequest>,

@@ -1,14 +1,22 @@
-//! Fault injection for the Raft transport: cut the links between this member and chosen peers.
+//! Fault injection for tests: cut Raft links, delay this member's own log flushes, make it
+//! apply a different command at one index.
 //!
 //! Always compiled, off unless a fault file is configured (`kindex-node --raft-fault-file`).
-//! The file lists the node ids this member cannot talk to (separated by commas, spaces or
-//! newlines; `#` starts a comment; a missing or empty file cuts nothing). It is re-read every
-//! [`FaultSwitch::POLL`], so a test partitions and heals a running cluster by rewriting it.
+//! The file holds words separated by commas, spaces or newlines (`#` starts a comment; a missing
+//! or empty file means no faults). It is re-read every [`FaultSwitch::POLL`], so a test changes
+//! the faults of a running member by rewriting it.
 //!
-//! A cut link is cut in both directions at this member: outgoing RPCs to the peer fail as
-//! `Unreachable` without being sent, and incoming RPCs from it (identified by the vote they
-//! carry) are refused with `UNAVAILABLE` before openraft sees them. So one file on the isolated
-//! member partitions it from the rest; the client gRPC port is not affected.
+//! - `<node id>`: the Raft links to/from that peer are cut, both directions, at this member:
+//!   outgoing RPCs to the peer fail as `Unreachable` without being sent, and incoming RPCs from
+//!   it (identified by the vote they carry) are refused with `UNAVAILABLE` before openraft sees
+//!   them. So one file on the isolated member partitions it; the client port is not affected.
+//! - `flush-delay-ms=<n>`: this member's log store holds appended entries in memory for `n` ms
+//!   before handing them to the WAL's flush thread. openraft replicates entries before they are
+//!   flushed locally, so a leader killed in that window restarts with a shorter log than its
+//!   followers: the window that lost acknowledged writes with leader restore (issue 12).
+//! - `diverge-at=<index>`: when this member applies the entry at that log index, it applies a
+//!   different command (the first point's vector negated, or the first id of a delete
+//!   dropped): a replica that silently disagrees, for the divergence guard's tests.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -21,14 +29,32 @@ use parking_lot::RwLock;
 
 use super::NodeId;
 
-/// The set of peers whose links are cut. Clones share the set.
+/// The faults in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Peers whose links are cut.
+    pub cut: BTreeSet<NodeId>,
+    /// Hold appended log entries this long before they are flushed.
+    pub flush_delay: Option<Duration>,
+    /// Apply a different command at this log index.
+    pub diverge_at: Option<u64>,
+}
+
+impl Faults {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The faults in force, shared by the transport, the log store and the state machine.
+/// Clones share the same faults.
 #[derive(Debug, Clone, Default)]
 pub struct FaultSwitch {
-    cut: Arc<RwLock<BTreeSet<NodeId>>>,
+    faults: Arc<RwLock<Faults>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("raft fault file: {0:?} is not a node id")]
+#[error("raft fault file: {0:?} is neither a node id nor a known `name=value` fault")]
 pub struct FaultFileError(String);
 
 impl FaultSwitch {
@@ -38,15 +64,28 @@ impl FaultSwitch {
     /// Is the link to/from `peer` cut?
     pub fn is_cut(&self, peer: NodeId) -> bool {
         // Fast path for the normal case (no faults): a read lock on an empty set.
-        let cut = self.cut.read();
-        !cut.is_empty() && cut.contains(&peer)
+        self.faults.read().cut.contains(&peer)
     }
 
-    pub fn set(&self, peers: BTreeSet<NodeId>) {
-        let mut cut = self.cut.write();
-        if *cut != peers {
-            tracing::warn!(?peers, "raft fault injection: links to these peers are cut");
-            *cut = peers;
+    /// How long this member holds appended entries before flushing them (None: not at all).
+    pub fn flush_delay(&self) -> Option<Duration> {
+        self.faults.read().flush_delay
+    }
+
+    /// Whether the entry at `index` is to be applied differently on this member.
+    pub fn diverges_at(&self, index: u64) -> bool {
+        self.faults.read().diverge_at == Some(index)
+    }
+
+    pub fn set(&self, faults: Faults) {
+        let mut cur = self.faults.write();
+        if *cur != faults {
+            if faults.is_empty() {
+                tracing::warn!("raft fault injection: cleared");
+            } else {
+                tracing::warn!(?faults, "raft fault injection in force");
+            }
+            *cur = faults;
         }
     }
 
@@ -55,12 +94,12 @@ impl FaultSwitch {
     pub fn watch_file(path: PathBuf) -> Self {
         let switch = Self::default();
         switch.reload(&path);
-        let weak: Weak<RwLock<BTreeSet<NodeId>>> = Arc::downgrade(&switch.cut);
+        let weak: Weak<RwLock<Faults>> = Arc::downgrade(&switch.faults);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Self::POLL).await;
-                let Some(cut) = weak.upgrade() else { return };
-                FaultSwitch { cut }.reload(&path);
+                let Some(faults) = weak.upgrade() else { return };
+                FaultSwitch { faults }.reload(&path);
             }
         });
         switch
@@ -76,7 +115,7 @@ impl FaultSwitch {
             }
         };
         match parse_fault_file(&text) {
-            Ok(peers) => self.set(peers),
+            Ok(faults) => self.set(faults),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "faults unchanged")
             }
@@ -84,14 +123,48 @@ impl FaultSwitch {
     }
 }
 
-/// Node ids separated by commas or whitespace; `#` comments.
-pub fn parse_fault_file(text: &str) -> Result<BTreeSet<NodeId>, FaultFileError> {
-    text.lines()
+/// The command a member with `diverge-at` applies instead of `cmd` (see the module doc).
+pub fn diverged(cmd: &super::Command) -> super::Command {
+    let mut cmd = cmd.clone();
+    match &mut cmd {
+        super::Command::Upsert { points } => {
+            if let Some(p) = points.first_mut() {
+                p.vector.iter_mut().for_each(|x| *x = -*x - 1.0);
+            }
+        }
+        super::Command::Delete { ids } => {
+            if !ids.is_empty() {
+                ids.remove(0);
+            }
+        }
+        super::Command::Policy { json } => json.push(' '),
+    }
+    cmd
+}
+
+/// See the module doc for the syntax.
+pub fn parse_fault_file(text: &str) -> Result<Faults, FaultFileError> {
+    let mut faults = Faults::default();
+    let words = text
+        .lines()
         .map(|l| l.split_once('#').map_or(l, |(before, _)| before))
         .flat_map(|l| l.split(|c: char| c == ',' || c.is_whitespace()))
-        .filter(|w| !w.is_empty())
-        .map(|w| w.parse().map_err(|_| FaultFileError(w.to_string())))
-        .collect()
+        .filter(|w| !w.is_empty());
+    for w in words {
+        let bad = || FaultFileError(w.to_string());
+        match w.split_once('=') {
+            None => {
+                faults.cut.insert(w.parse().map_err(|_| bad())?);
+            }
+            Some(("flush-delay-ms", v)) => {
+                let ms: u64 = v.parse().map_err(|_| bad())?;
+                faults.flush_delay = (ms > 0).then(|| Duration::from_millis(ms));
+            }
+            Some(("diverge-at", v)) => faults.diverge_at = Some(v.parse().map_err(|_| bad())?),
+            Some(_) => return Err(bad()),
+        }
+    }
+    Ok(faults)
 }
 
 #[cfg(test)]
@@ -100,15 +173,27 @@ mod tests {
 
     #[test]
     fn fault_file_syntax() {
-        assert_eq!(parse_fault_file(""), Ok(BTreeSet::new()));
+        assert_eq!(parse_fault_file(""), Ok(Faults::default()));
         assert_eq!(
-            parse_fault_file("# isolate node 0\n1, 2\n 3 # and 3\n"),
+            parse_fault_file("# isolate node 0\n1, 2\n 3 # and 3\n").map(|f| f.cut),
             Ok(BTreeSet::from([1, 2, 3]))
         );
         assert_eq!(
-            parse_fault_file("1 x"),
-            Err(FaultFileError("x".to_string()))
+            parse_fault_file("1 flush-delay-ms=250 diverge-at=17"),
+            Ok(Faults {
+                cut: BTreeSet::from([1]),
+                flush_delay: Some(Duration::from_millis(250)),
+                diverge_at: Some(17),
+            })
         );
+        assert_eq!(
+            parse_fault_file("flush-delay-ms=0").map(|f| f.flush_delay),
+            Ok(None)
+        );
+        for bad in ["1 x", "flush-delay-ms=soon", "diverge-at=", "slow=1"] {
+            let word = bad.split(' ').next_back().unwrap_or_default();
+            assert_eq!(parse_fault_file(bad), Err(FaultFileError(word.to_string())));
+        }
     }
 
     #[tokio::test]

@@ -13,6 +13,9 @@
 //! - Crash recovery (done by the WAL on open): an incomplete trailing record or a zero-filled
 //!   tail is cut; a complete record with a bad checksum makes `open` fail (see NOTES.md).
 //! - Purge deletes whole chunk files, only after the purge record is durable.
+//! - Fault injection (tests): `flush-delay-ms` holds appended entries in memory before they go
+//!   to the flush thread (see [`super::fault`]), widening the window in which followers hold
+//!   entries the leader has not written yet.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -44,6 +47,7 @@ use super::EntryPayload;
 use super::LogId;
 use super::TypeConfig;
 use super::Vote;
+use super::fault::FaultSwitch;
 use super::wire;
 
 /// Tuning of the log store. Defaults suit one shard per pod.
@@ -63,6 +67,8 @@ pub struct LogStoreConfig {
     /// (writes queued meanwhile share one fsync anyway). raft-log's default is 1 ms, which
     /// adds up to 1 ms to every write on the leader and again on the followers.
     pub group_commit_wait: std::time::Duration,
+    /// Fault injection (tests): `flush-delay-ms`. Default: none.
+    pub faults: FaultSwitch,
 }
 
 impl LogStoreConfig {
@@ -74,6 +80,7 @@ impl LogStoreConfig {
             cache_items: 100_000,
             append_batch_bytes: 8 << 20,
             group_commit_wait: std::time::Duration::from_millis(1),
+            faults: FaultSwitch::default(),
         }
     }
 }
@@ -155,9 +162,20 @@ struct Inner {
     wal: Mutex<RaftLog<WalTypes>>,
     dir: PathBuf,
     append_batch_bytes: u64,
+    faults: FaultSwitch,
+    /// Set once a flush was delayed by fault injection: from then on every append/commit flush
+    /// goes through this queue, so flushes (and openraft's callbacks) stay in order.
+    delayed: Mutex<Option<tokio::sync::mpsc::UnboundedSender<DelayedFlush>>>,
     /// Declared after `wal`, so it is dropped after it: the WAL's drop joins its flush thread
     /// and only then releases the directory lock.
     closed: ClosedSignal,
+}
+
+/// A flush held back by fault injection until `due`.
+struct DelayedFlush {
+    due: tokio::time::Instant,
+    sync: bool,
+    done: Option<FlushDone>,
 }
 
 /// Set when dropped.
@@ -209,6 +227,8 @@ impl LogStore {
                 wal: Mutex::new(wal),
                 dir: cfg.dir.clone(),
                 append_batch_bytes: cfg.append_batch_bytes.max(1),
+                faults: cfg.faults.clone(),
+                delayed: Mutex::new(None),
                 closed: ClosedSignal(Arc::default()),
             }),
         })
@@ -242,6 +262,46 @@ impl LogStore {
         }
         rx.await
             .map_err(|_| io::Error::other("raft log flush worker stopped"))?
+    }
+
+    /// Hand what was appended to the flush thread (`sync`: fsync, then call `done`) — at once,
+    /// or after the fault-injected delay.
+    fn flush_appended(
+        &self,
+        wal: &mut RaftLog<WalTypes>,
+        sync: bool,
+        done: Option<FlushDone>,
+    ) -> io::Result<()> {
+        let delay = self.inner.faults.flush_delay();
+        let mut delayed = self.inner.delayed.lock();
+        if delay.is_none() && delayed.is_none() {
+            return wal.flush(sync, done);
+        }
+        let tx = delayed.get_or_insert_with(|| self.spawn_delayer());
+        tx.send(DelayedFlush {
+            due: tokio::time::Instant::now() + delay.unwrap_or_default(),
+            sync,
+            done,
+        })
+        .map_err(|_| io::Error::other("raft log delayed-flush worker stopped"))
+    }
+
+    /// The worker of [`Self::flush_appended`]'s delay: flushes in order, each when it is due.
+    /// Holds no strong reference, so the store still closes when openraft drops it.
+    fn spawn_delayer(&self) -> tokio::sync::mpsc::UnboundedSender<DelayedFlush> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DelayedFlush>();
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while let Some(f) = rx.recv().await {
+                tokio::time::sleep_until(f.due).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let res = inner.wal.lock().flush(f.sync, f.done);
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "delayed raft log flush failed");
+                }
+            }
+        });
+        tx
     }
 
     fn read_range(&self, start: u64, end: u64, byte_budget: Option<u64>) -> io::Result<Vec<Entry>> {
@@ -378,7 +438,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         wal.commit(Stored(committed))?;
         // No fsync of its own: the next synced append persists it.
-        wal.flush(false, None)
+        self.flush_appended(&mut wal, false, None)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -402,7 +462,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         )?;
         // The flush thread fsyncs, then calls back: openraft counts the entries as persisted
         // only from then on.
-        wal.flush(true, Some(FlushDone::Raft(callback)))
+        self.flush_appended(&mut wal, true, Some(FlushDone::Raft(callback)))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

@@ -5,9 +5,12 @@
 //!   manages snapshots as directories of files.
 //! - [`network`] / [`server`]: the Raft transport over the `kindex.v1.Raft` gRPC service.
 //! - [`node`]: wires the above into one running Raft member (`RaftShard`).
+//! - [`digest`]: the running digest of what was applied, compared across replicas (divergence
+//!   guard); [`fault`]: fault injection for tests.
 //!
 //! openraft is `=0.10.0-alpha.37`; see `NOTES.md` in this directory for the API facts this module relies on.
 
+pub mod digest;
 pub mod engine_state;
 pub mod fault;
 pub mod log_store;

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use super::KindexRaft;
 use super::LogId;
 use super::NodeId;
+use super::fault::FaultSwitch;
 use super::log_store::LogStore;
 use super::log_store::LogStoreConfig;
 use super::log_store::LogStoreError;
@@ -39,6 +40,8 @@ pub struct RaftShardConfig {
     pub log: LogStoreConfig,
     pub network: NetworkConfig,
     pub state_machine: StateMachineConfig,
+    /// Fault injection (tests), shared by the transport, the log store and the state machine.
+    pub faults: FaultSwitch,
 }
 
 impl RaftShardConfig {
@@ -51,11 +54,14 @@ impl RaftShardConfig {
             raft: default_raft_config(),
             network: NetworkConfig::default(),
             state_machine: StateMachineConfig::default(),
+            faults: FaultSwitch::default(),
         }
     }
 }
 
-/// Raft timing for pods on a cluster network with fsync on PVs.
+/// openraft's configuration for a kindex shard. Every field that matters for safety is set here
+/// on purpose, not left to openraft's default; docs/architecture.md ("Raft configuration
+/// review") gives the reason for each.
 pub fn default_raft_config() -> Config {
     Config {
         cluster_name: "kindex".into(),
@@ -73,6 +79,16 @@ pub fn default_raft_config() -> Config {
         install_snapshot_timeout: 30 * 60 * 1000,
         // A restarted or partitioned node must not bump the term and depose a healthy leader.
         enable_pre_vote: Some(true),
+        // SAFETY (issue 12): a restarted leader must win an election like anybody else. With
+        // restore on (openraft's default), a leader killed before its own log flush — openraft
+        // replicates entries before the local fsync — came back as leader of the same term with
+        // a shorter log than its followers and proposed new commands under log ids the
+        // followers already held for other commands: they kept theirs, it committed its own,
+        // acknowledged writes were lost and replicas diverged.
+        enable_leader_restore: Some(false),
+        // A follower whose log went backwards (a wiped volume under the same id) is a bug to
+        // stop on, not to paper over: replicas that lose their volume join as new members.
+        allow_log_reversion: Some(false),
         ..Config::default()
     }
 }
@@ -95,6 +111,7 @@ pub enum RaftShardError {
 pub struct RaftShard<S: ShardState> {
     raft: KindexRaft<S>,
     state: Arc<S>,
+    sm: ShardStateMachine<S>,
     store: SnapshotStore,
     local_addr: Option<std::net::SocketAddr>,
     stop_server: Option<oneshot::Sender<()>>,
@@ -136,14 +153,24 @@ impl<S: ShardState> RaftShard<S> {
         listener: Option<TcpListener>,
     ) -> Result<Self, RaftShardError> {
         let raft_cfg = Arc::new(cfg.raft.clone().validate()?);
+        if raft_cfg.enable_leader_restore != Some(false) {
+            tracing::warn!(
+                "UNSAFE: raft leader restore is on (tests only): a restarted leader may lose acknowledged writes"
+            );
+        }
+        let mut cfg = cfg;
+        cfg.network.faults = cfg.faults.clone();
+        cfg.log.faults = cfg.faults.clone();
+        cfg.state_machine.faults = cfg.faults.clone();
         let log = LogStore::open(&cfg.log)?;
         let log_release = log.release_tracker();
         let sm = ShardStateMachine::open(
             cfg.data_dir.join("snapshots"),
             state.clone(),
-            cfg.state_machine,
+            cfg.state_machine.clone(),
         )
         .await?;
+        let sm_handle = sm.clone();
         let store = sm.snapshot_store().clone();
         let network = RaftNetworkFactoryImpl::new(cfg.node_id, cfg.network.clone());
         let raft = openraft::Raft::new(cfg.node_id, raft_cfg, network, log, sm)
@@ -174,6 +201,7 @@ impl<S: ShardState> RaftShard<S> {
         Ok(Self {
             raft,
             state,
+            sm: sm_handle,
             store,
             local_addr,
             stop_server,
@@ -193,6 +221,11 @@ impl<S: ShardState> RaftShard<S> {
     /// Where the Raft RPCs are served (None: not served).
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
         self.local_addr
+    }
+
+    /// The state machine (apply digests, last applied).
+    pub fn state_machine(&self) -> &ShardStateMachine<S> {
+        &self.sm
     }
 
     /// The snapshot directories (`<data>/snapshots`).

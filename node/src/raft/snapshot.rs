@@ -2,7 +2,7 @@
 //!
 //! On disk (`<data>/snapshots/`):
 //! - `snap-<index>-<seq>/`: a complete snapshot — the engine's files plus [`RAFT_META_FILE`]
-//!   (JSON: format version + openraft `SnapshotMeta`). Made complete in a temp dir, fsynced,
+//!   (JSON: format version, openraft `SnapshotMeta`, and the apply digest at its log id). Made complete in a temp dir, fsynced,
 //!   then renamed into place, so a crash never leaves a half snapshot under this name.
 //! - `tmp-*` (being built) and `incoming-*` (being received): removed on start.
 //! - `corrupt-*`: a snapshot that failed to load, kept for inspection.
@@ -33,6 +33,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::SnapshotMeta;
 use super::Vote;
+use super::digest::ApplyDigest;
 use super::wire;
 
 /// Raft's own file inside every snapshot directory (reserved name).
@@ -51,6 +52,26 @@ struct RaftMetaFile {
     format: u32,
     meta: SnapshotMeta,
     created_unix_ms: u64,
+    /// Absent in snapshots written before the divergence guard existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest: Option<ApplyDigest>,
+}
+
+/// What [`RAFT_META_FILE`] records about a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftMeta {
+    pub meta: SnapshotMeta,
+    /// The apply digest at `meta.last_log_id` (None: written by an older version).
+    pub digest: Option<ApplyDigest>,
+}
+
+impl RaftMeta {
+    /// The digest chain to continue from after loading this snapshot.
+    pub fn digest_or_restart(&self) -> ApplyDigest {
+        self.digest.unwrap_or_else(|| {
+            ApplyDigest::restarted_at(self.meta.last_log_id.map_or(0, |l| l.index))
+        })
+    }
 }
 
 /// One file of a snapshot: `/`-separated path relative to the snapshot dir, and size.
@@ -108,11 +129,12 @@ fn next_seq() -> u64 {
     }
 }
 
-pub fn write_raft_meta(dir: &Path, meta: &SnapshotMeta) -> io::Result<()> {
+pub fn write_raft_meta(dir: &Path, meta: &SnapshotMeta, digest: &ApplyDigest) -> io::Result<()> {
     let body = RaftMetaFile {
         format: SNAPSHOT_FORMAT,
         meta: meta.clone(),
         created_unix_ms: now_ms(),
+        digest: Some(*digest),
     };
     let json = serde_json::to_vec_pretty(&body).map_err(io::Error::other)?;
     let mut f = fs::File::create(dir.join(RAFT_META_FILE))?;
@@ -120,7 +142,7 @@ pub fn write_raft_meta(dir: &Path, meta: &SnapshotMeta) -> io::Result<()> {
     f.sync_all()
 }
 
-pub fn read_raft_meta(dir: &Path) -> io::Result<SnapshotMeta> {
+pub fn read_raft_meta(dir: &Path) -> io::Result<RaftMeta> {
     let bytes = fs::read(dir.join(RAFT_META_FILE))?;
     let body: RaftMetaFile = serde_json::from_slice(&bytes).map_err(|e| {
         io::Error::new(io::ErrorKind::InvalidData, format!("{RAFT_META_FILE}: {e}"))
@@ -131,7 +153,10 @@ pub fn read_raft_meta(dir: &Path) -> io::Result<SnapshotMeta> {
             format!("{RAFT_META_FILE}: unknown snapshot format {}", body.format),
         ));
     }
-    Ok(body.meta)
+    Ok(RaftMeta {
+        meta: body.meta,
+        digest: body.digest,
+    })
 }
 
 /// Turn a transferred name into a path below the snapshot dir; refuses anything that could
@@ -261,13 +286,18 @@ impl SnapshotStore {
     }
 
     /// Make a complete snapshot directory durable and give it its final name.
-    /// `write_meta`: write RAFT_META (builds); received snapshots carry the sender's and it is
-    /// checked against `meta` instead.
-    pub fn commit(&self, tmp: &Path, meta: &SnapshotMeta, write_meta: bool) -> io::Result<PathBuf> {
-        if write_meta {
-            write_raft_meta(tmp, meta)?;
+    /// `built`: the digest of a snapshot built here, written to RAFT_META with `meta`; None for
+    /// a received snapshot, which carries the sender's RAFT_META, checked against `meta` instead.
+    pub fn commit(
+        &self,
+        tmp: &Path,
+        meta: &SnapshotMeta,
+        built: Option<&ApplyDigest>,
+    ) -> io::Result<PathBuf> {
+        if let Some(digest) = built {
+            write_raft_meta(tmp, meta, digest)?;
         } else {
-            let got = read_raft_meta(tmp)?;
+            let got = read_raft_meta(tmp)?.meta;
             if &got != meta {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -637,7 +667,7 @@ mod tests {
         )
         .unwrap();
         fs::write(dir.join("graph/layer0"), vec![7u8; 4096 * 3 + 5]).unwrap();
-        write_raft_meta(&dir, &meta()).unwrap();
+        write_raft_meta(&dir, &meta(), &ApplyDigest::default()).unwrap();
         dir
     }
 
@@ -686,14 +716,14 @@ mod tests {
             );
         }
         // Install-side: commit checks RAFT_META against the header's meta, then renames.
-        let dest = store.commit(&got.path, &meta(), false).unwrap();
+        let dest = store.commit(&got.path, &meta(), None).unwrap();
         assert!(
             dest.file_name()
                 .unwrap()
                 .to_string_lossy()
                 .starts_with("snap-00000000000000000042-")
         );
-        assert_eq!(read_raft_meta(&dest).unwrap(), meta());
+        assert_eq!(read_raft_meta(&dest).unwrap().meta, meta());
         assert_eq!(store.list().unwrap(), vec![dest]);
         drop(got); // already moved: nothing to remove
     }

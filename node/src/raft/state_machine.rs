@@ -27,6 +27,9 @@ use super::Snapshot;
 use super::SnapshotMeta;
 use super::StoredMembership;
 use super::TypeConfig;
+use super::digest::ApplyDigest;
+use super::digest::DigestLog;
+use super::fault::FaultSwitch;
 use super::snapshot::SnapshotDir;
 use super::snapshot::SnapshotStore;
 use super::snapshot::read_raft_meta;
@@ -102,21 +105,28 @@ pub enum StateMachineError {
     Refused { path: PathBuf, source: io::Error },
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StateMachineConfig {
     /// Complete snapshots kept on disk (at least 1).
     pub keep_snapshots: usize,
+    /// Fault injection (tests): `diverge-at`. Default: none.
+    pub faults: FaultSwitch,
 }
 
 impl Default for StateMachineConfig {
     fn default() -> Self {
-        Self { keep_snapshots: 2 }
+        Self {
+            keep_snapshots: 2,
+            faults: FaultSwitch::default(),
+        }
     }
 }
 
+/// What has been applied; one lock, so a snapshot's meta and digest always agree.
 struct Applied {
     last: Option<LogId>,
     membership: StoredMembership,
+    digests: DigestLog,
 }
 
 struct Inner<S> {
@@ -165,6 +175,7 @@ impl<S: ShardState> ShardStateMachine<S> {
         let store = SnapshotStore::open(root.clone()).map_err(err)?;
         let cfg = StateMachineConfig {
             keep_snapshots: cfg.keep_snapshots.max(1),
+            ..cfg
         };
 
         let opened = blocking(move || {
@@ -173,7 +184,7 @@ impl<S: ShardState> ShardStateMachine<S> {
                 let loaded = read_raft_meta(&dir).and_then(|meta| state.load_snapshot(&dir).map(|()| meta));
                 match loaded {
                     Ok(meta) => {
-                        tracing::info!(dir = %dir.display(), %meta, "loaded snapshot");
+                        tracing::info!(dir = %dir.display(), meta = %meta.meta, "loaded snapshot");
                         current = Some((meta, dir));
                         break;
                     }
@@ -193,14 +204,17 @@ impl<S: ShardState> ShardStateMachine<S> {
 
         let applied = match &current {
             Some((meta, _)) => Applied {
-                last: meta.last_log_id,
-                membership: meta.last_membership.clone(),
+                last: meta.meta.last_log_id,
+                membership: meta.meta.last_membership.clone(),
+                digests: DigestLog::new(meta.digest_or_restart()),
             },
             None => Applied {
                 last: None,
                 membership: StoredMembership::default(),
+                digests: DigestLog::new(ApplyDigest::default()),
             },
         };
+        let current = current.map(|(m, dir)| (m.meta, dir));
         Ok(Self {
             inner: Arc::new(Inner {
                 state,
@@ -226,52 +240,90 @@ impl<S: ShardState> ShardStateMachine<S> {
         self.inner.applied.lock().last
     }
 
-    /// Apply up to [`APPLY_BATCH`] entries on a blocking thread; returns the results of the
-    /// applied prefix, the entries back, and the error that stopped it, if any.
-    async fn apply_batch(
-        &self,
-        batch: Vec<Entry>,
-    ) -> io::Result<(Vec<CommandResult>, Vec<Entry>, Option<io::Error>)> {
+    /// The apply digest after the last applied entry.
+    pub fn apply_digest(&self) -> ApplyDigest {
+        self.inner.applied.lock().digests.current()
+    }
+
+    /// The apply digest at a recently applied `index` (see [`DigestLog`]).
+    pub fn apply_digest_at(&self, index: u64) -> Option<ApplyDigest> {
+        self.inner.applied.lock().digests.at(index)
+    }
+
+    /// Apply up to [`APPLY_BATCH`] entries on a blocking thread; returns the results and apply
+    /// digests of the applied prefix, the entries back, and the error that stopped it, if any.
+    async fn apply_batch(&self, batch: Vec<Entry>) -> io::Result<BatchApplied> {
         let state = self.inner.state.clone();
+        let faults = self.inner.cfg.faults.clone();
+        let mut digest = self.apply_digest();
         tokio::task::spawn_blocking(move || {
             let mut results = Vec::with_capacity(batch.len());
+            let mut digests = Vec::with_capacity(batch.len());
             for entry in &batch {
                 let applied_index = entry.log_id.index;
+                // Fault injection: this replica applies something else here (tests only).
+                let diverged = match &entry.payload {
+                    openraft::EntryPayload::Normal(cmd) if faults.diverges_at(applied_index) => {
+                        tracing::warn!(
+                            index = applied_index,
+                            "fault injection: applying a different command"
+                        );
+                        Some(super::fault::diverged(cmd))
+                    }
+                    _ => None,
+                };
                 let result = match &entry.payload {
-                    openraft::EntryPayload::Normal(cmd) => match state.apply(&entry.log_id, cmd) {
-                        Ok(ApplyOutcome::Applied { affected }) => CommandResult {
-                            applied_index,
-                            affected,
-                            rejected: None,
-                        },
-                        Ok(ApplyOutcome::Rejected(reason)) => CommandResult {
-                            applied_index,
-                            affected: 0,
-                            rejected: Some(reason),
-                        },
-                        Err(e) => return (results, batch, Some(e)),
-                    },
+                    openraft::EntryPayload::Normal(cmd) => {
+                        match state.apply(&entry.log_id, diverged.as_ref().unwrap_or(cmd)) {
+                            Ok(ApplyOutcome::Applied { affected }) => CommandResult {
+                                applied_index,
+                                affected,
+                                rejected: None,
+                            },
+                            Ok(ApplyOutcome::Rejected(reason)) => CommandResult {
+                                applied_index,
+                                affected: 0,
+                                rejected: Some(reason),
+                            },
+                            Err(e) => {
+                                return BatchApplied {
+                                    results,
+                                    digests,
+                                    batch,
+                                    error: Some(e),
+                                };
+                            }
+                        }
+                    }
                     _ => CommandResult {
                         applied_index,
                         affected: 0,
                         rejected: None,
                     },
                 };
+                digest = digest.apply(entry, diverged.as_ref());
+                digests.push(digest);
                 results.push(result);
             }
-            (results, batch, None)
+            BatchApplied {
+                results,
+                digests,
+                batch,
+                error: None,
+            }
         })
         .await
         .map_err(io::Error::other)
     }
 
-    fn record_applied(&self, entries: &[Entry]) {
+    fn record_applied(&self, entries: &[Entry], digests: Vec<ApplyDigest>) {
         let mut a = self.inner.applied.lock();
-        for e in entries {
+        for (e, d) in entries.iter().zip(digests) {
             a.last = Some(e.log_id);
             if let openraft::EntryPayload::Membership(m) = &e.payload {
                 a.membership = StoredMembership::new(Some(e.log_id), m.clone());
             }
+            a.digests.push(d);
         }
     }
 
@@ -291,10 +343,19 @@ impl<S: ShardState> ShardStateMachine<S> {
     }
 }
 
+/// The outcome of [`ShardStateMachine::apply_batch`]: results and digests of the applied prefix.
+struct BatchApplied {
+    results: Vec<CommandResult>,
+    digests: Vec<ApplyDigest>,
+    batch: Vec<Entry>,
+    error: Option<io::Error>,
+}
+
 /// Builds one snapshot from a state captured by [`ShardState::begin_snapshot`].
 pub struct ShardSnapshotBuilder<S> {
     sm: ShardStateMachine<S>,
     meta: SnapshotMeta,
+    digest: ApplyDigest,
     /// Mutex only to make the builder `Sync` (openraft requires it); taken once.
     writer: Mutex<Option<io::Result<Box<dyn SnapshotWriter>>>>,
 }
@@ -310,11 +371,12 @@ impl<S: ShardState> RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder<S> 
             .ok_or_else(|| io::Error::other("snapshot builder used twice"))??;
         let store = self.sm.inner.store.clone();
         let meta = self.meta.clone();
+        let digest = self.digest;
         let dir = blocking(move || {
             let tmp = store.new_build_dir()?;
             let res = writer
                 .write(&tmp)
-                .and_then(|()| store.commit(&tmp, &meta, true));
+                .and_then(|()| store.commit(&tmp, &meta, Some(&digest)));
             if res.is_err() {
                 let _ = std::fs::remove_dir_all(&tmp);
             }
@@ -367,8 +429,13 @@ impl<S: ShardState> RaftStateMachine<TypeConfig> for ShardStateMachine<S> {
             if batch.is_empty() {
                 break;
             }
-            let (results, batch, err) = self.apply_batch(batch).await?;
-            self.record_applied(&batch[..results.len()]);
+            let BatchApplied {
+                results,
+                digests,
+                batch,
+                error: err,
+            } = self.apply_batch(batch).await?;
+            self.record_applied(&batch[..results.len()], digests);
             for (result, responder) in results.into_iter().zip(responders) {
                 if let Some(r) = responder {
                     r.send(result);
@@ -388,18 +455,20 @@ impl<S: ShardState> RaftStateMachine<TypeConfig> for ShardStateMachine<S> {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Called between applies: the captured state and the applied meta agree.
-        let meta = {
+        let (meta, digest) = {
             let a = self.inner.applied.lock();
-            SnapshotMeta {
+            let meta = SnapshotMeta {
                 last_log_id: a.last,
                 last_membership: a.membership.clone(),
-            }
+            };
+            (meta, a.digests.current())
         };
         let state = self.inner.state.clone();
         let writer = state.begin_snapshot(meta.last_log_id.as_ref());
         ShardSnapshotBuilder {
             sm: self.clone(),
             meta,
+            digest,
             writer: Mutex::new(Some(writer)),
         }
     }
@@ -430,21 +499,29 @@ impl<S: ShardState> RaftStateMachine<TypeConfig> for ShardStateMachine<S> {
                     super::snapshot::copy_tree(&snapshot.path, &tmp)?;
                     tmp
                 };
-                store.commit(&src, &meta2, false)?
+                store.commit(&src, &meta2, None)?
             };
-            if let Err(e) = sm.inner.state.load_snapshot(&dir) {
-                tracing::error!(dir = %dir.display(), error = %e, "installing snapshot failed");
-                let _ = store.mark_corrupt(&dir);
-                return Err(e);
+            let loaded = read_raft_meta(&dir).and_then(|raft_meta| {
+                sm.inner.state.load_snapshot(&dir)?;
+                Ok(raft_meta.digest_or_restart())
+            });
+            match loaded {
+                Ok(digest) => Ok((dir, digest)),
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "installing snapshot failed");
+                    let _ = store.mark_corrupt(&dir);
+                    Err(e)
+                }
             }
-            Ok(dir)
         })
         .await?;
+        let (dir, digest) = dir;
 
         {
             let mut a = self.inner.applied.lock();
             a.last = meta.last_log_id;
             a.membership = meta.last_membership.clone();
+            a.digests.reset(digest);
         }
         // A snapshot from the leader replaces the local history: drop every other snapshot.
         *self.inner.current.lock() = Some((meta.clone(), dir.clone()));
@@ -625,7 +702,10 @@ mod tests {
         ShardStateMachine::open(
             root,
             Arc::new(MemState::new()),
-            StateMachineConfig { keep_snapshots: 2 },
+            StateMachineConfig {
+                keep_snapshots: 2,
+                ..Default::default()
+            },
         )
         .await
         .unwrap()

@@ -374,6 +374,9 @@ pub async fn status(node: &Node) -> pb::StatusResponse {
         content_checksum: engine.content_checksum(),
         version: env!("CARGO_PKG_VERSION").into(),
         initialized: node.raft().is_initialized().await.unwrap_or(false),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        apply_digest: Some(crate::divergence::digest_to_pb(node.apply_digest())),
+        divergence: node.divergence.found().map(Into::into),
     }
 }
 
@@ -464,6 +467,24 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(status_of)?;
         Ok(admin(msg, None))
+    }
+
+    /// The divergence guard: this node's digest at the caller's index, compared by the caller.
+    async fn apply_digest(
+        &self,
+        request: Request<pb::ApplyDigestRequest>,
+    ) -> Result<Response<pb::ApplyDigestResponse>, Status> {
+        let req = request.into_inner();
+        let index = req.digest.map_or(0, |d| d.index);
+        let node = &self.node;
+        Ok(Response::new(pb::ApplyDigestResponse {
+            node_id: node.node_id,
+            is_leader: node.raft_metrics().current_leader == Some(node.node_id),
+            at_index: node
+                .apply_digest_at(index)
+                .map(crate::divergence::digest_to_pb),
+            current: Some(crate::divergence::digest_to_pb(node.apply_digest())),
+        }))
     }
 
     /// Builds a snapshot covering everything applied so far (unless one exists) and waits for it.

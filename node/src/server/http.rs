@@ -113,10 +113,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
 
 /// Ready: a leader is known and the log this node had at start is applied (not while stopping).
 async fn readyz(State(c): State<Arc<Coordinator>>) -> impl IntoResponse {
-    if c.local().node.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    match c.local().node.not_ready_reason() {
+        None => (StatusCode::OK, "ready".to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
     }
 }
 

@@ -1,8 +1,12 @@
 //! A sharded cluster of real `kindex-node` processes on 127.0.0.1 for tests: `shards` Raft
 //! groups of `replicas` members each (static `--peers`, `--bootstrap`), every node knowing the
 //! other shards through `--shard-addrs`. Free ports, a temp dir, bounded waits, children
-//! killed on drop, log tails printed when a test fails.
+//! killed on drop, log tails printed when a test fails. Every node watches a fault file of its
+//! own (`Proc::set_faults`, see `node/src/raft/fault.rs`); [`history`] records what clients
+//! did and checks every replica against it.
 #![allow(dead_code)] // each test binary uses a different part
+
+pub mod history;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -57,10 +61,23 @@ pub struct Proc {
     /// `ip:port` of the HTTP server.
     pub http: String,
     pub raft: u16,
+    /// This node's fault file (empty: no faults).
+    pub faults: PathBuf,
     child: Option<Child>,
 }
 
 impl Proc {
+    /// Rewrites this node's fault file (see `node/src/raft/fault.rs`); a running node picks it
+    /// up within 50 ms, a restarted one at start.
+    pub fn set_faults(&self, faults: &str) {
+        std::fs::write(&self.faults, faults).unwrap();
+    }
+
+    /// The child's pid (None: not running).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn member_addr(&self) -> String {
         format!("{0}:{1}|{0}:{2}", self.ip, self.raft, self.grpc)
     }
@@ -120,11 +137,35 @@ pub struct Cluster {
     pub replicas: u64,
     pub dim: u32,
     pub nodes: Vec<Proc>,
+    pub opts: Opts,
+}
+
+/// How the nodes of a [`Cluster`] run.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    /// More `kindex-node` arguments for every node.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_ms: 800,
+            extra_args: vec![],
+        }
+    }
 }
 
 impl Cluster {
     /// Starts every node of `shards` × `replicas` (`dim`-dimensional l2 index).
     pub fn start(shards: u32, replicas: u64, dim: u32) -> Cluster {
+        Self::start_with(shards, replicas, dim, Opts::default())
+    }
+
+    pub fn start_with(shards: u32, replicas: u64, dim: u32, opts: Opts) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         for shard in 0..shards {
@@ -138,6 +179,7 @@ impl Cluster {
                     grpc: 7070,
                     http: format!("{}:7080", node_ip(shard, id)),
                     raft: 7071,
+                    faults: tmp.path().join(format!("s{shard}-{id}.faults")),
                     child: None,
                 });
             }
@@ -153,6 +195,7 @@ impl Cluster {
             replicas,
             dim,
             nodes,
+            opts,
         };
         for i in 0..c.nodes.len() {
             c.spawn(i);
@@ -224,10 +267,12 @@ impl Cluster {
             .args(["--raft-port", &p.raft.to_string()])
             .args([
                 "--raft-heartbeat-ms",
-                "100",
+                &self.opts.heartbeat_ms.to_string(),
                 "--raft-election-timeout-ms",
-                "800",
+                &self.opts.election_timeout_ms.to_string(),
             ])
+            .args(["--raft-fault-file", p.faults.to_str().unwrap()])
+            .args(&self.opts.extra_args)
             .args([
                 "--runtime-config",
                 self.tmp.path().join("runtime.json").to_str().unwrap(),
