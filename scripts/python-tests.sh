@@ -27,7 +27,8 @@ kindex_python_env
 echo "python-tests: venv and wheel ready after $(( $(date +%s) - started ))s"
 
 # Typed: the installed package with its generated .pyi stubs, strict.
-(cd "$kindex_work" && "$vpy" -m mypy --config-file "$root/clients/python/pyproject.toml" -p kindex)
+(cd "$kindex_work" && "$vpy" -m mypy --config-file "$root/clients/python/pyproject.toml" \
+  --cache-dir "${XDG_CACHE_HOME:-$HOME/.cache}/kindex/mypy-cache" -p kindex)
 
 # Run from outside the source tree so `import kindex` is the installed wheel.
 cd "$kindex_work"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import kindex
+import conftest
 from conftest import Node
 
 PROTOCOLS = ["grpc", "http"]
@@ -84,8 +85,9 @@ def test_errors_are_mapped(client: kindex.Client) -> None:
 
 
 def test_unreachable_node_is_unavailable_after_retries() -> None:
-    # 127.0.0.1 port 9 (discard): nothing listens there in the test environment.
-    for protocol, a in [("grpc", "127.0.0.1:9"), ("http", "http://127.0.0.1:9")]:
+    # An address of this test process's own range that no node uses.
+    ip = f"127.{conftest._octet}.254.1"
+    for protocol, a in [("grpc", f"{ip}:7070"), ("http", f"http://{ip}:7080")]:
         c = kindex.Client(a, protocol=protocol, timeout=2, retry=kindex.RetryPolicy(attempts=3, first_delay=0.01))
         t = time.monotonic()
         with pytest.raises(kindex.UnavailableError) as e:
