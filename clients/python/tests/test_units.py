@@ -227,3 +227,40 @@ def test_client_follows_the_leader_hint_and_gives_up_on_permanent_errors() -> No
     with pytest.raises(kindex.UnavailableError) as ei:
         c.count()
     assert ei.value.attempts == 4 and "gave up after 4 attempts" in str(ei.value)
+
+
+class RecordingTransport:
+    """Answers writes with a token and records what reads were sent."""
+
+    node = "fake"
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+        self.applied = 0
+
+    def delete(self, index: str, ids: list[str]) -> kindex.WriteResult:
+        self.applied += 10
+        return kindex.WriteResult(len(ids), kindex.ConsistencyToken({0: self.applied, 1: 3}))
+
+    def count(self, index: str, c: Any, t: Any) -> int:
+        self.seen.append((c, t))
+        return 0
+
+
+def test_session_reads_carry_the_clients_token() -> None:
+    c = kindex.Client("127.0.0.1:1")
+    rec = RecordingTransport()
+    c._t = [rec]  # type: ignore[list-item]
+    c.count(consistency="session")
+    assert rec.seen[-1] == (kindex.Consistency.SESSION, kindex.ConsistencyToken())
+    c.delete(["a"])
+    c.delete(["b"])
+    assert c.token == kindex.ConsistencyToken({0: 20, 1: 3})  # merged: the later per shard
+    c.count(consistency="session")
+    assert rec.seen[-1] == (kindex.Consistency.SESSION, kindex.ConsistencyToken({0: 20, 1: 3}))
+    explicit = kindex.ConsistencyToken({0: 1})
+    c.count(consistency="session", token=explicit)
+    assert rec.seen[-1][1] == explicit
+    c.count()  # default: no token sent (the node reads from the leader)
+    assert rec.seen[-1] == (None, None)
+    assert kindex.ConsistencyToken({0: 5}).merge(kindex.ConsistencyToken({0: 2, 2: 1})).shards == {0: 5, 2: 1}
