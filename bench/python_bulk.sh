@@ -5,7 +5,7 @@
 # each with its own id prefix so every load inserts new points, and the node's
 # indexing queue drained between loads so each starts from the same quiet state.
 #
-#   bench/python_bulk.sh [rounds] [file]
+#   bench/python_bulk.sh [rounds] [file]       KINDEX_BIN_DIR=dir: use those binaries
 #
 # Prints one JSON line per load and a summary; numbers go to bench/RESULTS.md.
 set -euo pipefail
@@ -14,8 +14,12 @@ ROUNDS=${1:-3}
 FILE=${2:-/work/shared/datasets/docs-minilm-30k.base.npy}
 [ -f "$FILE" ] || FILE="../shared/datasets/docs-minilm-30k.base.npy"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kindex/target}
-cargo build --release --locked -q -p kindex-node -p kindex
-BIN=$CARGO_TARGET_DIR/release
+if [ -n "${KINDEX_BIN_DIR:-}" ]; then
+  BIN=$KINDEX_BIN_DIR  # kindex-node and kindex already built (e.g. to try the script)
+else
+  cargo build --release --locked -q -p kindex-node -p kindex
+  BIN=$CARGO_TARGET_DIR/release
+fi
 
 # shellcheck source=scripts/python-env.sh
 . scripts/python-env.sh
@@ -31,7 +35,7 @@ IP=127.0.91.1
 PID=$!
 for _ in $(seq 1 300); do curl -fs "http://$IP:7080/readyz" >/dev/null && break; sleep 0.1; done
 
-queued() { curl -fs "http://$IP:7080/metrics" | awk '/^kindex_index_queue_depth/ {print $2; exit}'; }
+queued() { curl -fs "http://$IP:7080/metrics" | awk '/^kindex_index_queue_depth/ {v = $2} END {print v + 0}'; }
 drain() {
   for _ in $(seq 1 1200); do
     q=$(queued); [ "${q:-0}" = "0" ] && return 0; sleep 0.5
