@@ -2,14 +2,15 @@
 # Runs every test tier of kindex on a fresh machine. This is the README's test
 # command and what CI runs (.ci/run). It installs what it needs itself:
 # cargo-nextest (from crates.io), and for the Kubernetes tier a kube-apiserver,
-# kubectl and helm built from Go modules (e2e/scripts/tools.sh).
+# kubectl and helm built from Go modules (e2e/scripts/tools.sh), and for the
+# Python tier a cached venv with pinned packages from PyPI (scripts/python-tests.sh).
 #
 #   scripts/test.sh            all tiers
-#   KINDEX_TIERS="unit" ...    a subset: any of lint unit cluster k8s
+#   KINDEX_TIERS="unit" ...    a subset: any of lint unit cluster python k8s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tiers="${KINDEX_TIERS:-lint unit cluster k8s}"
+tiers="${KINDEX_TIERS:-lint unit cluster python k8s}"
 has() { [[ " $tiers " == *" $1 "* ]]; }
 step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 started=$(date +%s)
@@ -40,6 +41,15 @@ if has unit || has cluster; then
   cargo nextest run --workspace --locked --no-fail-fast --profile ci
   # No crate has doc tests (nextest does not run them); add
   # `cargo test --workspace --doc` here when one does.
+elif has python; then
+  step "build kindex-node (test profile)"
+  cargo build -p kindex-node --locked
+fi
+
+if has python; then
+  # The Python client and LangChain store against real kindex-node processes.
+  step "Python client (clients/python)"
+  KINDEX_NODE_BIN="$CARGO_TARGET_DIR/debug/kindex-node" bash scripts/python-tests.sh
 fi
 
 if has k8s; then
