@@ -42,6 +42,13 @@ if has unit || has cluster; then
   # `cargo test --workspace --doc` here when one does.
 fi
 
+# fuzz: OpenAPI-driven property tests (schemathesis, cached venv) against a standalone
+# node on 127.0.0.1 (scripts/api-fuzz.sh). Part of the default run; KINDEX_TIERS="fuzz" alone.
+if has fuzz || [ -z "${KINDEX_TIERS:-}" ]; then
+  step "API fuzzing (schemathesis against a standalone node)"
+  bash scripts/api-fuzz.sh
+fi
+
 if has k8s; then
   if [ -f e2e/run.sh ]; then
     step "Kubernetes tier (real kube-apiserver)"
