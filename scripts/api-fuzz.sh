@@ -15,25 +15,33 @@ python=${PYTHON:-python3}
 command -v "$python" >/dev/null || { echo "api-fuzz: $python is missing" >&2; exit 1; }
 hash=$( { cat "$req"; "$python" --version; } | sha256sum | cut -c1-12)
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/kindex/venv-fuzz-$hash"
-if [ ! -x "$venv/bin/pytest" ]; then
+# A venv cannot be moved (its scripts name its path), so it is built in place and marked
+# complete at the end; an interrupted one is rebuilt.
+if [ ! -f "$venv/.complete" ]; then
   echo "api-fuzz: creating $venv (once)" >&2
-  rm -rf "$venv.tmp"
-  if ! "$python" -m venv "$venv.tmp" 2>/dev/null; then
+  rm -rf "$venv"
+  if ! "$python" -m venv "$venv" 2>/dev/null; then
     # Debian splits venv support out of python3.
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-      apt-get install -y -q "python3-venv" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q python3-venv >/dev/null; }
-      "$python" -m venv "$venv.tmp"
+      apt-get install -y -q python3-venv >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q python3-venv >/dev/null; }
+      rm -rf "$venv"
+      "$python" -m venv "$venv"
     else
       echo "api-fuzz: cannot create a venv (install python3-venv)" >&2; exit 1
     fi
   fi
-  "$venv.tmp/bin/pip" install -q --disable-pip-version-check -r "$req"
-  mv "$venv.tmp" "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+  touch "$venv/.complete"
 fi
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kindex/target}"
-cargo build -q -p kindex-node --bin kindex-node --locked
-bin="$CARGO_TARGET_DIR/debug/kindex-node"
+# KINDEX_NODE_BIN: a kindex-node binary to test; else it is built (the same selection as
+# scripts/test.sh builds, so nothing is rebuilt there).
+bin=${KINDEX_NODE_BIN:-}
+if [ -z "$bin" ]; then
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kindex/target}"
+  cargo build -q --workspace --bins --locked
+  bin="$CARGO_TARGET_DIR/debug/kindex-node"
+fi
 
 work=$(mktemp -d)
 node_pid=
@@ -65,7 +73,7 @@ curl -fsS -X POST "$url/v1/indexes/default/points" -H 'content-type: application
 started=$(date +%s)
 status=0
 KINDEX_URL="$url" KINDEX_FUZZ_STATS="$work/stats.json" \
-  timeout "${KINDEX_FUZZ_TIMEOUT:-900}" "$venv/bin/pytest" -q -p no:cacheprovider \
+  timeout "${KINDEX_FUZZ_TIMEOUT:-900}" "$venv/bin/python" -m pytest -q -p no:cacheprovider \
   scripts/api-fuzz/test_api.py || status=$?
 took=$(( $(date +%s) - started ))
 if ! kill -0 "$node_pid" 2>/dev/null; then

@@ -87,7 +87,8 @@ def test_api(case):
     if status >= 400:
         CASES["refused"] += 1
         record()
-        ctype = response.headers.get("content-type", "")
+        ctype = response.headers.get("content-type") or [""]
+        ctype = ctype[0] if isinstance(ctype, list) else ctype
         assert ctype.startswith("application/json"), f"{status} as {ctype!r}: {response.text[:300]}"
         body = response.json()
         assert isinstance(body.get("error", {}).get("code"), str), body
