@@ -336,7 +336,7 @@ pub struct StorageSpec {
     #[schemars(schema_with = "storage_size_schema")]
     // The pattern already refuses what is not a quantity; `isQuantity` keeps the rule from
     // failing to evaluate on such a value.
-    #[x_kube(validation = Rule::new("!isQuantity(self) || quantity(self).sign() == 1")
+    #[x_kube(validation = Rule::new("!isQuantity(self) || quantity(self).isGreaterThan(quantity('0'))")
         .message("storage.size must be greater than zero, e.g. 10Gi"))]
     pub size: Quantity,
 
@@ -531,6 +531,8 @@ fn resources_schema(generator: &mut SchemaGenerator) -> Schema {
             "maxProperties": MAX_RESOURCE_ENTRIES,
             // The rule sits on each value: no comprehension, and its cost is per value.
             "additionalProperties": {
+                // Bounds the API server's cost estimate of the rule (a quantity is short).
+                "maxLength": 64,
                 "x-kubernetes-int-or-string": true,
                 "x-kubernetes-validations": [{
                     "rule": "isQuantity(string(self))",
