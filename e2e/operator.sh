@@ -73,13 +73,22 @@ k patch vidx demo --type merge -p '{"spec":{"hnsw":{"efSearch":100}}}' >/dev/nul
 wait_for "the new leader reconciles" 60 bash -c "'$KUBECTL' --kubeconfig '$KC' get configmap demo-config -o jsonpath='{.data.runtime\.json}' | grep -q '\"efSearch\": *100'"
 
 step "operator: invalid spec and deletion"
-k apply -f - >/dev/null <<'YAML'
+long_name=$(cat <<'YAML'
 apiVersion: kindex.dev/v1alpha1
 kind: VectorIndex
 metadata: {name: this-name-is-far-too-long-for-the-derived-pod-names-x}
 spec: {dimension: 8, metric: l2, shards: 1, replicas: 1}
 YAML
+)
+check_rejected "the API server refuses a name the operator cannot use" \
+  "metadata.name must be at most 40 characters" bash -c "echo '$long_name' | '$KUBECTL' --kubeconfig '$KC' apply -f -"
+# An object that slipped past an older CRD (without the name rules) must still be reported
+# by the operator, not crash-loop it: drop the root rules, create it, restore the CRD.
+k patch crd vectorindexes.kindex.dev --type json \
+  -p '[{"op": "remove", "path": "/spec/versions/0/schema/openAPIV3Schema/x-kubernetes-validations"}]' >/dev/null
+check "created under a CRD without the name rules" retry 50 0.2 bash -c "echo '$long_name' | '$KUBECTL' --kubeconfig '$KC' apply -f - >/dev/null"
 eq "invalid spec is reported as Failed, not crash-looped" Failed vectorindex/this-name-is-far-too-long-for-the-derived-pod-names-x '{.status.phase}'
+k apply --server-side --force-conflicts --field-manager=kindex-e2e -f crds/vectorindex.yaml >/dev/null
 check "the operator is still running" kill -0 "${OP_PID[$other]}"
 # The StatefulSet controller creates the claim with the (pending) pod.
 wait_for "PersistentVolumeClaim data-demo-s0-0 created from the claim template" 90 k get pvc data-demo-s0-0

@@ -5,7 +5,9 @@
 # Checks, in order:
 #   1. the VectorIndex CRD is accepted and established;
 #   2. valid examples are accepted, invalid ones rejected (schema ranges and
-#      enums), invalid updates rejected with the CEL message;
+#      enums; CEL admission rules on name, image, storage size and resource
+#      quantities) with the message each example's `# expect:` line names,
+#      invalid updates rejected with the CEL message;
 #   3. printer columns (kubectl get vidx);
 #   4. kubectl kindex: discovery through the kubeconfig (e2e/kubectl-plugin.sh)
 #      and the operator against the real API server (e2e/operator.sh);
@@ -32,9 +34,12 @@ done
 check "defaults applied by the API server (replicas=1, efSearch=64)" \
   test "$(k get vidx demo -o jsonpath='{.spec.replicas}/{.spec.hnsw.efSearch}')" = "1/64"
 
-step "invalid objects are rejected"
+step "invalid objects are rejected, with a message naming the field"
+# Each example's `# expect:` line is what the API server's refusal must contain.
 for f in deploy/examples/invalid/*.yaml; do
-  check_rejected "rejected: $f" "" k apply -f "$f"
+  want=$(sed -n 's/^# expect: //p' "$f")
+  [ -n "$want" ] || { echo "  $f has no '# expect:' line" >&2; exit 1; }
+  check_rejected "rejected: $f" "$want" k apply -f "$f"
 done
 
 step "invalid updates are rejected with the CEL message"

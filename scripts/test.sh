@@ -6,11 +6,11 @@
 # Python tier a cached venv with pinned packages from PyPI (scripts/python-tests.sh).
 #
 #   scripts/test.sh            all tiers
-#   KINDEX_TIERS="unit" ...    a subset: any of lint unit cluster python k8s
+#   KINDEX_TIERS="unit" ...    a subset: any of lint unit cluster fuzz python k8s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tiers="${KINDEX_TIERS:-lint unit cluster python k8s}"
+tiers="${KINDEX_TIERS:-lint unit cluster fuzz python k8s}"
 has() { [[ " $tiers " == *" $1 "* ]]; }
 step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 started=$(date +%s)
@@ -41,7 +41,7 @@ if has unit || has cluster; then
   cargo nextest run --workspace --locked --no-fail-fast --profile ci
   # No crate has doc tests (nextest does not run them); add
   # `cargo test --workspace --doc` here when one does.
-elif has python; then
+elif has python || has fuzz; then
   step "build kindex-node (test profile)"
   cargo build -p kindex-node --locked
 fi
@@ -50,6 +50,13 @@ if has python; then
   # The Python client and LangChain store against real kindex-node processes.
   step "Python client (clients/python)"
   KINDEX_NODE_BIN="$CARGO_TARGET_DIR/debug/kindex-node" bash scripts/python-tests.sh
+fi
+
+# fuzz: OpenAPI-driven property tests (schemathesis, cached venv) against a standalone
+# node on 127.0.0.1 (scripts/api-fuzz.sh).
+if has fuzz; then
+  step "API fuzzing (schemathesis against a standalone node)"
+  bash scripts/api-fuzz.sh
 fi
 
 if has k8s; then

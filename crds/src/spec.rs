@@ -30,6 +30,23 @@ pub const DEFAULT_SNAPSHOT_KEEP: u32 = 3;
 pub const DEFAULT_STORAGE_SIZE: &str = "10Gi";
 /// Upper bound on `spec.policies`; also keeps the API server's CEL cost estimate small.
 pub const MAX_POLICIES: usize = 32;
+/// Longest `VectorIndex` name whose derived names all stay legal: a StatefulSet name must
+/// leave room for the pod ordinal and the `controller-revision-hash` label (63 chars,
+/// ≈ name + 11), and `<index>-s63-headless` must be a 63-char DNS label.
+pub const MAX_INDEX_NAME: usize = 40;
+/// DNS-1035 label: the index name names Services.
+pub const DNS_1035_PATTERN: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
+/// A container image reference (the distribution reference grammar without IPv6 hosts):
+/// `[host[:port]/]path[:tag][@algorithm:hex]`. Written without backslashes so it can sit
+/// in a CEL string literal as is.
+pub const IMAGE_PATTERN: &str = concat!(
+    "^([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?([.][a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?",
+    "[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*)*",
+    "(:[a-zA-Z0-9_][-a-zA-Z0-9_.]{0,127})?",
+    "(@[a-zA-Z][a-zA-Z0-9]*([-_+.][a-zA-Z][a-zA-Z0-9]*)*:[0-9a-fA-F]{32,})?$"
+);
+/// Most entries of `resources.limits` / `resources.requests` (bounds the CEL cost).
+pub const MAX_RESOURCE_ENTRIES: u32 = 16;
 
 /// Go-style duration made of `<digits><unit>` parts, e.g. `90s`, `5m`, `1h30m`, `500ms`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
@@ -83,6 +100,17 @@ pub const DNS_SUBDOMAIN_PATTERN: &str =
     printcolumn(name = "Vectors", type_ = "integer", json_path = ".status.vectors"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+// Admission of the name: the operator derives StatefulSet, pod and Service names from it.
+#[kube(
+    validation = Rule::new(format!("self.metadata.name.size() <= {MAX_INDEX_NAME}")).message(kube::core::Message::Message(format!(
+        "metadata.name must be at most {MAX_INDEX_NAME} characters: the names of the index's \
+         StatefulSets, pods and Services derive from it"
+    ))),
+    validation = Rule::new(format!("self.metadata.name.matches('{DNS_1035_PATTERN}')")).message(
+        "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting \
+         with a letter, not ending with '-') because it names Services"
+    )
 )]
 // Presence rules: a structural field that was set may not be dropped. API-server
 // defaulting normally refills a dropped field before CEL runs (and then `self == oldSelf`
@@ -142,10 +170,15 @@ pub struct VectorIndexSpec {
     /// Index node image; the operator supplies its own default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{IMAGE_PATTERN}')")).message(
+        "image must be a container image reference such as registry.example.com/kindex/node:0.1.0 \
+         (no whitespace, lowercase repository path, optional :tag and @sha256:digest)"
+    ))]
     pub image: Option<String>,
 
-    /// Resources of the index node container.
+    /// Resources of the index node container (quantities checked by the API server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
 
     /// Scheduling overrides for the index pods.
@@ -295,12 +328,16 @@ impl Default for SnapshotSpec {
 }
 
 /// The `data` volume claim of every index pod.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Requested size, a positive quantity such as `10Gi`.
     #[serde(default = "default_storage_size")]
     #[schemars(schema_with = "storage_size_schema")]
+    // The pattern already refuses what is not a quantity; `isQuantity` keeps the rule from
+    // failing to evaluate on such a value.
+    #[x_kube(validation = Rule::new("!isQuantity(self) || quantity(self).isGreaterThan(quantity('0'))")
+        .message("storage.size must be greater than zero, e.g. 10Gi"))]
     pub size: Quantity,
 
     /// Storage class of the claims; the cluster default when unset.
@@ -482,6 +519,36 @@ fn default_storage_size() -> Quantity {
 }
 fn default_true() -> bool {
     true
+}
+
+/// `ResourceRequirements` with its quantities checked: k8s-openapi's schema takes any
+/// string, which the API server stores and the operator's StatefulSet then fails on.
+fn resources_schema(generator: &mut SchemaGenerator) -> Schema {
+    let quantities = |which: &str| {
+        json_schema!({
+            "type": "object",
+            "description": format!("{which} of compute resources, e.g. cpu: 500m, memory: 4Gi."),
+            "maxProperties": MAX_RESOURCE_ENTRIES,
+            // The rule sits on each value: no comprehension, and its cost is per value.
+            "additionalProperties": {
+                // Bounds the API server's cost estimate of the rule (a quantity is short).
+                "maxLength": 64,
+                "x-kubernetes-int-or-string": true,
+                "x-kubernetes-validations": [{
+                    "rule": "isQuantity(string(self))",
+                    "message": format!("every value of resources.{} must be a quantity such as 500m, 2 or 4Gi", which.to_lowercase())
+                }]
+            }
+        })
+    };
+    let mut s = ResourceRequirements::json_schema(generator);
+    if let Some(props) = s.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        props.insert("limits".into(), quantities("Limits").to_value());
+        props.insert("requests".into(), quantities("Requests").to_value());
+    }
+    // The field is an `Option`; keep it nullable as the derived schema had it.
+    s.insert("nullable".into(), true.into());
+    s
 }
 
 /// `Quantity` is int-or-string in k8s-openapi; a volume size is always a string here, so

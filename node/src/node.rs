@@ -737,7 +737,8 @@ impl Node {
         forwarded: bool,
     ) -> Result<WriteOutcome, NodeError> {
         self.check_writable()?;
-        validate_upsert(self.state.structural().dimension as usize, &points)
+        let structural = self.state.structural();
+        validate_upsert(structural.dimension as usize, structural.metric, &points)
             .map_err(EngineError::from)?;
         let chunks = split_by_bytes(points, MAX_COMMAND_BYTES);
         let mut out = WriteOutcome::default();
@@ -837,7 +838,7 @@ impl Node {
         match (c, want) {
             (pb::Consistency::Eventual, _) => Ok(()),
             (pb::Consistency::Session | pb::Consistency::Unspecified, Some(idx)) => {
-                self.wait_applied(idx, SESSION_WAIT).await
+                self.session_barrier(idx).await
             }
             // A session token without an entry for this shard: nothing to wait for here.
             (pb::Consistency::Session, None) => Ok(()),
@@ -873,6 +874,48 @@ impl Node {
                 Err(NodeError::Unavailable(format!("linearizable read: {e}")))
             }
             Err(RaftError::Fatal(f)) => Err(NodeError::Unavailable(format!("raft stopped: {f}"))),
+        }
+    }
+
+    /// A session read at log index `index`. An index this replica has in its log is waited
+    /// for (bounded). An index beyond it is either not replicated here yet (a lagging
+    /// follower: the read goes to the leader, which has every acknowledged write) or was
+    /// never written: the leader, once sure it still leads, refuses an index beyond its last
+    /// log index at once instead of letting the client wait and retry for nothing.
+    async fn session_barrier(&self, index: u64) -> Result<(), NodeError> {
+        if self.applied_index() >= index {
+            return Ok(());
+        }
+        let (last_log, leader) = {
+            let m = self.raft.metrics().borrow_watched().clone();
+            (m.last_log_index.unwrap_or(0), m.current_leader)
+        };
+        if index <= last_log {
+            return self.wait_applied(index, SESSION_WAIT).await;
+        }
+        match leader {
+            Some(l) if l == self.node_id => {
+                // A deposed leader's log may end before a newer leader's: confirm first.
+                self.linearize(ReadPolicy::ReadIndex).await?;
+                let last_log = self
+                    .raft
+                    .metrics()
+                    .borrow_watched()
+                    .last_log_index
+                    .unwrap_or(0);
+                if index > last_log {
+                    return Err(NodeError::InvalidArgument(format!(
+                        "the session token names log index {index} of shard {}, beyond the \
+                         shard leader's last log index {last_log}: it was not issued by this \
+                         index (or its data was replaced)",
+                        self.shard
+                    )));
+                }
+                self.wait_applied(index, SESSION_WAIT).await
+            }
+            Some(l) => Err(self.not_leader(Some(l), None)),
+            // No leader known (election): nothing can tell yet; wait as for lag.
+            None => self.wait_applied(index, SESSION_WAIT).await,
         }
     }
 

@@ -577,12 +577,13 @@ async fn three_replicas_replicate_forward_and_read_their_writes() {
             .into_inner()
             .count;
         assert_eq!(n, 499);
-        // A token from the future: Unavailable after the bounded wait.
+        // A token from the future (beyond the leader's log): refused at once.
         let far = pb::ConsistencyToken {
             shards: vec![pb::ShardIndex {
                 shard: 0,
                 applied_index: 1_000_000,
             }],
+            ..Default::default()
         };
         let err = points(c.node(other))
             .await
@@ -593,7 +594,7 @@ async fn three_replicas_replicate_forward_and_read_their_writes() {
             })
             .await
             .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
         let (applied, sum) = converge(&c, token_index(&w)).await;
         eprintln!(

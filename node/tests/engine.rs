@@ -62,6 +62,7 @@ fn filtered_search_keeps_recall_and_only_returns_matches() {
             field: "bucket".into(),
             predicate: Predicate::Match(MatchValue::Integer(3)),
         }],
+        ..Default::default()
     };
     let r = recall(&e, &queries, 10, 64, &eq);
     assert!(r >= 0.9, "equality filter recall {r}");
@@ -80,6 +81,7 @@ fn filtered_search_keeps_recall_and_only_returns_matches() {
                 ..Default::default()
             }),
         }],
+        ..Default::default()
     };
     let r = recall(&e, &queries, 10, 64, &range);
     assert!(r >= 0.9, "range filter recall {r}");

@@ -350,7 +350,7 @@ async fn reads_through_any_node_see_writes_and_bad_input_changes_nothing() {
                 pb::SearchRequest {
                     vector: vec![1.0; 4],
                     k: 3,
-                    filter: Some(pb::Filter { must: vec![pb::Condition { field: "i".into(), kind: None }] }),
+                    filter: Some(pb::Filter { must: vec![pb::Condition { field: "i".into(), kind: None }], ..Default::default() }),
                     ..Default::default()
                 },
                 "neither match nor range",

@@ -47,12 +47,16 @@ fn all_rules_compile_and_fit_the_cost_budget() {
         if let Some(items) = &node.items {
             walk(items, &format!("{path}[]"), problems, rules);
         }
+        if let Some(values) = &node.additional_properties {
+            walk(values, &format!("{path}{{}}"), problems, rules);
+        }
     }
     let (mut problems, mut rules) = (Vec::new(), 0);
     walk(&compile_schema(&schema()), "", &mut problems, &mut rules);
     assert!(problems.is_empty(), "{problems:#?}");
-    // 5 immutability + 4 presence + 1 interval + 4 policy rules.
-    assert_eq!(rules, 14);
+    // 5 immutability + 4 presence + 1 interval + 4 policy rules, and the admission rules:
+    // 2 on metadata.name, image, storage.size, resources.limits and .requests.
+    assert_eq!(rules, 20);
 }
 
 #[test]
@@ -242,4 +246,126 @@ fn policy_rules() {
             "{p:?}"
         );
     }
+}
+
+/// What the operator refuses (its Rust validation, its index-name check), the API server
+/// refuses too, with a message naming the field.
+#[test]
+fn admission_refuses_what_the_operator_refuses() {
+    type Case = (&'static str, fn(&mut VectorIndex), &'static str);
+    let cases: &[Case] = &[
+        (
+            "storage 0",
+            |v| v.spec.storage.size.0 = "0".into(),
+            "storage.size must be greater than zero",
+        ),
+        (
+            "storage 0.0Gi",
+            |v| v.spec.storage.size.0 = "0.0Gi".into(),
+            "storage.size must be greater than zero",
+        ),
+        (
+            "image with a space",
+            |v| v.spec.image = Some("kindex/node :1".into()),
+            "image must be a container image reference",
+        ),
+        (
+            "image with a tab",
+            |v| v.spec.image = Some("kindex/node\t".into()),
+            "image must be a container image reference",
+        ),
+        (
+            "image upper-case path",
+            |v| v.spec.image = Some("ghcr.io/Kindex/node".into()),
+            "image must be a container image reference",
+        ),
+        (
+            "image empty tag",
+            |v| v.spec.image = Some("kindex/node:".into()),
+            "image must be a container image reference",
+        ),
+        (
+            "image short digest",
+            |v| v.spec.image = Some("kindex/node@sha256:abc".into()),
+            "image must be a container image reference",
+        ),
+        (
+            "name of 41",
+            |v| v.metadata.name = Some("a".repeat(41)),
+            "metadata.name must be at most 40 characters",
+        ),
+        (
+            "name starting with a digit",
+            |v| v.metadata.name = Some("1st".into()),
+            "metadata.name must be a DNS-1035 label",
+        ),
+        (
+            "name with a dot",
+            |v| v.metadata.name = Some("a.b".into()),
+            "metadata.name must be a DNS-1035 label",
+        ),
+        (
+            "name ending with -",
+            |v| v.metadata.name = Some("ab-".into()),
+            "metadata.name must be a DNS-1035 label",
+        ),
+        (
+            "limits not a quantity",
+            |v| v.spec.resources = Some(resources("limits", "memory", "lots")),
+            "resources.limits must be a quantity",
+        ),
+        (
+            "requests not a quantity",
+            |v| v.spec.resources = Some(resources("requests", "cpu", "1 core")),
+            "resources.requests must be a quantity",
+        ),
+    ];
+    for (what, edit, message) in cases {
+        let mut vi = demo();
+        edit(&mut vi);
+        let errors = validate_cel(&vi).expect_err(what);
+        assert!(
+            errors.iter().any(|e| e.message.contains(message)),
+            "{what}: {errors:?}"
+        );
+        // Where the operator's own validation covers the field, it refuses as well.
+        if what.starts_with("storage") || what.starts_with("image with") {
+            assert!(kindex_crds::validate(&vi.spec).is_err(), "{what}");
+        }
+    }
+    let good: &[fn(&mut VectorIndex)] = &[
+        |v| v.spec.storage.size.0 = "0.5Gi".into(),
+        |v| v.spec.storage.size.0 = "1".into(),
+        |v| v.spec.image = Some("node".into()),
+        |v| v.spec.image = Some("localhost:5000/kindex-node".into()),
+        |v| v.spec.image = Some("ghcr.io/kindex/kindex-node:0.1.0-rc.1".into()),
+        |v| v.spec.image = Some(format!("kindex/node:1@sha256:{}", "a".repeat(64))),
+        |v| v.metadata.name = Some("a".repeat(40)),
+        |v| v.metadata.name = Some("a-1".into()),
+        |v| v.spec.resources = Some(resources("limits", "memory", "4Gi")),
+        |v| v.spec.resources = Some(resources("requests", "cpu", "500m")),
+    ];
+    for (i, edit) in good.iter().enumerate() {
+        let mut vi = demo();
+        edit(&mut vi);
+        validate_cel(&vi).unwrap_or_else(|e| panic!("good case {i}: {e:?}"));
+    }
+}
+
+fn resources(
+    which: &str,
+    name: &str,
+    value: &str,
+) -> k8s_openapi::api::core::v1::ResourceRequirements {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let map = [(name.to_string(), Quantity(value.into()))]
+        .into_iter()
+        .collect();
+    let mut r = k8s_openapi::api::core::v1::ResourceRequirements::default();
+    if which == "limits" {
+        r.limits = Some(map);
+    } else {
+        r.requests = Some(map);
+    }
+    r
 }

@@ -54,29 +54,77 @@ fn production_is_valid_and_warning_free() {
     validate_cel(&vi).expect("CEL");
 }
 
-/// Every file in `invalid/` is rejected, for the reason its name says.
+/// The `# expect:` line of an example: what the Kubernetes tier (e2e/run.sh) requires in
+/// the API server's refusal.
+fn expect_line(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("# expect: "))
+        .map(str::trim)
+}
+
+/// Every file in `invalid/` is rejected, for the reason its name says: by the Rust
+/// validation the operator runs and/or by the CRD's CEL rules (`cel`: the refusal must come
+/// from a CEL rule, with the message the API server shows).
 #[test]
 fn invalid_objects_are_rejected() {
     let expected = [
-        ("bad-metric.yaml", "manhattan"),
-        ("dimension-zero.yaml", "spec.dimension "),
-        ("m-out-of-range.yaml", "spec.hnsw.m "),
-        ("too-many-shards.yaml", "spec.shards "),
+        ("bad-metric.yaml", "manhattan", false),
+        ("dimension-zero.yaml", "spec.dimension ", false),
+        ("m-out-of-range.yaml", "spec.hnsw.m ", false),
+        ("too-many-shards.yaml", "spec.shards ", false),
+        (
+            "storage-zero.yaml",
+            "storage.size must be greater than zero",
+            true,
+        ),
+        (
+            "image-whitespace.yaml",
+            "image must be a container image reference",
+            true,
+        ),
+        (
+            "name-too-long.yaml",
+            "metadata.name must be at most 40 characters",
+            true,
+        ),
+        (
+            "name-not-dns1035.yaml",
+            "metadata.name must be a DNS-1035 label",
+            true,
+        ),
+        (
+            "resources-not-quantity.yaml",
+            "resources.limits must be a quantity",
+            true,
+        ),
     ];
-    let names: BTreeSet<String> = expected.iter().map(|(n, _)| n.to_string()).collect();
+    let names: BTreeSet<String> = expected.iter().map(|(n, _, _)| n.to_string()).collect();
     assert_eq!(yaml_files("invalid"), names, "add a case for each new file");
 
-    for (name, needle) in expected {
+    for (name, needle, cel) in expected {
         let text = read(&examples_dir().join("invalid").join(name));
+        assert!(
+            expect_line(&text).is_some_and(|e| !e.is_empty()),
+            "{name}: needs an `# expect: <message part>` line for e2e/run.sh"
+        );
+        if cel {
+            assert_eq!(expect_line(&text), Some(needle), "{name}");
+        }
         // An unknown enum value fails to parse; range errors parse and fail validate().
         let error = match serde_saphyr::from_str::<VectorIndex>(&text) {
             Err(e) => e.to_string(),
-            Ok(vi) => validate(&vi.spec)
-                .expect_err(name)
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
+            Ok(vi) => {
+                let mut all: Vec<String> = validate(&vi.spec)
+                    .err()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                if let Err(errors) = validate_cel(&vi) {
+                    all.extend(errors.iter().map(|e| e.message.clone()));
+                }
+                all.join("; ")
+            }
         };
         assert!(error.contains(needle), "{name}: {error}");
     }

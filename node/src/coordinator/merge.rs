@@ -17,14 +17,23 @@ pub fn top_k(per_shard: Vec<Vec<pb::ScoredPoint>>, k: usize) -> Vec<pb::ScoredPo
     all
 }
 
-/// One token holding the highest applied index seen per shard.
+/// One token holding the highest applied index seen per shard (and the parts' identity).
 pub fn tokens(parts: impl IntoIterator<Item = pb::ConsistencyToken>) -> pb::ConsistencyToken {
     let mut by_shard: BTreeMap<u32, u64> = BTreeMap::new();
-    for s in parts.into_iter().flat_map(|t| t.shards) {
-        let e = by_shard.entry(s.shard).or_default();
-        *e = (*e).max(s.applied_index);
+    let (mut index, mut shard_count) = (String::new(), 0);
+    for t in parts {
+        if index.is_empty() {
+            index = t.index;
+            shard_count = t.shard_count;
+        }
+        for s in t.shards {
+            let e = by_shard.entry(s.shard).or_default();
+            *e = (*e).max(s.applied_index);
+        }
     }
     pb::ConsistencyToken {
+        index,
+        shard_count,
         shards: by_shard
             .into_iter()
             .map(|(shard, applied_index)| pb::ShardIndex {
@@ -75,6 +84,7 @@ mod tests {
                 shard: s,
                 applied_index: i,
             }],
+            ..Default::default()
         };
         let merged = tokens([t(1, 5), t(0, 7), t(1, 3)]);
         assert_eq!(

@@ -17,6 +17,7 @@
 
 pub mod merge;
 pub mod routing;
+pub mod token;
 pub mod topology;
 
 use std::collections::HashMap;
@@ -251,11 +252,11 @@ impl Coordinator {
 
     pub async fn upsert(&self, req: pb::UpsertRequest) -> Result<pb::WriteResponse, Status> {
         self.node.check_index(&req.index).map_err(status_of)?;
-        let dim = self.node.engine().structural().dimension as usize;
+        let structural = self.node.engine().structural().clone();
         let index = req.index;
         let points = records(req.points);
         // The whole request is checked before any shard sees a part of it.
-        validate_upsert(dim, &points)
+        validate_upsert(structural.dimension as usize, structural.metric, &points)
             .map_err(|e| status_of(crate::engine::EngineError::from(e).into()))?;
         let parts = group_by_shard(req_points(points), self.shards, |p| p.id.as_str())
             .into_iter()
@@ -339,7 +340,11 @@ impl Coordinator {
         match failed {
             None => Ok(pb::WriteResponse {
                 affected,
-                token: Some(merge::tokens(tokens)),
+                token: Some(pb::ConsistencyToken {
+                    index: self.node.index.clone(),
+                    shard_count: self.shards,
+                    ..merge::tokens(tokens)
+                }),
             }),
             Some(s) if written.is_empty() => Err(s),
             Some(s) => Err(Status::new(
@@ -355,10 +360,20 @@ impl Coordinator {
 
     // ------------------------------------------------------------------ reads
 
+    /// A session token must belong to this index and its shard layout (see [`token`]).
+    fn check_token(&self, t: Option<&pb::ConsistencyToken>) -> Result<(), Status> {
+        match t {
+            Some(t) => token::check(t, &self.node.index, self.shards)
+                .map_err(|e| Status::invalid_argument(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
     pub async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse, Status> {
         self.node.check_index(&req.index).map_err(status_of)?;
         crate::engine::limits::check_batch_len(req.ids.len())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.check_token(req.token.as_ref())?;
         let pick = read_pick(req.consistency, req.token.as_ref());
         let mut unique = req.ids.clone();
         unique.sort_unstable();
@@ -395,14 +410,17 @@ impl Coordinator {
         // Bad queries fail once, here, instead of once per shard.
         let filter = convert::filter_in(req.filter.clone())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let structural = self.node.engine().structural().clone();
         crate::engine::limits::check_query(
-            self.node.engine().structural().dimension as usize,
+            structural.dimension as usize,
+            structural.metric,
             &req.vector,
             req.k as usize,
             req.ef_search.map(|e| e as usize),
             &filter,
         )
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.check_token(req.token.as_ref())?;
         let pick = read_pick(req.consistency, req.token.as_ref());
         let k = req.k as usize;
         let parts = (0..self.shards).map(|shard| {
@@ -441,6 +459,9 @@ impl Coordinator {
         match first_error {
             // Nothing answered: an error, not an empty result.
             Some(s) if lists.is_empty() => Err(s),
+            // A shard refused the request itself (e.g. a session token beyond its log):
+            // bad input, not a partial answer.
+            Some(s) if s.code() == tonic::Code::InvalidArgument => Err(s),
             _ => Ok(pb::SearchResponse {
                 hits: merge::top_k(lists, k),
                 failures,
@@ -473,6 +494,7 @@ impl Coordinator {
 
     pub async fn count(&self, req: pb::CountRequest) -> Result<pb::CountResponse, Status> {
         self.node.check_index(&req.index).map_err(status_of)?;
+        self.check_token(req.token.as_ref())?;
         let pick = read_pick(req.consistency, req.token.as_ref());
         let parts = (0..self.shards).map(|shard| {
             self.call(

@@ -98,11 +98,18 @@ impl DistanceFn {
     }
 }
 
+/// Scales `v` to unit length. The norm is computed in f64: in f32 it overflows for
+/// components above ~1.8e19 (and underflows for tiny ones), which turned such vectors into
+/// all zeros. A zero vector stays zero (the API refuses it for cosine).
 pub fn normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
     if norm > 0.0 {
-        let inv = 1.0 / norm;
-        v.iter_mut().for_each(|x| *x *= inv);
+        v.iter_mut()
+            .for_each(|x| *x = (f64::from(*x) / norm) as f32);
     }
 }
 
@@ -395,5 +402,20 @@ mod tests {
             assert_eq!(Metric::parse(m.as_str()), Some(m));
         }
         assert_eq!(Metric::parse("hamming"), None);
+    }
+
+    /// The f32 norm of [3e38, 3e38] is infinite, which used to store an all-zero vector.
+    #[test]
+    fn normalising_extreme_vectors_gives_unit_length() {
+        for v in [
+            vec![3e38f32, 3e38],
+            vec![1e-30, -1e-30],
+            vec![f32::MAX, 0.0],
+        ] {
+            let mut u = v.clone();
+            normalize(&mut u);
+            let n: f32 = u.iter().map(|x| x * x).sum();
+            assert!((n - 1.0).abs() < 1e-5, "{v:?} -> {u:?}");
+        }
     }
 }

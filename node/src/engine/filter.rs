@@ -1,13 +1,19 @@
-//! Payload filters: a conjunction of equality / range conditions on top-level
-//! JSON payload fields, checked per candidate during graph traversal.
+//! Payload filters on top-level JSON payload fields, checked per candidate during graph
+//! traversal: `must` (all hold), `mustNot` (none holds) and `should` (at least one holds,
+//! when given). A condition is an equality (`match`) or a numeric `range`.
+//!
+//! The JSON grammar is parsed by hand ([`Filter::from_json`]), not by derived serde: serde's
+//! `deny_unknown_fields` does not work together with `flatten`, and a filter that silently
+//! ignores a mistyped key returns wrong hits with a 200. Every unknown key, a condition with
+//! both `match` and `range`, and a misspelt range bound is refused with its path.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 /// Payloads are JSON objects.
 pub type Payload = Map<String, Value>;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum MatchValue {
     Text(String),
@@ -15,7 +21,7 @@ pub enum MatchValue {
     Boolean(bool),
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RangeBounds {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gt: Option<f64>,
@@ -27,39 +33,62 @@ pub struct RangeBounds {
     pub lte: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Predicate {
     Match(MatchValue),
     Range(RangeBounds),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Condition {
     pub field: String,
     #[serde(flatten)]
     pub predicate: Predicate,
 }
 
-/// All conditions must hold.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `must`: all hold; `must_not`: none holds; `should`: at least one holds (ignored when empty).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Filter {
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub must: Vec<Condition>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub must_not: Vec<Condition>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub should: Vec<Condition>,
 }
+
+/// The three clause lists, in the order their JSON keys are documented.
+pub const CLAUSES: [&str; 3] = ["must", "mustNot", "should"];
+const CONDITION_KEYS: [&str; 3] = ["field", "match", "range"];
+const RANGE_KEYS: [&str; 4] = ["gt", "gte", "lt", "lte"];
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FilterError {
-    #[error("filter condition {index}: field name is empty")]
-    EmptyField { index: usize },
+    /// A JSON filter that does not follow the grammar; `path` names the offending place,
+    /// e.g. `must[1].range.gtee`.
+    #[error("filter {path}: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("filter condition {clause}[{index}]: field name is empty")]
+    EmptyField { clause: &'static str, index: usize },
     #[error(
-        "filter condition {index} on {field:?}: a range needs at least one of gt, gte, lt, lte"
+        "filter condition {clause}[{index}] on {field:?}: a range needs at least one of gt, gte, lt, lte"
     )]
-    EmptyRange { index: usize, field: String },
-    #[error("filter condition {index} on {field:?}: range bound is not a finite number")]
-    NonFiniteBound { index: usize, field: String },
-    #[error("filter condition {index} on {field:?}: {reason}")]
+    EmptyRange {
+        clause: &'static str,
+        index: usize,
+        field: String,
+    },
+    #[error("filter condition {clause}[{index}] on {field:?}: range bound is not a finite number")]
+    NonFiniteBound {
+        clause: &'static str,
+        index: usize,
+        field: String,
+    },
+    #[error("filter condition {clause}[{index}] on {field:?}: {reason}")]
     Invalid {
+        clause: &'static str,
         index: usize,
         field: String,
         reason: String,
@@ -68,48 +97,224 @@ pub enum FilterError {
     TooManyConditions(usize),
 }
 
+/// Conditions over all clauses.
 pub const MAX_CONDITIONS: usize = 64;
+
+fn syntax(path: impl Into<String>, reason: impl Into<String>) -> FilterError {
+    FilterError::Syntax {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
 
 impl Filter {
     pub fn is_empty(&self) -> bool {
-        self.must.is_empty()
+        self.must.is_empty() && self.must_not.is_empty() && self.should.is_empty()
+    }
+
+    /// The clause lists with their JSON names.
+    pub fn clauses(&self) -> [(&'static str, &[Condition]); 3] {
+        [
+            ("must", &self.must),
+            ("mustNot", &self.must_not),
+            ("should", &self.should),
+        ]
+    }
+
+    /// Parses the JSON grammar strictly (see the module docs), then [`Self::validate`]s.
+    pub fn from_json(v: &Value) -> Result<Filter, FilterError> {
+        let Value::Object(top) = v else {
+            return Err(syntax(
+                "(top level)",
+                format!(
+                    "expected an object like {{\"must\": [...]}}, got {}",
+                    json_kind(v)
+                ),
+            ));
+        };
+        if let Some(k) = top.keys().find(|k| !CLAUSES.contains(&k.as_str())) {
+            return Err(syntax(
+                k.as_str(),
+                format!("unknown key {k:?}; a filter has must, mustNot and should"),
+            ));
+        }
+        let mut f = Filter::default();
+        for (name, list) in [
+            ("must", &mut f.must),
+            ("mustNot", &mut f.must_not),
+            ("should", &mut f.should),
+        ] {
+            match top.get(name) {
+                None => {}
+                Some(Value::Array(a)) => {
+                    for (i, c) in a.iter().enumerate() {
+                        list.push(condition_from_json(&format!("{name}[{i}]"), c)?);
+                    }
+                }
+                Some(other) => {
+                    return Err(syntax(
+                        name,
+                        format!("must be an array of conditions, got {}", json_kind(other)),
+                    ));
+                }
+            }
+        }
+        f.validate()?;
+        Ok(f)
     }
 
     pub fn validate(&self) -> Result<(), FilterError> {
-        if self.must.len() > MAX_CONDITIONS {
-            return Err(FilterError::TooManyConditions(self.must.len()));
+        let total = self.must.len() + self.must_not.len() + self.should.len();
+        if total > MAX_CONDITIONS {
+            return Err(FilterError::TooManyConditions(total));
         }
-        for (index, c) in self.must.iter().enumerate() {
-            if c.field.is_empty() {
-                return Err(FilterError::EmptyField { index });
-            }
-            if let Predicate::Range(r) = &c.predicate {
-                let bounds = [r.gt, r.gte, r.lt, r.lte];
-                if bounds.iter().all(Option::is_none) {
-                    return Err(FilterError::EmptyRange {
-                        index,
-                        field: c.field.clone(),
-                    });
+        for (clause, list) in self.clauses() {
+            for (index, c) in list.iter().enumerate() {
+                if c.field.is_empty() {
+                    return Err(FilterError::EmptyField { clause, index });
                 }
-                if bounds.iter().flatten().any(|b| !b.is_finite()) {
-                    return Err(FilterError::NonFiniteBound {
-                        index,
-                        field: c.field.clone(),
-                    });
+                if let Predicate::Range(r) = &c.predicate {
+                    let bounds = [r.gt, r.gte, r.lt, r.lte];
+                    if bounds.iter().all(Option::is_none) {
+                        return Err(FilterError::EmptyRange {
+                            clause,
+                            index,
+                            field: c.field.clone(),
+                        });
+                    }
+                    if bounds.iter().flatten().any(|b| !b.is_finite()) {
+                        return Err(FilterError::NonFiniteBound {
+                            clause,
+                            index,
+                            field: c.field.clone(),
+                        });
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// True if the payload satisfies every condition. A missing payload or
-    /// field never matches.
+    /// True if the payload satisfies the filter. A missing payload or field satisfies no
+    /// condition (so it fails `must` and `should`, and passes `mustNot`).
     pub fn matches(&self, payload: Option<&Payload>) -> bool {
-        if self.must.is_empty() {
+        if self.is_empty() {
             return true;
         }
-        let Some(p) = payload else { return false };
-        self.must.iter().all(|c| c.matches(p.get(&c.field)))
+        let get = |c: &Condition| payload.and_then(|p| p.get(&c.field));
+        self.must.iter().all(|c| c.matches(get(c)))
+            && !self.must_not.iter().any(|c| c.matches(get(c)))
+            && (self.should.is_empty() || self.should.iter().any(|c| c.matches(get(c))))
+    }
+}
+
+fn condition_from_json(path: &str, v: &Value) -> Result<Condition, FilterError> {
+    let Value::Object(c) = v else {
+        return Err(syntax(
+            path,
+            format!(
+                "expected an object with \"field\" and \"match\" or \"range\", got {}",
+                json_kind(v)
+            ),
+        ));
+    };
+    if let Some(k) = c.keys().find(|k| !CONDITION_KEYS.contains(&k.as_str())) {
+        return Err(syntax(
+            format!("{path}.{k}"),
+            format!("unknown key {k:?}; a condition has field and one of match, range"),
+        ));
+    }
+    let field = match c.get("field") {
+        Some(Value::String(f)) => f.clone(),
+        Some(other) => {
+            return Err(syntax(
+                format!("{path}.field"),
+                format!("must be a string, got {}", json_kind(other)),
+            ));
+        }
+        None => return Err(syntax(path, "\"field\" is missing")),
+    };
+    let predicate = match (c.get("match"), c.get("range")) {
+        (Some(_), Some(_)) => {
+            return Err(syntax(path, "give either \"match\" or \"range\", not both"));
+        }
+        (None, None) => return Err(syntax(path, "needs \"match\" or \"range\"")),
+        (Some(m), None) => Predicate::Match(match_from_json(&format!("{path}.match"), m)?),
+        (None, Some(r)) => Predicate::Range(range_from_json(&format!("{path}.range"), r)?),
+    };
+    Ok(Condition { field, predicate })
+}
+
+fn match_from_json(path: &str, v: &Value) -> Result<MatchValue, FilterError> {
+    match v {
+        Value::String(s) => Ok(MatchValue::Text(s.clone())),
+        Value::Bool(b) => Ok(MatchValue::Boolean(*b)),
+        Value::Number(n) => n.as_i64().map(MatchValue::Integer).ok_or_else(|| {
+            syntax(
+                path,
+                format!("{n}: only integers (64-bit) match exactly; use a range for other numbers"),
+            )
+        }),
+        other => Err(syntax(
+            path,
+            format!(
+                "takes a string, an integer or a boolean, got {}",
+                json_kind(other)
+            ),
+        )),
+    }
+}
+
+fn range_from_json(path: &str, v: &Value) -> Result<RangeBounds, FilterError> {
+    let Value::Object(r) = v else {
+        return Err(syntax(
+            path,
+            format!(
+                "must be an object with gt, gte, lt, lte, got {}",
+                json_kind(v)
+            ),
+        ));
+    };
+    let mut out = RangeBounds::default();
+    for (k, v) in r {
+        let slot = match k.as_str() {
+            "gt" => &mut out.gt,
+            "gte" => &mut out.gte,
+            "lt" => &mut out.lt,
+            "lte" => &mut out.lte,
+            _ => {
+                return Err(syntax(
+                    format!("{path}.{k}"),
+                    format!("unknown range bound {k:?}; use {}", RANGE_KEYS.join(", ")),
+                ));
+            }
+        };
+        *slot = Some(v.as_f64().ok_or_else(|| {
+            syntax(
+                format!("{path}.{k}"),
+                format!("must be a number, got {}", json_kind(v)),
+            )
+        })?);
+    }
+    Ok(out)
+}
+
+/// JSON filters in request bodies go through the strict parser.
+impl<'de> Deserialize<'de> for Filter {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        Filter::from_json(&v).map_err(serde::de::Error::custom)
     }
 }
 
@@ -141,6 +346,10 @@ mod tests {
         v.as_object().cloned().unwrap()
     }
 
+    fn parse(v: Value) -> Result<Filter, String> {
+        Filter::from_json(&v).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn conditions_are_conjunctive() {
         let f: Filter = serde_json::from_value(json!({"must": [
@@ -158,6 +367,25 @@ mod tests {
     }
 
     #[test]
+    fn must_not_excludes_and_should_needs_one() {
+        let f = parse(json!({
+            "mustNot": [{"field": "lang", "match": "de"}],
+            "should": [{"field": "year", "range": {"lt": 2000}}, {"field": "tag", "match": true}]
+        }))
+        .unwrap();
+        let p = |v: Value| f.matches(Some(&payload(v)));
+        assert!(p(json!({"lang": "en", "year": 1990})));
+        assert!(p(json!({"lang": "en", "tag": true, "year": 2020})));
+        assert!(!p(json!({"lang": "de", "year": 1990})), "mustNot excludes");
+        assert!(!p(json!({"lang": "en", "year": 2020})), "no should holds");
+        // A missing field satisfies no condition: mustNot passes, should fails.
+        let only_not = parse(json!({"mustNot": [{"field": "lang", "match": "de"}]})).unwrap();
+        assert!(only_not.matches(Some(&payload(json!({})))));
+        assert!(only_not.matches(None));
+        assert!(!f.matches(None));
+    }
+
+    #[test]
     fn match_kinds() {
         let p = payload(json!({"n": 3, "b": true, "s": "x"}));
         let m = |field: &str, v: MatchValue| Filter {
@@ -165,6 +393,7 @@ mod tests {
                 field: field.into(),
                 predicate: Predicate::Match(v),
             }],
+            ..Default::default()
         };
         assert!(m("n", MatchValue::Integer(3)).matches(Some(&p)));
         assert!(!m("n", MatchValue::Text("3".into())).matches(Some(&p)));
@@ -172,31 +401,207 @@ mod tests {
         assert!(m("s", MatchValue::Text("x".into())).matches(Some(&p)));
     }
 
+    /// Each case the issue lists, refused with the key and its path (all accepted, and so
+    /// silently ignored, by the derived serde parser this replaced).
     #[test]
-    fn invalid_filters_are_rejected() {
-        let empty_range = Filter {
-            must: vec![Condition {
-                field: "a".into(),
-                predicate: Predicate::Range(RangeBounds::default()),
-            }],
-        };
-        assert!(matches!(
-            empty_range.validate(),
-            Err(FilterError::EmptyRange { .. })
-        ));
-        let no_field = Filter {
-            must: vec![Condition {
-                field: "".into(),
-                predicate: Predicate::Match(MatchValue::Boolean(true)),
-            }],
-        };
-        assert!(matches!(
-            no_field.validate(),
-            Err(FilterError::EmptyField { .. })
-        ));
+    fn unknown_keys_are_refused_with_their_path() {
+        let cases = [
+            (
+                json!({"mst": [{"field": "a", "match": 1}]}),
+                "filter mst: unknown key \"mst\"",
+            ),
+            (
+                json!({"must": [{"field": "a", "match": 1, "boost": 2}]}),
+                "filter must[0].boost: unknown key \"boost\"",
+            ),
+            (
+                json!({"must": [{"field": "a", "match": 1}, {"field": "y", "match": 2, "range": {"lt": 3}}]}),
+                "filter must[1]: give either \"match\" or \"range\", not both",
+            ),
+            (
+                json!({"must": [{"field": "y", "range": {"gte": 1, "lte": 5, "ltee": 3}}]}),
+                "filter must[0].range.ltee: unknown range bound \"ltee\"",
+            ),
+            (
+                json!({"mustNot": [{"field": "a", "range": {"gt": 1, "lt": 2, "x": 0}}]}),
+                "filter mustNot[0].range.x: unknown range bound",
+            ),
+            (
+                json!({"should": [{"field": "a", "eq": 1}]}),
+                "filter should[0].eq: unknown key",
+            ),
+        ];
+        for (v, want) in cases {
+            let e = parse(v.clone()).unwrap_err();
+            assert!(e.contains(want), "{v}: {e:?} should contain {want:?}");
+            // The same refusal through serde (request bodies).
+            let e = serde_json::from_value::<Filter>(v.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{v}: {e:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_filters_are_refused() {
+        let cases = [
+            (json!([]), "expected an object"),
+            (json!({"must": {}}), "filter must: must be an array"),
+            (json!({"must": [1]}), "must[0]: expected an object"),
+            (json!({"must": [{"match": "en"}]}), "\"field\" is missing"),
+            (
+                json!({"must": [{"field": 3, "match": "en"}]}),
+                "must be a string",
+            ),
+            (
+                json!({"must": [{"field": "", "match": "en"}]}),
+                "field name is empty",
+            ),
+            (
+                json!({"must": [{"field": "a"}]}),
+                "needs \"match\" or \"range\"",
+            ),
+            (
+                json!({"must": [{"field": "a", "match": 1.5}]}),
+                "only integers",
+            ),
+            (json!({"must": [{"field": "a", "match": null}]}), "got null"),
+            (
+                json!({"must": [{"field": "a", "match": [1]}]}),
+                "got an array",
+            ),
+            (
+                json!({"must": [{"field": "a", "range": {}}]}),
+                "at least one of",
+            ),
+            (
+                json!({"must": [{"field": "a", "range": {"lt": "x"}}]}),
+                "must be a number",
+            ),
+            (
+                json!({"must": [{"field": "a", "range": 5}]}),
+                "must be an object",
+            ),
+        ];
+        for (v, want) in cases {
+            let e = parse(v.clone()).unwrap_err();
+            assert!(e.contains(want), "{v}: {e:?} should contain {want:?}");
+        }
+        let many: Vec<Value> = (0..=MAX_CONDITIONS)
+            .map(|i| json!({"field": format!("f{i}"), "match": 1}))
+            .collect();
         assert!(
-            serde_json::from_value::<Filter>(json!({"must": [{"field": "a", "match": [1]}]}))
-                .is_err()
+            parse(json!({"should": many}))
+                .unwrap_err()
+                .contains("limit")
         );
+    }
+
+    #[test]
+    fn serialised_filters_parse_back() {
+        let f = parse(json!({
+            "must": [{"field": "lang", "match": "en"}],
+            "mustNot": [{"field": "n", "range": {"gte": 1.5}}],
+            "should": [{"field": "ok", "match": false}]
+        }))
+        .unwrap();
+        assert_eq!(parse(serde_json::to_value(&f).unwrap()).unwrap(), f);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(
+                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                ),
+                prop::sample::select(vec![
+                    "must", "mustNot", "should", "field", "match", "range", "gt", "lte", "x"
+                ])
+                .prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                    prop::collection::btree_map(
+                        prop::sample::select(vec![
+                            "must", "mustNot", "should", "field", "match", "range", "gt", "gte",
+                            "lt", "lte", "mst"
+                        ])
+                        .prop_map(String::from),
+                        inner,
+                        0..5
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn arb_condition() -> impl Strategy<Value = Value> {
+            let field = "[a-z]{1,6}";
+            prop_oneof![
+                (
+                    field,
+                    prop_oneof![
+                        "[a-z]{0,4}".prop_map(Value::from),
+                        any::<i64>().prop_map(Value::from),
+                        any::<bool>().prop_map(Value::from)
+                    ]
+                )
+                    .prop_map(|(f, m)| json!({"field": f, "match": m})),
+                (
+                    field,
+                    prop::collection::btree_map(
+                        prop::sample::select(vec!["gt", "gte", "lt", "lte"]).prop_map(String::from),
+                        -1e6f64..1e6,
+                        1..4
+                    )
+                )
+                    .prop_map(|(f, r)| json!({"field": f, "range": r})),
+            ]
+        }
+
+        fn arb_filter() -> impl Strategy<Value = Value> {
+            let list = || prop::collection::vec(arb_condition(), 0..4);
+            (list(), list(), list())
+                .prop_map(|(a, b, c)| json!({"must": a, "mustNot": b, "should": c}))
+        }
+
+        proptest! {
+            /// Any JSON: an answer (a filter or an error), never a panic.
+            #[test]
+            fn any_json_is_parsed_or_refused(v in arb_json()) {
+                let _ = Filter::from_json(&v);
+            }
+
+            /// Grammatical filters parse, serialise back to themselves, and adding one
+            /// unknown key anywhere (top level, a condition, a range) makes them refused
+            /// with that key in the message.
+            #[test]
+            fn grammatical_filters_parse_and_unknown_keys_are_refused(
+                v in arb_filter(),
+                key in "[a-z]{1,6}z",
+                spot in 0usize..3,
+            ) {
+                let f = Filter::from_json(&v).unwrap();
+                prop_assert_eq!(Filter::from_json(&serde_json::to_value(&f).unwrap()).unwrap(), f);
+                let mut bad = v.clone();
+                let target = match spot {
+                    0 => Some(&mut bad),
+                    1 => bad["must"].as_array_mut().and_then(|a| a.first_mut()),
+                    _ => bad["should"].as_array_mut().and_then(|a| a.first_mut()).and_then(|c| c.get_mut("range")),
+                };
+                if let Some(Value::Object(m)) = target {
+                    m.insert(key.clone(), json!(1));
+                    let e = Filter::from_json(&bad).unwrap_err().to_string();
+                    prop_assert!(e.contains(&key), "{} for {}", e, bad);
+                }
+            }
+        }
     }
 }

@@ -1,12 +1,21 @@
 //! Input limits and validation shared by every API (DESIGN §6): bad input is
 //! rejected with a precise error before anything changes.
 
+use super::distance::Metric;
 use super::filter::{Filter, Payload};
 
 pub const MAX_ID_BYTES: usize = 256;
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 pub const MAX_BATCH: usize = 10_000;
 pub const MAX_K: usize = 1_000;
+
+/// Largest squared Euclidean norm of a vector (stored or query) for the `l2` and `dot`
+/// metrics, so that no distance overflows f32 (max ≈ 3.4e38): for l2, |a−b|² ≤
+/// (‖a‖+‖b‖)² ≤ 4·1e37; for dot, |a·b| ≤ ‖a‖‖b‖ ≤ 1e37, and every partial sum the SIMD
+/// kernels form is bounded the same way. So ‖v‖ ≤ ~3.16e18; components up to ~3e18 are
+/// fine, 3e38 is not. Cosine vectors are normalised (in f64) on the way in, so only the zero
+/// vector, which has no direction, is refused there.
+pub const MAX_SQUARED_NORM: f64 = 1e37;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InputError {
@@ -32,6 +41,24 @@ pub enum InputError {
     PayloadTooLarge { id: String, len: usize },
     #[error("point {id:?}: payload is not a JSON object: {reason}")]
     BadPayload { id: String, reason: String },
+    #[error(
+        "point {id:?}: vector norm {norm:e} is too large for the {metric} metric (distances could overflow f32); the limit is {:e}",
+        MAX_SQUARED_NORM.sqrt()
+    )]
+    VectorTooLarge {
+        id: String,
+        metric: Metric,
+        norm: f64,
+    },
+    #[error("point {id:?}: vector is all zeros; the cosine metric needs a vector with a direction")]
+    ZeroVector { id: String },
+    #[error(
+        "query vector norm {norm:e} is too large for the {metric} metric (distances could overflow f32); the limit is {:e}",
+        MAX_SQUARED_NORM.sqrt()
+    )]
+    QueryTooLarge { metric: Metric, norm: f64 },
+    #[error("query vector is all zeros; the cosine metric needs a vector with a direction")]
+    QueryZero,
     #[error("batch has {0} items; the limit is {MAX_BATCH}")]
     BatchTooLarge(usize),
     #[error("batch is empty")]
@@ -147,8 +174,49 @@ pub fn check_points(dim: usize, points: &[PointInput]) -> Result<(), InputError>
         .try_for_each(|(i, p)| check_point(i, dim, p))
 }
 
+/// Squared Euclidean norm, in f64 (cannot overflow for finite f32 components).
+pub fn squared_norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum()
+}
+
+/// Why a (finite) vector cannot be used under `metric`: too large for l2/dot, zero for cosine.
+enum Magnitude {
+    TooLarge(f64),
+    Zero,
+}
+
+fn magnitude(metric: Metric, v: &[f32]) -> Option<Magnitude> {
+    let sq = squared_norm(v);
+    match metric {
+        Metric::L2 | Metric::Dot if sq > MAX_SQUARED_NORM => Some(Magnitude::TooLarge(sq.sqrt())),
+        Metric::Cosine if sq == 0.0 => Some(Magnitude::Zero),
+        _ => None,
+    }
+}
+
+/// The magnitude checks of points for `metric` (see [`MAX_SQUARED_NORM`]). Made before a
+/// write is proposed, not at apply time, so a log written by an older version replays as it
+/// was accepted then.
+pub fn check_magnitudes(metric: Metric, points: &[PointInput]) -> Result<(), InputError> {
+    for p in points {
+        match magnitude(metric, &p.vector) {
+            None => {}
+            Some(Magnitude::TooLarge(norm)) => {
+                return Err(InputError::VectorTooLarge {
+                    id: p.id.clone(),
+                    metric,
+                    norm,
+                });
+            }
+            Some(Magnitude::Zero) => return Err(InputError::ZeroVector { id: p.id.clone() }),
+        }
+    }
+    Ok(())
+}
+
 pub fn check_query(
     dim: usize,
+    metric: Metric,
     vector: &[f32],
     k: usize,
     ef: Option<usize>,
@@ -162,6 +230,11 @@ pub fn check_query(
     }
     if let Some((position, &value)) = vector.iter().enumerate().find(|(_, x)| !x.is_finite()) {
         return Err(InputError::QueryNonFinite { position, value });
+    }
+    match magnitude(metric, vector) {
+        None => {}
+        Some(Magnitude::TooLarge(norm)) => return Err(InputError::QueryTooLarge { metric, norm }),
+        Some(Magnitude::Zero) => return Err(InputError::QueryZero),
     }
     if k == 0 || k > MAX_K {
         return Err(InputError::BadK(k));
@@ -237,19 +310,69 @@ mod tests {
     fn bad_queries() {
         let f = Filter::default();
         assert_eq!(
-            check_query(2, &[1.0, 2.0], 0, None, &f),
+            check_query(2, Metric::L2, &[1.0, 2.0], 0, None, &f),
             Err(InputError::BadK(0))
         );
         assert_eq!(
-            check_query(2, &[1.0, 2.0], MAX_K + 1, None, &f),
+            check_query(2, Metric::L2, &[1.0, 2.0], MAX_K + 1, None, &f),
             Err(InputError::BadK(MAX_K + 1))
         );
-        assert!(check_query(2, &[1.0], 1, None, &f).is_err());
-        assert!(check_query(2, &[1.0, f32::NAN], 1, None, &f).is_err());
+        assert!(check_query(2, Metric::L2, &[1.0], 1, None, &f).is_err());
+        assert!(check_query(2, Metric::L2, &[1.0, f32::NAN], 1, None, &f).is_err());
         assert_eq!(
-            check_query(2, &[1.0, 2.0], 1, Some(0), &f),
+            check_query(2, Metric::L2, &[1.0, 2.0], 1, Some(0), &f),
             Err(InputError::BadEf(0))
         );
-        assert!(check_query(2, &[1.0, 2.0], 10, Some(64), &f).is_ok());
+        assert!(check_query(2, Metric::L2, &[1.0, 2.0], 10, Some(64), &f).is_ok());
+    }
+
+    /// 3e38 is finite but was accepted before: l2/dot distances came back as JSON null and
+    /// cosine stored an all-zero vector.
+    #[test]
+    fn huge_and_zero_vectors_are_refused() {
+        let f = Filter::default();
+        for metric in [Metric::L2, Metric::Dot] {
+            let e = check_magnitudes(metric, &[p("big", vec![3e38, 0.0])])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("\"big\"") && e.contains("too large"), "{e}");
+            let e = check_query(2, metric, &[0.0, 3e38], 1, None, &f).unwrap_err();
+            assert!(matches!(e, InputError::QueryTooLarge { .. }), "{e}");
+            // Zero vectors are fine for l2 and dot.
+            check_magnitudes(metric, &[p("z", vec![0.0, 0.0])]).unwrap();
+        }
+        // Cosine takes any finite magnitude (normalised in f64) but not zero.
+        check_magnitudes(Metric::Cosine, &[p("big", vec![3e38, 3e38])]).unwrap();
+        check_magnitudes(Metric::Cosine, &[p("tiny", vec![1e-45, 0.0])]).unwrap();
+        let e = check_magnitudes(Metric::Cosine, &[p("z", vec![0.0, -0.0])]).unwrap_err();
+        assert_eq!(e, InputError::ZeroVector { id: "z".into() });
+        assert_eq!(
+            check_query(2, Metric::Cosine, &[0.0, 0.0], 1, None, &f),
+            Err(InputError::QueryZero)
+        );
+    }
+
+    /// At the limit, the largest possible distance of every metric is still finite, with
+    /// the kernels this CPU uses and the scalar ones.
+    #[test]
+    fn distances_at_the_limit_stay_finite() {
+        use super::super::distance::DistanceFn;
+        let dim = 384;
+        // Every component equal, norm just under the limit; b points the other way.
+        let c = ((MAX_SQUARED_NORM / dim as f64).sqrt() * 0.999_999) as f32;
+        let a = vec![c; dim];
+        let b = vec![-c; dim];
+        check_magnitudes(Metric::L2, &[p("a", a.clone()), p("b", b.clone())]).unwrap();
+        for metric in [Metric::L2, Metric::Dot] {
+            for d in [DistanceFn::new(metric), DistanceFn::scalar(metric)] {
+                for (x, y) in [(&a, &b), (&a, &a), (&b, &b)] {
+                    let v = d.distance(x, y);
+                    assert!(v.is_finite(), "{metric}: {v}");
+                }
+            }
+        }
+        // Just over the limit is refused.
+        let over = vec![c * 1.001; dim];
+        assert!(check_magnitudes(Metric::Dot, &[p("o", over)]).is_err());
     }
 }

@@ -545,7 +545,14 @@ impl Engine {
         filter: &Filter,
     ) -> Result<Vec<Hit>, EngineError> {
         let inner = &*self.inner;
-        limits::check_query(inner.vectors.dim(), query, k, ef, filter)?;
+        limits::check_query(
+            inner.vectors.dim(),
+            inner.dist.metric(),
+            query,
+            k,
+            ef,
+            filter,
+        )?;
         let mut q = query.to_vec();
         inner.dist.prepare(&mut q);
         let ef = ef.unwrap_or_else(|| self.knobs().ef_search);

@@ -98,9 +98,16 @@ pub fn inputs_of(records: &[PointRecord]) -> Result<Vec<PointInput>, InputError>
 
 /// The checks `apply` makes, for the coordinator to run before proposing: a command that passes
 /// them is never rejected at apply time for its input.
-pub fn validate_upsert(dim: usize, records: &[PointRecord]) -> Result<Vec<PointInput>, InputError> {
+/// `metric`: the magnitude checks are made here only, before proposing (see
+/// [`limits::check_magnitudes`]).
+pub fn validate_upsert(
+    dim: usize,
+    metric: crate::engine::distance::Metric,
+    records: &[PointRecord],
+) -> Result<Vec<PointInput>, InputError> {
     let inputs = inputs_of(records)?;
     limits::check_points(dim, &inputs)?;
+    limits::check_magnitudes(metric, &inputs)?;
     Ok(inputs)
 }
 

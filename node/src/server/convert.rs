@@ -3,7 +3,7 @@
 
 use kindex_proto as pb;
 
-use crate::engine::filter::{Condition, Filter, MatchValue, Predicate, RangeBounds};
+use crate::engine::filter::{Condition, Filter, FilterError, MatchValue, Predicate, RangeBounds};
 use crate::engine::limits::{self, InputError};
 use crate::engine::{Hit, PointInput, StoredPoint};
 
@@ -28,10 +28,24 @@ pub fn filter_in(f: Option<pb::Filter>) -> Result<Filter, InputError> {
     let Some(f) = f else {
         return Ok(Filter::default());
     };
-    let mut must = Vec::with_capacity(f.must.len());
-    for (index, c) in f.must.into_iter().enumerate() {
+    let f = Filter {
+        must: conditions_in("must", f.must)?,
+        must_not: conditions_in("mustNot", f.must_not)?,
+        should: conditions_in("should", f.should)?,
+    };
+    f.validate()?;
+    Ok(f)
+}
+
+fn conditions_in(
+    clause: &'static str,
+    list: Vec<pb::Condition>,
+) -> Result<Vec<Condition>, InputError> {
+    let mut out = Vec::with_capacity(list.len());
+    for (index, c) in list.into_iter().enumerate() {
         let invalid = |reason: &str| {
-            InputError::Filter(crate::engine::filter::FilterError::Invalid {
+            InputError::Filter(FilterError::Invalid {
+                clause,
                 index,
                 field: c.field.clone(),
                 reason: reason.to_string(),
@@ -52,42 +66,44 @@ pub fn filter_in(f: Option<pb::Filter>) -> Result<Filter, InputError> {
                 lte: r.lte,
             }),
         };
-        must.push(Condition {
+        out.push(Condition {
             field: c.field,
             predicate,
         });
     }
-    let f = Filter { must };
-    f.validate()?;
-    Ok(f)
+    Ok(out)
 }
 
-/// The wire form of a filter (the HTTP API parses filters as JSON into [`Filter`]).
+/// The wire form of a filter (the HTTP API and the CLI parse filters as JSON into [`Filter`]).
 pub fn filter_out(f: &Filter) -> pb::Filter {
     pb::Filter {
-        must: f
-            .must
-            .iter()
-            .map(|c| pb::Condition {
-                field: c.field.clone(),
-                kind: Some(match &c.predicate {
-                    Predicate::Match(m) => pb::condition::Kind::Match(pb::Match {
-                        value: Some(match m {
-                            MatchValue::Text(t) => pb::r#match::Value::Text(t.clone()),
-                            MatchValue::Integer(i) => pb::r#match::Value::Integer(*i),
-                            MatchValue::Boolean(b) => pb::r#match::Value::Boolean(*b),
-                        }),
-                    }),
-                    Predicate::Range(r) => pb::condition::Kind::Range(pb::Range {
-                        gt: r.gt,
-                        gte: r.gte,
-                        lt: r.lt,
-                        lte: r.lte,
+        must: conditions_out(&f.must),
+        must_not: conditions_out(&f.must_not),
+        should: conditions_out(&f.should),
+    }
+}
+
+fn conditions_out(list: &[Condition]) -> Vec<pb::Condition> {
+    list.iter()
+        .map(|c| pb::Condition {
+            field: c.field.clone(),
+            kind: Some(match &c.predicate {
+                Predicate::Match(m) => pb::condition::Kind::Match(pb::Match {
+                    value: Some(match m {
+                        MatchValue::Text(t) => pb::r#match::Value::Text(t.clone()),
+                        MatchValue::Integer(i) => pb::r#match::Value::Integer(*i),
+                        MatchValue::Boolean(b) => pb::r#match::Value::Boolean(*b),
                     }),
                 }),
-            })
-            .collect(),
-    }
+                Predicate::Range(r) => pb::condition::Kind::Range(pb::Range {
+                    gt: r.gt,
+                    gte: r.gte,
+                    lt: r.lt,
+                    lte: r.lte,
+                }),
+            }),
+        })
+        .collect()
 }
 
 pub fn point_out(p: StoredPoint, with_vector: bool, with_payload: bool) -> pb::Point {
@@ -133,10 +149,11 @@ mod tests {
     #[test]
     fn filter_without_kind_is_rejected() {
         let f = pb::Filter {
-            must: vec![pb::Condition {
+            must_not: vec![pb::Condition {
                 field: "a".into(),
                 kind: None,
             }],
+            ..Default::default()
         };
         assert!(
             filter_in(Some(f))
@@ -145,10 +162,11 @@ mod tests {
                 .contains("neither match nor range")
         );
         let f = pb::Filter {
-            must: vec![pb::Condition {
+            should: vec![pb::Condition {
                 field: "a".into(),
                 kind: Some(pb::condition::Kind::Match(pb::Match { value: None })),
             }],
+            ..Default::default()
         };
         assert!(
             filter_in(Some(f))
@@ -161,7 +179,7 @@ mod tests {
     #[test]
     fn filters_round_trip_through_the_wire_form() {
         let f: Filter = serde_json::from_str(
-            r#"{"must":[{"field":"lang","match":"en"},{"field":"n","match":3},{"field":"ok","match":true},{"field":"year","range":{"gte":2000.0,"lt":2010.0}}]}"#,
+            r#"{"must":[{"field":"lang","match":"en"},{"field":"n","match":3}],"mustNot":[{"field":"ok","match":true}],"should":[{"field":"year","range":{"gte":2000.0,"lt":2010.0}}]}"#,
         )
         .unwrap();
         assert_eq!(filter_in(Some(filter_out(&f))).unwrap(), f);

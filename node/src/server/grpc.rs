@@ -96,15 +96,6 @@ fn shard_local<T>(r: &Request<T>) -> Result<Option<u32>, Status> {
     }
 }
 
-pub fn token(shard: u32, applied_index: u64) -> pb::ConsistencyToken {
-    pb::ConsistencyToken {
-        shards: vec![pb::ShardIndex {
-            shard,
-            applied_index,
-        }],
-    }
-}
-
 /// The `Points` service: requests from clients go through the coordinator; requests from
 /// other nodes (`kindex-shard-local`, or forwarded to this leader) are served for this shard.
 #[derive(Clone)]

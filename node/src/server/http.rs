@@ -1,12 +1,17 @@
 //! HTTP: health, readiness, metrics, and a JSON mirror of the `Points` API
 //! under `/v1`. Every request goes through the node's coordinator, like a gRPC one: same
 //! routing, consistency levels (`consistency`, `token` fields) and errors.
+//!
+//! Every 4xx/5xx answer has one shape, `{"error": {"code": ..., "message": ...}}`: the
+//! handlers' own errors, and (through [`json_errors`]) axum's routing 404 and 405, path and
+//! query rejections, and body-limit 413s, which axum answers empty or as text/plain.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -36,9 +41,80 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/v1/indexes/{index}/points/delete", post(delete))
         .route("/v1/indexes/{index}/search", post(search))
         .route("/v1/indexes/{index}/count", get(count))
+        .fallback(no_route)
         // Bulk JSON batches are large (10k × 384 floats is ~40 MB of text).
-        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(coordinator)
+}
+
+/// Largest request body.
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+/// The error code of a status the handlers do not produce themselves.
+fn code_of(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "invalid_argument",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => "deadline_exceeded",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal",
+    }
+}
+
+/// Rewrites every error answer that is not JSON yet (axum's empty 404/405, text/plain path,
+/// query and body-limit rejections, the text of `/readyz`) into the API's JSON error shape,
+/// keeping the status and the text as the message.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match (status, text.is_empty()) {
+        (StatusCode::METHOD_NOT_ALLOWED, _) => {
+            let allow = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            format!("method {method} is not allowed on {path}; allowed: {allow}")
+        }
+        (_, false) => text,
+        (_, true) => format!(
+            "{} ({method} {path})",
+            status.canonical_reason().unwrap_or("error")
+        ),
+    };
+    let mut out = ApiError(status, code_of(status), message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 /// JSON error body: `{"error": {"code": ..., "message": ...}}`.
@@ -95,9 +171,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            let status = e.status();
             ApiError(
-                StatusCode::BAD_REQUEST,
-                "invalid_argument",
+                status,
+                code_of(status),
                 format!("cannot read the request body: {}", e.body_text()),
             )
         })?;
@@ -148,11 +225,21 @@ struct UpsertBody {
     points: Vec<JsonPoint>,
 }
 
-/// `{"shards": [{"shard": 0, "appliedIndex": 12}]}`: what writes return and session reads take.
+/// `{"index": "docs", "shardCount": 2, "shards": [{"shard": 0, "appliedIndex": 12}]}`: what
+/// writes return and session reads take. `index` and `shardCount` are absent from tokens issued
+/// before they existed; such tokens are still accepted (only their shard numbers are checked).
 #[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JsonToken {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub index: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shard_count: u32,
     pub shards: Vec<JsonShardIndex>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -165,6 +252,8 @@ pub struct JsonShardIndex {
 impl From<pb::ConsistencyToken> for JsonToken {
     fn from(t: pb::ConsistencyToken) -> Self {
         JsonToken {
+            index: t.index,
+            shard_count: t.shard_count,
             shards: t
                 .shards
                 .into_iter()
@@ -180,6 +269,8 @@ impl From<pb::ConsistencyToken> for JsonToken {
 impl From<JsonToken> for pb::ConsistencyToken {
     fn from(t: JsonToken) -> Self {
         pb::ConsistencyToken {
+            index: t.index,
+            shard_count: t.shard_count,
             shards: t
                 .shards
                 .into_iter()

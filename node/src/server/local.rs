@@ -16,7 +16,6 @@ use tonic::Status;
 
 use super::convert;
 use super::grpc::status_of;
-use super::grpc::token;
 use crate::coordinator::routing::shard_of;
 use crate::node::Node;
 use crate::raft::NodeId;
@@ -69,7 +68,12 @@ impl LocalShard {
     fn write_response(&self, affected: u64, applied_index: u64) -> pb::WriteResponse {
         pb::WriteResponse {
             affected,
-            token: Some(token(self.node.shard, applied_index)),
+            token: Some(crate::coordinator::token::issue(
+                &self.node.index,
+                self.node.engine().structural().shards.max(1),
+                self.node.shard,
+                applied_index,
+            )),
         }
     }
 

@@ -80,10 +80,9 @@ pub fn pod_name(index: &str, shard: u32, ordinal: u32) -> String {
     format!("{index}-s{shard}-{ordinal}")
 }
 
-/// Longest index name whose derived names all stay legal: a StatefulSet name must
-/// leave room for the pod ordinal and the `controller-revision-hash` label (63 chars,
-/// ≈ name + 11), and `<index>-s63-headless` must be a 63-char DNS label.
-pub const MAX_INDEX_NAME: usize = 40;
+/// Longest index name whose derived names all stay legal (the CRD's admission rule uses the
+/// same constant).
+pub const MAX_INDEX_NAME: usize = kindex_crds::spec::MAX_INDEX_NAME;
 
 /// The index name is used for Services, so it must be a DNS-1035 label (a
 /// `VectorIndex` name may be any DNS subdomain, e.g. contain dots).
