@@ -302,13 +302,24 @@ fn huge_and_zero_vectors() {
     assert_eq!(code, 400, "{v}");
 }
 
+/// (name, method, path, headers, body, expected status, expected error code)
+type HttpCase<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 /// Every error answer of the HTTP API is JSON with the documented shape, including the
 /// framework's own (before: empty 404/405 bodies, text/plain path and query rejections).
 #[test]
 fn every_http_error_is_json() {
     let n = standalone("l2", 4);
     let json_ct = [("Content-Type", "application/json")];
-    let cases: Vec<(&str, &str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<HttpCase<'_>> = vec![
         (
             "unknown route",
             "GET",
