@@ -179,3 +179,31 @@ func TestTailBytes(t *testing.T) {
 		}
 	}
 }
+
+func TestResolveInRootStaysInside(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "run"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "var"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Debian's /var/run -> /run, and a relative link climbing out.
+	if err := os.Symlink("/run", filepath.Join(root, "var/run")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../../../../etc", filepath.Join(root, "run/up")); err != nil {
+		t.Fatal(err)
+	}
+	for in, want := range map[string]string{
+		"/var/run/secrets/x": "/run/secrets/x",
+		"/run/up/passwd":     "/etc/passwd",
+		"/data":              "/data",
+		"../../data":         "/data",
+	} {
+		got, err := resolveInRoot(root, in)
+		if err != nil || got != filepath.Join(root, want) {
+			t.Errorf("resolveInRoot(%q) = %q, %v; want %q", in, got, err, filepath.Join(root, want))
+		}
+	}
+}

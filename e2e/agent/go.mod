@@ -7,6 +7,7 @@ go 1.25.0
 
 require (
 	github.com/prometheus/client_model v0.6.2
+	github.com/sirupsen/logrus v1.9.4
 	github.com/virtual-kubelet/virtual-kubelet v1.12.0
 	k8s.io/api v0.35.0
 	k8s.io/apimachinery v0.35.0

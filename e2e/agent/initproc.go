@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -58,6 +59,41 @@ func containerInitMain(args []string) int {
 		return 127
 	}
 	return 0
+}
+
+// resolveInRoot resolves p inside root, following symlinks as the
+// container would see them (an absolute link target is relative to root,
+// `..` never leaves it), so that creating a mount point never follows a link
+// out of the container's root onto the host.
+func resolveInRoot(root, p string) (string, error) {
+	parts := strings.Split(path.Clean("/"+p), "/")
+	cur := "/"
+	hops := 0
+	for len(parts) > 0 {
+		part := parts[0]
+		parts = parts[1:]
+		if part == "" || part == "." {
+			continue
+		}
+		next := path.Join(cur, part)
+		fi, err := os.Lstat(filepath.Join(root, next))
+		if err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			if hops++; hops > 40 {
+				return "", fmt.Errorf("%s: too many levels of symbolic links", p)
+			}
+			target, err := os.Readlink(filepath.Join(root, next))
+			if err != nil {
+				return "", err
+			}
+			if path.IsAbs(target) {
+				cur = "/"
+			}
+			parts = append(strings.Split(target, "/"), parts...)
+			continue
+		}
+		cur = next
+	}
+	return filepath.Join(root, cur), nil
 }
 
 func mount(src, dst, fstype string, flags uintptr, data string) error {
@@ -114,7 +150,12 @@ func setupRoot(s *initSpec) error {
 		return err
 	}
 	for _, m := range s.Mounts {
-		dst := r(m.Target)
+		// Resolved inside the root: /var/run -> /run must not lead to the
+		// host's /run.
+		dst, err := resolveInRoot(s.Root, m.Target)
+		if err != nil {
+			return err
+		}
 		fi, err := os.Stat(m.Source)
 		if err != nil {
 			return fmt.Errorf("volume source %s: %w", m.Source, err)
@@ -141,11 +182,8 @@ func setupRoot(s *initSpec) error {
 		}
 	}
 	if s.ReadOnlyRoot {
-		// The root mount itself goes read-only; the mounts under it
+		// The overlay mount itself goes read-only; the mounts under it
 		// (volumes, /dev, /proc, /tmp) keep their own flags.
-		if err := mount(s.Root, s.Root, "", syscall.MS_BIND, ""); err != nil {
-			return err
-		}
 		if err := bindRO(s.Root); err != nil {
 			return err
 		}

@@ -27,6 +27,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	vklog "github.com/virtual-kubelet/virtual-kubelet/log"
+	vklogrus "github.com/virtual-kubelet/virtual-kubelet/log/logrus"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -122,6 +125,13 @@ func run(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// virtual-kubelet logs nothing unless given a logger; its warnings and
+	// errors (failed status updates, ...) go to stderr with ours.
+	lr := logrus.New()
+	lr.SetOutput(os.Stderr)
+	lr.SetLevel(logrus.InfoLevel)
+	vklog.L = vklogrus.FromLogrus(logrus.NewEntry(lr))
+	ctx = vklog.WithLogger(ctx, vklog.L)
 
 	restCfg, err := clientcmd.BuildConfigFromFlags("", c.kubeconfig)
 	if err != nil {

@@ -14,6 +14,8 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
 )
 
@@ -83,6 +85,19 @@ func (pr *provider) DeletePod(_ context.Context, pod *corev1.Pod) error {
 		}
 		rt.mu.Unlock()
 		rt.notify(p)
+		// As a kubelet does once every container has stopped: remove the
+		// object now (grace 0, this incarnation only) instead of letting it
+		// linger until the grace period is over.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		zero := int64(0)
+		err := rt.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+			GracePeriodSeconds: &zero,
+			Preconditions:      &metav1.Preconditions{UID: &pod.UID},
+		})
+		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			logger.Printf("pod %s/%s: delete after stop: %v", pod.Namespace, pod.Name, err)
+		}
 	}()
 	rt.notify(p)
 	return nil
@@ -163,7 +178,9 @@ func (pr *provider) GetContainerLogs(ctx context.Context, ns, name, ctr string, 
 	if err != nil {
 		return nil, err
 	}
-	b = tailBytes(b, opts.Tail)
+	if opts.Tail > 0 { // 0: not given (virtual-kubelet cannot tell --tail=0 apart)
+		b = tailBytes(b, opts.Tail)
+	}
 	if opts.LimitBytes > 0 && len(b) > opts.LimitBytes {
 		b = b[:opts.LimitBytes]
 	}

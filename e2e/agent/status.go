@@ -22,7 +22,7 @@ func (p *podRT) statusLocked() corev1.PodStatus {
 		HostIP:    p.rt.cfg.nodeIP,
 		HostIPs:   []corev1.HostIP{{IP: p.rt.cfg.nodeIP}},
 		StartTime: &p.startTime,
-		QOSClass:  corev1.PodQOSBurstable,
+		QOSClass:  p.pod.Status.QOSClass, // set by the API server at creation; immutable
 	}
 	if p.ip != "" {
 		st.PodIP = p.ip
