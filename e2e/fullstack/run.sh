@@ -9,7 +9,9 @@
 # Usage: bash e2e/fullstack/run.sh [SCENARIO...]     (default: all; e.g. `0 1`)
 # Needs root (namespaces, veth, mounts), go, cargo. Prints one line per check,
 # each with its duration, and closes with "N passed, M failed".
-# Env: KINDEX_FULLSTACK_KEEP=1 keeps the run directory (logs) after the run.
+# Env: KINDEX_FULLSTACK_KEEP=1 keeps the run directory (logs) after the run;
+#      KINDEX_BIN_DIR=DIR takes kindex-node, kindex-operator, kindex and
+#      kubectl-kindex from DIR instead of `cargo build` (debug profile).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -28,7 +30,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # Scenario 0 runs shell pods only; every other one needs the kindex binaries.
 need_kindex=1
 [[ "$*" == "0" ]] && need_kindex=0
-if ((need_kindex)); then
+bindir="$CARGO_TARGET_DIR/debug"
+if [[ -n "${KINDEX_BIN_DIR:-}" ]]; then
+  bindir=$KINDEX_BIN_DIR # prebuilt binaries: no cargo build
+elif ((need_kindex)); then
   log "cargo build (kindex-node, kindex-operator, kindex) ..."
   cargo build --locked -p kindex-node -p kindex-operator -p kindex --bins >&2
 fi
@@ -56,7 +61,7 @@ trap 'exit 130' INT TERM
 mkdir -p "$RUN/bin"
 if ((need_kindex)); then
   for b in kindex-node kindex-operator kindex kubectl-kindex; do
-    install -m 755 "$CARGO_TARGET_DIR/debug/$b" "$RUN/bin/$b"
+    install -m 755 "$bindir/$b" "$RUN/bin/$b"
   done
 fi
 install -m 755 "$KINDEX_AGENT" "$RUN/bin/kindex-agent"
