@@ -32,9 +32,12 @@ func newNode(_ context.Context, rt *Runtime, name string, port int) (*nodeutil.N
 		return nil, err
 	}
 	mux := http.NewServeMux()
+	pr := &provider{rt: rt, node: name}
+	// More specific than the "/" virtual-kubelet attaches: ours wins.
+	mux.Handle("/portForward/", portForwardHandler(pr))
 	return nodeutil.NewNode(name,
 		func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
-			return &provider{rt: rt, node: name}, nil, nil
+			return pr, nil, nil
 		},
 		nodeutil.WithClient(rt.client),
 		func(c *nodeutil.NodeConfig) error {
