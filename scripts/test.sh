@@ -5,11 +5,11 @@
 # kubectl and helm built from Go modules (e2e/scripts/tools.sh).
 #
 #   scripts/test.sh            all tiers
-#   KINDEX_TIERS="unit" ...    a subset: any of lint unit cluster k8s
+#   KINDEX_TIERS="unit" ...    a subset: any of lint unit cluster k8s fullstack
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tiers="${KINDEX_TIERS:-lint unit cluster k8s}"
+tiers="${KINDEX_TIERS:-lint unit cluster k8s fullstack}"
 has() { [[ " $tiers " == *" $1 "* ]]; }
 step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 started=$(date +%s)
@@ -50,6 +50,15 @@ if has k8s; then
     echo "e2e/run.sh missing: the Kubernetes tier is not set up" >&2
     exit 1
   fi
+fi
+
+if has fullstack; then
+  # Pods as real processes in their own namespaces, inside one namespace the
+  # run creates (needs root); see e2e/fullstack/README.md.
+  step "full-stack tier: node agent unit tests"
+  (cd e2e/agent && go vet ./... && go test ./...)
+  step "full-stack tier (operator and index pods as processes)"
+  bash e2e/fullstack/run.sh
 fi
 
 step "all tiers passed in $(( $(date +%s) - started ))s"

@@ -34,8 +34,10 @@ bindir="$CARGO_TARGET_DIR/debug"
 if [[ -n "${KINDEX_BIN_DIR:-}" ]]; then
   bindir=$KINDEX_BIN_DIR # prebuilt binaries: no cargo build
 elif ((need_kindex)); then
-  log "cargo build (kindex-node, kindex-operator, kindex) ..."
-  cargo build --locked -p kindex-node -p kindex-operator -p kindex --bins >&2
+  # The same command as scripts/test.sh's build step, so that after it this
+  # is a no-op (a -p subset could unify features differently and rebuild).
+  log "cargo build --workspace --bins ..."
+  cargo build --workspace --bins --locked >&2
 fi
 log "build steps done in $((SECONDS - t0))s"
 
