@@ -18,7 +18,7 @@ root=$PWD
 log() { echo "fullstack: $*" >&2; }
 
 [[ $(id -u) == 0 ]] || { log "ERROR: needs root (network and mount namespaces)"; exit 1; }
-for c in unshare nsenter ip python3; do
+for c in unshare nsenter ip python3 curl; do
   command -v "$c" >/dev/null || { log "ERROR: '$c' not found"; exit 1; }
 done
 
@@ -53,12 +53,13 @@ cleanup() {
   if [[ -n "${KINDEX_FULLSTACK_KEEP:-}" ]]; then
     log "kept $RUN"
   else
-    rm -rf "$RUN"
+    # A process of the namespace may still be dying (SIGKILL is async).
+    rm -rf "$RUN" 2>/dev/null || { sleep 1; rm -rf "$RUN"; }
   fi
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM # until the namespace exists (see below)
 
 mkdir -p "$RUN/bin"
 if ((need_kindex)); then
@@ -69,7 +70,12 @@ fi
 install -m 755 "$KINDEX_AGENT" "$RUN/bin/kindex-agent"
 
 export RUN KUBECTL HELM KINDEX_TESTENV ROOT="$root"
-# --kill-child: if this script dies, the namespace's first process gets
-# SIGKILL and with it every process in the pid namespace.
+# --kill-child: when unshare dies, the namespace's first process gets SIGKILL
+# and with it every process in the pid namespace. unshare ignores SIGINT and
+# SIGTERM while it waits, so on Ctrl-C (or TERM) this script kills it: the
+# whole tier goes at once, then cleanup removes the run directory.
 unshare --pid --fork --kill-child --mount-proc --net --mount --propagation private \
-  bash e2e/fullstack/inside.sh "$@"
+  bash e2e/fullstack/inside.sh "$@" &
+ns_pid=$!
+trap 'kill -KILL "$ns_pid" 2>/dev/null; wait "$ns_pid" 2>/dev/null; exit 130' INT TERM
+wait "$ns_pid"
