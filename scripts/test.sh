@@ -56,7 +56,8 @@ if has fullstack; then
   # Pods as real processes in their own namespaces, inside one namespace the
   # run creates (needs root); see e2e/fullstack/README.md.
   step "full-stack tier: node agent gofmt, vet, unit tests"
-  (cd e2e/agent && test -z "$(gofmt -l .)" && go vet ./... && go test ./...) ||
+  # CGO_ENABLED=0 as in agent.sh, so vet and test reuse its compiled packages.
+  (cd e2e/agent && export CGO_ENABLED=0 && test -z "$(gofmt -l .)" && go vet ./... && go test ./...) ||
     { echo "e2e/agent: gofmt/vet/tests failed (gofmt -l: $(cd e2e/agent && gofmt -l .))" >&2; exit 1; }
   step "full-stack tier (operator and index pods as processes)"
   bash e2e/fullstack/run.sh
