@@ -30,10 +30,13 @@ chmod 1777 /tmp
 mkdir -p /tmp/hostpath_pv
 
 t=$(now)
+# The scheduler flag: a pod found unschedulable just before its PVC got bound
+# was seen waiting the default 5 min in the unschedulable queue; 15 s caps it.
 "$KINDEX_TESTENV" --controller-manager --scheduler \
   --bind-address=0.0.0.0 --serving-ip=10.244.0.1 --port=6443 \
   --dir "$RUN/testenv" --kubeconfig-out "$KC" --max-lifetime 120m --ready-timeout 5m \
   --controller-manager-arg=--enable-hostpath-provisioner=true \
+  --scheduler-arg=--pod-max-in-unschedulable-pods-duration=15s \
   >"$RUN/testenv.out" 2>"$RUN/testenv.log" &
 wait_line "$RUN/testenv.out" READY 300 || fatal "kindex-testenv not READY (see $RUN/testenv.log)"
 info "control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) ready in $(since "$t")s"

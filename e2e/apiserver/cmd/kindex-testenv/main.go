@@ -70,6 +70,7 @@ type options struct {
 	maxLifetime, readyTimeout      time.Duration
 	extraTokens, apiserverArgs     listFlag
 	kcmArgs, servingIPs            listFlag
+	schedulerArgs                  listFlag
 }
 
 func main() {
@@ -126,6 +127,7 @@ Flags:
 	fs.StringVar(&o.bindAddress, "bind-address", "127.0.0.1", "kube-apiserver bind address; anything but 127.0.0.1 only inside a network namespace the test created (the full-stack tier binds 0.0.0.0 in its own namespace)")
 	fs.Var(&o.servingIPs, "serving-ip", "extra IP address in the serving certificate, e.g. the tier bridge address pods reach the API server on (repeatable)")
 	fs.BoolVar(&o.scheduler, "scheduler", false, "also run kube-scheduler (needs --controller-manager to be useful: PVC binding, StatefulSets)")
+	fs.Var(&o.schedulerArgs, "scheduler-arg", "extra kube-scheduler flag (repeatable)")
 	fs.Var(&o.extraTokens, "extra-token", "add a static token user: TOKEN,USER,UID[,GROUP1,GROUP2...] (repeatable)")
 	fs.Var(&o.apiserverArgs, "apiserver-arg", "extra kube-apiserver flag, e.g. --apiserver-arg=--v=2 (repeatable; later flags win)")
 	fs.Var(&o.kcmArgs, "controller-manager-arg", "extra kube-controller-manager flag (repeatable)")
@@ -340,7 +342,8 @@ func run(args []string) int {
 	}
 	if o.scheduler {
 		sched, schedDone, err := startChild("kube-scheduler", schedulerSubcommand,
-			"--kubeconfig="+o.kubeconfigOut, "--leader-elect=false", "--secure-port=0")
+			append([]string{"--kubeconfig=" + o.kubeconfigOut, "--leader-elect=false", "--secure-port=0"},
+				o.schedulerArgs...)...)
 		if err != nil {
 			logger.Print(err)
 			return 1
