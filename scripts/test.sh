@@ -6,11 +6,11 @@
 # Python tier a cached venv with pinned packages from PyPI (scripts/python-tests.sh).
 #
 #   scripts/test.sh            all tiers
-#   KINDEX_TIERS="unit" ...    a subset: any of lint unit cluster fuzz python k8s
+#   KINDEX_TIERS="unit" ...    a subset: any of lint unit cluster fuzz python k8s fullstack
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tiers="${KINDEX_TIERS:-lint unit cluster fuzz python k8s}"
+tiers="${KINDEX_TIERS:-lint unit cluster fuzz python k8s fullstack}"
 has() { [[ " $tiers " == *" $1 "* ]]; }
 step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 started=$(date +%s)
@@ -67,6 +67,17 @@ if has k8s; then
     echo "e2e/run.sh missing: the Kubernetes tier is not set up" >&2
     exit 1
   fi
+fi
+
+if has fullstack; then
+  # Pods as real processes in their own namespaces, inside one namespace the
+  # run creates (needs root); see e2e/fullstack/README.md.
+  step "full-stack tier: node agent gofmt, vet, unit tests"
+  # CGO_ENABLED=0 as in agent.sh, so vet and test reuse its compiled packages.
+  (cd e2e/agent && export CGO_ENABLED=0 && test -z "$(gofmt -l .)" && go vet ./... && go test ./...) ||
+    { echo "e2e/agent: gofmt/vet/tests failed (gofmt -l: $(cd e2e/agent && gofmt -l .))" >&2; exit 1; }
+  step "full-stack tier (operator and index pods as processes)"
+  bash e2e/fullstack/run.sh
 fi
 
 step "all tiers passed in $(( $(date +%s) - started ))s"

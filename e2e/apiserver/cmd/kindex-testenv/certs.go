@@ -29,7 +29,7 @@ type pkiFiles struct {
 // relying on kube-apiserver's --cert-dir self-signing so that the kubeconfig
 // can carry the CA and clients verify TLS for real (no insecure-skip-tls-verify).
 // ECDSA P-256 keys are used because they are generated in microseconds.
-func generatePKI(dir string, serviceIP net.IP) (*pkiFiles, error) {
+func generatePKI(dir string, serviceIP net.IP, extraIPs ...net.IP) (*pkiFiles, error) {
 	p := &pkiFiles{
 		CACert: filepath.Join(dir, "ca.crt"), CAKey: filepath.Join(dir, "ca.key"),
 		ServingCert: filepath.Join(dir, "apiserver.crt"), ServingKey: filepath.Join(dir, "apiserver.key"),
@@ -71,7 +71,7 @@ func generatePKI(dir string, serviceIP net.IP) (*pkiFiles, error) {
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, serviceIP},
+		IPAddresses:  append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, serviceIP}, extraIPs...),
 		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 			"kubernetes.default.svc.cluster.local"},
 	}

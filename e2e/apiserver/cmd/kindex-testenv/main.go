@@ -38,6 +38,7 @@ import (
 
 	"k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	schedapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
 )
 
 const (
@@ -46,6 +47,8 @@ const (
 	// controllerManagerSubcommand is the hidden subcommand the parent uses to
 	// re-execute itself as kube-controller-manager.
 	controllerManagerSubcommand = "controller-manager"
+	// schedulerSubcommand re-executes this binary as kube-scheduler.
+	schedulerSubcommand = "scheduler"
 )
 
 // logger is our own: kube-apiserver redirects the standard "log" package
@@ -61,10 +64,13 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 type options struct {
 	dir, kubeconfigOut, adminToken string
 	port                           int
+	bindAddress                    string
 	keep, controllerManager        bool
+	scheduler                      bool
 	maxLifetime, readyTimeout      time.Duration
 	extraTokens, apiserverArgs     listFlag
-	kcmArgs                        listFlag
+	kcmArgs, servingIPs            listFlag
+	schedulerArgs                  listFlag
 }
 
 func main() {
@@ -78,6 +84,14 @@ func main() {
 		case controllerManagerSubcommand:
 			// Runs the real kube-controller-manager command with the given args.
 			cmd := kcmapp.NewControllerManagerCommand()
+			cmd.SetArgs(os.Args[2:])
+			if err := cmd.Execute(); err != nil {
+				os.Exit(1)
+			}
+			return
+		case schedulerSubcommand:
+			// Runs the real kube-scheduler command with the given args.
+			cmd := schedapp.NewSchedulerCommand()
 			cmd.SetArgs(os.Args[2:])
 			if err := cmd.Execute(); err != nil {
 				os.Exit(1)
@@ -110,6 +124,10 @@ Flags:
 	fs.DurationVar(&o.maxLifetime, "max-lifetime", 60*time.Minute, "exit by itself after this long")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 3*time.Minute, "fail if the control plane is not ready after this long")
 	fs.BoolVar(&o.controllerManager, "controller-manager", false, "also run kube-controller-manager (garbage collector, StatefulSet, ServiceAccount, ... controllers)")
+	fs.StringVar(&o.bindAddress, "bind-address", "127.0.0.1", "kube-apiserver bind address; anything but 127.0.0.1 only inside a network namespace the test created (the full-stack tier binds 0.0.0.0 in its own namespace)")
+	fs.Var(&o.servingIPs, "serving-ip", "extra IP address in the serving certificate, e.g. the tier bridge address pods reach the API server on (repeatable)")
+	fs.BoolVar(&o.scheduler, "scheduler", false, "also run kube-scheduler (needs --controller-manager to be useful: PVC binding, StatefulSets)")
+	fs.Var(&o.schedulerArgs, "scheduler-arg", "extra kube-scheduler flag (repeatable)")
 	fs.Var(&o.extraTokens, "extra-token", "add a static token user: TOKEN,USER,UID[,GROUP1,GROUP2...] (repeatable)")
 	fs.Var(&o.apiserverArgs, "apiserver-arg", "extra kube-apiserver flag, e.g. --apiserver-arg=--v=2 (repeatable; later flags win)")
 	fs.Var(&o.kcmArgs, "controller-manager-arg", "extra kube-controller-manager flag (repeatable)")
@@ -191,7 +209,16 @@ func run(args []string) int {
 	_, svcNet, _ := net.ParseCIDR(serviceCIDR)
 	svcIP := svcNet.IP.To4()
 	kubernetesSvcIP := net.IPv4(svcIP[0], svcIP[1], svcIP[2], svcIP[3]+1) // the "kubernetes" Service
-	pki, err := generatePKI(dir, kubernetesSvcIP)
+	extraIPs := make([]net.IP, 0, len(o.servingIPs))
+	for _, s := range o.servingIPs {
+		ip := net.ParseIP(s)
+		if ip == nil {
+			logger.Printf("--serving-ip %q: not an IP address", s)
+			return 2
+		}
+		extraIPs = append(extraIPs, ip)
+	}
+	pki, err := generatePKI(dir, kubernetesSvcIP, extraIPs...)
 	if err != nil {
 		logger.Printf("generate certificates: %v", err)
 		return 1
@@ -237,7 +264,7 @@ func run(args []string) int {
 	// the kube-apiserver binary, so flags mean exactly what they mean there.
 	apiCmd.SetArgs(append([]string{
 		"--etcd-servers=" + etcdURL,
-		"--bind-address=127.0.0.1",
+		"--bind-address=" + o.bindAddress,
 		"--advertise-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", port),
 		"--tls-cert-file=" + pki.ServingCert,
@@ -313,6 +340,20 @@ func run(args []string) int {
 		}
 		logger.Printf("kube-controller-manager ready after %v", time.Since(start).Round(time.Millisecond))
 	}
+	if o.scheduler {
+		sched, schedDone, err := startChild("kube-scheduler", schedulerSubcommand,
+			append([]string{"--kubeconfig=" + o.kubeconfigOut, "--leader-elect=false", "--secure-port=0"},
+				o.schedulerArgs...)...)
+		if err != nil {
+			logger.Print(err)
+			return 1
+		}
+		go func() {
+			<-schedDone
+			stopRun(fmt.Errorf("kube-scheduler exited: %v", sched.ProcessState))
+		}()
+		defer stopProcess(sched, schedDone, "kube-scheduler")
+	}
 
 	fmt.Printf("READY %s\n", o.kubeconfigOut)
 	logger.Printf("server %s, admin kubeconfig %s; stop with SIGTERM (max lifetime %v)", server, o.kubeconfigOut, o.maxLifetime)
@@ -360,10 +401,6 @@ func writeTokenFile(path, adminToken string, extra []string) error {
 // handler) and its Run takes context.Background(), so it could not be
 // stopped; a child process is isolated and is stopped with a signal.
 func startControllerManager(kubeconfig string, pki *pkiFiles, extra []string) (*exec.Cmd, chan struct{}, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, nil, err
-	}
 	args := append([]string{controllerManagerSubcommand,
 		"--kubeconfig=" + kubeconfig,
 		"--leader-elect=false",
@@ -375,7 +412,17 @@ func startControllerManager(kubeconfig string, pki *pkiFiles, extra []string) (*
 		"--use-service-account-credentials=false",
 		"--controllers=*",
 	}, extra...)
-	cmd := exec.Command(self, args...)
+	return startChild("kube-controller-manager", args[0], args[1:]...)
+}
+
+// startChild runs this binary with a hidden subcommand as a child process
+// that the kernel kills if this process dies.
+func startChild(name, subcommand string, args ...string) (*exec.Cmd, chan struct{}, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd := exec.Command(self, append([]string{subcommand}, args...)...)
 	cmd.Stdout = os.Stderr // stdout is reserved for the READY line
 	cmd.Stderr = os.Stderr
 	setParentDeathSignal(cmd)
@@ -396,9 +443,9 @@ func startControllerManager(kubeconfig string, pki *pkiFiles, extra []string) (*
 		close(done)
 	}()
 	if err := <-started; err != nil {
-		return nil, nil, fmt.Errorf("start kube-controller-manager: %w", err)
+		return nil, nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	logger.Printf("kube-controller-manager started (pid %d)", cmd.Process.Pid)
+	logger.Printf("%s started (pid %d)", name, cmd.Process.Pid)
 	return cmd, done, nil
 }
 

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Runs as the first process of the tier's own pid + network + mount namespace
+# (started by e2e/fullstack/run.sh; never run it directly). Everything it
+# starts dies with it.
+set -euo pipefail
+cd "$ROOT"
+. e2e/fullstack/lib.sh
+
+[[ $$ == 1 ]] || { echo "inside.sh: not in the tier's pid namespace" >&2; exit 1; }
+# A guard against ever configuring the root network namespace: this one
+# starts with nothing but a down loopback.
+if ip -o link show | grep -qv ': lo:'; then
+  echo "inside.sh: the network namespace has links besides lo; refusing" >&2
+  exit 1
+fi
+trap 'exit 130' INT TERM
+
+# Network: loopback and the pod bridge; no uplink, no default route.
+ip link set lo up
+ip link add kbr0 type bridge
+ip addr add 10.244.0.1/24 dev kbr0
+ip link set kbr0 up
+
+# A private /tmp (on disk, in the run directory), so the hostpath
+# provisioner's /tmp/hostpath_pv and anything a component writes to /tmp
+# never touch the machine's /tmp.
+mkdir -p "$RUN/tmp"
+mount --bind "$RUN/tmp" /tmp
+chmod 1777 /tmp
+mkdir -p /tmp/hostpath_pv
+
+t=$(now)
+# The scheduler flag: a pod found unschedulable just before its PVC got bound
+# was seen waiting the default 5 min in the unschedulable queue; 15 s caps it.
+"$KINDEX_TESTENV" --controller-manager --scheduler \
+  --bind-address=0.0.0.0 --serving-ip=10.244.0.1 --port=6443 \
+  --dir "$RUN/testenv" --kubeconfig-out "$KC" --max-lifetime 120m --ready-timeout 5m \
+  --controller-manager-arg=--enable-hostpath-provisioner=true \
+  --scheduler-arg=--pod-max-in-unschedulable-pods-duration=15s \
+  >"$RUN/testenv.out" 2>"$RUN/testenv.log" &
+wait_line "$RUN/testenv.out" READY 300 || fatal "kindex-testenv not READY (see $RUN/testenv.log)"
+info "control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) ready in $(since "$t")s"
+
+k apply -f - >/dev/null <<'EOF'
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: hostpath
+  annotations:
+    storageclass.kubernetes.io/is-default-class: "true"
+provisioner: kubernetes.io/host-path
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+EOF
+
+cat >"$RUN/images" <<EOF
+# image (tag ignored)   binary                        image USER / WORKDIR
+kindex/kindex-node      $RUN/bin/kindex-node          user=65532:65532 workdir=/data
+kindex/kindex-operator  $RUN/bin/kindex-operator      user=65532:65532
+kindex-e2e/shell        /bin/sh
+EOF
+
+t=$(now)
+"$RUN/bin/kindex-agent" --kubeconfig "$KC" --nodes kindex-node-1,kindex-node-2,kindex-node-3 \
+  --node-ip 10.244.0.1 --bridge kbr0 --pod-cidr 10.244.0.0/24 \
+  --images "$RUN/images" --run-dir "$RUN/agent" --apiserver-host 10.244.0.1 --apiserver-port 6443 \
+  --crash-backoff-base 2s --crash-backoff-max 60s \
+  >"$RUN/agent.out" 2>"$RUN/agent.log" &
+wait_line "$RUN/agent.out" READY 120 || fatal "kindex-agent not READY (see $RUN/agent.log)"
+k wait --for=condition=Ready node --all --timeout=60s >/dev/null || fatal "nodes not Ready"
+info "node agent serving $(k get nodes -o name | wc -l) Ready nodes in $(since "$t")s"
+
+scenarios=("$@")
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(0 1 2 3 5 6)
+for s in "${scenarios[@]}"; do
+  f=$(ls e2e/fullstack/s"$s"-*.sh 2>/dev/null | head -1)
+  [[ -n "$f" ]] || fatal "no scenario $s"
+  . "$f"
+done
+summary

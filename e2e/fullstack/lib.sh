@@ -1,0 +1,92 @@
+# Helpers of the full-stack tier's scenarios (sourced by inside.sh).
+# Every wait is bounded.
+
+PASSED=0
+FAILED=0
+FAILURES=()
+KC="$RUN/admin.kubeconfig"
+export KUBECONFIG="$KC"
+
+k() { "$KUBECTL" --kubeconfig "$KC" "$@"; }
+info() { echo "fullstack: $*" >&2; }
+fatal() {
+  info "FATAL: $*"
+  for f in "$RUN"/testenv.log "$RUN"/agent.log; do
+    [[ -f "$f" ]] && { info "last lines of $f:"; tail -n 25 "$f" >&2; }
+  done
+  exit 1
+}
+now() { date +%s.%N; }
+since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
+
+# wait_line FILE PATTERN TIMEOUT: until FILE has a line starting with PATTERN.
+wait_line() {
+  local deadline=$((SECONDS + $3))
+  until grep -q "^$2" "$1" 2>/dev/null; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
+# waitfor TIMEOUT CMD...: CMD succeeds within TIMEOUT seconds (else its last
+# output and a non-zero status).
+waitfor() {
+  local deadline=$((SECONDS + $1))
+  shift
+  local out
+  until out=$("$@" 2>&1); do
+    if ((SECONDS >= deadline)); then
+      echo "timed out waiting for: $*" >&2
+      echo "$out" | tail -n 5 >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+# fail MSG: end the current check with a message.
+fail() {
+  echo "$*" >&2
+  return 1
+}
+
+# check ID NAME FUNC [ARGS]: one scenario line, "ok|FAIL ID NAME (Ts)".
+# FUNC runs in a subshell with errexit, its output kept for the failure report.
+check() {
+  local id=$1 name=$2
+  shift 2
+  local t rc out="$RUN/check-$id.out"
+  t=$(now)
+  set +e
+  (
+    set -e
+    "$@"
+  ) >"$out" 2>&1
+  rc=$?
+  set -e
+  if ((rc == 0)); then
+    PASSED=$((PASSED + 1))
+    printf 'ok   %-5s %s (%ss)\n' "$id" "$name" "$(since "$t")"
+  else
+    FAILED=$((FAILED + 1))
+    FAILURES+=("$id $name")
+    printf 'FAIL %-5s %s (%ss)\n' "$id" "$name" "$(since "$t")"
+    sed 's/^/       /' "$out" | tail -n 20
+  fi
+}
+
+# jp OBJ PATH: kubectl get -o jsonpath.
+jp() { k get "$1" -o "jsonpath=$2"; }
+
+pod_ready() { [[ $(k -n "$1" get pod "$2" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == True ]]; }
+pod_unready() { [[ $(k -n "$1" get pod "$2" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == False ]]; }
+restarts() { k -n "$1" get pod "$2" -o 'jsonpath={.status.containerStatuses[0].restartCount}'; }
+
+summary() {
+  echo
+  if ((FAILED > 0)); then
+    printf 'failed: %s\n' "${FAILURES[@]}"
+  fi
+  echo "$PASSED passed, $FAILED failed"
+  ((FAILED == 0))
+}

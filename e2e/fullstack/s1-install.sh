@@ -1,0 +1,64 @@
+# Scenario 1: the user's path. `helm install` the chart -> the operator
+# Deployment's pods Running (as the chart's ServiceAccount, through the
+# in-cluster config) and one of them holding the Lease -> a VectorIndex of 2
+# shards x 3 replicas -> condition Ready (phase Running: the CRD's name for
+# the healthy phase) with 6 ready kindex-node pods spread over the 3 Nodes and
+# a Raft leader per shard.
+NS1=s1
+
+s1_helm() {
+  "$HELM" --kubeconfig "$KC" install kindex charts/kindex --namespace kindex-system --create-namespace \
+    --wait --timeout 5m >/dev/null
+  k -n kindex-system rollout status deployment/kindex-operator --timeout=120s
+  pods=$(k -n kindex-system get pods -l app.kubernetes.io/component=operator,app.kubernetes.io/instance=kindex -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.status.phase}{"\n"}{end}')
+  echo "$pods"
+  [[ $(grep -c ' Running$' <<<"$pods") == 2 ]] || fail "want 2 Running operator pods"
+  waitfor 120 bash -c "$KUBECTL -n kindex-system get lease kindex-operator -o jsonpath='{.spec.holderIdentity}' | grep -q ."
+  holder=$(k -n kindex-system get lease kindex-operator -o jsonpath='{.spec.holderIdentity}')
+  grep -q "^$holder Running$" <<<"$pods" || fail "Lease holder '$holder' is not a Running operator pod"
+  echo "Lease kindex-operator held by $holder"
+}
+
+s1_index() {
+  k create namespace $NS1 >/dev/null
+  k -n $NS1 apply -f - >/dev/null <<'EOF'
+apiVersion: kindex.dev/v1alpha1
+kind: VectorIndex
+metadata:
+  name: demo
+spec:
+  dimension: 16
+  metric: cosine
+  shards: 2
+  replicas: 3
+  storage:
+    size: 64Mi
+EOF
+  # The CRD's healthy phase is Running, with the Ready condition True.
+  waitfor 600 bash -c "[[ \$($KUBECTL -n $NS1 get vidx demo -o jsonpath='{.status.phase} {.status.conditions[?(@.type==\"Ready\")].status}') == 'Running True' ]]" || {
+    k -n $NS1 get vidx demo -o yaml | sed -n '/^status:/,$p' | head -60
+    k -n $NS1 get pods -o wide
+    return 1
+  }
+  k -n $NS1 get pods -o wide
+  ready=$(k -n $NS1 get pods -l app.kubernetes.io/instance=demo -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True)
+  [[ $ready == 6 ]] || fail "$ready ready pods, want 6"
+  nodes=$(k -n $NS1 get pods -l app.kubernetes.io/instance=demo -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u | wc -l)
+  [[ $nodes == 3 ]] || fail "pods on $nodes nodes, want 3"
+  leaders=$(k -n $NS1 get vidx demo -o jsonpath='{range .status.shards[*]}{.leader}{" "}{end}')
+  echo "leaders: $leaders"
+  for s in 0 1; do
+    [[ " $leaders " == *" demo-s$s-"[0-2]" "* ]] || fail "no leader for shard $s in status (leaders: $leaders)"
+  done
+}
+
+s1_columns() {
+  out=$(k -n $NS1 get vidx demo)
+  echo "$out"
+  head -1 <<<"$out" | grep -qE 'NAME +SHARDS +REPLICAS +READY +VECTORS +PHASE +AGE' || fail "columns"
+  tail -1 <<<"$out" | grep -qE '^demo +2 +3 +6/6 +0 +Running ' || fail "row"
+}
+
+check 1.1 "helm install: operator pods Running, one holds the Lease" s1_helm
+check 1.2 "VectorIndex 2x3: Ready (phase Running), 6 ready pods on 3 nodes, a leader per shard" s1_index
+check 1.3 "kubectl get vidx columns" s1_columns
