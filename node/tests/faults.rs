@@ -43,8 +43,19 @@ fn vector(version: u64) -> Vec<f32> {
 /// One write through `node` (any node: followers forward to the leader), recorded in `h`.
 /// Returns whether it was acknowledged.
 async fn write(h: &History, node: &procs::Proc, key: &str, w: Write, timeout: Duration) -> bool {
+    write_via(h, node.channel(), key, w, timeout).await
+}
+
+/// [`write`] over a channel to a node.
+async fn write_via(
+    h: &History,
+    channel: tonic::transport::Channel,
+    key: &str,
+    w: Write,
+    timeout: Duration,
+) -> bool {
     let id = h.invoke(key, w);
-    let mut client = node.points();
+    let mut client = pb::points_client::PointsClient::new(channel);
     let res = match w {
         Write::Upsert(v) => {
             let mut req = tonic::Request::new(pb::UpsertRequest {
@@ -449,38 +460,8 @@ fn spawn_writers(
                         Write::Delete
                     };
                     let (_, ch) = &nodes[rng.random_range(0..nodes.len())];
-                    let id = h.invoke(&key, wr);
-                    let mut client = pb::points_client::PointsClient::new(ch.clone());
-                    let t = Duration::from_secs(3);
-                    let ok = match wr {
-                        Write::Upsert(v) => {
-                            let mut req = tonic::Request::new(pb::UpsertRequest {
-                                index: String::new(),
-                                points: vec![pb::Point {
-                                    id: key.clone(),
-                                    vector: vector(v),
-                                    payload_json: None,
-                                }],
-                            });
-                            req.set_timeout(t);
-                            tokio::time::timeout(t, client.upsert(req))
-                                .await
-                                .is_ok_and(|r| r.is_ok())
-                        }
-                        Write::Delete => {
-                            let mut req = tonic::Request::new(pb::DeleteRequest {
-                                index: String::new(),
-                                ids: vec![key.clone()],
-                            });
-                            req.set_timeout(t);
-                            tokio::time::timeout(t, client.delete(req))
-                                .await
-                                .is_ok_and(|r| r.is_ok())
-                        }
-                    };
-                    if ok {
-                        h.ack(id);
-                    } else {
+                    let ok = write_via(&h, ch.clone(), &key, wr, Duration::from_secs(3)).await;
+                    if !ok {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     tokio::time::sleep(Duration::from_millis(rng.random_range(0..6))).await;
