@@ -276,10 +276,6 @@ impl Cluster {
             .args([
                 "--runtime-config",
                 self.tmp.path().join("runtime.json").to_str().unwrap(),
-            ])
-            .args([
-                "--raft-fault-file",
-                self.fault_file(p.shard, p.id).to_str().unwrap(),
             ]);
         if !others.is_empty() {
             cmd.args(["--shard-addrs", &others]);
@@ -293,17 +289,12 @@ impl Cluster {
         self.nodes[i].child = Some(child);
     }
 
-    /// Node (`shard`, `id`)'s fault-injection file (no file: no faults; see `raft::fault`).
-    fn fault_file(&self, shard: u32, id: u64) -> PathBuf {
-        self.tmp.path().join(format!("faults-s{shard}-{id}"))
-    }
-
     /// Cut (or with an empty list, heal) the Raft links between node (`shard`, `id`) and
     /// the replicas `peers` of its shard. The node re-reads the file every 50 ms; waits
     /// 200 ms so the change is in effect.
     pub async fn cut_links(&self, shard: u32, id: u64, peers: &[u64]) {
         let list: Vec<String> = peers.iter().map(u64::to_string).collect();
-        std::fs::write(self.fault_file(shard, id), list.join(",")).unwrap();
+        self.node(shard, id).set_faults(&list.join(","));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
