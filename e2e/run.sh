@@ -51,7 +51,7 @@ check "dimension unchanged after rejected updates" \
 check "a runtime knob can change" k patch vidx demo --type merge -p '{"spec":{"hnsw":{"efSearch":128}}}'
 
 step "printer columns"
-cols=$(k get vidx demo | head -1)
+cols=$(k get vidx demo | sed -n 1p) # sed reads it all: `head` could SIGPIPE kubectl (pipefail)
 echo "$cols"
 check "columns SHARDS REPLICAS READY VECTORS PHASE AGE" \
   bash -c "echo '$cols' | grep -qE 'SHARDS +REPLICAS +READY +VECTORS +PHASE +AGE'"

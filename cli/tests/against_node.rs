@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, kindex, node_binary, text, write_npy_dim};
+use common::{kindex, node_binary, own_ip, text, write_npy_dim};
 use serde_json::Value;
 
 /// A running node; killed (SIGKILL) when dropped so a failing test leaves no
@@ -32,9 +32,9 @@ impl Drop for Node {
 }
 
 fn start_node(data: &Path, log: &Path) -> Node {
-    // A port picked here may be taken before the node binds it: try again.
+    // A node that exits at start is tried again (up to three times).
     for _ in 0..3 {
-        let grpc = free_port();
+        let ip = own_ip();
         let log_file = std::fs::File::create(log).unwrap();
         let child = Command::new(node_binary())
             .args([
@@ -45,8 +45,7 @@ fn start_node(data: &Path, log: &Path) -> Node {
                 "--metric",
                 "l2",
             ])
-            .args(["--listen", "127.0.0.1", "--grpc-port", &grpc.to_string()])
-            .args(["--http-port", &free_port().to_string()])
+            .args(["--listen", &ip])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -54,7 +53,7 @@ fn start_node(data: &Path, log: &Path) -> Node {
             .unwrap();
         let mut node = Node {
             child,
-            addr: format!("127.0.0.1:{grpc}"),
+            addr: format!("{ip}:7070"),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
@@ -309,13 +308,13 @@ fn kubectl_plugin_without_kubeconfig_is_a_clear_error() {
     );
 
     // A kubeconfig whose API server does not answer: named, not a hang.
-    let port = free_port();
+    let nobody = format!("{}:7070", own_ip());
     let kc = tmp.path().join("kubeconfig");
     std::fs::write(
         &kc,
         format!(
             "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
-             clusters: [{{name: k, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
+             clusters: [{{name: k, cluster: {{server: 'http://{nobody}'}}}}]\n\
              users: [{{name: u, user: {{token: t}}}}]\n\
              contexts: [{{name: c, context: {{cluster: k, user: u, namespace: prod}}}}]\n"
         ),
@@ -325,8 +324,7 @@ fn kubectl_plugin_without_kubeconfig_is_a_clear_error() {
     assert!(!o.status.success());
     let t = text(&o);
     assert!(
-        t.contains("cannot reach the Kubernetes API server")
-            && t.contains(&format!("127.0.0.1:{port}")),
+        t.contains("cannot reach the Kubernetes API server") && t.contains(&nobody),
         "{t}"
     );
     // An unknown context is a kubeconfig error too.
@@ -337,32 +335,20 @@ fn kubectl_plugin_without_kubeconfig_is_a_clear_error() {
     let o = plugin(
         tmp.path(),
         Some(&kc),
-        &[
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-            "--timeout",
-            "5",
-            "count",
-        ],
+        &["--addr", &nobody, "--timeout", "5", "count"],
     );
     assert!(!o.status.success());
     let t = text(&o);
     assert!(
-        t.contains("Count on http://127.0.0.1") && t.contains("unavailable"),
+        t.contains(&format!("Count on http://{nobody}")) && t.contains("unavailable"),
         "{t}"
     );
 }
 
 #[test]
 fn unreachable_node_is_a_clear_error() {
-    let port = free_port();
-    let o = kindex(&[
-        "--addr",
-        &format!("127.0.0.1:{port}"),
-        "--timeout",
-        "5",
-        "count",
-    ]);
+    let nobody = format!("{}:7070", own_ip());
+    let o = kindex(&["--addr", &nobody, "--timeout", "5", "count"]);
     assert!(!o.status.success());
     let t = text(&o);
     assert!(

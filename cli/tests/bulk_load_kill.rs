@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KINDEX, free_port, kindex, node_binary, text, write_npy_dim};
+use common::{KINDEX, kindex, loopback, node_binary, text, write_npy_dim};
 use serde_json::Value;
 
 /// The whole test must finish within this (each wait below is bounded too).
@@ -23,14 +23,15 @@ const BUDGET: Duration = Duration::from_secs(300);
 struct Replica {
     shard: u32,
     id: u64,
-    grpc: u16,
+    /// Own loopback address, default ports (see `common::loopback`).
+    ip: String,
     log: PathBuf,
     child: Option<Child>,
 }
 
 impl Replica {
     fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.grpc)
+        format!("{}:7070", self.ip)
     }
     fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -50,28 +51,25 @@ const SHARDS: u32 = 2;
 
 /// `SHARDS` shards of 3 replicas; `[shard * 3 + id]`.
 fn start_cluster(dir: &Path) -> Vec<Replica> {
-    let ports: Vec<Vec<(u16, u16, u16)>> = (0..SHARDS)
-        .map(|_| {
-            (0..3)
-                .map(|_| (free_port(), free_port(), free_port()))
-                .collect()
-        })
+    let block = loopback::Block::next();
+    let ips: Vec<Vec<String>> = (0..SHARDS)
+        .map(|shard| (0..3).map(|id| block.ip(shard * 3 + id + 1)).collect())
         .collect();
     let mut out = Vec::new();
     for shard in 0..SHARDS {
-        let mine = &ports[shard as usize];
+        let mine = &ips[shard as usize];
         let peers = mine
             .iter()
             .enumerate()
-            .map(|(id, (grpc, _, raft))| format!("{id}=127.0.0.1:{raft}|127.0.0.1:{grpc}"))
+            .map(|(id, ip)| format!("{id}={ip}:7071|{ip}:7070"))
             .collect::<Vec<_>>()
             .join(",");
         let others = (0..SHARDS)
             .filter(|o| *o != shard)
             .map(|o| {
-                let addrs: Vec<String> = ports[o as usize]
+                let addrs: Vec<String> = ips[o as usize]
                     .iter()
-                    .map(|(grpc, _, _)| format!("127.0.0.1:{grpc}"))
+                    .map(|ip| format!("{ip}:7070"))
                     .collect();
                 format!("{o}={}", addrs.join(","))
             })
@@ -82,17 +80,10 @@ fn start_cluster(dir: &Path) -> Vec<Replica> {
     out
 }
 
-fn start_shard(
-    dir: &Path,
-    shard: u32,
-    ports: &[(u16, u16, u16)],
-    peers: &str,
-    others: &str,
-) -> Vec<Replica> {
-    ports
-        .iter()
+fn start_shard(dir: &Path, shard: u32, ips: &[String], peers: &str, others: &str) -> Vec<Replica> {
+    ips.iter()
         .enumerate()
-        .map(|(id, &(grpc, http, raft))| {
+        .map(|(id, ip)| {
             let log = dir.join(format!("s{shard}-node-{id}.log"));
             let child = Command::new(node_binary())
                 .args([
@@ -106,14 +97,7 @@ fn start_shard(
                     &shard.to_string(),
                 ])
                 .args(["--shard-addrs", others])
-                .args([
-                    "--dimension",
-                    "4",
-                    "--metric",
-                    "l2",
-                    "--listen",
-                    "127.0.0.1",
-                ])
+                .args(["--dimension", "4", "--metric", "l2", "--listen", ip])
                 .args([
                     "--node-id",
                     &id.to_string(),
@@ -121,9 +105,6 @@ fn start_shard(
                     peers,
                     "--bootstrap",
                 ])
-                .args(["--grpc-port", &grpc.to_string()])
-                .args(["--http-port", &http.to_string()])
-                .args(["--raft-port", &raft.to_string()])
                 .args([
                     "--raft-heartbeat-ms",
                     "100",
@@ -138,7 +119,7 @@ fn start_shard(
             Replica {
                 shard,
                 id: id as u64,
-                grpc,
+                ip: ip.clone(),
                 log,
                 child: Some(child),
             }

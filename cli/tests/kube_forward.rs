@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{free_port, kindex, node_binary, text, write_npy_dim};
+use common::{kindex, node_binary, own_ip, text, write_npy_dim};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,20 +40,19 @@ impl Drop for Node {
     }
 }
 
-/// A standalone node serving index `demo` on `grpc`.
-fn start_node(dir: &Path, grpc: u16) -> Node {
+/// A standalone node serving index `demo` on `ip` (default ports).
+fn start_node(dir: &Path, ip: &str) -> Node {
     let child = Command::new(node_binary())
         .args(["--data-dir", dir.join("data").to_str().unwrap()])
         .args(["--index", INDEX, "--dimension", "4", "--metric", "l2"])
-        .args(["--listen", "127.0.0.1", "--grpc-port", &grpc.to_string()])
-        .args(["--http-port", &free_port().to_string()])
+        .args(["--listen", ip])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("node.log")).unwrap())
         .spawn()
         .unwrap();
     let node = Node(child);
-    let addr = format!("127.0.0.1:{grpc}");
+    let addr = format!("{ip}:7070");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !kindex(&["--addr", &addr, "--index", INDEX, "info"])
         .status
@@ -96,16 +95,16 @@ fn pod_list() -> Value {
 }
 
 /// Serves the stand-in API server until the test ends. `forwards` counts
-/// port-forward connections; each is relayed to `127.0.0.1:<node_port>`.
-async fn api_server(listener: TcpListener, node_port: u16, forwards: Arc<AtomicUsize>) {
+/// port-forward connections; each is relayed to `node` (`ip:port`).
+async fn api_server(listener: TcpListener, node: String, forwards: Arc<AtomicUsize>) {
     loop {
         let (stream, _) = listener.accept().await.unwrap();
-        let forwards = forwards.clone();
+        let (forwards, node) = (forwards.clone(), node.clone());
         tokio::spawn(async move {
             let line = request_line(&stream).await;
             if line.contains("/portforward") {
                 forwards.fetch_add(1, Ordering::SeqCst);
-                portforward(stream, node_port).await;
+                portforward(stream, &node).await;
             } else {
                 answer(stream, &line).await;
             }
@@ -175,7 +174,7 @@ fn channel_protocol(_: &Request, mut resp: Response) -> Result<Response, ErrorRe
 
 /// One `pods/portforward` connection for port 7070: channel 0 carries data,
 /// channel 1 errors; each starts with a frame holding the port.
-async fn portforward(stream: TcpStream, node_port: u16) {
+async fn portforward(stream: TcpStream, node: &str) {
     let ws = tokio_tungstenite::accept_hdr_async(stream, channel_protocol)
         .await
         .unwrap();
@@ -186,7 +185,7 @@ async fn portforward(stream: TcpStream, node_port: u16) {
             .await
             .unwrap();
     }
-    let node = TcpStream::connect(("127.0.0.1", node_port)).await.unwrap();
+    let node = TcpStream::connect(node).await.unwrap();
     let (mut from_node, mut to_node) = node.into_split();
     let upstream = async move {
         while let Some(Ok(msg)) = source.next().await {
@@ -237,14 +236,18 @@ fn plugin(home: &Path, kubeconfig: &Path, args: &[&str]) -> Output {
 #[test]
 fn kubectl_kindex_reaches_the_pod_through_its_port_forward() {
     let tmp = tempfile::tempdir().unwrap();
-    let node_port = free_port();
-    let _node = start_node(tmp.path(), node_port);
+    let node_ip = own_ip();
+    let _node = start_node(tmp.path(), &node_ip);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt.block_on(TcpListener::bind(("127.0.0.1", 0))).unwrap();
     let api_port = listener.local_addr().unwrap().port();
     let forwards = Arc::new(AtomicUsize::new(0));
-    rt.spawn(api_server(listener, node_port, forwards.clone()));
+    rt.spawn(api_server(
+        listener,
+        format!("{node_ip}:7070"),
+        forwards.clone(),
+    ));
 
     let kc = tmp.path().join("kubeconfig");
     std::fs::write(

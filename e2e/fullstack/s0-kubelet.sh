@@ -226,7 +226,7 @@ EOF
   [[ $(k -n $NS0 exec vols -- cat /etc/sec/password) == s3cret ]] || fail "secret not mounted"
   sa=/var/run/secrets/kubernetes.io/serviceaccount
   [[ $(k -n $NS0 exec vols -- cat $sa/namespace) == "$NS0" ]] || fail "token volume: namespace"
-  k -n $NS0 exec vols -- cat $sa/ca.crt | grep -q 'BEGIN CERTIFICATE' || fail "token volume: ca.crt"
+  k -n $NS0 exec vols -- cat $sa/ca.crt | grep -c 'BEGIN CERTIFICATE' >/dev/null || fail "token volume: ca.crt"
   tok=$(k -n $NS0 exec vols -- cat $sa/token)
   who=$(k create -o 'jsonpath={.status.authenticated} {.status.user.username}' -f - <<EOF
 apiVersion: authentication.k8s.io/v1

@@ -32,7 +32,7 @@ s5_sigkill() {
   replicas_agree 0 "$live" "$sum" >/dev/null || fail "replicas disagree before the kill"
   pid=""
   for p in /proc/[0-9]*; do
-    if [[ $(cat "$p/comm" 2>/dev/null) == kindex-node ]] && tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qx "KINDEX_POD_NAME=$pod"; then
+    if [[ $(cat "$p/comm" 2>/dev/null) == kindex-node ]] && tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -cx "KINDEX_POD_NAME=$pod" >/dev/null; then
       pid=${p#/proc/}
     fi
   done

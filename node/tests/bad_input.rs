@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 struct Node {
     child: Child,
-    http: u16,
+    /// `ip:port` of the HTTP server.
+    http: String,
     _dir: tempfile::TempDir,
 }
 
@@ -29,23 +30,16 @@ impl Drop for Node {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A standalone node with `dim`-dimensional vectors under `metric`, healthy.
 fn standalone(metric: &str, dim: u32) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let (grpc, http) = (free_port(), free_port());
+    // An own loopback address with the default ports (see `procs::loopback`).
+    let ip = procs::loopback::Block::next().ip(1);
+    let http = format!("{ip}:7080");
     let child = Command::new(env!("CARGO_BIN_EXE_kindex-node"))
         .args(["--data-dir", dir.path().to_str().unwrap()])
         .args(["--dimension", &dim.to_string(), "--metric", metric])
-        .args(["--grpc-port", &grpc.to_string()])
-        .args(["--http-port", &http.to_string()])
+        .args(["--listen", &ip])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -56,7 +50,7 @@ fn standalone(metric: &str, dim: u32) -> Node {
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while request(node.http, "GET", "/readyz", &[], b"").map(|r| r.0) != Some(200) {
+    while request(&node.http, "GET", "/readyz", &[], b"").map(|r| r.0) != Some(200) {
         assert!(Instant::now() < deadline, "node did not become ready");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -65,13 +59,13 @@ fn standalone(metric: &str, dim: u32) -> Node {
 
 /// One HTTP/1.0 request: (status, content type, body).
 fn request(
-    port: u16,
+    addr: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<(u16, String, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     let mut head = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n");
     for (k, v) in headers {
@@ -97,9 +91,9 @@ fn request(
     Some((code, ctype, body.to_string()))
 }
 
-fn post(port: u16, path: &str, body: &Value) -> (u16, Value) {
+fn post(addr: &str, path: &str, body: &Value) -> (u16, Value) {
     let (code, _, text) = request(
-        port,
+        addr,
         "POST",
         path,
         &[("Content-Type", "application/json")],
@@ -133,13 +127,13 @@ fn seed(n: &Node) {
             json!({"id": id, "vector": [i as f32, 1.0, 0.0, 0.0], "payload": {"lang": lang, "year": year}})
         })
         .collect();
-    let (code, v) = post(n.http, POINTS, &json!({ "points": points }));
+    let (code, v) = post(&n.http, POINTS, &json!({ "points": points }));
     assert_eq!(code, 200, "{v}");
 }
 
 fn search_ids(n: &Node, filter: Value) -> Result<Vec<String>, (u16, String)> {
     let (code, v) = post(
-        n.http,
+        &n.http,
         SEARCH,
         &json!({"vector": [0.0, 1.0, 0.0, 0.0], "k": 10, "filter": filter}),
     );
@@ -236,7 +230,7 @@ fn huge_and_zero_vectors() {
     for metric in ["l2", "dot"] {
         let n = standalone(metric, 4);
         let (code, v) = post(
-            n.http,
+            &n.http,
             POINTS,
             &json!({"points": [{"id": "big", "vector": [3e38, 0.0, 0.0, 0.0]}]}),
         );
@@ -244,20 +238,20 @@ fn huge_and_zero_vectors() {
         let m = v["error"]["message"].as_str().unwrap();
         assert!(m.contains("big") && m.contains("too large"), "{m}");
         let (code, v) = post(
-            n.http,
+            &n.http,
             SEARCH,
             &json!({"vector": [0.0, -3e38, 0.0, 0.0], "k": 1}),
         );
         assert_eq!(code, 400, "{metric}: {v}");
         // The largest accepted vectors give finite distances, never null.
         let (code, v) = post(
-            n.http,
+            &n.http,
             POINTS,
             &json!({"points": [{"id": "p", "vector": [1.5e18, 1.5e18, 0.0, 0.0]}, {"id": "q", "vector": [-1.5e18, -1.5e18, 0.0, 0.0]}]}),
         );
         assert_eq!(code, 200, "{metric}: {v}");
         let (code, v) = post(
-            n.http,
+            &n.http,
             SEARCH,
             &json!({"vector": [1.5e18, 1.5e18, 0.0, 0.0], "k": 2}),
         );
@@ -268,13 +262,13 @@ fn huge_and_zero_vectors() {
     }
     let n = standalone("cosine", 4);
     let (code, v) = post(
-        n.http,
+        &n.http,
         POINTS,
         &json!({"points": [{"id": "big", "vector": [3e38, 3e38, 0.0, 0.0]}, {"id": "x", "vector": [0.0, 0.0, 1.0, 0.0]}]}),
     );
     assert_eq!(code, 200, "{v}");
     let (code, v) = post(
-        n.http,
+        &n.http,
         SEARCH,
         &json!({"vector": [1.0, 1.0, 0.0, 0.0], "k": 1}),
     );
@@ -282,7 +276,7 @@ fn huge_and_zero_vectors() {
     assert_eq!(v["hits"][0]["id"], "big", "{v}");
     assert!(v["hits"][0]["distance"].as_f64().unwrap() < 1e-3, "{v}");
     let (code, v) = post(
-        n.http,
+        &n.http,
         POINTS,
         &json!({"points": [{"id": "z", "vector": [0.0, 0.0, 0.0, 0.0]}]}),
     );
@@ -295,7 +289,7 @@ fn huge_and_zero_vectors() {
         "{v}"
     );
     let (code, v) = post(
-        n.http,
+        &n.http,
         SEARCH,
         &json!({"vector": [0.0, 0.0, 0.0, 0.0], "k": 1}),
     );
@@ -421,7 +415,7 @@ fn every_http_error_is_json() {
         ),
     ];
     for (what, method, path, headers, body, want, needle) in cases {
-        let (code, ctype, text) = request(n.http, method, path, &headers, &body).expect(what);
+        let (code, ctype, text) = request(&n.http, method, path, &headers, &body).expect(what);
         assert_eq!(code, want, "{what}: {text:?}");
         let m = error_message(code, &ctype, &text);
         assert!(
@@ -431,7 +425,7 @@ fn every_http_error_is_json() {
     }
     // 413: a body over the 64 MiB limit.
     let big = vec![b' '; (64 << 20) + 1024];
-    let (code, ctype, text) = request(n.http, "POST", POINTS, &json_ct, &big).expect("413");
+    let (code, ctype, text) = request(&n.http, "POST", POINTS, &json_ct, &big).expect("413");
     assert_eq!(code, 413, "{text:?}");
     error_message(code, &ctype, &text);
 }

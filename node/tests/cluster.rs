@@ -25,6 +25,9 @@ use openraft::SnapshotPolicy;
 use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 
+#[path = "procs/loopback.rs"]
+mod loopback;
+
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -71,8 +74,14 @@ impl TestNode {
     }
 }
 
+/// Binds `addr`, or a loopback address of this node's own (never :0: a restart rebinds the
+/// same address, and an ephemeral port could have taken it meanwhile; see `loopback`).
 async fn bind(addr: Option<SocketAddr>) -> TcpListener {
-    let want = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+    let want = addr.unwrap_or_else(|| {
+        format!("{}:7071", loopback::Block::next().ip(1))
+            .parse()
+            .unwrap()
+    });
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match TcpListener::bind(want).await {

@@ -1,5 +1,5 @@
-//! Cluster tier: real `kindex-node` processes on 127.0.0.1 forming one shard's Raft group
-//! (free ports, temp data dirs, every wait bounded, children killed on drop).
+//! Cluster tier: real `kindex-node` processes on loopback forming one shard's Raft group
+//! (own loopback addresses with the default ports, temp data dirs, every wait bounded, children killed on drop).
 //!
 //! - three replicas initialized by the Admin `Initialize` RPC replicate writes (equal content
 //!   checksums), followers forward writes and linearizable reads, sessions read their writes;
@@ -53,31 +53,32 @@ async fn serial() -> (tokio::sync::MutexGuard<'static, ()>, std::fs::File) {
     (guard, file)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Proc {
     id: u64,
     dir: PathBuf,
     log: PathBuf,
-    grpc: u16,
-    http: u16,
-    raft: u16,
+    /// The loopback address this node listens on, with the default ports (see
+    /// `procs::loopback`).
+    ip: String,
     child: Option<Child>,
 }
 
 impl Proc {
     fn addr(&self) -> String {
-        format!("127.0.0.1:{}|127.0.0.1:{}", self.raft, self.grpc)
+        format!("{0}:7071|{0}:7070", self.ip)
+    }
+
+    fn grpc_addr(&self) -> String {
+        format!("{}:7070", self.ip)
     }
 
     fn grpc_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc)
+        format!("http://{}", self.grpc_addr())
+    }
+
+    /// `ip:port` of the HTTP server.
+    fn http(&self) -> String {
+        format!("{}:7080", self.ip)
     }
 
     fn running(&self) -> bool {
@@ -133,14 +134,13 @@ impl Cluster {
     /// `n` node slots (ports and dirs); `start` of them are started.
     fn new(n: u64, start: u64, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
+        let block = procs::loopback::Block::next();
         let nodes: Vec<Proc> = (0..n)
             .map(|id| Proc {
                 id,
                 dir: tmp.path().join(format!("node-{id}")),
                 log: tmp.path().join(format!("node-{id}.log")),
-                grpc: free_port(),
-                http: free_port(),
-                raft: free_port(),
+                ip: block.ip(id as u32 + 1),
                 child: None,
             })
             .collect();
@@ -180,13 +180,7 @@ impl Cluster {
             .args(["--data-dir", p.dir.to_str().unwrap()])
             .args(["--dimension", "4", "--metric", "l2"])
             .args(["--node-id", &id.to_string(), "--peers", &self.peers])
-            .args([
-                "--grpc-port",
-                &p.grpc.to_string(),
-                "--http-port",
-                &p.http.to_string(),
-            ])
-            .args(["--raft-port", &p.raft.to_string()])
+            .args(["--listen", &p.ip])
             .args([
                 "--raft-heartbeat-ms",
                 "100",
@@ -255,8 +249,8 @@ impl Drop for Cluster {
     }
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut out = String::new();
@@ -266,8 +260,8 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-fn http_post(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+fn http_post(addr: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
     write!(
         s,
@@ -284,7 +278,7 @@ fn http_post(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
 
 /// A gauge from `/metrics`.
 fn metric(p: &Proc, name: &str) -> Option<f64> {
-    let (_, body) = http_get(p.http, "/metrics")?;
+    let (_, body) = http_get(&p.http(), "/metrics")?;
     body.lines()
         .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1))
@@ -362,7 +356,7 @@ async fn wait_leader_among(c: &Cluster, among: &[u64], not: Option<u64>) -> u64 
                 leader = Some(l);
             }
             let l = leader?;
-            let ready = http_get(c.node(l).http, "/readyz").is_some_and(|(code, _)| code == 200);
+            let ready = http_get(&c.node(l).http(), "/readyz").is_some_and(|(code, _)| code == 200);
             ready.then_some(l)
         }
     })
@@ -455,7 +449,7 @@ async fn three_replicas_replicate_forward_and_read_their_writes() {
         // Not initialized yet: no leader, not ready, writes refused.
         let s = status(c.node(1)).await.unwrap();
         assert!(!s.initialized && s.leader_id.is_none(), "{s:?}");
-        assert_eq!(http_get(c.node(1).http, "/readyz").unwrap().0, 503);
+        assert_eq!(http_get(&c.node(1).http(), "/readyz").unwrap().0, 503);
         let err = upsert(c.node(1), batch("x", 0, 1)).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
 
@@ -492,7 +486,7 @@ async fn three_replicas_replicate_forward_and_read_their_writes() {
 
         // The REST mirror writes through Raft too (forwarded by a follower).
         let (code, body) = http_post(
-            c.node(follower).http,
+            &c.node(follower).http(),
             "/v1/indexes/default/points",
             r#"{"points": [{"id": "h0", "vector": [1, 2, 3, 4], "payload": {"k": "v"}}]}"#,
         )
@@ -503,7 +497,7 @@ async fn three_replicas_replicate_forward_and_read_their_writes() {
             "{body}"
         );
         let (code, body) = http_post(
-            c.node(follower).http,
+            &c.node(follower).http(),
             "/v1/indexes/default/points/delete",
             r#"{"ids": ["h0"]}"#,
         )
@@ -547,7 +541,7 @@ async fn three_replicas_replicate_forward_and_read_their_writes() {
                 .unwrap()
                 .to_str()
                 .unwrap(),
-            format!("127.0.0.1:{}", c.node(leader).grpc)
+            c.node(leader).grpc_addr()
         );
 
         // Session: a follower answers once it applied the token's index.
@@ -613,7 +607,7 @@ async fn three_replicas_replicate_forward_and_read_their_writes() {
             assert!(s.initialized);
         }
         // Metrics of the Raft layer.
-        let lag = http_get(c.node(leader).http, "/metrics").unwrap().1;
+        let lag = http_get(&c.node(leader).http(), "/metrics").unwrap().1;
         assert!(
             lag.contains("kindex_raft_replication_lag_entries{follower="),
             "{lag}"
@@ -747,7 +741,7 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
             // Restart from its data dir; it catches up and becomes ready.
             c.start(victim);
             wait_for("restarted node ready", WAIT, || async {
-                http_get(c.node(victim).http, "/readyz").is_some_and(|(code, _)| code == 200).then_some(())
+                http_get(&c.node(victim).http(), "/readyz").is_some_and(|(code, _)| code == 200).then_some(())
             })
             .await;
             leader = wait_leader(&c, None).await;

@@ -11,10 +11,15 @@ use std::time::{Duration, Instant};
 
 use kindex_proto as pb;
 
+#[path = "procs/loopback.rs"]
+mod loopback;
+
 struct NodeProc {
     child: Child,
-    grpc: u16,
-    http: u16,
+    /// `ip:port` of the gRPC server.
+    grpc: String,
+    /// `ip:port` of the HTTP server.
+    http: String,
 }
 
 impl Drop for NodeProc {
@@ -24,16 +29,10 @@ impl Drop for NodeProc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn(dir: &Path, extra: &[&str]) -> NodeProc {
-    let (grpc, http) = (free_port(), free_port());
+    // An own loopback address with the default ports (see `loopback`).
+    let ip = loopback::Block::next().ip(1);
+    let (grpc, http) = (format!("{ip}:7070"), format!("{ip}:7080"));
     let child = Command::new(env!("CARGO_BIN_EXE_kindex-node"))
         .args([
             "--data-dir",
@@ -43,12 +42,7 @@ fn spawn(dir: &Path, extra: &[&str]) -> NodeProc {
             "--metric",
             "l2",
         ])
-        .args([
-            "--grpc-port",
-            &grpc.to_string(),
-            "--http-port",
-            &http.to_string(),
-        ])
+        .args(["--listen", &ip])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -57,8 +51,8 @@ fn spawn(dir: &Path, extra: &[&str]) -> NodeProc {
     NodeProc { child, grpc, http }
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut out = String::new();
@@ -69,8 +63,8 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// A POST the way `curl -d` sends it: no JSON content type.
-fn http_post(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+fn http_post(addr: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
@@ -88,7 +82,7 @@ fn http_post(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
 fn wait_healthy(p: &NodeProc) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Some((200, _)) = http_get(p.http, "/healthz") {
+        if let Some((200, _)) = http_get(&p.http, "/healthz") {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -97,7 +91,7 @@ fn wait_healthy(p: &NodeProc) {
 }
 
 async fn client(p: &NodeProc) -> pb::points_client::PointsClient<tonic::transport::Channel> {
-    pb::points_client::PointsClient::connect(format!("http://127.0.0.1:{}", p.grpc))
+    pb::points_client::PointsClient::connect(format!("http://{}", p.grpc))
         .await
         .unwrap()
 }
@@ -120,7 +114,7 @@ async fn serves_restarts_and_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = spawn(dir.path(), &[]);
     wait_healthy(&node);
-    assert_eq!(http_get(node.http, "/readyz").unwrap().0, 200);
+    assert_eq!(http_get(&node.http, "/readyz").unwrap().0, 200);
     let mut c = client(&node).await;
     let points: Vec<pb::Point> = (0..500)
         .map(|i| pb::Point {
@@ -179,14 +173,14 @@ async fn serves_restarts_and_keeps_data() {
     assert_eq!(err.code(), tonic::Code::NotFound);
     // The REST mirror takes JSON whatever the Content-Type (curl -d).
     let (code, body) = http_post(
-        node.http,
+        &node.http,
         "/v1/indexes/default/points",
         r#"{"points": [{"id": "rest", "vector": [9, 9, 9, 9], "payload": {"via": "http"}}]}"#,
     )
     .unwrap();
     assert_eq!(code, 200, "{body}");
     let (code, body) = http_post(
-        node.http,
+        &node.http,
         "/v1/indexes/default/search",
         r#"{"vector": [9, 9, 9, 9], "k": 1}"#,
     )
@@ -194,7 +188,7 @@ async fn serves_restarts_and_keeps_data() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains(r#""id":"rest""#), "{body}");
     let (code, body) = http_post(
-        node.http,
+        &node.http,
         "/v1/indexes/default/search",
         r#"{"vector": [9, 9"#,
     )
@@ -207,7 +201,7 @@ async fn serves_restarts_and_keeps_data() {
     })
     .await
     .unwrap();
-    let metrics = http_get(node.http, "/metrics").unwrap().1;
+    let metrics = http_get(&node.http, "/metrics").unwrap().1;
     assert!(metrics.contains("kindex_vectors 500"), "{metrics}");
 
     // Graceful stop snapshots; a restart serves the same data.

@@ -13,6 +13,9 @@ use kindex_proto::{
 };
 use tonic::{Request, Response, Status};
 
+#[path = "../../node/tests/procs/loopback.rs"]
+mod loopback;
+
 #[derive(Default, Clone)]
 struct FakeAdmin {
     calls: Arc<Mutex<Vec<String>>>,
@@ -92,11 +95,12 @@ impl Admin for FakeAdmin {
 }
 
 /// Every pod is the one local server; Raft addresses stay symbolic.
-struct Loopback(u16);
+/// Every pod's admin endpoint is this `ip:port`.
+struct Loopback(String);
 
 impl AddressBook for Loopback {
     fn admin_endpoint(&self, _: &PodRef) -> String {
-        format!("http://127.0.0.1:{}", self.0)
+        format!("http://{}", self.0)
     }
     fn raft_addr(&self, pod: &PodRef) -> String {
         format!("{}:7071", pod.pod_name())
@@ -126,7 +130,7 @@ async fn admin_calls_reach_the_node() {
             .unwrap();
     });
     let client = GrpcNodeClient {
-        addresses: Arc::new(Loopback(port)),
+        addresses: Arc::new(Loopback(format!("127.0.0.1:{port}"))),
         timeout: Duration::from_secs(5),
     };
 
@@ -166,13 +170,10 @@ async fn admin_calls_reach_the_node() {
 
 #[tokio::test]
 async fn unreachable_node_is_an_error_not_a_hang() {
-    // A port nobody listens on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // An address nobody listens on: a loopback address of this test's own.
+    let nobody = format!("{}:7072", loopback::Block::next().ip(1));
     let client = GrpcNodeClient {
-        addresses: Arc::new(Loopback(port)),
+        addresses: Arc::new(Loopback(nobody)),
         timeout: Duration::from_secs(2),
     };
     let started = std::time::Instant::now();

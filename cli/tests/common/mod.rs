@@ -1,9 +1,8 @@
 //! Helpers shared by the CLI's integration tests: the real `kindex` and
-//! `kindex-node` binaries, free ports, and .npy files written the way numpy
+//! `kindex-node` binaries, loopback addresses of their own, and .npy files written the way numpy
 //! writes them.
 #![allow(dead_code, clippy::unwrap_used)] // each test binary uses a subset
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -23,12 +22,13 @@ pub fn node_binary() -> PathBuf {
     p
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+#[path = "../../../node/tests/procs/loopback.rs"]
+pub mod loopback;
+
+/// A loopback address of this caller's own: servers there use their default ports (no port
+/// reservations by binding :0, see `loopback`); nothing listens there until one starts.
+pub fn own_ip() -> String {
+    loopback::Block::next().ip(1)
 }
 
 /// Runs `kindex` with `args`, ignoring KINDEX_ADDR/KINDEX_INDEX of the caller.

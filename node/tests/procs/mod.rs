@@ -1,12 +1,13 @@
 //! A sharded cluster of real `kindex-node` processes on 127.0.0.1 for tests: `shards` Raft
 //! groups of `replicas` members each (static `--peers`, `--bootstrap`), every node knowing the
-//! other shards through `--shard-addrs`. Free ports, a temp dir, bounded waits, children
+//! other shards through `--shard-addrs`. Own loopback addresses, a temp dir, bounded waits, children
 //! killed on drop, log tails printed when a test fails. Every node watches a fault file of its
 //! own (`Proc::set_faults`, see `node/src/raft/fault.rs`); [`history`] records what clients
 //! did and checks every replica against it.
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod history;
+pub mod loopback;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -36,19 +37,6 @@ pub async fn serial() -> std::fs::File {
     })
     .await
     .unwrap()
-}
-
-/// Every node listens on its own loopback address with the default ports: ports picked
-/// by binding :0 could be taken meanwhile by the ephemeral port of one of the many outgoing
-/// connections a starting cluster makes (seen: a node failing to bind). The second octet
-/// differs per test process.
-fn node_ip(shard: u32, id: u64) -> String {
-    format!(
-        "127.{}.{}.{}",
-        100 + std::process::id() % 100,
-        shard + 1,
-        id + 1
-    )
 }
 
 pub struct Proc {
@@ -167,6 +155,9 @@ impl Cluster {
 
     pub fn start_with(shards: u32, replicas: u64, dim: u32, opts: Opts) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
+        // Every node listens on its own loopback address with the default ports (see
+        // `loopback`).
+        let block = loopback::Block::next();
         let mut nodes = Vec::new();
         for shard in 0..shards {
             for id in 0..replicas {
@@ -175,9 +166,9 @@ impl Cluster {
                     id,
                     dir: tmp.path().join(format!("s{shard}-{id}")),
                     log: tmp.path().join(format!("s{shard}-{id}.log")),
-                    ip: node_ip(shard, id),
+                    ip: block.ip(shard * replicas as u32 + id as u32 + 1),
                     grpc: 7070,
-                    http: format!("{}:7080", node_ip(shard, id)),
+                    http: format!("{}:7080", block.ip(shard * replicas as u32 + id as u32 + 1)),
                     raft: 7071,
                     faults: tmp.path().join(format!("s{shard}-{id}.faults")),
                     child: None,
