@@ -430,6 +430,36 @@ struct Faults {
     fast_restarts: usize,
     window_hits: usize,
     random_kills: usize,
+    /// Replicas whose divergence guard fired (they stop being ready, so the storm stops).
+    diverged: usize,
+}
+
+/// Running replicas whose divergence guard fired.
+async fn diverged(c: &Cluster) -> usize {
+    let mut n = 0;
+    for p in c.nodes.iter().filter(|p| p.running()) {
+        if p.status().await.is_some_and(|s| s.divergence.is_some()) {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The shard's ready leader, or `Err(replicas)` once the divergence guard fired on some
+/// replica (a diverged replica is not ready, so there may never be a ready leader again).
+async fn leader_or_divergence(c: &Cluster) -> Result<u64, usize> {
+    procs::wait_for(
+        "a ready leader of shard 0, or a divergence",
+        procs::WAIT,
+        || async {
+            let d = diverged(c).await;
+            if d > 0 {
+                return Some(Err(d));
+            }
+            c.try_leader(0).await.map(Ok)
+        },
+    )
+    .await
 }
 
 /// Writers: upserts (new and re-upserts) and deletes on a small key space, each through a
@@ -471,7 +501,9 @@ fn spawn_writers(
         .collect()
 }
 
-async fn fault_storm(plan: Plan) -> (Report, Vec<u64>, Faults) {
+/// The storm's end state: the checker's report and the replicas' checksums, or None when it
+/// stopped early because the divergence guard fired (`Faults::diverged`).
+async fn fault_storm(plan: Plan) -> (Option<(Report, Vec<u64>)>, Faults) {
     let _serial = procs::serial().await;
     let mut extra = vec![];
     if plan.unsafe_restore {
@@ -502,7 +534,13 @@ async fn fault_storm(plan: Plan) -> (Report, Vec<u64>, Faults) {
     }
     let started = Instant::now();
     for (n, leader_kill) in kinds.into_iter().enumerate() {
-        let leader = c.wait_leader(0, None).await;
+        let leader = match leader_or_divergence(&c).await {
+            Ok(l) => l,
+            Err(d) => {
+                f.diverged = d;
+                break;
+            }
+        };
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..500))).await;
         if leader_kill {
             f.leader_kills += 1;
@@ -561,6 +599,15 @@ async fn fault_storm(plan: Plan) -> (Report, Vec<u64>, Faults) {
     for w in writers {
         w.await.unwrap();
     }
+    if f.diverged > 0 {
+        println!(
+            "fault storm seed={} stopped after {:?}: divergence guard fired: {:?}",
+            plan.seed,
+            started.elapsed(),
+            f
+        );
+        return (None, f);
+    }
     c.wait_leader(0, None).await;
     // One last acknowledged write, so every replica applies past everything before it.
     let v = h.next_version();
@@ -581,6 +628,7 @@ async fn fault_storm(plan: Plan) -> (Report, Vec<u64>, Faults) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (report, sums) = converge(&c, &h).await;
+    f.diverged = diverged(&c).await;
     println!(
         "fault storm seed={} in {:?}: {:?}; {}; checksums {:?}",
         plan.seed,
@@ -589,7 +637,7 @@ async fn fault_storm(plan: Plan) -> (Report, Vec<u64>, Faults) {
         report,
         sums
     );
-    (report, sums, f)
+    (Some((report, sums)), f)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -598,14 +646,19 @@ async fn fault_storm_loses_nothing() {
     let unsafe_restore = plan.unsafe_restore;
     let limit = Duration::from_secs(60 + 20 * (plan.leader_kills + plan.random_kills) as u64);
     with_timeout(limit, async move {
-        let (report, sums, f) = fault_storm(plan).await;
+        let (end, f) = fault_storm(plan).await;
         if unsafe_restore {
-            assert!(
-                !report.ok() || sums.windows(2).any(|w| w[0] != w[1]),
-                "unsafe leader restore went unnoticed: {f:?}"
-            );
+            // Caught by the divergence guard during the storm, or by the checker at the end.
+            let caught = end.is_none_or(|(report, sums)| {
+                !report.ok() || sums.windows(2).any(|w| w[0] != w[1]) || f.diverged > 0
+            });
+            assert!(caught, "unsafe leader restore went unnoticed: {f:?}");
             return;
         }
+        let Some((report, sums)) = end else {
+            panic!("the divergence guard fired: replicas applied different entries: {f:?}");
+        };
+        assert_eq!(f.diverged, 0, "the divergence guard fired: {f:?}");
         assert!(report.ok(), "{report}");
         assert!(
             sums.windows(2).all(|w| w[0] == w[1]),

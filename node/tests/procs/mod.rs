@@ -302,26 +302,28 @@ impl Cluster {
         wait_for(
             &format!("a ready leader of shard {shard}"),
             WAIT,
-            || async move {
-                let mut leader = None;
-                for p in self
-                    .nodes
-                    .iter()
-                    .filter(|p| p.shard == shard && p.running())
-                {
-                    let l = p.status().await?.leader_id?;
-                    if leader.is_some_and(|x| x != l) || Some(l) == not {
-                        return None;
-                    }
-                    leader = Some(l);
-                }
-                let l = leader?;
-                let ready =
-                    http_get(&self.node(shard, l).http, "/readyz").is_some_and(|(c, _)| c == 200);
-                ready.then_some(l)
-            },
+            || async move { self.try_leader(shard).await.filter(|l| Some(*l) != not) },
         )
         .await
+    }
+
+    /// The leader all running replicas of `shard` agree on, if it is ready.
+    pub async fn try_leader(&self, shard: u32) -> Option<u64> {
+        let mut leader = None;
+        for p in self
+            .nodes
+            .iter()
+            .filter(|p| p.shard == shard && p.running())
+        {
+            let l = p.status().await?.leader_id?;
+            if leader.is_some_and(|x| x != l) {
+                return None;
+            }
+            leader = Some(l);
+        }
+        let l = leader?;
+        let ready = http_get(&self.node(shard, l).http, "/readyz").is_some_and(|(c, _)| c == 200);
+        ready.then_some(l)
     }
 
     /// The tail of every node's log.
