@@ -25,9 +25,9 @@ impl Node {
         } else {
             members
         };
-        let nodes: BTreeMap<NodeId, raft::Node> = members
+        let nodes: BTreeMap<NodeId, raft::Member> = members
             .iter()
-            .map(|(id, a)| (*id, raft::Node::new(a.clone())))
+            .map(|(id, a)| (*id, raft::Member::new(a.clone())))
             .collect();
         match self.raft.initialize(nodes).await {
             Ok(()) => Ok(format!(
@@ -73,7 +73,7 @@ impl Node {
         }
         let resp = self
             .raft
-            .add_learner(id, raft::Node::new(addr.clone()), blocking)
+            .add_learner(id, raft::Member::new(addr.clone()), blocking)
             .await
             .map_err(|e| self.membership_error(e))?;
         if blocking {

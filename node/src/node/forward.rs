@@ -36,7 +36,7 @@ impl Node {
         })
     }
 
-    pub(super) fn not_leader(&self, id: Option<NodeId>, node: Option<raft::Node>) -> NodeError {
+    pub(super) fn not_leader(&self, id: Option<NodeId>, node: Option<raft::Member>) -> NodeError {
         let grpc = node.map(|n| self.grpc_addr_of_member(&n.addr)).or_else(|| {
             self.leader()
                 .filter(|l| Some(l.id) == id)

@@ -22,7 +22,7 @@ mod write;
 pub use self::error::NodeError;
 pub use self::forward::member_grpc_addr;
 pub use self::forward::outcome_of;
-pub use self::open::Membership;
+pub use self::open::Bootstrap;
 pub use self::open::NodeConfig;
 pub use self::open::RaftTuning;
 pub use self::shutdown::role_name;

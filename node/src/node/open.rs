@@ -24,7 +24,7 @@ use crate::raft::RaftShardConfig;
 use super::data_dir::prepare_data_dir;
 use super::*;
 
-/// Raft timing and log retention (the rest of openraft's config is `raft::node::default_raft_config`).
+/// Raft timing and log retention (the rest of openraft's config is `raft::shard::default_raft_config`).
 #[derive(Debug, Clone)]
 pub struct RaftTuning {
     pub heartbeat_ms: u64,
@@ -53,9 +53,10 @@ impl Default for RaftTuning {
     }
 }
 
-/// How the Raft group of this node is formed.
+/// How the Raft group of this node is formed on first start (the group's members once it
+/// exists are openraft's `raft::Membership`).
 #[derive(Debug, Clone)]
-pub enum Membership {
+pub enum Bootstrap {
     /// A group of one member (this node) that initializes itself on first start.
     Standalone,
     /// A replicated shard: the group is initialized once by the Admin `Initialize` RPC (the
@@ -80,7 +81,7 @@ pub struct NodeConfig {
     pub grpc_port: u16,
     /// Where Raft RPCs are served; None only for a standalone node.
     pub raft_listener: Option<TcpListener>,
-    pub membership: Membership,
+    pub bootstrap: Bootstrap,
     pub tuning: RaftTuning,
 }
 
@@ -142,7 +143,7 @@ impl Node {
             data_dir,
             advertise: cfg.advertise,
             grpc_port: cfg.grpc_port,
-            standalone: matches!(cfg.membership, Membership::Standalone),
+            standalone: matches!(cfg.bootstrap, Bootstrap::Standalone),
             state,
             raft,
             shard_handle: tokio::sync::Mutex::new(Some(shard)),
@@ -158,28 +159,26 @@ impl Node {
             divergence: crate::divergence::Guard::default(),
             metrics,
         });
-        node.form_group(&cfg.membership).await?;
+        node.form_group(&cfg.bootstrap).await?;
         node.spawn_watchers();
         Ok(node)
     }
 
     /// First start: initialize the group where this node is responsible for it. Later starts:
     /// a group of which this node is the only voter elects it at once (no election timeout).
-    async fn form_group(&self, membership: &Membership) -> Result<(), NodeError> {
+    async fn form_group(&self, bootstrap: &Bootstrap) -> Result<(), NodeError> {
         let initialized = self
             .raft
             .is_initialized()
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let members: Option<BTreeMap<NodeId, String>> = match membership {
-            Membership::Standalone => {
-                Some(BTreeMap::from([(self.node_id, self.advertise.clone())]))
-            }
-            Membership::Cluster {
+        let members: Option<BTreeMap<NodeId, String>> = match bootstrap {
+            Bootstrap::Standalone => Some(BTreeMap::from([(self.node_id, self.advertise.clone())])),
+            Bootstrap::Cluster {
                 peers,
                 bootstrap: true,
             } if peers.keys().next() == Some(&self.node_id) => Some(peers.clone()),
-            Membership::Cluster { .. } => None,
+            Bootstrap::Cluster { .. } => None,
         };
         if !initialized {
             if let Some(members) = members {

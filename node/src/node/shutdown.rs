@@ -17,7 +17,9 @@ impl Node {
     pub fn raft_gauges(&self) -> RaftGauges {
         let m = self.raft_metrics();
         let last = m.last_log_index.unwrap_or(0);
-        let replication_lag = crate::raft::node::replication_lag(&m).into_iter().collect();
+        let replication_lag = crate::raft::shard::replication_lag(&m)
+            .into_iter()
+            .collect();
         let snap = self.snapshot_info();
         let snapshot_age_secs = snap
             .as_ref()
