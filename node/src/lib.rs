@@ -1,5 +1,6 @@
 //! kindex index node: the HNSW engine, snapshots, configuration and servers.
 
+pub mod api;
 pub mod config;
 pub mod coordinator;
 pub mod divergence;

@@ -4,10 +4,17 @@
 //! standalone node, which is a group of one member that initializes itself on first start.
 //! The engine is the Raft state machine ([`EngineState`]); snapshots are Raft snapshots.
 //!
-//! Write path: validate (the same `engine::limits` checks as apply, so invalid input never
-//! enters the log) → leader: propose, answer with the applied log index; follower: forward the
-//! request to the leader's gRPC endpoint (once: a forwarded request is never forwarded again) or
-//! report who the leader is ([`NodeError::NotLeader`]).
+//! Write path: the caller validated the write (`api::validate`, the same `engine::limits`
+//! checks as apply, so invalid input never enters the log) → leader: propose, answer with the
+//! applied log index; follower: forward the request to the leader's gRPC endpoint (once: a
+//! forwarded request is never forwarded again) or report who the leader is
+//! ([`NodeError::NotLeader`]).
+//!
+//! Files by job: `error` (`NodeError`), `open` (config, opening, forming the
+//! group), `forward` (the leader, channels, forwarding), `write`, `read` (consistency
+//! barriers, get/search), `admin` (membership, leadership, snapshots), `shutdown` (Raft
+//! gauges, graceful stop), `data_dir` (identity, writability), `tasks` (watchers, runtime
+//! reload, maintenance).
 
 mod admin;
 mod data_dir;

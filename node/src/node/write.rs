@@ -8,12 +8,11 @@ use kindex_proto as pb;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
 
-use crate::engine::EngineError;
+use crate::api::validate::ValidPoint;
 use crate::raft::Command;
 use crate::raft::CommandResult;
+use crate::raft::EngineState;
 use crate::raft::PointRecord;
-use crate::raft::engine_state::validate_delete;
-use crate::raft::engine_state::validate_upsert;
 
 use super::*;
 
@@ -75,18 +74,20 @@ impl Node {
         }
     }
 
-    /// Validates and replicates an upsert (split into entries of at most [`MAX_COMMAND_BYTES`],
-    /// in order). `forwarded`: the request came from another node (never forwarded again).
+    /// Replicates a validated upsert (split into entries of at most [`MAX_COMMAND_BYTES`], in
+    /// order). `forwarded`: the request came from another node (never forwarded again).
     pub async fn upsert(
         &self,
-        points: Vec<PointRecord>,
+        points: Vec<ValidPoint>,
         forwarded: bool,
     ) -> Result<WriteOutcome, NodeError> {
         self.check_writable()?;
-        let structural = self.state.structural();
-        validate_upsert(structural.dimension as usize, structural.metric, &points)
-            .map_err(EngineError::from)?;
-        let chunks = split_by_bytes(points, MAX_COMMAND_BYTES);
+        // Applying the entries here uses the payloads validation parsed (see `api::validate`).
+        let _parsed = RememberedPayloads::new(&self.state, &points);
+        let chunks = split_by_bytes(
+            points.iter().map(ValidPoint::record).collect(),
+            MAX_COMMAND_BYTES,
+        );
         let mut out = WriteOutcome::default();
         let mut written = 0usize;
         for (i, chunk) in chunks.iter().enumerate() {
@@ -132,13 +133,13 @@ impl Node {
         Ok(out)
     }
 
+    /// Replicates a delete of ids validated by `api::validate::delete`.
     pub async fn delete(
         &self,
         ids: Vec<String>,
         forwarded: bool,
     ) -> Result<WriteOutcome, NodeError> {
         self.check_writable()?;
-        validate_delete(&ids).map_err(EngineError::from)?;
         match self.propose(&Command::Delete { ids: ids.clone() }).await {
             Ok(r) => Ok(WriteOutcome {
                 affected: r.affected,
@@ -162,6 +163,30 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+/// The payloads of a write being proposed, known to the state machine until the write returns.
+struct RememberedPayloads<'a> {
+    state: &'a EngineState,
+    points: &'a [ValidPoint],
+}
+
+impl<'a> RememberedPayloads<'a> {
+    fn new(state: &'a EngineState, points: &'a [ValidPoint]) -> Self {
+        state.remember_payloads(points.iter().filter_map(ValidPoint::payload));
+        Self { state, points }
+    }
+}
+
+impl Drop for RememberedPayloads<'_> {
+    fn drop(&mut self) {
+        self.state.forget_payloads(
+            self.points
+                .iter()
+                .filter_map(ValidPoint::payload)
+                .map(|(json, _)| json),
+        );
     }
 }
 
