@@ -93,3 +93,23 @@ fn coordinator_does_not_import_server() {
         "coordinator imports server: {offending:#?}"
     );
 }
+
+#[test]
+fn one_channel_cache() {
+    // Channels to other nodes' client gRPC endpoints come from `channels::Channels` (one set
+    // of timeouts); the Raft transport (`raft/`) dials the Raft port on its own.
+    let mut builders = Vec::new();
+    for f in rust_files(&src()) {
+        if f.starts_with(src().join("raft")) || f.ends_with("channels.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).expect("read source");
+        if text.contains("Endpoint::from_shared") || text.contains("Endpoint::new") {
+            builders.push(f.display().to_string());
+        }
+    }
+    assert!(
+        builders.is_empty(),
+        "gRPC channels built outside channels.rs: {builders:#?}"
+    );
+}

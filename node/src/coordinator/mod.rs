@@ -118,12 +118,12 @@ impl Coordinator {
         let shards = node.engine().structural().shards.max(1);
         seeds.remove(&node.shard);
         topology::check_complete(&seeds, shards, node.shard)?;
-        let default_port = node.grpc_port();
+        let topology = Topology::new(seeds, node.grpc_port(), node.channels().clone());
         Ok(Arc::new(Coordinator {
             local: LocalShard { node: node.clone() },
             node,
             shards,
-            topology: Topology::new(seeds, default_port),
+            topology,
         }))
     }
 

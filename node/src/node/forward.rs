@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use crate::channels::Channels;
 use kindex_proto as pb;
 use openraft::async_runtime::WatchReceiver;
 use tonic::transport::Channel;
-use tonic::transport::Endpoint;
 
 use crate::raft;
 use crate::raft::NodeId;
@@ -50,19 +50,14 @@ impl Node {
 
     /// A cached channel to another member's client gRPC endpoint.
     pub(super) fn channel(&self, grpc_addr: &str) -> Result<Channel, NodeError> {
-        let mut channels = self.channels.lock();
-        if let Some(c) = channels.get(grpc_addr) {
-            return Ok(c.clone());
-        }
-        let channel = Endpoint::from_shared(format!("http://{grpc_addr}"))
-            .map_err(|e| NodeError::Unavailable(format!("bad member address {grpc_addr:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .connect_lazy();
-        channels.insert(grpc_addr.to_string(), channel.clone());
-        Ok(channel)
+        self.channels
+            .get(grpc_addr)
+            .map_err(|e| NodeError::Unavailable(format!("member: {e}")))
+    }
+
+    /// The channel cache to other nodes, shared with the coordinator.
+    pub fn channels(&self) -> &Arc<Channels> {
+        &self.channels
     }
 
     /// A client to another member's `Points` service.

@@ -37,7 +37,6 @@ pub use self::tasks::spawn_maintenance;
 pub use self::tasks::spawn_runtime_reload;
 pub use self::write::split_by_bytes;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,7 +49,6 @@ use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use parking_lot::Mutex;
 use parking_lot::RwLock;
-use tonic::transport::Channel;
 
 use crate::config::RuntimeConfig;
 use crate::engine::Engine;
@@ -137,8 +135,8 @@ pub struct Node {
     recovered: AtomicBool,
     stopping: AtomicBool,
     snapshot_cache: Mutex<Option<SnapshotInfo>>,
-    /// gRPC channels to other members, by address (forwarding, the divergence guard).
-    channels: Mutex<HashMap<String, Channel>>,
+    /// gRPC channels to other nodes (forwarding, the divergence guard, the coordinator).
+    channels: Arc<crate::channels::Channels>,
     state_machine: ShardStateMachine<EngineState>,
     /// What the divergence guard found (see [`crate::divergence`]).
     pub divergence: crate::divergence::Guard,

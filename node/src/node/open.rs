@@ -1,7 +1,6 @@
 //! Opening a node: its configuration, the data dir check, the Raft member, the group.
 
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -154,7 +153,7 @@ impl Node {
             recovered: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             snapshot_cache: Mutex::new(None),
-            channels: Mutex::new(HashMap::new()),
+            channels: Arc::default(),
             state_machine,
             divergence: crate::divergence::Guard::default(),
             metrics,
