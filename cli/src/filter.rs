@@ -6,8 +6,8 @@
 //! so a typo fails here with a pointed message instead of silently matching
 //! everything.
 
+use kindex_node::api::convert;
 use kindex_node::engine::filter::Filter;
-use kindex_node::server::convert;
 use kindex_proto as pb;
 
 #[derive(Debug, thiserror::Error, PartialEq)]

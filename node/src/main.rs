@@ -19,7 +19,7 @@ use kindex_node::config::{RuntimeConfig, StructuralConfig};
 use kindex_node::coordinator::Coordinator;
 use kindex_node::coordinator::topology::{self, ShardSeeds};
 use kindex_node::engine::distance::Metric;
-use kindex_node::node::{self, DEFAULT_RAFT_PORT, Membership, Node, NodeConfig, RaftTuning};
+use kindex_node::node::{self, Bootstrap, DEFAULT_RAFT_PORT, Node, NodeConfig, RaftTuning};
 use kindex_node::server::{grpc, http};
 use kindex_proto as pb;
 
@@ -267,16 +267,16 @@ async fn run(
         )?,
         (None, None, None) => format!("{0}:{raft_port}|{0}:{1}", args.listen, args.grpc_port),
     };
-    let membership = match &args.peers {
-        Some(peers) => Membership::Cluster {
+    let bootstrap = match &args.peers {
+        Some(peers) => Bootstrap::Cluster {
             peers: peers.clone(),
             bootstrap: args.bootstrap,
         },
-        None if cluster => Membership::Cluster {
+        None if cluster => Bootstrap::Cluster {
             peers: BTreeMap::new(),
             bootstrap: false,
         },
-        None => Membership::Standalone,
+        None => Bootstrap::Standalone,
     };
     if args.bootstrap && args.peers.is_none() {
         bail!("--bootstrap needs --peers");
@@ -320,7 +320,7 @@ async fn run(
         advertise: advertise.clone(),
         grpc_port: args.grpc_port,
         raft_listener,
-        membership,
+        bootstrap,
         tuning: RaftTuning {
             heartbeat_ms: args.raft_heartbeat_ms,
             election_timeout_ms: args.raft_election_timeout_ms,

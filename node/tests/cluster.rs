@@ -14,7 +14,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use kindex_node::raft::Command;
 use kindex_node::raft::KindexRaft;
-use kindex_node::raft::Node;
+use kindex_node::raft::Member;
 use kindex_node::raft::NodeId;
 use kindex_node::raft::PointRecord;
 use kindex_node::raft::RaftShard;
@@ -56,8 +56,8 @@ impl TestNode {
         self.shard().raft()
     }
 
-    fn node(&self) -> Node {
-        Node::new(self.addr)
+    fn node(&self) -> Member {
+        Member::new(self.addr)
     }
 
     async fn stop(&mut self) {
@@ -132,7 +132,7 @@ async fn start_cluster(root: &Path, n: u64, snapshot_every: u64) -> Vec<TestNode
     for id in 0..n {
         nodes.push(start_node(root, id, snapshot_every).await);
     }
-    let members: BTreeMap<NodeId, Node> = nodes.iter().map(|n| (n.id, n.node())).collect();
+    let members: BTreeMap<NodeId, Member> = nodes.iter().map(|n| (n.id, n.node())).collect();
     nodes[0].raft().initialize(members).await.unwrap();
     nodes
 }

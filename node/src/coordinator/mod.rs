@@ -13,8 +13,9 @@
 //!   its number in the message.
 //!
 //! Requests between nodes carry the metadata `kindex-shard-local: <shard>` and are served by
-//! the receiving replica for its shard only (`server::local`).
+//! the receiving replica for its shard only (`coordinator::local`).
 
+pub mod local;
 pub mod merge;
 pub mod routing;
 pub mod token;
@@ -33,18 +34,18 @@ use tonic::Response;
 use tonic::Status;
 use tonic::transport::Channel;
 
+use self::local::LocalShard;
 use self::routing::group_by_shard;
 use self::topology::ShardSeeds;
 use self::topology::Topology;
 use self::topology::TopologyError;
+use crate::api::convert;
+use crate::api::status::invalid;
+use crate::api::status::status_of;
+use crate::api::validate;
+use crate::api::validate::ValidPoint;
 use crate::node::LEADER_HEADER;
 use crate::node::Node;
-use crate::raft::engine_state::validate_delete;
-use crate::raft::engine_state::validate_upsert;
-use crate::server::convert;
-use crate::server::grpc::status_of;
-use crate::server::local::LocalShard;
-use crate::server::local::records;
 
 /// Metadata marking a request from another node's coordinator: serve it for this shard only.
 pub const SHARD_LOCAL_HEADER: &str = "kindex-shard-local";
@@ -117,12 +118,12 @@ impl Coordinator {
         let shards = node.engine().structural().shards.max(1);
         seeds.remove(&node.shard);
         topology::check_complete(&seeds, shards, node.shard)?;
-        let default_port = node.grpc_port();
+        let topology = Topology::new(seeds, node.grpc_port(), node.channels().clone());
         Ok(Arc::new(Coordinator {
             local: LocalShard { node: node.clone() },
             node,
             shards,
-            topology: Topology::new(seeds, default_port),
+            topology,
         }))
     }
 
@@ -254,28 +255,31 @@ impl Coordinator {
         self.node.check_index(&req.index).map_err(status_of)?;
         let structural = self.node.engine().structural().clone();
         let index = req.index;
-        let points = records(req.points);
-        // The whole request is checked before any shard sees a part of it.
-        validate_upsert(structural.dimension as usize, structural.metric, &points)
-            .map_err(|e| status_of(crate::engine::EngineError::from(e).into()))?;
-        let parts = group_by_shard(req_points(points), self.shards, |p| p.id.as_str())
+        // The whole request is checked, once, before any shard sees a part of it; this node's
+        // part goes on to its Raft group as it is (payloads parsed), the others as requests.
+        let points = validate::upsert(
+            structural.dimension as usize,
+            structural.metric,
+            convert::records(req.points),
+        )
+        .map_err(invalid)?;
+        let parts = group_by_shard(points, self.shards, |p| p.id())
             .into_iter()
             .map(|(shard, points)| {
                 let index = index.clone();
-                (shard, pb::UpsertRequest { index, points })
+                (shard, Upsert { index, points })
             });
         self.write(
             parts,
-            |r| async move { self.local.upsert(r, false).await },
-            |mut c, r| async move { c.upsert(r).await },
+            |r| async move { self.local.upsert_valid(r.points, false).await },
+            |mut c, r| async move { c.upsert(r.map(Upsert::into_wire)).await },
         )
         .await
     }
 
     pub async fn delete(&self, req: pb::DeleteRequest) -> Result<pb::WriteResponse, Status> {
         self.node.check_index(&req.index).map_err(status_of)?;
-        validate_delete(&req.ids)
-            .map_err(|e| status_of(crate::engine::EngineError::from(e).into()))?;
+        validate::delete(&req.ids).map_err(invalid)?;
         let index = req.index;
         let parts = group_by_shard(req.ids, self.shards, String::as_str)
             .into_iter()
@@ -285,7 +289,7 @@ impl Coordinator {
             });
         self.write(
             parts,
-            |r| async move { self.local.delete(r, false).await },
+            |r| async move { self.local.delete_valid(r, false).await },
             |mut c, r| async move { c.delete(r).await },
         )
         .await
@@ -515,7 +519,7 @@ impl Coordinator {
     /// Index facts; `vectors` is the eventual total over all shards.
     pub async fn info(&self, req: pb::InfoRequest) -> Result<pb::InfoResponse, Status> {
         self.node.check_index(&req.index).map_err(status_of)?;
-        let mut info = crate::server::grpc::info(&self.node);
+        let mut info = crate::api::status::info(&self.node);
         if self.shards > 1 {
             info.vectors = self
                 .count(pb::CountRequest {
@@ -530,15 +534,21 @@ impl Coordinator {
     }
 }
 
-fn req_points(points: Vec<crate::raft::PointRecord>) -> Vec<pb::Point> {
-    points
-        .into_iter()
-        .map(|p| pb::Point {
-            id: p.id,
-            vector: p.vector,
-            payload_json: p.payload_json,
-        })
-        .collect()
+/// One shard's part of a validated upsert. Named like the RPC: `count_call` labels calls by
+/// the request's type name.
+#[derive(Clone)]
+struct Upsert {
+    index: String,
+    points: Vec<ValidPoint>,
+}
+
+impl Upsert {
+    fn into_wire(self) -> pb::UpsertRequest {
+        pb::UpsertRequest {
+            index: self.index,
+            points: self.points.into_iter().map(ValidPoint::into_wire).collect(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,14 +7,14 @@
 //! leader hints from write responses.
 
 use std::collections::BTreeMap;
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kindex_proto as pb;
-use parking_lot::Mutex;
 use parking_lot::RwLock;
 use tonic::transport::Channel;
-use tonic::transport::Endpoint;
+
+use crate::channels::Channels;
 
 use crate::node::member_grpc_addr;
 
@@ -122,7 +122,7 @@ struct Route {
 pub struct Topology {
     seeds: ShardSeeds,
     routes: RwLock<BTreeMap<u32, Route>>,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Arc<Channels>,
     default_grpc_port: u16,
 }
 
@@ -130,11 +130,12 @@ pub struct Topology {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Topology {
-    pub fn new(seeds: ShardSeeds, default_grpc_port: u16) -> Topology {
+    /// `channels`: the node's channel cache.
+    pub fn new(seeds: ShardSeeds, default_grpc_port: u16, channels: Arc<Channels>) -> Topology {
         Topology {
             routes: RwLock::new(seeds.keys().map(|s| (*s, Route::default())).collect()),
             seeds,
-            channels: Mutex::new(HashMap::new()),
+            channels,
             default_grpc_port,
         }
     }
@@ -145,19 +146,9 @@ impl Topology {
 
     /// A lazily connecting, cached channel to `addr` (`host:port`).
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::Status> {
-        let mut channels = self.channels.lock();
-        if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
-        }
-        let c = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| tonic::Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .connect_lazy();
-        channels.insert(addr.to_string(), c.clone());
-        Ok(c)
+        self.channels
+            .get(addr)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))
     }
 
     /// Addresses to try for `shard`, best first: the leader (when `leader_first`) then the
@@ -294,7 +285,11 @@ mod tests {
 
     #[test]
     fn candidates_put_the_leader_first_and_rotate_replicas() {
-        let t = Topology::new(ShardSeeds::from([(1, vec!["seed:7070".to_string()])]), 7070);
+        let t = Topology::new(
+            ShardSeeds::from([(1, vec!["seed:7070".to_string()])]),
+            7070,
+            Arc::default(),
+        );
         assert_eq!(t.candidates(1, true), ["seed:7070"]);
         t.learn(
             1,

@@ -1,6 +1,9 @@
 //! Input limits and validation shared by every API (DESIGN §6): bad input is
 //! rejected with a precise error before anything changes.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+
 use super::distance::Metric;
 use super::filter::{Filter, Payload};
 
@@ -104,8 +107,19 @@ pub fn check_id(index: usize, id: &str) -> Result<(), InputError> {
     Ok(())
 }
 
-/// Parses a payload given as JSON text: must be an object within the size limit.
+/// Payloads parsed by [`parse_payload`] in this process (see [`payload_parses`]).
+static PAYLOAD_PARSES: AtomicU64 = AtomicU64::new(0);
+
+/// How many payloads this process has parsed: a test counts the parses of one write with it
+/// (a leader parses a write's payload once, see `api::validate`).
+pub fn payload_parses() -> u64 {
+    PAYLOAD_PARSES.load(Ordering::Relaxed)
+}
+
+/// Parses a payload given as JSON text: must be an object within the size limit. The one
+/// function that parses payloads (counted, see [`payload_parses`]).
 pub fn parse_payload(id: &str, json: &str) -> Result<Payload, InputError> {
+    PAYLOAD_PARSES.fetch_add(1, Ordering::Relaxed);
     if json.len() > MAX_PAYLOAD_BYTES {
         return Err(InputError::PayloadTooLarge {
             id: id.to_string(),
@@ -197,7 +211,10 @@ fn magnitude(metric: Metric, v: &[f32]) -> Option<Magnitude> {
 /// The magnitude checks of points for `metric` (see [`MAX_SQUARED_NORM`]). Made before a
 /// write is proposed, not at apply time, so a log written by an older version replays as it
 /// was accepted then.
-pub fn check_magnitudes(metric: Metric, points: &[PointInput]) -> Result<(), InputError> {
+pub fn check_magnitudes<'a>(
+    metric: Metric,
+    points: impl IntoIterator<Item = &'a PointInput>,
+) -> Result<(), InputError> {
     for p in points {
         match magnitude(metric, &p.vector) {
             None => {}

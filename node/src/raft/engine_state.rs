@@ -2,13 +2,15 @@
 //!
 //! - `apply` turns committed [`Command`]s into engine writes and records the log id in the
 //!   engine (it ends up in every snapshot manifest). Input that is invalid at apply time is
-//!   `Rejected` (deterministically, on every replica) and changes nothing; the coordinator
-//!   validates with the same `engine::limits` checks before proposing, so this is a backstop.
+//!   `Rejected` (deterministically, on every replica) and changes nothing; the node validates
+//!   with the same `engine::limits` checks before proposing (`api::validate`), so this is a
+//!   backstop for entries from the log.
 //! - Snapshots are the engine's own section files (`snapshot::Capture`): captured between two
 //!   applies, written while later entries are applied. The Raft layer adds its `RAFT_META`.
 //! - Installing a snapshot builds a new engine with `snapshot::load` and swaps it in; readers
 //!   holding the previous `Arc<Engine>` finish on it.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use crate::engine::EngineError;
 use crate::engine::EngineKnobs;
 use crate::engine::InputError;
 use crate::engine::PointInput;
+use crate::engine::filter::Payload;
 use crate::engine::limits;
 use crate::metrics::Metrics;
 use crate::snapshot;
@@ -43,6 +46,9 @@ pub struct EngineState {
     /// Knobs for engines built later (snapshot installs).
     knobs: Mutex<EngineKnobs>,
     metrics: Option<Arc<Metrics>>,
+    /// Payloads this node parsed when it validated a write it is proposing, by JSON text, with
+    /// how many proposals in flight hold each (see [`Self::remember_payloads`]).
+    parsed: Mutex<HashMap<String, (Payload, usize)>>,
 }
 
 impl EngineState {
@@ -58,6 +64,7 @@ impl EngineState {
             structural,
             knobs: Mutex::new(knobs),
             metrics,
+            parsed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -76,47 +83,65 @@ impl EngineState {
         *self.knobs.lock() = knobs;
         self.engine().set_knobs(knobs);
     }
-}
 
-/// Points of an upsert command as engine input (payload JSON parsed and checked).
-pub fn inputs_of(records: &[PointRecord]) -> Result<Vec<PointInput>, InputError> {
-    records
-        .iter()
-        .map(|r| {
-            let payload = match &r.payload_json {
-                Some(json) => Some(limits::parse_payload(&r.id, json)?),
-                None => None,
-            };
-            Ok(PointInput {
-                id: r.id.clone(),
-                vector: r.vector.clone(),
-                payload,
+    /// Keeps the payloads of a write this node is about to propose, parsed by its validation,
+    /// so that applying the entry here does not parse them again. Parsing is deterministic, so
+    /// what `apply` finds here is what parsing the entry's text would give. Call
+    /// [`Self::forget_payloads`] with the same texts once the proposal returned (applied or not).
+    pub fn remember_payloads<'a>(
+        &self,
+        payloads: impl IntoIterator<Item = (&'a str, &'a Payload)>,
+    ) {
+        let mut parsed = self.parsed.lock();
+        for (json, payload) in payloads {
+            parsed
+                .entry(json.to_string())
+                .or_insert_with(|| (payload.clone(), 0))
+                .1 += 1;
+        }
+    }
+
+    /// See [`Self::remember_payloads`].
+    pub fn forget_payloads<'a>(&self, texts: impl IntoIterator<Item = &'a str>) {
+        let mut parsed = self.parsed.lock();
+        for json in texts {
+            if let Some((_, holders)) = parsed.get_mut(json) {
+                *holders -= 1;
+                if *holders == 0 {
+                    parsed.remove(json);
+                }
+            }
+        }
+    }
+
+    /// Points of an upsert entry as engine input. The leader finds the payloads it parsed when
+    /// it validated the write; other replicas (and the leader replaying its log) parse them
+    /// here, with the same checks, as a safety net: an entry from the log was validated by the
+    /// leader that proposed it, possibly an older version, and apply must refuse rather than
+    /// store what it cannot read, the same way on every replica.
+    fn inputs_of(&self, records: &[PointRecord]) -> Result<Vec<PointInput>, InputError> {
+        records
+            .iter()
+            .map(|r| {
+                let payload = match &r.payload_json {
+                    Some(json) => Some(self.payload_of(&r.id, json)?),
+                    None => None,
+                };
+                Ok(PointInput {
+                    id: r.id.clone(),
+                    vector: r.vector.clone(),
+                    payload,
+                })
             })
-        })
-        .collect()
-}
+            .collect()
+    }
 
-/// The checks `apply` makes, for the coordinator to run before proposing: a command that passes
-/// them is never rejected at apply time for its input.
-/// `metric`: the magnitude checks are made here only, before proposing (see
-/// [`limits::check_magnitudes`]).
-pub fn validate_upsert(
-    dim: usize,
-    metric: crate::engine::distance::Metric,
-    records: &[PointRecord],
-) -> Result<Vec<PointInput>, InputError> {
-    let inputs = inputs_of(records)?;
-    limits::check_points(dim, &inputs)?;
-    limits::check_magnitudes(metric, &inputs)?;
-    Ok(inputs)
-}
-
-/// See [`validate_upsert`].
-pub fn validate_delete(ids: &[String]) -> Result<(), InputError> {
-    limits::check_batch_len(ids.len())?;
-    ids.iter()
-        .enumerate()
-        .try_for_each(|(i, id)| limits::check_id(i, id))
+    fn payload_of(&self, id: &str, json: &str) -> Result<Payload, InputError> {
+        if let Some((payload, _)) = self.parsed.lock().get(json) {
+            return Ok(payload.clone());
+        }
+        limits::parse_payload(id, json)
+    }
 }
 
 fn applied_log(l: &LogId) -> AppliedLog {
@@ -143,7 +168,7 @@ impl ShardState for EngineState {
     fn apply(&self, log_id: &LogId, cmd: &Command) -> io::Result<ApplyOutcome> {
         let engine = self.engine();
         let out = match cmd {
-            Command::Upsert { points } => match inputs_of(points) {
+            Command::Upsert { points } => match self.inputs_of(points) {
                 Ok(inputs) => outcome(engine.upsert(&inputs))?,
                 Err(e) => ApplyOutcome::Rejected(e.to_string()),
             },

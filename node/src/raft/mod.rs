@@ -4,7 +4,7 @@
 //! - [`state_machine`]: applies committed [`Command`]s to a [`ShardState`] (the engine) and
 //!   manages snapshots as directories of files.
 //! - [`network`] / [`server`]: the Raft transport over the `kindex.v1.Raft` gRPC service.
-//! - [`node`]: wires the above into one running Raft member (`RaftShard`).
+//! - [`shard`]: wires the above into one running Raft member (`RaftShard`).
 //! - [`digest`]: the running digest of what was applied, compared across replicas (divergence
 //!   guard); [`fault`]: fault injection for tests.
 //!
@@ -15,8 +15,8 @@ pub mod engine_state;
 pub mod fault;
 pub mod log_store;
 pub mod network;
-pub mod node;
 pub mod server;
+pub mod shard;
 pub mod snapshot;
 pub mod state_machine;
 pub mod wire;
@@ -31,9 +31,9 @@ pub use self::log_store::LogStore;
 pub use self::log_store::LogStoreConfig;
 pub use self::network::NetworkConfig;
 pub use self::network::RaftNetworkFactoryImpl;
-pub use self::node::RaftShard;
-pub use self::node::RaftShardConfig;
 pub use self::server::RaftGrpcService;
+pub use self::shard::RaftShard;
+pub use self::shard::RaftShardConfig;
 pub use self::snapshot::SnapshotDir;
 pub use self::state_machine::ApplyOutcome;
 pub use self::state_machine::ShardState;
@@ -46,7 +46,7 @@ pub type NodeId = u64;
 /// A member's address: `BasicNode { addr }` with `addr` = `"raft_host:port"` (the pod's Raft
 /// endpoint, port 7071) or `"raft_host:port|grpc_host:port"` when the member's client gRPC
 /// endpoint (port 7070) cannot be derived from it (see [`raft_addr_of`], [`grpc_addr_of`]).
-pub type Node = openraft::BasicNode;
+pub type Member = openraft::BasicNode;
 
 /// The Raft endpoint of a member address (`"raft"` or `"raft|grpc"`).
 pub fn raft_addr_of(addr: &str) -> &str {
@@ -66,7 +66,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = CommandResult,
         NodeId = NodeId,
-        Node = Node,
+        Node = Member,
 );
 
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
@@ -75,7 +75,7 @@ pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type EntryPayload = openraft::alias::EntryPayloadOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
-pub type Membership = openraft::Membership<NodeId, Node>;
+pub type Membership = openraft::Membership<NodeId, Member>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotDir>;
 pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 /// The Raft handle of a shard whose engine is `S`.

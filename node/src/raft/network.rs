@@ -41,7 +41,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
-use super::Node;
+use super::Member;
 use super::NodeId;
 use super::Snapshot;
 use super::TypeConfig;
@@ -141,7 +141,7 @@ impl RaftNetworkFactoryImpl {
 impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
         PeerClient {
             id: self.id,
             target,

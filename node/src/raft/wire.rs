@@ -63,8 +63,8 @@ mod tests {
     use crate::raft::Command;
     use crate::raft::Entry;
     use crate::raft::LogId;
+    use crate::raft::Member;
     use crate::raft::Membership;
-    use crate::raft::Node;
     use crate::raft::PointRecord;
     use crate::raft::SnapshotMeta;
     use crate::raft::StoredMembership;
@@ -86,7 +86,7 @@ mod tests {
         let membership = Membership::new(
             vec![BTreeSet::from([1, 2, 3])],
             (1..=4)
-                .map(|i| (i, Node::new(format!("h{i}:7071"))))
+                .map(|i| (i, Member::new(format!("h{i}:7071"))))
                 .collect::<BTreeMap<_, _>>(),
         )
         .unwrap();

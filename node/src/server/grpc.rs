@@ -32,52 +32,15 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use crate::api::status::status_of;
 use crate::coordinator::Coordinator;
 use crate::coordinator::SHARD_LOCAL_HEADER;
 use crate::coordinator::merge;
 use crate::node::FORWARDED_HEADER;
 use crate::node::LEADER_HEADER;
-use crate::node::LEADER_ID_HEADER;
 use crate::node::Node;
-use crate::node::NodeError;
 use crate::raft::LogId;
 use crate::raft::NodeId;
-
-pub fn status_of(e: NodeError) -> Status {
-    use crate::engine::EngineError;
-    match e {
-        NodeError::UnknownIndex { .. } => Status::not_found(e.to_string()),
-        NodeError::Engine(EngineError::Input(i)) => Status::invalid_argument(i.to_string()),
-        NodeError::Engine(EngineError::ShuttingDown) | NodeError::Unavailable(_) => {
-            Status::unavailable(e.to_string())
-        }
-        NodeError::Engine(EngineError::Full(_)) => Status::resource_exhausted(e.to_string()),
-        NodeError::NotLeader {
-            leader_id: Some(id),
-            ref leader_grpc,
-        } => {
-            let mut s = Status::failed_precondition(e.to_string());
-            if let Ok(v) = id.to_string().parse() {
-                s.metadata_mut().insert(LEADER_ID_HEADER, v);
-            }
-            if let Some(v) = leader_grpc.as_deref().and_then(|a| a.parse().ok()) {
-                s.metadata_mut().insert(LEADER_HEADER, v);
-            }
-            s
-        }
-        NodeError::NotLeader {
-            leader_id: None, ..
-        } => Status::unavailable(e.to_string()),
-        NodeError::Rejected(_) | NodeError::InvalidArgument(_) => {
-            Status::invalid_argument(e.to_string())
-        }
-        NodeError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
-        NodeError::AlreadyExists(_) => Status::already_exists(e.to_string()),
-        NodeError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
-        NodeError::Forwarded(s) => s,
-        other => Status::internal(other.to_string()),
-    }
-}
 
 fn is_forwarded<T>(r: &Request<T>) -> bool {
     r.metadata().contains_key(FORWARDED_HEADER)
@@ -293,25 +256,6 @@ impl pb::points_server::Points for PointsService {
             .info(request.into_inner())
             .await
             .map(Response::new)
-    }
-}
-
-pub fn info(node: &Node) -> pb::InfoResponse {
-    use crate::engine::limits::*;
-    let engine = node.engine();
-    let s = engine.structural();
-    pb::InfoResponse {
-        index: node.index.clone(),
-        dimension: s.dimension,
-        metric: s.metric.to_string(),
-        shards: s.shards,
-        vectors: engine.count(),
-        limits: Some(pb::Limits {
-            max_batch: MAX_BATCH as u32,
-            max_id_bytes: MAX_ID_BYTES as u32,
-            max_payload_bytes: MAX_PAYLOAD_BYTES as u32,
-            max_k: MAX_K as u32,
-        }),
     }
 }
 

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use kindex_proto as pb;
 
-use super::convert;
+use crate::api::convert;
 use crate::coordinator::Coordinator;
 use crate::engine::InputError;
 use crate::engine::filter::Filter;
@@ -152,7 +152,7 @@ impl From<tonic::Status> for ApiError {
 
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
-        super::grpc::status_of(e).into()
+        crate::api::status::status_of(e).into()
     }
 }
 

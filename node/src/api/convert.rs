@@ -1,25 +1,21 @@
-//! Wire types (protobuf) to engine types and back. Everything from outside
-//! is checked here or in `engine::limits`; nothing panics on bad input.
+//! Wire types (protobuf) to engine and log types and back. Filters are checked here; points
+//! by `api::validate`. Nothing panics on bad input.
 
 use kindex_proto as pb;
 
 use crate::engine::filter::{Condition, Filter, FilterError, MatchValue, Predicate, RangeBounds};
-use crate::engine::limits::{self, InputError};
-use crate::engine::{Hit, PointInput, StoredPoint};
+use crate::engine::limits::InputError;
+use crate::engine::{Hit, StoredPoint};
+use crate::raft::PointRecord;
 
-pub fn points_in(points: Vec<pb::Point>) -> Result<Vec<PointInput>, InputError> {
+/// The points of a request in their log form (validated by `api::validate`).
+pub fn records(points: Vec<pb::Point>) -> Vec<PointRecord> {
     points
         .into_iter()
-        .map(|p| {
-            let payload = match &p.payload_json {
-                Some(json) => Some(limits::parse_payload(&p.id, json)?),
-                None => None,
-            };
-            Ok(PointInput {
-                id: p.id,
-                vector: p.vector,
-                payload,
-            })
+        .map(|p| PointRecord {
+            id: p.id,
+            vector: p.vector,
+            payload_json: p.payload_json,
         })
         .collect()
 }
@@ -183,15 +179,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(filter_in(Some(filter_out(&f))).unwrap(), f);
-    }
-
-    #[test]
-    fn payload_must_be_an_object() {
-        let p = pb::Point {
-            id: "a".into(),
-            vector: vec![1.0],
-            payload_json: Some("[]".into()),
-        };
-        assert!(points_in(vec![p]).is_err());
     }
 }

@@ -14,30 +14,17 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
-use super::convert;
-use super::grpc::status_of;
-use crate::coordinator::routing::shard_of;
+use super::routing::shard_of;
+use crate::api::convert;
+use crate::api::status::invalid;
+use crate::api::status::status_of;
+use crate::api::validate;
+use crate::api::validate::ValidPoint;
 use crate::node::Node;
 use crate::raft::NodeId;
-use crate::raft::PointRecord;
 
 /// Timeout of a read forwarded to the leader.
 const FORWARD_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn invalid(e: crate::engine::InputError) -> Status {
-    Status::invalid_argument(e.to_string())
-}
-
-pub fn records(points: Vec<pb::Point>) -> Vec<PointRecord> {
-    points
-        .into_iter()
-        .map(|p| PointRecord {
-            id: p.id,
-            vector: p.vector,
-            payload_json: p.payload_json,
-        })
-        .collect()
-}
 
 #[derive(Clone)]
 pub struct LocalShard {
@@ -68,7 +55,7 @@ impl LocalShard {
     fn write_response(&self, affected: u64, applied_index: u64) -> pb::WriteResponse {
         pb::WriteResponse {
             affected,
-            token: Some(crate::coordinator::token::issue(
+            token: Some(super::token::issue(
                 &self.node.index,
                 self.node.engine().structural().shards.max(1),
                 self.node.shard,
@@ -77,18 +64,35 @@ impl LocalShard {
         }
     }
 
+    /// An upsert from another node (its coordinator, or a follower forwarding to us).
     pub async fn upsert(
         &self,
         req: pb::UpsertRequest,
         forwarded: bool,
     ) -> Result<pb::WriteResponse, Status> {
         self.node.check_index(&req.index).map_err(status_of)?;
-        self.check_owned(req.points.iter().map(|p| p.id.as_str()))?;
         // Ids, dimensions, components and payloads are checked for the whole batch before
         // anything is proposed.
+        let structural = self.node.engine().structural().clone();
+        let points = validate::upsert(
+            structural.dimension as usize,
+            structural.metric,
+            convert::records(req.points),
+        )
+        .map_err(invalid)?;
+        self.upsert_valid(points, forwarded).await
+    }
+
+    /// An upsert validated by this node (`api::validate`), for this shard.
+    pub async fn upsert_valid(
+        &self,
+        points: Vec<ValidPoint>,
+        forwarded: bool,
+    ) -> Result<pb::WriteResponse, Status> {
+        self.check_owned(points.iter().map(ValidPoint::id))?;
         let w = self
             .node
-            .upsert(records(req.points), forwarded)
+            .upsert(points, forwarded)
             .await
             .map_err(status_of)?;
         Ok(self.write_response(w.affected, w.applied_index))
@@ -100,6 +104,16 @@ impl LocalShard {
         forwarded: bool,
     ) -> Result<pb::WriteResponse, Status> {
         self.node.check_index(&req.index).map_err(status_of)?;
+        validate::delete(&req.ids).map_err(invalid)?;
+        self.delete_valid(req, forwarded).await
+    }
+
+    /// A delete whose ids this node validated (`api::validate::delete`), for this shard.
+    pub async fn delete_valid(
+        &self,
+        req: pb::DeleteRequest,
+        forwarded: bool,
+    ) -> Result<pb::WriteResponse, Status> {
         self.check_owned(req.ids.iter().map(String::as_str))?;
         let w = self
             .node

@@ -1,0 +1,145 @@
+//! Background tasks of a node: leader/role watchers, readiness, runtime reload, maintenance.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+
+use crate::config::RuntimeConfig;
+
+use super::*;
+
+impl Node {
+    pub(super) fn spawn_watchers(self: &Arc<Self>) {
+        // Leader changes and role changes (logged, counted).
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut rx = node.raft.metrics();
+            let (mut leader, mut state) = (None, ServerState::Learner);
+            loop {
+                {
+                    let m = rx.borrow_watched();
+                    if m.current_leader != leader {
+                        if let Some(l) = m.current_leader {
+                            node.metrics.raft_leader_changes.inc();
+                            tracing::info!(leader = l, term = m.current_term, "new shard leader");
+                        }
+                        leader = m.current_leader;
+                    }
+                    if m.state != state {
+                        tracing::info!(from = ?state, to = ?m.state, term = m.current_term, "raft role changed");
+                        state = m.state;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Readiness: once the cluster commit covering the local log tail is applied.
+        let node = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match node
+                    .raft
+                    .wait_for_recovery(Some(Duration::from_secs(5)))
+                    .await
+                {
+                    Ok(m) => {
+                        tracing::info!(applied = ?m.last_applied, "caught up with the shard; ready");
+                        node.recovered.store(true, Ordering::Release);
+                        return;
+                    }
+                    Err(openraft::metrics::WaitError::ShuttingDown) => return,
+                    Err(_) => {}
+                }
+            }
+        });
+        if !self.standalone {
+            crate::divergence::spawn(self.clone());
+        }
+    }
+}
+
+/// Watches the runtime config file and applies changes without a restart.
+pub fn spawn_runtime_reload(node: Arc<Node>, path: PathBuf, every: Duration) {
+    tokio::spawn(async move {
+        let mut last = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        loop {
+            tokio::time::sleep(every).await;
+            let now = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+            if now == last {
+                continue;
+            }
+            last = now;
+            match RuntimeConfig::load(&path) {
+                Ok(cfg) if cfg != node.runtime() => {
+                    tracing::info!(?cfg, "runtime config reloaded");
+                    node.set_runtime(cfg);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "runtime config rejected; keeping the previous one")
+                }
+            }
+        }
+    });
+}
+
+/// Snapshot triggers (runtime config: `snapshotIntervalSecs`, `snapshotLogEntries`; openraft's
+/// own policy is off) and compaction.
+pub fn spawn_maintenance(node: Arc<Node>) {
+    tokio::spawn(async move {
+        let mut last_trigger = Instant::now();
+        let mut last_snapshot_index = node.raft_metrics().snapshot.map_or(0, |s| s.index);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if node.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let rt = node.runtime();
+            let m = node.raft_metrics();
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let snap = m.snapshot.map_or(0, |l| l.index);
+            if snap != last_snapshot_index {
+                // A snapshot was built (or installed): the interval counts from it.
+                last_snapshot_index = snap;
+                last_trigger = Instant::now();
+            }
+            let due_entries = applied.saturating_sub(snap) >= rt.snapshot_log_entries.max(1);
+            let due_time = applied > snap && last_trigger.elapsed() >= rt.snapshot_interval();
+            // Give a running build time before asking again.
+            if (due_entries || due_time)
+                && last_trigger.elapsed() >= Duration::from_secs(10).min(rt.snapshot_interval())
+            {
+                tracing::info!(
+                    applied,
+                    snapshot = snap,
+                    due_entries,
+                    due_time,
+                    "triggering a snapshot"
+                );
+                if node.raft.trigger().snapshot().await.is_err() {
+                    return;
+                }
+                last_trigger = Instant::now();
+            }
+            let engine = node.engine();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(s) = engine.maybe_compact(0.1) {
+                    tracing::info!(
+                        purged = s.purged,
+                        relinked = s.relinked_lists,
+                        millis = s.millis,
+                        "compaction"
+                    );
+                }
+            })
+            .await;
+        }
+    });
+}
