@@ -15,6 +15,8 @@ pub mod condition_types {
     pub const DEGRADED: &str = "Degraded";
     /// A node's data was built with structural settings that differ from the spec.
     pub const CONFIG_DRIFT: &str = "ConfigDrift";
+    /// Reconciliation is paused by the `kindex.dev/paused: "true"` annotation.
+    pub const PAUSED: &str = "Paused";
 }
 
 /// Observed state of a `VectorIndex`.
@@ -24,7 +26,8 @@ pub struct VectorIndexStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
-    /// Standard conditions, one per type: Ready, Progressing, Degraded, ConfigDrift.
+    /// Standard conditions, one per type: Ready, Progressing, Degraded, ConfigDrift, and
+    /// Paused while the `kindex.dev/paused: "true"` annotation is set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -1,16 +1,22 @@
-//! Server-side apply of the desired objects and deletion of orphans.
+//! Server-side apply of the desired objects and deletion of orphans. Both destructure
+//! [`Desired`] and [`ShardObjects`] without `..`: adding a kind of object fails to compile
+//! until it is applied and swept.
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::FIELD_MANAGER;
-use crate::build::Desired;
+use crate::build::{Desired, ShardObjects};
+use crate::reconcile::ApplyError;
 
 /// `force`: the operator owns these fields; a conflicting manager (someone who
 /// `kubectl edit`ed a StatefulSet) is overruled, as the spec is the source of truth.
@@ -18,7 +24,15 @@ pub fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
-pub async fn apply<K>(client: &kube::Client, obj: &K) -> Result<K, kube::Error>
+/// Kind name for error messages.
+fn kind<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()) {
+        std::borrow::Cow::Borrowed(k) => k,
+        std::borrow::Cow::Owned(_) => "object",
+    }
+}
+
+pub async fn apply<K>(client: &kube::Client, obj: &K) -> Result<K, ApplyError>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Serialize
@@ -30,18 +44,38 @@ where
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
     api.patch(&obj.name_any(), &apply_params(), &Patch::Apply(obj))
         .await
+        .map_err(|source| ApplyError::Apply {
+            kind: kind::<K>(),
+            name: obj.name_any(),
+            source,
+        })
 }
 
 /// Apply every object: config first, StatefulSets last (they need the rest).
-pub async fn apply_all(client: &kube::Client, d: &Desired) -> Result<(), kube::Error> {
-    apply(client, &d.configmap).await?;
-    apply(client, &d.client_service).await?;
-    for s in &d.shards {
-        apply(client, &s.headless).await?;
-        apply(client, &s.pdb).await?;
+pub async fn apply_all(client: &kube::Client, d: &Desired) -> Result<(), ApplyError> {
+    let Desired {
+        configmap,
+        client_service,
+        shards,
+    } = d;
+    apply(client, configmap).await?;
+    apply(client, client_service).await?;
+    for ShardObjects {
+        headless,
+        pdb,
+        statefulset: _,
+    } in shards
+    {
+        apply(client, headless).await?;
+        apply(client, pdb).await?;
     }
-    for s in &d.shards {
-        apply(client, &s.statefulset).await?;
+    for ShardObjects {
+        headless: _,
+        pdb: _,
+        statefulset,
+    } in shards
+    {
+        apply(client, statefulset).await?;
     }
     Ok(())
 }
@@ -54,7 +88,7 @@ pub async fn delete_orphans<K>(
     selector: &str,
     owner_uid: &str,
     keep: &BTreeSet<String>,
-) -> Result<Vec<String>, kube::Error>
+) -> Result<Vec<String>, ApplyError>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + DeserializeOwned
@@ -63,22 +97,62 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let mut deleted = Vec::new();
-    for obj in api
+    let objects = api
         .list(&ListParams::default().labels(selector))
-        .await?
-        .items
-    {
+        .await
+        .map_err(|source| ApplyError::ListOrphans {
+            kind: kind::<K>(),
+            source,
+        })?;
+    for obj in objects.items {
         let owned = obj
             .owner_references()
             .iter()
             .any(|o| o.uid == owner_uid && o.controller == Some(true));
         let name = obj.name_any();
         if owned && !keep.contains(&name) {
-            api.delete(&name, &DeleteParams::background()).await?;
+            api.delete(&name, &DeleteParams::background())
+                .await
+                .map_err(|source| ApplyError::DeleteOrphan {
+                    kind: kind::<K>(),
+                    name: name.clone(),
+                    source,
+                })?;
             deleted.push(name);
         }
     }
     Ok(deleted)
+}
+
+/// Names to keep, per kind.
+#[derive(Default)]
+struct Keep {
+    config_maps: BTreeSet<String>,
+    services: BTreeSet<String>,
+    pdbs: BTreeSet<String>,
+    statefulsets: BTreeSet<String>,
+}
+
+fn keep(d: &Desired) -> Keep {
+    let Desired {
+        configmap,
+        client_service,
+        shards,
+    } = d;
+    let mut k = Keep::default();
+    k.config_maps.insert(configmap.name_any());
+    k.services.insert(client_service.name_any());
+    for ShardObjects {
+        headless,
+        pdb,
+        statefulset,
+    } in shards
+    {
+        k.services.insert(headless.name_any());
+        k.pdbs.insert(pdb.name_any());
+        k.statefulsets.insert(statefulset.name_any());
+    }
+    k
 }
 
 /// Sweep every kind the operator creates.
@@ -88,29 +162,27 @@ pub async fn delete_all_orphans(
     selector: &str,
     owner_uid: &str,
     d: &Desired,
-) -> Result<Vec<String>, kube::Error> {
-    use k8s_openapi::api::apps::v1::StatefulSet;
-    use k8s_openapi::api::core::v1::{ConfigMap, Service};
-    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-
-    let names = |it: &mut dyn Iterator<Item = String>| it.collect::<BTreeSet<String>>();
-    let cms = names(&mut std::iter::once(d.configmap.name_any()));
-    let svcs = names(
-        &mut std::iter::once(d.client_service.name_any())
-            .chain(d.shards.iter().map(|s| s.headless.name_any())),
-    );
-    let pdbs = names(&mut d.shards.iter().map(|s| s.pdb.name_any()));
-    let sts = names(&mut d.shards.iter().map(|s| s.statefulset.name_any()));
-
+) -> Result<Vec<String>, ApplyError> {
+    let Keep {
+        config_maps,
+        services,
+        pdbs,
+        statefulsets,
+    } = keep(d);
     let mut deleted = Vec::new();
-    deleted
-        .extend(delete_orphans::<ConfigMap>(client, namespace, selector, owner_uid, &cms).await?);
-    deleted.extend(delete_orphans::<Service>(client, namespace, selector, owner_uid, &svcs).await?);
+    deleted.extend(
+        delete_orphans::<ConfigMap>(client, namespace, selector, owner_uid, &config_maps).await?,
+    );
+    deleted.extend(
+        delete_orphans::<Service>(client, namespace, selector, owner_uid, &services).await?,
+    );
     deleted.extend(
         delete_orphans::<PodDisruptionBudget>(client, namespace, selector, owner_uid, &pdbs)
             .await?,
     );
-    deleted
-        .extend(delete_orphans::<StatefulSet>(client, namespace, selector, owner_uid, &sts).await?);
+    deleted.extend(
+        delete_orphans::<StatefulSet>(client, namespace, selector, owner_uid, &statefulsets)
+            .await?,
+    );
     Ok(deleted)
 }

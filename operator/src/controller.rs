@@ -19,7 +19,7 @@ use crate::build::labels;
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::observe::{AddressBook, DeletionTracker, NodeClient};
-use crate::reconcile::{self, Error};
+use crate::reconcile::{self, ReconcileError};
 
 /// Tunables of the reconciler (flags of the binary).
 #[derive(Debug, Clone)]
@@ -114,7 +114,7 @@ impl Context {
 
 /// Errors requeue the one object with a per-object exponential backoff; the others
 /// are unaffected.
-pub fn error_policy(vi: Arc<VectorIndex>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(vi: Arc<VectorIndex>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
     let delay = ctx.next_backoff(&vi);
     tracing::warn!(
         index = %vi.name_any(),

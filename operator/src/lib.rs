@@ -1,8 +1,8 @@
 //! The kindex operator: turns `VectorIndex` objects into ConfigMaps, Services,
 //! StatefulSets and PodDisruptionBudgets, and runs each shard's Raft membership.
 //!
-//! Reconcile is a pipeline (see [`reconcile`]): fetch → validate → observe → build
-//! (pure, [`build`]) → server-side apply ([`apply`]) → delete orphans → one
+//! Reconcile is a pipeline (see [`reconcile`]): fetch → validate ([`validate`]) →
+//! observe → build (pure and infallible, [`build`]) → server-side apply ([`apply`]) → delete orphans → one
 //! membership or rollout step ([`membership`], [`rollout`]) → status patch
 //! ([`status`]). Every decision is a pure function of observed state, so it is
 //! unit-tested without an API server or nodes.
@@ -14,13 +14,15 @@ pub mod events;
 pub mod membership;
 pub mod metrics;
 pub mod observe;
+pub mod preflight;
 pub mod reconcile;
 pub mod rollout;
 pub mod status;
 pub mod structural;
+pub mod validate;
 
 pub use controller::{Context, OperatorConfig};
-pub use reconcile::Error;
+pub use reconcile::ReconcileError;
 
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = kindex_crds::FIELD_MANAGER;

@@ -12,6 +12,7 @@ use kindex_operator::controller::{self, Context, OperatorConfig};
 use kindex_operator::events::Events;
 use kindex_operator::metrics::Metrics;
 use kindex_operator::observe::{AddressBook, ClusterDns, GrpcNodeClient};
+use kindex_operator::preflight;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 
@@ -90,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let client = client(args.kubeconfig.as_deref()).await?;
+    preflight::check_crd_installed(&client, args.namespace.as_deref()).await?;
     let metrics = Metrics::new().context("registering metrics")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

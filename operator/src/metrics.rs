@@ -7,7 +7,7 @@ pub struct Metrics {
     pub registry: Registry,
     /// Reconciles by result (`ok`, `error`; an invalid spec is reported in status, `ok`).
     pub reconciles: IntCounterVec,
-    /// Reconcile errors by kind.
+    /// Reconcile errors by step and variant (`ReconcileError::{step, variant}`).
     pub errors: IntCounterVec,
     pub duration: Histogram,
     /// Membership and rollout steps by action and result.
@@ -27,9 +27,9 @@ impl Metrics {
         let errors = IntCounterVec::new(
             Opts::new(
                 "kindex_operator_reconcile_errors_total",
-                "Failed reconciles, by error kind.",
+                "Failed reconciles, by pipeline step and error variant.",
             ),
-            &["error"],
+            &["step", "error"],
         )?;
         let duration = Histogram::with_opts(
             HistogramOpts::new(

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use kindex_crds::VectorIndex;
 use kindex_operator::build::{StatefulSetParams, configmap, pdb, service, statefulset};
+use kindex_operator::validate::ValidIndex;
 use serde::Serialize;
 
 fn dir() -> PathBuf {
@@ -17,6 +18,11 @@ fn fixture(name: &str) -> VectorIndex {
     let text =
         std::fs::read_to_string(dir().join("fixtures").join(format!("{name}.yaml"))).unwrap();
     serde_saphyr::from_str(&text).unwrap()
+}
+
+/// The builders' input: the fixture through the validate step.
+fn valid(vi: &VectorIndex, default_image: &str) -> ValidIndex {
+    ValidIndex::new(vi, default_image).unwrap()
 }
 
 fn check(file: &str, obj: &impl Serialize) {
@@ -36,30 +42,29 @@ fn check(file: &str, obj: &impl Serialize) {
 
 /// Every builder's output for `name`; per-shard objects for the last shard.
 fn goldens(name: &str) {
-    let vi = fixture(name);
+    let vi = valid(&fixture(name), &kindex_operator::default_image());
     let shard = vi.spec.shards - 1;
     let replicas = vi.spec.replicas;
     check(
         &format!("{name}-configmap.yaml"),
-        &configmap::build_configmap(&vi).unwrap(),
+        &configmap::build_configmap(&vi),
     );
     check(
         &format!("{name}-service.yaml"),
-        &service::build_client_service(&vi).unwrap(),
+        &service::build_client_service(&vi),
     );
     check(
         &format!("{name}-headless.yaml"),
-        &service::build_headless_service(&vi, shard).unwrap(),
+        &service::build_headless_service(&vi, shard),
     );
     check(
         &format!("{name}-pdb.yaml"),
-        &pdb::build_pdb(&vi, shard, replicas).unwrap(),
+        &pdb::build_pdb(&vi, shard, replicas),
     );
-    let params =
-        StatefulSetParams::from_spec(&vi, replicas as i32, &kindex_operator::default_image());
+    let params = StatefulSetParams::from_spec(&vi, replicas as i32);
     check(
         &format!("{name}-statefulset.yaml"),
-        &statefulset::build_statefulset(&vi, shard, &params).unwrap(),
+        &statefulset::build_statefulset(&vi, shard, &params),
     );
 }
 
@@ -77,33 +82,32 @@ fn production() {
 /// template (no restarts), while the image does.
 #[test]
 fn runtime_knobs_do_not_change_the_pod_template() {
-    let vi = fixture("production");
-    let params = StatefulSetParams::from_spec(&vi, 3, "unused");
-    let before = statefulset::build_statefulset(&vi, 0, &params).unwrap();
-    let mut tuned = vi.clone();
+    let raw = fixture("production");
+    let vi = valid(&raw, "unused");
+    let params = StatefulSetParams::from_spec(&vi, 3);
+    let before = statefulset::build_statefulset(&vi, 0, &params);
+    let mut tuned = raw.clone();
     tuned.spec.hnsw.ef_search = 512;
     tuned.spec.indexing.threads = 8;
     tuned.spec.snapshots.interval = "1h".into();
     tuned.spec.snapshots.keep = 9;
-    let after = statefulset::build_statefulset(&tuned, 0, &params).unwrap();
+    let tuned = valid(&tuned, "unused");
+    let after = statefulset::build_statefulset(&tuned, 0, &params);
     assert_eq!(before, after);
     assert_ne!(
-        configmap::build_configmap(&vi).unwrap(),
-        configmap::build_configmap(&tuned).unwrap()
+        configmap::build_configmap(&vi),
+        configmap::build_configmap(&tuned)
     );
-    let mut image = StatefulSetParams::from_spec(&vi, 3, "unused");
+    let mut image = StatefulSetParams::from_spec(&vi, 3);
     image.image = "other:1".into();
-    assert_ne!(
-        statefulset::build_statefulset(&vi, 0, &image).unwrap(),
-        before
-    );
+    assert_ne!(statefulset::build_statefulset(&vi, 0, &image), before);
 }
 
 /// The ConfigMap's runtime.json has exactly the node's `RuntimeConfig` keys (the node
 /// rejects unknown ones).
 #[test]
 fn runtime_json_has_the_node_keys() {
-    let cm = configmap::build_configmap(&fixture("production")).unwrap();
+    let cm = configmap::build_configmap(&valid(&fixture("production"), "unused"));
     let text = &cm.data.unwrap()[configmap::RUNTIME_KEY];
     let v: serde_json::Value = serde_json::from_str(text).unwrap();
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -122,4 +126,21 @@ fn runtime_json_has_the_node_keys() {
         ]
     );
     assert_eq!(v["snapshotIntervalSecs"], 600);
+}
+
+/// An invalid spec never reaches the builders: the validate step stops it.
+#[test]
+fn invalid_spec_is_refused_by_validate() {
+    let mut vi = fixture("minimal");
+    vi.spec.snapshots.interval = "soon".into();
+    assert!(matches!(
+        ValidIndex::new(&vi, "unused"),
+        Err(kindex_operator::validate::ValidateError::Spec(_))
+    ));
+    let mut vi = fixture("minimal");
+    vi.metadata.uid = None;
+    assert!(matches!(
+        ValidIndex::new(&vi, "unused"),
+        Err(kindex_operator::validate::ValidateError::Identity("uid"))
+    ));
 }

@@ -15,6 +15,7 @@ use kindex_operator::metrics::Metrics;
 use kindex_operator::observe::ClusterDns;
 use kindex_operator::reconcile::reconcile;
 use kindex_proto::{LogId, Member, StatusResponse};
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
@@ -248,7 +249,9 @@ async fn structural_change_is_refused() {
     // The ConfigMap records that the index was created with dimension 128.
     let mut old = vi.clone();
     old.spec.dimension = 128;
-    let cm = kindex_operator::build::configmap::build_configmap(&old).unwrap();
+    let cm = kindex_operator::build::configmap::build_configmap(
+        &kindex_operator::validate::ValidIndex::new(&old, "unused").unwrap(),
+    );
     e.api.insert(
         "/api/v1/namespaces/ns/configmaps/idx-config",
         serde_json::to_value(cm).unwrap(),
@@ -479,4 +482,115 @@ async fn scale_up_adds_a_learner_then_promotes_it_when_caught_up() {
         Some("ChangeMembership idx-s0-0 [0, 1, 2, 3]"),
         "{actions:?}"
     );
+}
+
+#[tokio::test]
+async fn errors_are_counted_by_step_and_variant() {
+    let vi = index(3);
+    let e = env(&vi);
+    // The object is gone from the API server: the status patch fails with 404.
+    e.api.objects.lock().unwrap().remove(VI_PATH);
+    let err = reconcile(Arc::new(vi), e.ctx.clone()).await.unwrap_err();
+    assert_eq!((err.step(), err.variant()), ("status", "patch"), "{err}");
+    let errors = &e.ctx.metrics.errors;
+    assert_eq!(errors.with_label_values(&["status", "patch"]).get(), 1);
+    assert_eq!(errors.with_label_values(&["apply", "apply"]).get(), 0);
+    assert!(
+        e.ctx
+            .metrics
+            .render()
+            .contains(r#"kindex_operator_reconcile_errors_total{error="patch",step="status"} 1"#)
+    );
+}
+
+/// `vi` as the next reconcile sees it: the status the operator applied last.
+fn with_applied_status(api: &ApiServer, mut vi: VectorIndex) -> VectorIndex {
+    vi.status = Some(serde_json::from_value(applied_status(api)).unwrap());
+    vi
+}
+
+fn statefulset_image(api: &ApiServer) -> Value {
+    api.get("/apis/apps/v1/namespaces/ns/statefulsets/idx-s0")
+        .unwrap()["spec"]["template"]["spec"]["containers"][0]["image"]
+        .clone()
+}
+
+#[tokio::test]
+async fn pausing_one_index_stops_its_reconciliation_until_resumed() {
+    let vi = index(3);
+    let e = env(&vi);
+    reconcile(Arc::new(vi.clone()), e.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(statefulset_image(&e.api), "kindex/kindex-node:test");
+
+    // Paused, and the spec changes meanwhile: nothing but the status and an event.
+    let mut paused = with_applied_status(&e.api, vi);
+    paused
+        .annotations_mut()
+        .insert("kindex.dev/paused".into(), "true".into());
+    paused.spec.image = Some("kindex/kindex-node:new".into());
+    paused.spec.replicas = 5;
+    paused.metadata.generation = Some(2);
+    let before = e.api.writes().len();
+    let action = reconcile(Arc::new(paused.clone()), e.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    let writes: Vec<String> = e.api.writes()[before..]
+        .iter()
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    assert!(writes[0].ends_with("/events"), "{writes:?}");
+    assert!(
+        writes[1].ends_with("/vectorindexes/idx/status"),
+        "{writes:?}"
+    );
+    assert_eq!(statefulset_image(&e.api), "kindex/kindex-node:test");
+    assert!(e.nodes.actions().is_empty());
+    let status = applied_status(&e.api);
+    let cond = condition(&status, "Paused");
+    assert_eq!(cond["status"], "True");
+    assert!(
+        cond["message"]
+            .as_str()
+            .unwrap()
+            .contains("kindex.dev/paused")
+    );
+    assert_eq!(
+        status["observedGeneration"], 1,
+        "the new spec is not observed"
+    );
+    assert!(events(&e.api).contains(&("Normal".into(), "Paused".into())));
+
+    // Still paused: no new event, still nothing applied.
+    let paused = with_applied_status(&e.api, paused);
+    let before = e.api.writes().len();
+    reconcile(Arc::new(paused.clone()), e.ctx.clone())
+        .await
+        .unwrap();
+    let writes = e.api.writes();
+    assert_eq!(
+        writes.len() - before,
+        1,
+        "only the status: {:?}",
+        &writes[before..]
+    );
+
+    // Resumed: the change made while paused is applied, the condition is gone.
+    let mut resumed = with_applied_status(&e.api, paused);
+    resumed.annotations_mut().remove("kindex.dev/paused");
+    reconcile(Arc::new(resumed), e.ctx.clone()).await.unwrap();
+    assert_eq!(statefulset_image(&e.api), "kindex/kindex-node:new");
+    let status = applied_status(&e.api);
+    assert!(
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["type"] != "Paused")
+    );
+    assert_eq!(status["observedGeneration"], 2);
+    assert!(events(&e.api).contains(&("Normal".into(), "Resumed".into())));
 }

@@ -6,12 +6,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kindex_crds::{VectorIndex, VectorIndexSpec, parse_duration};
-use kube::ResourceExt;
+use std::time::Duration;
+
+use kindex_crds::VectorIndexSpec;
 use serde::{Deserialize, Serialize};
 
-use super::{BuildError, labels, owned_meta};
+use super::{labels, owned_meta};
 use crate::structural::StructuralDoc;
+use crate::validate::ValidIndex;
 
 pub const STRUCTURAL_KEY: &str = "structural.json";
 pub const RUNTIME_KEY: &str = "runtime.json";
@@ -38,46 +40,37 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    pub fn from_spec(spec: &VectorIndexSpec) -> Result<Self, BuildError> {
-        let interval = parse_duration(&spec.snapshots.interval).map_err(BuildError::Interval)?;
-        Ok(Self {
+    /// `snapshot_interval`: `spec.snapshots.interval`, parsed by the validate step.
+    pub fn new(spec: &VectorIndexSpec, snapshot_interval: Duration) -> Self {
+        Self {
             ef_search: spec.hnsw.ef_search,
             indexing_threads: spec.indexing.threads,
             indexing_batch_size: spec.indexing.batch_size,
             queue_capacity: spec.indexing.queue_capacity,
             // Whole seconds, rounded up so "1500ms" never becomes 1s.
-            snapshot_interval_secs: interval.as_millis().div_ceil(1000).max(1) as u64,
+            snapshot_interval_secs: snapshot_interval.as_millis().div_ceil(1000).max(1) as u64,
             snapshot_log_entries: spec.snapshots.log_entries,
             snapshot_keep: spec.snapshots.keep,
             retention_sweep_interval_secs: RETENTION_SWEEP_INTERVAL_SECS,
             log_level: LOG_LEVEL.to_owned(),
-        })
+        }
     }
 }
 
-pub fn build_configmap(vi: &VectorIndex) -> Result<ConfigMap, BuildError> {
-    let runtime = RuntimeConfig::from_spec(&vi.spec)?;
-    let structural = StructuralDoc::new(&vi.spec.structural());
+pub fn build_configmap(vi: &ValidIndex) -> ConfigMap {
     let data = BTreeMap::from([
-        (
-            STRUCTURAL_KEY.to_owned(),
-            serde_json::to_string_pretty(&structural)
-                .map_err(|e| BuildError::Json(STRUCTURAL_KEY, e))?,
-        ),
-        (
-            RUNTIME_KEY.to_owned(),
-            serde_json::to_string_pretty(&runtime).map_err(|e| BuildError::Json(RUNTIME_KEY, e))?,
-        ),
+        (STRUCTURAL_KEY.to_owned(), vi.structural_json.clone()),
+        (RUNTIME_KEY.to_owned(), vi.runtime_json.clone()),
     ]);
-    Ok(ConfigMap {
+    ConfigMap {
         metadata: owned_meta(
             vi,
-            labels::configmap_name(&vi.name_any()),
-            labels::index_labels(vi),
-        )?,
+            labels::configmap_name(&vi.name),
+            labels::index_labels(&vi.name),
+        ),
         data: Some(data),
         ..ConfigMap::default()
-    })
+    }
 }
 
 /// The structural config recorded in an existing ConfigMap, if readable.

@@ -2,15 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use kindex_crds::VectorIndex;
-use kube::ResourceExt;
-
 pub const NAME: &str = "app.kubernetes.io/name";
 pub const INSTANCE: &str = "app.kubernetes.io/instance";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const SHARD: &str = "kindex.dev/shard";
 /// Pod-template annotation: hash of the structural config the pods are built with.
 pub const STRUCTURAL_HASH: &str = "kindex.dev/structural-hash";
+/// `"true"` on a `VectorIndex` pauses its reconciliation (see `reconcile::pause`).
+pub const PAUSED: &str = "kindex.dev/paused";
 /// Set by the StatefulSet controller on each pod: the revision the pod was made from.
 pub const REVISION: &str = "controller-revision-hash";
 
@@ -19,30 +18,30 @@ pub const MANAGER: &str = "kindex-operator";
 
 /// Selector of every pod of an index (client Service, `status.selector`). Stable:
 /// never add a label here, StatefulSet selectors are immutable.
-pub fn index_selector(vi: &VectorIndex) -> BTreeMap<String, String> {
+pub fn index_selector(index: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (NAME.to_owned(), APP.to_owned()),
-        (INSTANCE.to_owned(), vi.name_any()),
+        (INSTANCE.to_owned(), index.to_owned()),
     ])
 }
 
 /// Selector of one shard's pods (StatefulSet, headless Service, PDB).
-pub fn shard_selector(vi: &VectorIndex, shard: u32) -> BTreeMap<String, String> {
-    let mut l = index_selector(vi);
+pub fn shard_selector(index: &str, shard: u32) -> BTreeMap<String, String> {
+    let mut l = index_selector(index);
     l.insert(SHARD.to_owned(), shard.to_string());
     l
 }
 
 /// Labels of index-wide objects.
-pub fn index_labels(vi: &VectorIndex) -> BTreeMap<String, String> {
-    let mut l = index_selector(vi);
+pub fn index_labels(index: &str) -> BTreeMap<String, String> {
+    let mut l = index_selector(index);
     l.insert(MANAGED_BY.to_owned(), MANAGER.to_owned());
     l
 }
 
 /// Labels of per-shard objects and pods.
-pub fn shard_labels(vi: &VectorIndex, shard: u32) -> BTreeMap<String, String> {
-    let mut l = shard_selector(vi, shard);
+pub fn shard_labels(index: &str, shard: u32) -> BTreeMap<String, String> {
+    let mut l = shard_selector(index, shard);
     l.insert(MANAGED_BY.to_owned(), MANAGER.to_owned());
     l
 }
@@ -57,8 +56,8 @@ pub fn selector_string(labels: &BTreeMap<String, String>) -> String {
 }
 
 /// Selector of everything the operator made for one index (orphan sweep).
-pub fn owned_selector(vi: &VectorIndex) -> String {
-    selector_string(&index_labels(vi))
+pub fn owned_selector(index: &str) -> String {
+    selector_string(&index_labels(index))
 }
 
 pub fn configmap_name(index: &str) -> String {

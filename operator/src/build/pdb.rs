@@ -8,13 +8,11 @@
 //! `unhealthyPodEvictionPolicy: AlwaysAllow` lets a drain evict a crash-looping pod,
 //! which serves nothing, even when the budget is used up.
 
+use super::{labels, owned_meta};
+use crate::validate::ValidIndex;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kindex_crds::VectorIndex;
-use kube::ResourceExt;
-
-use super::{BuildError, labels, owned_meta};
 
 /// Majority of `n` voters.
 pub fn quorum(n: u32) -> u32 {
@@ -26,28 +24,24 @@ pub fn max_unavailable(voters: u32) -> u32 {
     voters.saturating_sub(quorum(voters)).max(1)
 }
 
-pub fn build_pdb(
-    vi: &VectorIndex,
-    shard: u32,
-    voters: u32,
-) -> Result<PodDisruptionBudget, BuildError> {
-    Ok(PodDisruptionBudget {
+pub fn build_pdb(vi: &ValidIndex, shard: u32, voters: u32) -> PodDisruptionBudget {
+    PodDisruptionBudget {
         metadata: owned_meta(
             vi,
-            labels::pdb_name(&vi.name_any(), shard),
-            labels::shard_labels(vi, shard),
-        )?,
+            labels::pdb_name(&vi.name, shard),
+            labels::shard_labels(&vi.name, shard),
+        ),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(max_unavailable(voters) as i32)),
             selector: Some(LabelSelector {
-                match_labels: Some(labels::shard_selector(vi, shard)),
+                match_labels: Some(labels::shard_selector(&vi.name, shard)),
                 ..LabelSelector::default()
             }),
             unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_owned()),
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
-    })
+    }
 }
 
 #[cfg(test)]

@@ -2,12 +2,10 @@
 //! Service per shard (stable pod DNS names for Raft and the operator, including pods
 //! that are not ready yet: a Raft group must form before its pods report ready).
 
+use super::{labels, owned_meta};
+use crate::validate::ValidIndex;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kindex_crds::VectorIndex;
-use kube::ResourceExt;
-
-use super::{BuildError, labels, owned_meta};
 
 pub const GRPC_PORT: i32 = 7070;
 pub const RAFT_PORT: i32 = 7071;
@@ -23,34 +21,34 @@ fn port(name: &str, port: i32) -> ServicePort {
     }
 }
 
-pub fn build_client_service(vi: &VectorIndex) -> Result<Service, BuildError> {
-    Ok(Service {
+pub fn build_client_service(vi: &ValidIndex) -> Service {
+    Service {
         metadata: owned_meta(
             vi,
-            labels::client_service_name(&vi.name_any()),
-            labels::index_labels(vi),
-        )?,
+            labels::client_service_name(&vi.name),
+            labels::index_labels(&vi.name),
+        ),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
-            selector: Some(labels::index_selector(vi)),
+            selector: Some(labels::index_selector(&vi.name)),
             ports: Some(vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
-    })
+    }
 }
 
-pub fn build_headless_service(vi: &VectorIndex, shard: u32) -> Result<Service, BuildError> {
-    Ok(Service {
+pub fn build_headless_service(vi: &ValidIndex, shard: u32) -> Service {
+    Service {
         metadata: owned_meta(
             vi,
-            labels::headless_name(&vi.name_any(), shard),
-            labels::shard_labels(vi, shard),
-        )?,
+            labels::headless_name(&vi.name, shard),
+            labels::shard_labels(&vi.name, shard),
+        ),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_owned()),
             publish_not_ready_addresses: Some(true),
-            selector: Some(labels::shard_selector(vi, shard)),
+            selector: Some(labels::shard_selector(&vi.name, shard)),
             ports: Some(vec![
                 port("grpc", GRPC_PORT),
                 port("raft", RAFT_PORT),
@@ -59,5 +57,5 @@ pub fn build_headless_service(vi: &VectorIndex, shard: u32) -> Result<Service, B
             ..ServiceSpec::default()
         }),
         ..Service::default()
-    })
+    }
 }

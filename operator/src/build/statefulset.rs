@@ -19,6 +19,10 @@
 
 use std::collections::BTreeMap;
 
+use super::configmap::RUNTIME_KEY;
+use super::service::{GRPC_PORT, HTTP_PORT, RAFT_PORT};
+use super::{labels, owned_meta};
+use crate::validate::ValidIndex;
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
     StatefulSetUpdateStrategy,
@@ -34,12 +38,6 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kindex_crds::VectorIndex;
-use kube::ResourceExt;
-
-use super::configmap::RUNTIME_KEY;
-use super::service::{GRPC_PORT, HTTP_PORT, RAFT_PORT};
-use super::{BuildError, labels, owned_meta};
 
 pub const CONTAINER: &str = "kindex-node";
 pub const DATA_VOLUME: &str = "data";
@@ -68,31 +66,23 @@ pub struct StatefulSetParams {
 
 impl StatefulSetParams {
     /// Parameters straight from the spec (a new StatefulSet).
-    pub fn from_spec(vi: &VectorIndex, replicas: i32, default_image: &str) -> Self {
+    pub fn from_spec(vi: &ValidIndex, replicas: i32) -> Self {
         Self {
             replicas,
-            image: vi
-                .spec
-                .image
-                .clone()
-                .unwrap_or_else(|| default_image.to_owned()),
+            image: vi.image.clone(),
             storage_size: vi.spec.storage.size.clone(),
             storage_class: vi.spec.storage.storage_class_name.clone(),
         }
     }
 }
 
-pub fn build_statefulset(
-    vi: &VectorIndex,
-    shard: u32,
-    p: &StatefulSetParams,
-) -> Result<StatefulSet, BuildError> {
-    let name = vi.name_any();
-    let structural_hash = crate::structural::hash(&vi.spec.structural());
+pub fn build_statefulset(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> StatefulSet {
+    let name = &vi.name;
+    let structural_hash = vi.structural_hash.clone();
     let overrides = vi.spec.pod_template.clone().unwrap_or_default();
 
     let pod_meta = ObjectMeta {
-        labels: Some(labels::shard_labels(vi, shard)),
+        labels: Some(labels::shard_labels(&vi.name, shard)),
         annotations: Some(BTreeMap::from([(
             labels::STRUCTURAL_HASH.to_owned(),
             structural_hash.clone(),
@@ -107,7 +97,7 @@ pub fn build_statefulset(
         volumes: Some(vec![Volume {
             name: CONFIG_VOLUME.to_owned(),
             config_map: Some(ConfigMapVolumeSource {
-                name: labels::configmap_name(&name),
+                name: labels::configmap_name(name),
                 items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
                     key: RUNTIME_KEY.to_owned(),
                     path: RUNTIME_KEY.to_owned(),
@@ -139,21 +129,21 @@ pub fn build_statefulset(
 
     let mut meta = owned_meta(
         vi,
-        labels::statefulset_name(&name, shard),
-        labels::shard_labels(vi, shard),
-    )?;
+        labels::statefulset_name(name, shard),
+        labels::shard_labels(name, shard),
+    );
     meta.annotations = Some(BTreeMap::from([(
         labels::STRUCTURAL_HASH.to_owned(),
         structural_hash,
     )]));
 
-    Ok(StatefulSet {
+    StatefulSet {
         metadata: meta,
         spec: Some(StatefulSetSpec {
             replicas: Some(p.replicas),
-            service_name: Some(labels::headless_name(&name, shard)),
+            service_name: Some(labels::headless_name(name, shard)),
             selector: LabelSelector {
-                match_labels: Some(labels::shard_selector(vi, shard)),
+                match_labels: Some(labels::shard_selector(&vi.name, shard)),
                 ..LabelSelector::default()
             },
             pod_management_policy: Some("Parallel".to_owned()),
@@ -182,16 +172,16 @@ pub fn build_statefulset(
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
-    })
+    }
 }
 
-fn container(vi: &VectorIndex, shard: u32, p: &StatefulSetParams) -> Container {
-    let s = vi.spec.structural();
+fn container(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> Container {
+    let s = &vi.structural;
     let args = [
         "--data-dir",
         DATA_DIR,
         "--index",
-        &vi.name_any(),
+        &vi.name,
         "--shard",
         &shard.to_string(),
         "--listen",
@@ -207,7 +197,7 @@ fn container(vi: &VectorIndex, shard: u32, p: &StatefulSetParams) -> Container {
         // Cluster mode: the node id is the pod ordinal; members reach each other through the
         // shard's headless Service, and the coordinator reaches other shards the same way.
         "--service",
-        &labels::headless_name(&vi.name_any(), shard),
+        &labels::headless_name(&vi.name, shard),
         "--raft-addr-template",
         &format!("{{pod}}.{{service}}.{{namespace}}.svc:{RAFT_PORT}"),
         "--shard-addr-template",
@@ -322,7 +312,7 @@ fn container(vi: &VectorIndex, shard: u32, p: &StatefulSetParams) -> Container {
 
 /// Prefer spreading a shard's replicas over nodes, so one node failure costs a shard at
 /// most one voter. Preferred, not required: a small cluster must still schedule.
-fn default_affinity(vi: &VectorIndex, shard: u32) -> Affinity {
+fn default_affinity(vi: &ValidIndex, shard: u32) -> Affinity {
     Affinity {
         pod_anti_affinity: Some(PodAntiAffinity {
             preferred_during_scheduling_ignored_during_execution: Some(vec![
@@ -331,7 +321,7 @@ fn default_affinity(vi: &VectorIndex, shard: u32) -> Affinity {
                     pod_affinity_term: PodAffinityTerm {
                         topology_key: "kubernetes.io/hostname".to_owned(),
                         label_selector: Some(LabelSelector {
-                            match_labels: Some(labels::shard_selector(vi, shard)),
+                            match_labels: Some(labels::shard_selector(&vi.name, shard)),
                             ..LabelSelector::default()
                         }),
                         ..PodAffinityTerm::default()
@@ -344,11 +334,11 @@ fn default_affinity(vi: &VectorIndex, shard: u32) -> Affinity {
     }
 }
 
-fn volume_claim(vi: &VectorIndex, shard: u32, p: &StatefulSetParams) -> PersistentVolumeClaim {
+fn volume_claim(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(DATA_VOLUME.to_owned()),
-            labels: Some(labels::shard_labels(vi, shard)),
+            labels: Some(labels::shard_labels(&vi.name, shard)),
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeClaimSpec {

@@ -40,6 +40,9 @@ impl Call {
 pub struct ApiServer {
     pub objects: Arc<Mutex<BTreeMap<String, Value>>>,
     pub calls: Arc<Mutex<Vec<Call>>>,
+    /// Resource types (plural names) the server does not know, like a cluster without
+    /// a CRD: any path naming one answers 404 with a plain-text body.
+    pub unknown_resources: Arc<Mutex<Vec<String>>>,
 }
 
 impl ApiServer {
@@ -98,6 +101,15 @@ impl ApiServer {
     }
 
     fn answer(&self, c: &Call) -> (StatusCode, Value) {
+        let unknown = self
+            .unknown_resources
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| c.path.split('/').any(|seg| seg == r));
+        if unknown {
+            return (StatusCode::NOT_FOUND, json!("404 page not found"));
+        }
         let mut objects = self.objects.lock().unwrap();
         match c.method {
             Method::GET => {

@@ -2,211 +2,30 @@
 //! state from its Admin `Status` RPC. Node access goes through [`NodeClient`] (and
 //! addresses through [`AddressBook`]) so tests can fake nodes or point at loopback.
 
+mod nodes;
+#[cfg(test)]
+mod tests;
+
+pub use nodes::{AddressBook, ClusterDns, GrpcNodeClient, NodeClient, NodeError, PodRef};
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use futures::future::{BoxFuture, join_all};
+use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
 use kindex_crds::VectorIndex;
-use kindex_proto::admin_client::AdminClient;
-use kindex_proto::{
-    AddLearnerRequest, ChangeMembershipRequest, InitializeRequest, Member, StatusRequest,
-    StatusResponse, TransferLeaderRequest,
-};
+use kindex_proto::StatusResponse;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use crate::build::configmap::recorded_structural;
 use crate::build::labels;
+use crate::reconcile::ObserveError;
 use crate::structural::StructuralDoc;
-
-/// One index pod, by position.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PodRef {
-    pub namespace: String,
-    pub index: String,
-    pub shard: u32,
-    pub ordinal: u32,
-}
-
-impl PodRef {
-    pub fn pod_name(&self) -> String {
-        labels::pod_name(&self.index, self.shard, self.ordinal)
-    }
-    /// `<pod>.<headless>.<ns>.svc`: the pod's stable DNS name.
-    pub fn host(&self) -> String {
-        format!(
-            "{}.{}.{}.svc",
-            self.pod_name(),
-            labels::headless_name(&self.index, self.shard),
-            self.namespace
-        )
-    }
-}
-
-/// Where the operator reaches a node's Admin service and what Raft address it gives
-/// the group for a node.
-pub trait AddressBook: Send + Sync {
-    /// URI of the Admin gRPC endpoint, e.g. `http://host:7070`.
-    fn admin_endpoint(&self, pod: &PodRef) -> String;
-    /// `host:port` the other replicas use for Raft (`Member.addr`).
-    fn raft_addr(&self, pod: &PodRef) -> String;
-}
-
-/// Pod DNS names through the shard's headless Service (inside the cluster).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClusterDns;
-
-impl AddressBook for ClusterDns {
-    fn admin_endpoint(&self, pod: &PodRef) -> String {
-        format!("http://{}:{}", pod.host(), crate::build::service::GRPC_PORT)
-    }
-    fn raft_addr(&self, pod: &PodRef) -> String {
-        format!("{}:{}", pod.host(), crate::build::service::RAFT_PORT)
-    }
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum NodeError {
-    #[error("cannot reach {endpoint}: {reason}")]
-    Connect { endpoint: String, reason: String },
-    #[error("{endpoint}: {status}")]
-    Rpc { endpoint: String, status: String },
-}
-
-/// The Admin RPCs the operator uses. `pod` is the node the call goes to.
-pub trait NodeClient: Send + Sync {
-    fn status<'a>(&'a self, pod: &'a PodRef) -> BoxFuture<'a, Result<StatusResponse, NodeError>>;
-    fn initialize<'a>(
-        &'a self,
-        pod: &'a PodRef,
-        members: Vec<Member>,
-    ) -> BoxFuture<'a, Result<(), NodeError>>;
-    /// Non-blocking: the operator polls the learner's progress itself.
-    fn add_learner<'a>(
-        &'a self,
-        pod: &'a PodRef,
-        member: Member,
-    ) -> BoxFuture<'a, Result<(), NodeError>>;
-    /// Removed voters are dropped, not kept as learners.
-    fn change_membership<'a>(
-        &'a self,
-        pod: &'a PodRef,
-        voters: Vec<u64>,
-    ) -> BoxFuture<'a, Result<(), NodeError>>;
-    fn transfer_leader<'a>(
-        &'a self,
-        pod: &'a PodRef,
-        to: u64,
-    ) -> BoxFuture<'a, Result<(), NodeError>>;
-}
-
-/// The real client: one short-lived connection per call (a handful of calls per
-/// reconcile; a fresh connection re-resolves DNS after a pod moved).
-pub struct GrpcNodeClient {
-    pub addresses: Arc<dyn AddressBook>,
-    pub timeout: Duration,
-}
-
-impl GrpcNodeClient {
-    async fn connect(
-        &self,
-        pod: &PodRef,
-    ) -> Result<(AdminClient<tonic::transport::Channel>, String), NodeError> {
-        let endpoint = self.addresses.admin_endpoint(pod);
-        let connect_err = |reason: String| NodeError::Connect {
-            endpoint: endpoint.clone(),
-            reason,
-        };
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| connect_err(e.to_string()))?
-            .connect_timeout(self.timeout)
-            .timeout(self.timeout)
-            .connect()
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        Ok((AdminClient::new(channel), endpoint))
-    }
-}
-
-fn rpc_err(endpoint: String) -> impl FnOnce(tonic::Status) -> NodeError {
-    move |s| NodeError::Rpc {
-        endpoint,
-        status: format!("{}: {}", s.code(), s.message()),
-    }
-}
-
-impl NodeClient for GrpcNodeClient {
-    fn status<'a>(&'a self, pod: &'a PodRef) -> BoxFuture<'a, Result<StatusResponse, NodeError>> {
-        Box::pin(async move {
-            let (mut c, ep) = self.connect(pod).await?;
-            let r = c.status(StatusRequest {}).await.map_err(rpc_err(ep))?;
-            Ok(r.into_inner())
-        })
-    }
-    fn initialize<'a>(
-        &'a self,
-        pod: &'a PodRef,
-        members: Vec<Member>,
-    ) -> BoxFuture<'a, Result<(), NodeError>> {
-        Box::pin(async move {
-            let (mut c, ep) = self.connect(pod).await?;
-            c.initialize(InitializeRequest { members })
-                .await
-                .map_err(rpc_err(ep))?;
-            Ok(())
-        })
-    }
-    fn add_learner<'a>(
-        &'a self,
-        pod: &'a PodRef,
-        member: Member,
-    ) -> BoxFuture<'a, Result<(), NodeError>> {
-        Box::pin(async move {
-            let (mut c, ep) = self.connect(pod).await?;
-            c.add_learner(AddLearnerRequest {
-                member: Some(member),
-                blocking: false,
-            })
-            .await
-            .map_err(rpc_err(ep))?;
-            Ok(())
-        })
-    }
-    fn change_membership<'a>(
-        &'a self,
-        pod: &'a PodRef,
-        voters: Vec<u64>,
-    ) -> BoxFuture<'a, Result<(), NodeError>> {
-        Box::pin(async move {
-            let (mut c, ep) = self.connect(pod).await?;
-            c.change_membership(ChangeMembershipRequest {
-                voters,
-                retain: false,
-            })
-            .await
-            .map_err(rpc_err(ep))?;
-            Ok(())
-        })
-    }
-    fn transfer_leader<'a>(
-        &'a self,
-        pod: &'a PodRef,
-        to: u64,
-    ) -> BoxFuture<'a, Result<(), NodeError>> {
-        Box::pin(async move {
-            let (mut c, ep) = self.connect(pod).await?;
-            c.transfer_leader(TransferLeaderRequest { to })
-                .await
-                .map_err(rpc_err(ep))?;
-            Ok(())
-        })
-    }
-}
 
 /// What the operator learnt about one node.
 #[derive(Debug, Clone, PartialEq)]
@@ -364,25 +183,33 @@ pub struct ObserveCtx<'a> {
 
 /// Read the ConfigMap, StatefulSets and pods of `vi`, and ask every running pod's node
 /// for its status (concurrently; an unreachable node is recorded, not an error).
-pub async fn observe(cx: &ObserveCtx<'_>, vi: &VectorIndex) -> Result<Observed, kube::Error> {
+pub async fn observe(cx: &ObserveCtx<'_>, vi: &VectorIndex) -> Result<Observed, ObserveError> {
     let ns = vi.namespace().unwrap_or_default();
     let name = vi.name_any();
-    let selector = labels::selector_string(&labels::index_selector(vi));
+    let selector = labels::selector_string(&labels::index_selector(&vi.name_any()));
     let lp = ListParams::default().labels(&selector);
 
     let cms: Api<ConfigMap> = Api::namespaced(cx.client.clone(), &ns);
+    let cm_name = labels::configmap_name(&name);
     let recorded = cms
-        .get_opt(&labels::configmap_name(&name))
-        .await?
+        .get_opt(&cm_name)
+        .await
+        .map_err(|source| ObserveError::ConfigMap {
+            name: cm_name.clone(),
+            source,
+        })?
         .as_ref()
         .and_then(recorded_structural);
+    let list = |kind| move |source| ObserveError::List { kind, source };
     let sts_list = Api::<StatefulSet>::namespaced(cx.client.clone(), &ns)
         .list(&lp)
-        .await?
+        .await
+        .map_err(list("StatefulSet"))?
         .items;
     let pod_list = Api::<Pod>::namespaced(cx.client.clone(), &ns)
         .list(&lp)
-        .await?
+        .await
+        .map_err(list("Pod"))?
         .items;
 
     let since = cx
@@ -542,48 +369,5 @@ fn sts_obs(sts: &StatefulSet) -> StsObs {
             .and_then(|r| r.requests.as_ref())
             .and_then(|r| r.get("storage").cloned()),
         storage_class: claim.and_then(|c| c.storage_class_name.clone()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pod_names_parse() {
-        assert_eq!(parse_pod_name("idx", "idx-s2-10"), Some((2, 10)));
-        assert_eq!(parse_pod_name("idx", "idx-s-1"), None);
-        assert_eq!(parse_pod_name("idx", "other-s0-0"), None);
-        // "idx-s1" is a prefix of "idx-s1-s0-0" pods of an index named "idx-s1".
-        assert_eq!(parse_pod_name("idx", "idx-s1-s0-0"), None);
-    }
-
-    #[test]
-    fn cluster_dns_addresses() {
-        let r = PodRef {
-            namespace: "prod".into(),
-            index: "products".into(),
-            shard: 1,
-            ordinal: 2,
-        };
-        assert_eq!(
-            ClusterDns.admin_endpoint(&r),
-            "http://products-s1-2.products-s1-headless.prod.svc:7070"
-        );
-        assert_eq!(
-            ClusterDns.raft_addr(&r),
-            "products-s1-2.products-s1-headless.prod.svc:7071"
-        );
-    }
-
-    #[test]
-    fn tracker_forgets_old_deletions() {
-        let t = DeletionTracker::default();
-        let now = Timestamp::from_second(1_000_000).unwrap();
-        t.record("ns", "a", now);
-        t.record("ns", "b", Timestamp::from_second(10).unwrap());
-        t.record("other", "c", now);
-        let since = Timestamp::from_second(999_000).unwrap();
-        assert_eq!(t.since("ns", since), BTreeSet::from(["a".to_owned()]));
     }
 }

@@ -1,0 +1,206 @@
+use super::*;
+use crate::observe::{NodeObs, PodObs, StsObs};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kindex_crds::{Metric, VectorIndexSpec};
+use kindex_proto::{LogId, Member, StatusResponse};
+
+fn vi() -> VectorIndex {
+    let mut spec = VectorIndexSpec::new(8, Metric::L2);
+    spec.replicas = 3;
+    let mut vi = VectorIndex::new("idx", spec);
+    vi.metadata.namespace = Some("ns".into());
+    vi.metadata.generation = Some(4);
+    vi
+}
+
+fn node(id: u64, leader: bool, hash: &str) -> NodeObs {
+    NodeObs::answered(StatusResponse {
+        node_id: id,
+        role: if leader { "leader" } else { "follower" }.into(),
+        term: 1,
+        members: (0..3)
+            .map(|node_id| Member {
+                node_id,
+                addr: String::new(),
+                voter: true,
+            })
+            .collect(),
+        applied: Some(LogId { term: 1, index: 42 }),
+        vectors_live: 1000,
+        structural_hash: hash.into(),
+        last_snapshot_unix_ms: 1_700_000_000_000,
+        initialized: true,
+        ..StatusResponse::default()
+    })
+}
+
+fn healthy(hash: &str) -> Observed {
+    Observed {
+        recorded_structural: None,
+        shards: vec![ShardObs {
+            shard: 0,
+            statefulset: Some(StsObs {
+                replicas: 3,
+                update_revision: Some("r".into()),
+                settled: true,
+                storage_size: None,
+                storage_class: None,
+            }),
+            pods: (0..3)
+                .map(|o| PodObs {
+                    name: format!("idx-s0-{o}"),
+                    ordinal: o,
+                    ready: true,
+                    terminating: false,
+                    revision: Some("r".into()),
+                    created: None,
+                    crash_looping: false,
+                    drift_message: None,
+                    node: node(o.into(), o == 0, hash),
+                })
+                .collect(),
+            ..ShardObs::default()
+        }],
+    }
+}
+
+fn done() -> Vec<ShardPlan> {
+    vec![ShardPlan {
+        membership: Step::Done,
+        rollout: Step::Done,
+    }]
+}
+
+fn condition<'a>(s: &'a VectorIndexStatus, t: &str) -> &'a Condition {
+    s.conditions.iter().find(|c| c.type_ == t).unwrap()
+}
+
+#[test]
+fn healthy_index_is_running() {
+    let now = Timestamp::from_second(1_700_000_100).unwrap();
+    let s = build(&vi(), &healthy("h"), &done(), None, "h", now);
+    assert_eq!(s.phase, Some(Phase::Running));
+    assert_eq!(condition(&s, ct::READY).status, "True");
+    assert_eq!(condition(&s, ct::DEGRADED).status, "False");
+    assert_eq!(s.shards[0].leader.as_deref(), Some("idx-s0-0"));
+    assert_eq!(s.shards[0].members, ["idx-s0-0", "idx-s0-1", "idx-s0-2"]);
+    assert_eq!(
+        s.shards[0].last_snapshot.as_deref(),
+        Some("2023-11-14T22:13:20Z")
+    );
+    assert_eq!(s.vectors, Some(1000));
+    assert_eq!(s.ready.as_deref(), Some("3/3"));
+    assert_eq!(s.replicas, Some(3));
+    assert_eq!(s.observed_generation, Some(4));
+    assert_eq!(
+        s.selector.as_deref(),
+        Some("app.kubernetes.io/instance=idx,app.kubernetes.io/name=kindex")
+    );
+}
+
+#[test]
+fn transition_time_is_kept_while_status_is_unchanged() {
+    let t1 = Timestamp::from_second(1_700_000_100).unwrap();
+    let t2 = Timestamp::from_second(1_700_000_200).unwrap();
+    let mut v = vi();
+    v.status = Some(build(&v, &healthy("h"), &done(), None, "h", t1));
+    let s = build(&v, &healthy("h"), &done(), None, "h", t2);
+    assert_eq!(condition(&s, ct::READY).last_transition_time.0, t1);
+    let s = build(&v, &healthy("other"), &done(), None, "h", t2);
+    assert_eq!(condition(&s, ct::CONFIG_DRIFT).last_transition_time.0, t2);
+}
+
+#[test]
+fn drift_fails_the_index() {
+    let now = Timestamp::from_second(1_700_000_100).unwrap();
+    let s = build(&vi(), &healthy("bad"), &done(), None, "h", now);
+    assert_eq!(s.phase, Some(Phase::Failed));
+    let c = condition(&s, ct::CONFIG_DRIFT);
+    assert_eq!(c.status, "True");
+    assert!(c.message.contains("idx-s0-0 reports structural hash bad"));
+
+    let mut obs = healthy("h");
+    let p = &mut obs.shards[0].pods[1];
+    p.node = NodeObs::NotRunning;
+    p.drift_message =
+        Some("structural config drift: the data in /data was built with dimension=4".into());
+    let s = build(&vi(), &obs, &done(), None, "h", now);
+    assert!(
+        condition(&s, ct::CONFIG_DRIFT)
+            .message
+            .contains("idx-s0-1: structural config drift")
+    );
+}
+
+#[test]
+fn nothing_running_yet_is_creating_without_errors() {
+    let obs = Observed {
+        recorded_structural: None,
+        shards: vec![ShardObs::default()],
+    };
+    let plans = vec![ShardPlan {
+        membership: Step::Wait("shard 0: waiting for pods 0, 1, 2".into()),
+        rollout: Step::Done,
+    }];
+    let now = Timestamp::from_second(1_700_000_100).unwrap();
+    let s = build(&vi(), &obs, &plans, None, "h", now);
+    assert_eq!(s.phase, Some(Phase::Creating));
+    assert_eq!(condition(&s, ct::PROGRESSING).status, "True");
+    assert_eq!(condition(&s, ct::DEGRADED).status, "False");
+    assert_eq!(s.ready.as_deref(), Some("0/3"));
+    assert_eq!(s.vectors, None);
+}
+
+#[test]
+fn unready_pod_without_other_reason_is_degraded() {
+    let mut obs = healthy("h");
+    obs.shards[0].pods[2].ready = false;
+    let now = Timestamp::from_second(1_700_000_100).unwrap();
+    let s = build(&vi(), &obs, &done(), None, "h", now);
+    assert_eq!(s.phase, Some(Phase::Degraded));
+    let c = condition(&s, ct::DEGRADED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "PodsNotReady")
+    );
+    assert!(c.message.ends_with("not ready: idx-s0-2"));
+}
+
+#[test]
+fn a_diverged_replica_makes_the_index_degraded_naming_it() {
+    let mut obs = healthy("h");
+    obs.shards[0].pods[1].ready = false;
+    if let NodeObs::Answered(st) = &mut obs.shards[0].pods[1].node {
+        st.divergence = Some(kindex_proto::Divergence {
+            index: 77,
+            message: "diverged from the shard leader (node 0) at log index 77".into(),
+            ..Default::default()
+        });
+    }
+    let now = Timestamp::from_second(1_700_000_100).unwrap();
+    let s = build(&vi(), &obs, &done(), None, "h", now);
+    assert_eq!(s.phase, Some(Phase::Degraded));
+    let c = condition(&s, ct::DEGRADED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "ReplicaDiverged")
+    );
+    assert!(c.message.starts_with("idx-s0-1: diverged"), "{}", c.message);
+    assert!(c.message.contains("log index 77"));
+}
+
+#[test]
+fn invalid_spec_keeps_observations() {
+    let now = Timestamp::from_second(1_700_000_100).unwrap();
+    let mut v = vi();
+    v.status = Some(build(&v, &healthy("h"), &done(), None, "h", now));
+    let s = invalid(
+        &v,
+        &["spec.dimension = 0 is out of range 1..=4096".into()],
+        now,
+    );
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert_eq!(condition(&s, ct::READY).reason, "InvalidSpec");
+    assert!(condition(&s, ct::DEGRADED).message.contains("dimension"));
+    assert_eq!(s.shards.len(), 1);
+}
