@@ -540,6 +540,8 @@ impl Node {
 
     pub fn set_runtime(&self, r: RuntimeConfig) {
         self.state.set_knobs(EngineKnobs::from(&r));
+        self.state_machine
+            .set_keep_snapshots(r.snapshot_keep as usize);
         *self.runtime.write() = r;
     }
 
@@ -1443,6 +1445,7 @@ pub fn spawn_runtime_reload(node: Arc<Node>, path: PathBuf, every: Duration) {
             match RuntimeConfig::load(&path) {
                 Ok(cfg) if cfg != node.runtime() => {
                     tracing::info!(?cfg, "runtime config reloaded");
+                    crate::config::logging::apply_runtime(&node.runtime(), &cfg);
                     node.set_runtime(cfg);
                 }
                 Ok(_) => {}

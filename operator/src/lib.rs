@@ -17,7 +17,6 @@ pub mod observe;
 pub mod reconcile;
 pub mod rollout;
 pub mod status;
-pub mod structural;
 
 pub use controller::{Context, OperatorConfig};
 pub use reconcile::Error;

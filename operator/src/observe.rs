@@ -22,7 +22,7 @@ use kube::{Api, ResourceExt};
 
 use crate::build::configmap::recorded_structural;
 use crate::build::labels;
-use crate::structural::StructuralDoc;
+use kindex_common::StructuralDoc;
 
 /// One index pod, by position.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -88,7 +88,7 @@ pub fn build_statefulset(
     p: &StatefulSetParams,
 ) -> Result<StatefulSet, BuildError> {
     let name = vi.name_any();
-    let structural_hash = crate::structural::hash(&vi.spec.structural());
+    let structural_hash = vi.spec.structural().hash();
     let overrides = vi.spec.pod_template.clone().unwrap_or_default();
 
     let pod_meta = ObjectMeta {
