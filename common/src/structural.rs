@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::metric::Metric;
 
 /// Field order is the persisted `structural.json` order; never reorder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StructuralConfig {
     pub dimension: u32,
@@ -114,7 +114,7 @@ pub struct StructuralDoc {
 impl StructuralDoc {
     pub fn new(s: &StructuralConfig) -> Self {
         Self {
-            structural: *s,
+            structural: s.clone(),
             hash: s.hash(),
         }
     }
@@ -123,7 +123,7 @@ impl StructuralDoc {
     pub fn verified(&self) -> Result<StructuralConfig, String> {
         let want = self.structural.hash();
         if want == self.hash {
-            Ok(self.structural)
+            Ok(self.structural.clone())
         } else {
             Err(format!(
                 "hash {} does not match its content (expected {want}); the file was edited or damaged",
@@ -179,9 +179,9 @@ mod tests {
             r#"{"structural":{"dimension":768,"metric":"l2","m":32,"efConstruction":400,"shards":3},"hash":"c69ca77e7fa5cf9a"}"#
         );
         let back: StructuralDoc = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.verified(), Ok(s));
+        assert_eq!(back.verified(), Ok(s.clone()));
         let edited = StructuralDoc {
-            structural: StructuralConfig { m: 33, ..s },
+            structural: StructuralConfig { m: 33, ..s.clone() },
             ..doc
         };
         assert!(edited.verified().unwrap_err().contains("c69ca77e7fa5cf9a"));

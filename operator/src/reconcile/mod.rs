@@ -114,7 +114,7 @@ async fn run(vi: &VectorIndex, ctx: &Context) -> Result<Requeue, Error> {
     .await?;
     if let Some(recorded) = &obs.recorded_structural {
         let mut old = vi.spec.clone();
-        let r = recorded.structural;
+        let r = &recorded.structural;
         (old.dimension, old.metric, old.shards) = (r.dimension, r.metric, r.shards);
         (old.hnsw.m, old.hnsw.ef_construction) = (r.m, r.ef_construction);
         if let Err(errs) = kindex_crds::validate_update(&old, &vi.spec) {
