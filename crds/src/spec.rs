@@ -20,13 +20,13 @@ pub const DEFAULT_SHARDS: u32 = 1;
 pub const DEFAULT_REPLICAS: u32 = 3;
 pub const DEFAULT_HNSW_M: u32 = 16;
 pub const DEFAULT_EF_CONSTRUCTION: u32 = 200;
-pub const DEFAULT_EF_SEARCH: u32 = 64;
-pub const DEFAULT_INDEXING_THREADS: u32 = 0;
-pub const DEFAULT_BATCH_SIZE: u32 = 1024;
-pub const DEFAULT_QUEUE_CAPACITY: u32 = 2_000_000;
+pub const DEFAULT_EF_SEARCH: u32 = kindex_common::runtime::DEFAULT_EF_SEARCH;
+pub const DEFAULT_INDEXING_THREADS: u32 = kindex_common::runtime::DEFAULT_INDEXING_THREADS;
+pub const DEFAULT_BATCH_SIZE: u32 = kindex_common::runtime::DEFAULT_INDEXING_BATCH_SIZE;
+pub const DEFAULT_QUEUE_CAPACITY: u32 = kindex_common::runtime::DEFAULT_QUEUE_CAPACITY;
 pub const DEFAULT_SNAPSHOT_INTERVAL: &str = "5m";
-pub const DEFAULT_SNAPSHOT_LOG_ENTRIES: u64 = 100_000;
-pub const DEFAULT_SNAPSHOT_KEEP: u32 = 3;
+pub const DEFAULT_SNAPSHOT_LOG_ENTRIES: u64 = kindex_common::runtime::DEFAULT_SNAPSHOT_LOG_ENTRIES;
+pub const DEFAULT_SNAPSHOT_KEEP: u32 = kindex_common::runtime::DEFAULT_SNAPSHOT_KEEP;
 pub const DEFAULT_STORAGE_SIZE: &str = "10Gi";
 /// Upper bound on `spec.policies`; also keeps the API server's CEL cost estimate small.
 pub const MAX_POLICIES: usize = 32;
@@ -192,34 +192,9 @@ pub struct VectorIndexSpec {
     pub policies: Vec<PolicySpec>,
 }
 
-/// Distance metric between vectors.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    /// 1 - cosine similarity.
-    Cosine,
-    /// Euclidean (squared L2) distance.
-    L2,
-    /// Negative dot product.
-    Dot,
-}
-
-impl Metric {
-    /// The spelling used in YAML, config files and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Metric::Cosine => "cosine",
-            Metric::L2 => "l2",
-            Metric::Dot => "dot",
-        }
-    }
-}
-
-impl std::fmt::Display for Metric {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Distance metric between vectors; shared with the node (kindex-common), the schema is
+/// derived from it.
+pub use kindex_common::Metric;
 
 /// HNSW graph parameters. `m` and `efConstruction` shape the graph on disk (immutable);
 /// `efSearch` is a runtime knob.
@@ -417,38 +392,17 @@ pub enum PolicyKind {
 
 /// The fields the data on disk is built with. The node persists them (and their hash)
 /// and refuses to start when they differ; the operator reports `ConfigDrift`.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "camelCase")]
-pub struct StructuralSpec {
-    pub dimension: u32,
-    pub metric: Metric,
-    pub shards: u32,
-    pub m: u32,
-    pub ef_construction: u32,
-}
+pub use kindex_common::StructuralConfig;
 
-impl StructuralSpec {
-    /// Names (YAML paths under `spec`) of the fields that differ from `other`.
-    pub fn changed_fields(&self, other: &StructuralSpec) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        if self.dimension != other.dimension {
-            changed.push("dimension");
-        }
-        if self.metric != other.metric {
-            changed.push("metric");
-        }
-        if self.shards != other.shards {
-            changed.push("shards");
-        }
-        if self.m != other.m {
-            changed.push("hnsw.m");
-        }
-        if self.ef_construction != other.ef_construction {
-            changed.push("hnsw.efConstruction");
-        }
-        changed
-    }
-}
+/// The structural fields in spec order: the name [`StructuralConfig::diff`] reports, and
+/// the YAML path under `spec`.
+pub const STRUCTURAL_FIELDS: [(&str, &str); 5] = [
+    ("dimension", "dimension"),
+    ("metric", "metric"),
+    ("shards", "shards"),
+    ("m", "hnsw.m"),
+    ("efConstruction", "hnsw.efConstruction"),
+];
 
 impl VectorIndexSpec {
     /// A spec with the required fields set and every other field at its default.
@@ -470,13 +424,13 @@ impl VectorIndexSpec {
     }
 
     /// The structural (immutable) part of the spec.
-    pub fn structural(&self) -> StructuralSpec {
-        StructuralSpec {
+    pub fn structural(&self) -> StructuralConfig {
+        StructuralConfig {
             dimension: self.dimension,
             metric: self.metric,
-            shards: self.shards,
             m: self.hnsw.m,
             ef_construction: self.hnsw.ef_construction,
+            shards: self.shards,
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::spec::{MAX_POLICIES, PolicyKind, VectorIndexSpec};
+use crate::spec::{MAX_POLICIES, PolicyKind, STRUCTURAL_FIELDS, VectorIndexSpec};
 
 /// Why a spec is invalid. `field` is the YAML path below `spec`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -206,19 +206,16 @@ fn validate_policies(spec: &VectorIndexSpec, errors: &mut Vec<SpecError>) {
 
 /// Check an update: the structural fields must not change (mirrors the CEL rules).
 pub fn validate_update(old: &VectorIndexSpec, new: &VectorIndexSpec) -> Result<(), Vec<SpecError>> {
-    let (o, n) = (old.structural(), new.structural());
-    let errors: Vec<SpecError> = o
-        .changed_fields(&n)
-        .into_iter()
-        .map(|field| {
-            let (old, new) = match field {
-                "dimension" => (o.dimension.to_string(), n.dimension.to_string()),
-                "metric" => (o.metric.to_string(), n.metric.to_string()),
-                "shards" => (o.shards.to_string(), n.shards.to_string()),
-                "hnsw.m" => (o.m.to_string(), n.m.to_string()),
-                _ => (o.ef_construction.to_string(), n.ef_construction.to_string()),
-            };
-            SpecError::Immutable { field, old, new }
+    let diffs = old.structural().diff(&new.structural());
+    let errors: Vec<SpecError> = STRUCTURAL_FIELDS
+        .iter()
+        .filter_map(|(name, path)| {
+            let d = diffs.iter().find(|d| d.field == *name)?;
+            Some(SpecError::Immutable {
+                field: path,
+                old: d.data.clone(),
+                new: d.configured.clone(),
+            })
         })
         .collect();
     if errors.is_empty() {

@@ -15,10 +15,11 @@ use std::time::Instant;
 use anyhow::Context;
 use anyhow::bail;
 use clap::Parser;
+use kindex_node::config::args::StructuralArgs;
+use kindex_node::config::logging::{self, LogFormat};
 use kindex_node::config::{RuntimeConfig, StructuralConfig};
 use kindex_node::coordinator::Coordinator;
 use kindex_node::coordinator::topology::{self, ShardSeeds};
-use kindex_node::engine::distance::Metric;
 use kindex_node::node::{self, Bootstrap, DEFAULT_RAFT_PORT, Node, NodeConfig, RaftTuning};
 use kindex_node::server::{grpc, http};
 use kindex_proto as pb;
@@ -101,21 +102,8 @@ struct Args {
     /// that their checker catches the loss.
     #[arg(long, env = "KINDEX_UNSAFE_RAFT_LEADER_RESTORE", hide = true)]
     unsafe_raft_leader_restore: bool,
-    /// Structural: vector dimension (fixed for the life of the data).
-    #[arg(long, env = "KINDEX_DIMENSION", default_value_t = 384)]
-    dimension: u32,
-    /// Structural: cosine | l2 | dot.
-    #[arg(long, env = "KINDEX_METRIC", default_value = "cosine", value_parser = parse_metric)]
-    metric: Metric,
-    /// Structural: HNSW links per node.
-    #[arg(long, env = "KINDEX_M", default_value_t = 16)]
-    m: u32,
-    /// Structural: HNSW construction beam width.
-    #[arg(long, env = "KINDEX_EF_CONSTRUCTION", default_value_t = 200)]
-    ef_construction: u32,
-    /// Structural: number of shards of the index.
-    #[arg(long, env = "KINDEX_SHARDS", default_value_t = 1)]
-    shards: u32,
+    #[command(flatten)]
+    structural: StructuralArgs,
     /// With `--shards` > 1: gRPC addresses of the other shards' replicas (any subset; the rest
     /// is learned from their Admin `Status`): `1=host:7070,host:7070;2=host:7070`.
     #[arg(long, env = "KINDEX_SHARD_ADDRS", value_parser = parse_shard_addrs)]
@@ -132,6 +120,9 @@ struct Args {
     /// Runtime knobs as JSON (a mounted ConfigMap key); reloaded on change.
     #[arg(long, env = "KINDEX_RUNTIME_CONFIG")]
     runtime_config: Option<PathBuf>,
+    /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
+    #[arg(long, env = "KINDEX_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// How long a graceful shutdown may spend draining the indexing queue.
     #[arg(long, default_value = "60")]
     drain_timeout_secs: u64,
@@ -141,10 +132,6 @@ type Peers = BTreeMap<u64, String>;
 
 fn parse_shard_addrs(s: &str) -> Result<ShardSeeds, String> {
     topology::parse_shard_addrs(s).map_err(|e| e.to_string())
-}
-
-fn parse_metric(s: &str) -> Result<Metric, String> {
-    Metric::parse(s).ok_or_else(|| format!("unknown metric {s:?}; use cosine, l2 or dot"))
 }
 
 fn parse_peers(s: &str) -> Result<Peers, String> {
@@ -203,19 +190,8 @@ fn main() -> anyhow::Result<()> {
         Some(p) => RuntimeConfig::load(p)?,
         None => RuntimeConfig::default(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&runtime.log_level)),
-        )
-        .init();
-    let structural = StructuralConfig {
-        dimension: args.dimension,
-        metric: args.metric,
-        m: args.m,
-        ef_construction: args.ef_construction,
-        shards: args.shards,
-    };
+    logging::init(args.log_format, &runtime.log_level)?;
+    let structural = args.structural.config();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

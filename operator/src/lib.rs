@@ -18,7 +18,6 @@ pub mod preflight;
 pub mod reconcile;
 pub mod rollout;
 pub mod status;
-pub mod structural;
 pub mod validate;
 
 pub use controller::{Context, OperatorConfig};

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::routing::get;
 use clap::{ArgAction, Parser};
+use kindex_common::LogFormat;
 use kindex_operator::controller::{self, Context, OperatorConfig};
 use kindex_operator::events::Events;
 use kindex_operator::metrics::Metrics;
@@ -67,9 +68,9 @@ struct Args {
     /// Reconcile again this soon while waiting for pods or a learner to catch up.
     #[arg(long, default_value = "10s", value_parser = duration)]
     wait_requeue: Duration,
-    /// Log as JSON lines instead of text.
-    #[arg(long)]
-    log_json: bool,
+    /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
+    #[arg(long, env = "KINDEX_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -81,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if args.log_json {
+    if args.log_format == LogFormat::Json {
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)

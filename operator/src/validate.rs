@@ -3,12 +3,12 @@
 //! here, once, so the builders cannot fail.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kindex_crds::{StructuralSpec, VectorIndex, VectorIndexSpec, parse_duration};
+use kindex_common::{StructuralConfig, StructuralDoc};
+use kindex_crds::{VectorIndex, VectorIndexSpec, parse_duration};
 use kube::{Resource, ResourceExt};
 
-use crate::build::configmap::{RUNTIME_KEY, RuntimeConfig, STRUCTURAL_KEY};
+use crate::build::configmap::{RUNTIME_KEY, STRUCTURAL_KEY, runtime_config};
 use crate::build::labels;
-use crate::structural::StructuralDoc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
@@ -35,8 +35,8 @@ pub struct ValidIndex {
     /// `vectorindexes/finalizers`).
     pub owner: OwnerReference,
     pub spec: VectorIndexSpec,
-    pub structural: StructuralSpec,
-    /// What the nodes report for this spec (see [`crate::structural::hash`]).
+    pub structural: StructuralConfig,
+    /// What the nodes report for this spec ([`StructuralConfig::hash`], shared with them).
     pub structural_hash: String,
     /// `spec.image` or the operator's default.
     pub image: String,
@@ -70,13 +70,13 @@ impl ValidIndex {
         let serialize = |file| move |source| ValidateError::Serialize { file, source };
         let structural_json = serde_json::to_string_pretty(&StructuralDoc::new(&structural))
             .map_err(serialize(STRUCTURAL_KEY))?;
-        let runtime_json = serde_json::to_string_pretty(&RuntimeConfig::new(&vi.spec, interval))
+        let runtime_json = serde_json::to_string_pretty(&runtime_config(&vi.spec, interval))
             .map_err(serialize(RUNTIME_KEY))?;
         Ok(Self {
             name,
             namespace,
             owner,
-            structural_hash: crate::structural::hash(&structural),
+            structural_hash: structural.hash(),
             structural,
             image: vi
                 .spec
@@ -94,7 +94,7 @@ impl ValidIndex {
 /// immutable); the messages say which changed.
 pub fn structure_unchanged(vi: &VectorIndex, recorded: &StructuralDoc) -> Result<(), Vec<String>> {
     let mut old = vi.spec.clone();
-    let r = recorded.spec();
+    let r = &recorded.structural;
     (old.dimension, old.metric, old.shards) = (r.dimension, r.metric, r.shards);
     (old.hnsw.m, old.hnsw.ef_construction) = (r.m, r.ef_construction);
     kindex_crds::validate_update(&old, &vi.spec)

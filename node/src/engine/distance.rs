@@ -7,40 +7,9 @@
 //! on other CPUs, and every kernel the CPU can run is checked against it in
 //! tests.
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    Cosine,
-    L2,
-    Dot,
-}
-
-impl Metric {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Metric::Cosine => "cosine",
-            Metric::L2 => "l2",
-            Metric::Dot => "dot",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Metric> {
-        match s.to_ascii_lowercase().as_str() {
-            "cosine" => Some(Metric::Cosine),
-            "l2" | "euclidean" => Some(Metric::L2),
-            "dot" | "ip" => Some(Metric::Dot),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Metric {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The metric is shared with the operator (kindex-common); re-exported here where the
+/// kernels live.
+pub use kindex_common::Metric;
 
 type Kernel = fn(&[f32], &[f32]) -> f32;
 

@@ -260,6 +260,8 @@ impl Node {
 
     pub fn set_runtime(&self, r: RuntimeConfig) {
         self.state.set_knobs(EngineKnobs::from(&r));
+        self.state_machine
+            .set_keep_snapshots(r.snapshot_keep as usize);
         *self.runtime.write() = r;
     }
 

@@ -79,6 +79,7 @@ pub fn spawn_runtime_reload(node: Arc<Node>, path: PathBuf, every: Duration) {
             match RuntimeConfig::load(&path) {
                 Ok(cfg) if cfg != node.runtime() => {
                     tracing::info!(?cfg, "runtime config reloaded");
+                    crate::config::logging::apply_runtime(&node.runtime(), &cfg);
                     node.set_runtime(cfg);
                 }
                 Ok(_) => {}

@@ -9,6 +9,7 @@ use std::io;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::Stream;
 use futures::StreamExt;
@@ -107,7 +108,8 @@ pub enum StateMachineError {
 
 #[derive(Debug, Clone)]
 pub struct StateMachineConfig {
-    /// Complete snapshots kept on disk (at least 1).
+    /// Complete snapshots kept on disk (at least 1); changed live by
+    /// [`ShardStateMachine::set_keep_snapshots`].
     pub keep_snapshots: usize,
     /// Fault injection (tests): `diverge-at`. Default: none.
     pub faults: FaultSwitch,
@@ -133,6 +135,8 @@ struct Inner<S> {
     state: Arc<S>,
     store: SnapshotStore,
     cfg: StateMachineConfig,
+    /// `cfg.keep_snapshots`, live (the runtime config's `snapshotKeep`).
+    keep: AtomicUsize,
     applied: Mutex<Applied>,
     /// The newest complete snapshot: what `get_current_snapshot` returns.
     current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
@@ -219,11 +223,17 @@ impl<S: ShardState> ShardStateMachine<S> {
             inner: Arc::new(Inner {
                 state,
                 store,
+                keep: AtomicUsize::new(cfg.keep_snapshots),
                 cfg,
                 applied: Mutex::new(applied),
                 current: Mutex::new(current),
             }),
         })
+    }
+
+    /// Complete snapshots to keep from the next snapshot on (at least 1).
+    pub fn set_keep_snapshots(&self, keep: usize) {
+        self.inner.keep.store(keep.max(1), Ordering::Relaxed);
     }
 
     /// The engine.
@@ -339,7 +349,9 @@ impl<S: ShardState> ShardStateMachine<S> {
             return Ok(());
         }
         *cur = Some((meta.clone(), dir.to_path_buf()));
-        self.inner.store.prune(dir, self.inner.cfg.keep_snapshots)
+        self.inner
+            .store
+            .prune(dir, self.inner.keep.load(Ordering::Relaxed))
     }
 }
 

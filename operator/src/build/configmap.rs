@@ -8,52 +8,30 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use std::time::Duration;
 
+use kindex_common::{RuntimeConfig, StructuralDoc};
 use kindex_crds::VectorIndexSpec;
-use serde::{Deserialize, Serialize};
 
 use super::{labels, owned_meta};
-use crate::structural::StructuralDoc;
 use crate::validate::ValidIndex;
 
 pub const STRUCTURAL_KEY: &str = "structural.json";
 pub const RUNTIME_KEY: &str = "runtime.json";
 
-/// Seconds between retention sweeps; not (yet) a spec field, the node's default.
-pub const RETENTION_SWEEP_INTERVAL_SECS: u64 = 60;
-/// Node log level; not (yet) a spec field.
-pub const LOG_LEVEL: &str = "info";
-
-/// The node's `RuntimeConfig` (node/src/config/runtime.rs). The node denies unknown
-/// fields, so this carries exactly its keys.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct RuntimeConfig {
-    pub ef_search: u32,
-    pub indexing_threads: u32,
-    pub indexing_batch_size: u32,
-    pub queue_capacity: u32,
-    pub snapshot_interval_secs: u64,
-    pub snapshot_log_entries: u64,
-    pub snapshot_keep: u32,
-    pub retention_sweep_interval_secs: u64,
-    pub log_level: String,
-}
-
-impl RuntimeConfig {
-    /// `snapshot_interval`: `spec.snapshots.interval`, parsed by the validate step.
-    pub fn new(spec: &VectorIndexSpec, snapshot_interval: Duration) -> Self {
-        Self {
-            ef_search: spec.hnsw.ef_search,
-            indexing_threads: spec.indexing.threads,
-            indexing_batch_size: spec.indexing.batch_size,
-            queue_capacity: spec.indexing.queue_capacity,
-            // Whole seconds, rounded up so "1500ms" never becomes 1s.
-            snapshot_interval_secs: snapshot_interval.as_millis().div_ceil(1000).max(1) as u64,
-            snapshot_log_entries: spec.snapshots.log_entries,
-            snapshot_keep: spec.snapshots.keep,
-            retention_sweep_interval_secs: RETENTION_SWEEP_INTERVAL_SECS,
-            log_level: LOG_LEVEL.to_owned(),
-        }
+/// The node's `runtime.json` for `spec` (kindex-common's `RuntimeConfig`, the type the
+/// node reads). Knobs that are not spec fields (retention sweep interval, log level)
+/// take the node's defaults. `snapshot_interval`: `spec.snapshots.interval`, parsed by
+/// the validate step.
+pub fn runtime_config(spec: &VectorIndexSpec, snapshot_interval: Duration) -> RuntimeConfig {
+    RuntimeConfig {
+        ef_search: spec.hnsw.ef_search,
+        indexing_threads: spec.indexing.threads,
+        indexing_batch_size: spec.indexing.batch_size,
+        queue_capacity: spec.indexing.queue_capacity,
+        // Whole seconds, rounded up so "1500ms" never becomes 1s.
+        snapshot_interval_secs: snapshot_interval.as_millis().div_ceil(1000).max(1) as u64,
+        snapshot_log_entries: spec.snapshots.log_entries,
+        snapshot_keep: spec.snapshots.keep,
+        ..RuntimeConfig::default()
     }
 }
 

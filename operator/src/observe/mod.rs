@@ -25,7 +25,7 @@ use kube::{Api, ResourceExt};
 use crate::build::configmap::recorded_structural;
 use crate::build::labels;
 use crate::reconcile::ObserveError;
-use crate::structural::StructuralDoc;
+use kindex_common::StructuralDoc;
 
 /// What the operator learnt about one node.
 #[derive(Debug, Clone, PartialEq)]

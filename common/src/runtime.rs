@@ -1,13 +1,26 @@
-//! Runtime knobs: safe to change while the node runs; never part of the
-//! structural hash. Read from a JSON file (a mounted ConfigMap key) and
-//! reloaded when it changes.
+//! Runtime knobs: safe to change while the node runs; never part of the structural
+//! hash. The operator renders them as the `runtime.json` key of the index ConfigMap;
+//! the node reads that file (mounted) and reloads it when it changes.
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub const DEFAULT_EF_SEARCH: u32 = 64;
+/// 0 = one indexing thread per core.
+pub const DEFAULT_INDEXING_THREADS: u32 = 0;
+pub const DEFAULT_INDEXING_BATCH_SIZE: u32 = 1024;
+pub const DEFAULT_QUEUE_CAPACITY: u32 = 2_000_000;
+pub const DEFAULT_SNAPSHOT_INTERVAL_SECS: u64 = 300;
+pub const DEFAULT_SNAPSHOT_LOG_ENTRIES: u64 = 100_000;
+pub const DEFAULT_SNAPSHOT_KEEP: u32 = 3;
+pub const DEFAULT_RETENTION_SWEEP_INTERVAL_SECS: u64 = 60;
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// The `runtime.json` file. Every key is optional (a missing one takes its default);
+/// an unknown key is an error, so a typo is never silently ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     pub ef_search: u32,
@@ -22,23 +35,26 @@ pub struct RuntimeConfig {
     pub queue_capacity: u32,
     pub snapshot_interval_secs: u64,
     pub snapshot_log_entries: u64,
+    /// Complete snapshots kept on disk; applied live at the next snapshot.
     pub snapshot_keep: u32,
     pub retention_sweep_interval_secs: u64,
+    /// A tracing filter: a level (`debug`) or directives (`info,kindex_node::raft=debug`).
+    /// Applied live. Unless it names `openraft`, openraft logs at warn.
     pub log_level: String,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
-            ef_search: 64,
-            indexing_threads: 0,
-            indexing_batch_size: 1024,
-            queue_capacity: 2_000_000,
-            snapshot_interval_secs: 300,
-            snapshot_log_entries: 100_000,
-            snapshot_keep: 3,
-            retention_sweep_interval_secs: 60,
-            log_level: "info".into(),
+            ef_search: DEFAULT_EF_SEARCH,
+            indexing_threads: DEFAULT_INDEXING_THREADS,
+            indexing_batch_size: DEFAULT_INDEXING_BATCH_SIZE,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            snapshot_interval_secs: DEFAULT_SNAPSHOT_INTERVAL_SECS,
+            snapshot_log_entries: DEFAULT_SNAPSHOT_LOG_ENTRIES,
+            snapshot_keep: DEFAULT_SNAPSHOT_KEEP,
+            retention_sweep_interval_secs: DEFAULT_RETENTION_SWEEP_INTERVAL_SECS,
+            log_level: DEFAULT_LOG_LEVEL.into(),
         }
     }
 }
@@ -133,6 +149,16 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("efSearch")
+        );
+    }
+
+    /// The keys the operator writes and the node reads (the ConfigMap's wire format).
+    #[test]
+    fn keys_are_pinned() {
+        let json = serde_json::to_string(&RuntimeConfig::default()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"efSearch":64,"indexingThreads":0,"indexingBatchSize":1024,"queueCapacity":2000000,"snapshotIntervalSecs":300,"snapshotLogEntries":100000,"snapshotKeep":3,"retentionSweepIntervalSecs":60,"logLevel":"info"}"#
         );
     }
 }

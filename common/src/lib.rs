@@ -1,0 +1,14 @@
+//! What the kindex node and the operator must agree on, in one place and with no
+//! Kubernetes dependency: the distance metric, the structural config (and the hash the
+//! node persists next to its data), and the runtime config file the operator renders
+//! and the node reloads.
+
+pub mod log_format;
+pub mod metric;
+pub mod runtime;
+pub mod structural;
+
+pub use log_format::LogFormat;
+pub use metric::Metric;
+pub use runtime::{RuntimeConfig, RuntimeConfigError};
+pub use structural::{FieldDiff, InvalidStructural, StructuralConfig, StructuralDoc};
