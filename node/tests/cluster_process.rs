@@ -191,7 +191,7 @@ impl Cluster {
             .args(["--raft-fault-file", faults.to_str().unwrap()])
             .args(&self.extra)
             .env("RUST_LOG", "info,openraft=warn")
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap())) // the node logs to stdout
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();

@@ -273,7 +273,7 @@ impl Cluster {
         }
         let child = cmd
             .env("RUST_LOG", "info,openraft=warn")
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap())) // the node logs to stdout
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
