@@ -10,19 +10,23 @@ import (
 )
 
 // renderHosts is the tier's DNS: one hosts file shared by every pod, built
-// from pods and EndpointSlices, with the names cluster DNS would serve:
+// from pods, Services and EndpointSlices, with the names cluster DNS
+// (CoreDNS) would serve:
 //
+//   - <svc>.<ns>.svc[.<domain>] → the ClusterIP for a normal Service (routed
+//     by the agent's Service rules, nft.go), whether or not it has ready
+//     endpoints;
+//   - for a headless Service (clusterIP: None) the same name → each ready
+//     endpoint's pod IP, one line per address (glibc's `multi on` returns
+//     them all), and <hostname>.<svc>.<ns>.svc[...] for endpoints with a
+//     hostname;
 //   - <hostname>.<subdomain>.<ns>.svc[.<domain>] for pods with a hostname and
-//     subdomain (StatefulSet pods behind their headless Service);
-//   - <svc>.<ns>.svc[.<domain>] for each endpoint address of a Service, one
-//     line per address (glibc's `multi on` returns them all). Without
-//     kube-proxy a ClusterIP is not routable, so a Service name resolves to its
-//     endpoints' pod IPs for ClusterIP Services too (as a headless one would).
+//     subdomain (StatefulSet pods behind their headless Service).
 //
 // Only endpoints whose ready condition is not false are listed (the
 // EndpointSlice controller already counts publishNotReadyAddresses as ready).
 // The output is sorted so an unchanged cluster gives an unchanged file.
-func renderHosts(pods []*corev1.Pod, slices []*discoveryv1.EndpointSlice, domain string) string {
+func renderHosts(pods []*corev1.Pod, svcs []*corev1.Service, slices []*discoveryv1.EndpointSlice, domain string) string {
 	lines := map[string]bool{}
 	add := func(ip string, names ...string) {
 		lines[fmt.Sprintf("%s\t%s", ip, strings.Join(names, " "))] = true
@@ -36,9 +40,19 @@ func renderHosts(pods []*corev1.Pod, slices []*discoveryv1.EndpointSlice, domain
 			add(p.Status.PodIP, fq+"."+domain, fq)
 		}
 	}
+	headless := map[string]bool{}
+	for _, svc := range svcs {
+		fq := fmt.Sprintf("%s.%s.svc", svc.Name, svc.Namespace)
+		switch {
+		case hasClusterIP(svc):
+			add(svc.Spec.ClusterIP, fq+"."+domain, fq)
+		case svc.Spec.ClusterIP == corev1.ClusterIPNone:
+			headless[svc.Namespace+"/"+svc.Name] = true
+		}
+	}
 	for _, s := range slices {
 		svc := s.Labels[discoveryv1.LabelServiceName]
-		if svc == "" {
+		if svc == "" || !headless[s.Namespace+"/"+svc] {
 			continue
 		}
 		fq := fmt.Sprintf("%s.%s.svc", svc, s.Namespace)
@@ -61,7 +75,7 @@ func renderHosts(pods []*corev1.Pod, slices []*discoveryv1.EndpointSlice, domain
 	}
 	sort.Strings(sorted)
 	var b strings.Builder
-	b.WriteString("# written by kindex-agent from Pods and EndpointSlices\n")
+	b.WriteString("# written by kindex-agent from Pods, Services and EndpointSlices\n")
 	b.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 	for _, l := range sorted {
 		b.WriteString(l)

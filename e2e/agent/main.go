@@ -5,7 +5,8 @@
 // (an overlay of / with the pod's volumes bound in, then chroot).
 //
 // It must run as root inside the namespace the tier's run script creates
-// (e2e/fullstack/run.sh): it adds veth links to the bridge given by --bridge
+// (e2e/fullstack/run.sh): it adds veth links to the bridge given by --bridge,
+// programs that namespace's nftables table for ClusterIP Services (nft.go),
 // and never touches the root network namespace.
 //
 // Usage:
@@ -48,7 +49,7 @@ type config struct {
 	runDir        string
 	bridge        string
 	podCIDR       *net.IPNet
-	apiHost       string // what pods get as KUBERNETES_SERVICE_HOST (no kube-proxy: the API server itself)
+	apiHost       string // KUBERNETES_SERVICE_HOST/PORT for pods only while the kubernetes Service has no ClusterIP
 	apiPort       string
 	clusterDomain string
 	backoffBase   time.Duration
@@ -80,8 +81,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.runDir, "run-dir", "", "directory for pod state, logs and volumes")
 	fs.StringVar(&c.bridge, "bridge", "kbr0", "bridge the pods' veth links are attached to")
 	fs.StringVar(&cidr, "pod-cidr", "10.244.0.0/24", "pod addresses are taken from this range")
-	fs.StringVar(&c.apiHost, "apiserver-host", "10.244.0.1", "KUBERNETES_SERVICE_HOST given to pods")
-	fs.StringVar(&c.apiPort, "apiserver-port", "", "KUBERNETES_SERVICE_PORT given to pods")
+	fs.StringVar(&c.apiHost, "apiserver-host", "10.244.0.1", "KUBERNETES_SERVICE_HOST given to pods if the default/kubernetes Service has no ClusterIP")
+	fs.StringVar(&c.apiPort, "apiserver-port", "", "KUBERNETES_SERVICE_PORT given to pods if the default/kubernetes Service has no ClusterIP")
 	fs.StringVar(&c.clusterDomain, "cluster-domain", "cluster.local", "cluster DNS domain")
 	fs.DurationVar(&c.backoffBase, "crash-backoff-base", 10*time.Second, "first CrashLoopBackOff delay (doubles per crash)")
 	fs.DurationVar(&c.backoffMax, "crash-backoff-max", 5*time.Minute, "CrashLoopBackOff delay cap")
@@ -151,10 +152,14 @@ func run(args []string) int {
 	}
 	defer rt.shutdown()
 
-	// Cluster-wide informers for DNS (pods, EndpointSlices) and volumes
-	// (ConfigMaps, Secrets).
+	// Cluster-wide informers for DNS and Service routing (pods, Services,
+	// EndpointSlices) and volumes (ConfigMaps, Secrets).
 	factory := informers.NewSharedInformerFactory(client, 5*time.Minute)
 	rt.startInformers(ctx, factory)
+	if err := rt.startServiceLoop(ctx); err != nil {
+		logger.Print(err)
+		return 1
+	}
 
 	errs := make(chan error, len(c.nodes))
 	for i, name := range c.nodes {

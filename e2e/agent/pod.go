@@ -203,6 +203,9 @@ func (p *podRT) setupSandbox() error {
 	steps := [][]string{
 		{"ip", "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", strconv.Itoa(pid)},
 		{"ip", "link", "set", host, "master", p.rt.cfg.bridge, "up"},
+		// Hairpin (kubelet's hairpin-veth): a pod reaching a Service whose
+		// chosen endpoint is itself gets the packet back out of its own port.
+		{"ip", "link", "set", host, "type", "bridge_slave", "hairpin", "on"},
 		{"nsenter", netns, "ip", "link", "set", "lo", "up"},
 		{"nsenter", netns, "ip", "addr", "add", fmt.Sprintf("%s/%d", ip, p.rt.prefixLen()), "dev", "eth0"},
 		{"nsenter", netns, "ip", "link", "set", "eth0", "up"},

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,7 +36,12 @@ type Runtime struct {
 	secrets    corelisters.SecretLister
 	allPods    corelisters.PodLister
 	slices     discoverylisters.EndpointSliceLister
+	services   corelisters.ServiceLister
 	dnsKick    chan struct{}
+
+	proxyMu      sync.Mutex
+	proxyApplied []svcPort // what the nftables table holds now
+	proxyOK      bool
 }
 
 func newRuntime(c *config, client kubernetes.Interface) (*Runtime, error) {
@@ -64,6 +70,7 @@ func (rt *Runtime) startInformers(ctx context.Context, f informers.SharedInforme
 	rt.secrets = f.Core().V1().Secrets().Lister()
 	rt.allPods = f.Core().V1().Pods().Lister()
 	rt.slices = f.Discovery().V1().EndpointSlices().Lister()
+	rt.services = f.Core().V1().Services().Lister()
 	kick := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { rt.kickDNS() },
 		UpdateFunc: func(any, any) { rt.kickDNS() },
@@ -71,9 +78,20 @@ func (rt *Runtime) startInformers(ctx context.Context, f informers.SharedInforme
 	}
 	_, _ = f.Core().V1().Pods().Informer().AddEventHandler(kick)
 	_, _ = f.Discovery().V1().EndpointSlices().Informer().AddEventHandler(kick)
+	_, _ = f.Core().V1().Services().Informer().AddEventHandler(kick)
 	f.Start(ctx.Done())
 	f.WaitForCacheSync(ctx.Done())
+}
+
+// startServiceLoop programs the Service rules once (an error here stops
+// the agent: without them no ClusterIP routes), then keeps them and the
+// hosts file current.
+func (rt *Runtime) startServiceLoop(ctx context.Context) error {
+	if err := rt.syncProxy(); err != nil {
+		return fmt.Errorf("programming Service rules (nftables): %w", err)
+	}
 	go rt.dnsLoop(ctx)
+	return nil
 }
 
 func (rt *Runtime) kickDNS() {
@@ -83,8 +101,9 @@ func (rt *Runtime) kickDNS() {
 	}
 }
 
-// dnsLoop rewrites the shared hosts file whenever pods or EndpointSlices
-// change (coalescing bursts), and every few seconds as a safety net.
+// dnsLoop rewrites the shared hosts file and the Service rules whenever
+// pods, Services or EndpointSlices change (coalescing bursts), and every
+// few seconds as a safety net.
 func (rt *Runtime) dnsLoop(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
@@ -99,7 +118,42 @@ func (rt *Runtime) dnsLoop(ctx context.Context) {
 		if err := rt.writeHosts(); err != nil {
 			logger.Printf("hosts file: %v", err)
 		}
+		if err := rt.syncProxy(); err != nil {
+			logger.Printf("Service rules: %v", err)
+		}
 	}
+}
+
+// syncProxy reprograms the nftables table when the Services' ready
+// endpoints changed since the last successful run.
+func (rt *Runtime) syncProxy() error {
+	svcs, err := rt.services.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	slices, err := rt.slices.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	ports := buildProxy(svcs, slices)
+	rt.proxyMu.Lock()
+	defer rt.proxyMu.Unlock()
+	if rt.proxyOK && reflect.DeepEqual(ports, rt.proxyApplied) {
+		return nil
+	}
+	if err := programProxy(ports); err != nil {
+		rt.proxyOK = false
+		return err
+	}
+	rt.proxyApplied, rt.proxyOK = ports, true
+	ready := 0
+	for _, p := range ports {
+		if len(p.endpoints) > 0 {
+			ready++
+		}
+	}
+	logger.Printf("Service rules: %d ClusterIP ports, %d with ready endpoints", len(ports), ready)
+	return nil
 }
 
 // writeHosts renders the hosts file and replaces it atomically (rename in
@@ -116,9 +170,13 @@ func (rt *Runtime) writeHosts() error {
 		if err != nil {
 			return err
 		}
-		content = renderHosts(pods, slices, rt.cfg.clusterDomain)
+		svcs, err := rt.services.List(labels.Everything())
+		if err != nil {
+			return err
+		}
+		content = renderHosts(pods, svcs, slices, rt.cfg.clusterDomain)
 	} else {
-		content = renderHosts(nil, nil, rt.cfg.clusterDomain)
+		content = renderHosts(nil, nil, nil, rt.cfg.clusterDomain)
 	}
 	dir := filepath.Join(rt.cfg.runDir, "dns")
 	if old, err := os.ReadFile(filepath.Join(dir, "hosts")); err == nil && string(old) == content {

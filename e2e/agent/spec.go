@@ -3,11 +3,14 @@ package main
 import (
 	"crypto/tls"
 	"fmt"
+	"net"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // initSpec is what `kindex-agent container-init` needs to build a
@@ -199,12 +202,11 @@ func (c *ctrRT) resolveEnv() ([]string, error) {
 	}
 	set("PATH", defaultPath)
 	set("HOSTNAME", hostname)
-	// No kube-proxy in the tier: the kubernetes Service variables point at
-	// the API server's own address on the bridge (in its serving cert).
-	set("KUBERNETES_SERVICE_HOST", rt.cfg.apiHost)
-	set("KUBERNETES_SERVICE_PORT", rt.cfg.apiPort)
-	set("KUBERNETES_SERVICE_PORT_HTTPS", rt.cfg.apiPort)
-	set("KUBERNETES_PORT", "tcp://"+rt.cfg.apiHost+":"+rt.cfg.apiPort)
+	apiHost, apiPort := rt.kubernetesService()
+	set("KUBERNETES_SERVICE_HOST", apiHost)
+	set("KUBERNETES_SERVICE_PORT", apiPort)
+	set("KUBERNETES_SERVICE_PORT_HTTPS", apiPort)
+	set("KUBERNETES_PORT", "tcp://"+net.JoinHostPort(apiHost, apiPort))
 	for _, ef := range c.spec.EnvFrom {
 		data := map[string]string{}
 		switch {
@@ -343,4 +345,22 @@ func formatMap(m map[string]string) string {
 		fmt.Fprintf(&b, "%s=%q", k, m[k])
 	}
 	return b.String()
+}
+
+// kubernetesService is what a kubelet gives pods as KUBERNETES_SERVICE_HOST
+// and _PORT: the ClusterIP and https port of default/kubernetes (routed by
+// the agent's Service rules). The --apiserver-host/-port flags only stand in
+// while that Service is missing.
+func (rt *Runtime) kubernetesService() (host, port string) {
+	if rt.services != nil {
+		if svc, err := rt.services.Services(metav1.NamespaceDefault).Get("kubernetes"); err == nil && hasClusterIP(svc) {
+			for _, sp := range svc.Spec.Ports {
+				if sp.Name == "https" {
+					return svc.Spec.ClusterIP, strconv.Itoa(int(sp.Port))
+				}
+			}
+		}
+	}
+	logger.Printf("the kubernetes Service has no ClusterIP yet: pods get %s:%s", rt.cfg.apiHost, rt.cfg.apiPort)
+	return rt.cfg.apiHost, rt.cfg.apiPort
 }

@@ -20,6 +20,11 @@ ip link set lo up
 ip link add kbr0 type bridge
 ip addr add 10.244.0.1/24 dev kbr0
 ip link set kbr0 up
+# ClusterIP Services (the agent's nftables rules, e2e/agent/nft.go): pods
+# reach the service range through their default route via 10.244.0.1, which
+# forwards after DNAT; this namespace's own processes get a route for it.
+echo 1 >/proc/sys/net/ipv4/ip_forward
+ip route add 10.96.0.0/16 dev kbr0
 
 # A private /tmp (on disk, in the run directory), so the hostpath
 # provisioner's /tmp/hostpath_pv and anything a component writes to /tmp
@@ -32,11 +37,15 @@ mkdir -p /tmp/hostpath_pv
 t=$(now)
 # The scheduler flag: a pod found unschedulable just before its PVC got bound
 # was seen waiting the default 5 min in the unschedulable queue; 15 s caps it.
+# The apiserver flags: the `kubernetes` Service's endpoint is the bridge
+# address (kept by the apiserver's lease reconciler), so pods reach the API
+# server through that Service's ClusterIP as in a real cluster.
 "$KINDEX_TESTENV" --controller-manager --scheduler \
   --bind-address=0.0.0.0 --serving-ip=10.244.0.1 --port=6443 \
   --dir "$RUN/testenv" --kubeconfig-out "$KC" --max-lifetime 120m --ready-timeout 5m \
   --controller-manager-arg=--enable-hostpath-provisioner=true \
   --scheduler-arg=--pod-max-in-unschedulable-pods-duration=15s \
+  --apiserver-arg=--advertise-address=10.244.0.1 --apiserver-arg=--endpoint-reconciler-type=lease \
   >"$RUN/testenv.out" 2>"$RUN/testenv.log" &
 wait_line "$RUN/testenv.out" READY 300 || fatal "kindex-testenv not READY (see $RUN/testenv.log)"
 info "control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) ready in $(since "$t")s"

@@ -243,6 +243,66 @@ EOF
   [[ $(restarts $NS0 vols) == 0 ]] || fail "the update restarted the container"
 }
 
+# in_pod POD CMD: run CMD with sh in POD's container; prints its output and
+# "rc=N" (kubectl exec's own exit status is not the command's).
+in_pod() { k -n $NS0 exec "$1" -- sh -c "$2; echo rc=\$?" 2>&1; }
+
+# 0.7 ClusterIP Services route, as kube-proxy makes them (the agent's
+# nftables rules): a pod reaches the API server through the kubernetes
+# Service; a Service's name resolves to its ClusterIP; with no ready
+# endpoint connections are refused, once one is ready they reach it (also
+# from that endpoint itself: hairpin), and are refused again when it goes
+# unready. The pod's KUBERNETES_SERVICE_HOST/PORT are the ClusterIP's.
+s0_services() {
+  s0_apply <<'EOF'
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: kindex-e2e/shell:1
+    command: [sh, -c, 'mkdir -p /tmp/www && cd /tmp/www && hostname >who && echo "$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT" >env && exec python3 -m http.server 8080']
+    readinessProbe:
+      exec: {command: [test, -f, /tmp/ready]}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+EOF
+  read -r kip kport <<<"$(k -n default get svc kubernetes -o jsonpath='{.spec.clusterIP} {.spec.ports[?(@.name=="https")].port}')"
+  [[ $kip == 10.96.* ]] || fail "kubernetes ClusterIP '$kip'"
+  sa=/var/run/secrets/kubernetes.io/serviceaccount
+  out=$(in_pod readiness "curl -sS --max-time 10 --cacert $sa/ca.crt -H \"Authorization: Bearer \$(cat $sa/token)\" https://$kip:$kport/version")
+  grep -q '"gitVersion"' <<<"$out" || fail "API server not reached through $kip:$kport: $out"
+  echo "API server through the kubernetes Service $kip:$kport"
+  wip=$(k -n $NS0 get svc web -o jsonpath='{.spec.clusterIP}')
+  url=http://web.$NS0.svc.cluster.local/
+  waitfor 30 bash -c "$KUBECTL -n $NS0 exec readiness -- getent hosts web.$NS0.svc.cluster.local | grep -q '^$wip '"
+  waitfor 60 bash -c "[[ \$($KUBECTL -n $NS0 get pod web -o jsonpath='{.status.phase}') == Running ]]"
+  # Not ready: refused (curl's 7), not a time-out.
+  refused() { $KUBECTL -n $NS0 exec readiness -- sh -c "curl -sS --max-time 5 ${url}who; echo rc=\$?" 2>&1 | grep -qx rc=7; }
+  waitfor 30 refused
+  echo "no ready endpoint: $wip:80 refuses"
+  k -n $NS0 exec web -- touch /tmp/ready
+  waitfor 60 bash -c "[[ \$($KUBECTL -n $NS0 exec readiness -- curl -sS --max-time 5 ${url}who) == web ]]"
+  echo "ready endpoint: $url reaches pod web"
+  out=$(in_pod web "curl -sS --max-time 5 ${url}who")
+  [[ $out == $'web\nrc=0' ]] || fail "hairpin (web -> its own Service) failed: $out"
+  out=$(in_pod readiness "curl -sS --max-time 5 ${url}env")
+  [[ $out == "$kip:$kport"$'\nrc=0' ]] || fail "pod env KUBERNETES_SERVICE_HOST:PORT is '$out', want $kip:$kport"
+  echo "hairpin ok; pod env KUBERNETES_SERVICE_HOST:PORT = $kip:$kport"
+  k -n $NS0 exec web -- rm /tmp/ready
+  waitfor 30 refused
+  echo "endpoint unready: refused again"
+}
+
 s0_pods
 check 0.1 "readiness probe gates Ready; pod IP and hostname" s0_readiness
 check 0.2 "liveness probe restarts; logs --previous" s0_liveness
@@ -250,4 +310,5 @@ check 0.3 "CrashLoopBackOff with growing back-off" s0_crashloop
 check 0.4 "preStop and grace period (SIGTERM, then SIGKILL)" s0_grace
 check 0.5 "runAsUser, readOnlyRootFilesystem, fsGroup on a provisioned PVC" s0_security
 check 0.6 "ConfigMap (updated in place), Secret, ServiceAccount token" s0_volumes
+check 0.7 "ClusterIP Services route (kubernetes Service; refuse until ready; hairpin)" s0_services
 k delete namespace $NS0 --wait=false >/dev/null

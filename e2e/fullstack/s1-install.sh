@@ -1,6 +1,7 @@
 # Scenario 1: the user's path. `helm install` the chart -> the operator
 # Deployment's pods Running (as the chart's ServiceAccount, through the
-# in-cluster config) and one of them holding the Lease -> a VectorIndex of 2
+# in-cluster config: the kubernetes Service's ClusterIP) and one of them
+# holding the Lease -> a VectorIndex of 2
 # shards x 3 replicas -> condition Ready (phase Running: the CRD's name for
 # the healthy phase) with 6 ready kindex-node pods spread over the 3 Nodes and
 # a Raft leader per shard.
@@ -17,6 +18,22 @@ s1_helm() {
   holder=$(k -n kindex-system get lease kindex-operator -o jsonpath='{.spec.holderIdentity}')
   grep -q "^$holder Running$" <<<"$pods" || fail "Lease holder '$holder' is not a Running operator pod"
   echo "Lease kindex-operator held by $holder"
+  # The holder reached the API server as an in-cluster client does: through
+  # the kubernetes Service's ClusterIP (routed by the agent's kube-proxy
+  # rules), which is what its process was given, as a kubelet gives it.
+  svc=$(k -n default get svc kubernetes -o jsonpath='{.spec.clusterIP} {.spec.ports[?(@.name=="https")].port}')
+  read -r cip cport <<<"$svc"
+  [[ $cip == 10.96.* ]] || fail "kubernetes Service ClusterIP '$cip'"
+  env=""
+  for d in /proc/[0-9]*; do
+    [[ $(cat "$d/comm" 2>/dev/null) == kindex-operator ]] || continue
+    e=$(tr '\0' '\n' <"$d/environ" 2>/dev/null) || continue
+    grep -qx "HOSTNAME=$holder" <<<"$e" && env=$e
+  done
+  [[ -n $env ]] || fail "no kindex-operator process of pod $holder"
+  grep -x 'KUBERNETES_SERVICE_\(HOST\|PORT\)=.*' <<<"$env"
+  grep -qx "KUBERNETES_SERVICE_HOST=$cip" <<<"$env" || fail "operator's KUBERNETES_SERVICE_HOST is not the ClusterIP $cip"
+  grep -qx "KUBERNETES_SERVICE_PORT=$cport" <<<"$env" || fail "operator's KUBERNETES_SERVICE_PORT is not $cport"
 }
 
 s1_index() {
@@ -59,6 +76,6 @@ s1_columns() {
   tail -1 <<<"$out" | grep -qE '^demo +2 +3 +6/6 +0 +Running ' || fail "row"
 }
 
-check 1.1 "helm install: operator pods Running, one holds the Lease" s1_helm
+check 1.1 "helm install: operator pods Running, one holds the Lease (API server via the kubernetes Service)" s1_helm
 check 1.2 "VectorIndex 2x3: Ready (phase Running), 6 ready pods on 3 nodes, a leader per shard" s1_index
 check 1.3 "kubectl get vidx columns" s1_columns

@@ -2,7 +2,8 @@
 # with `kubectl kindex upsert` through the real port-forward (API server ->
 # node agent -> pod) -> the VECTORS column shows 50000; a stored vector
 # searched through a pod of each shard comes back top-1; a write's session
-# token makes a read through another pod see it.
+# token makes a read through another pod see it; a pod reaches the index
+# through its client Service (name -> ClusterIP -> a ready pod).
 N2=50000
 
 # http_json PORT PATH BODY: POST JSON to a forwarded node port, print the reply.
@@ -56,5 +57,39 @@ s2_search() {
   [[ $top == session-probe ]] || fail "the session read did not see the write"
 }
 
+# 2.3 The client Service as a client in the cluster uses it: from a pod, the
+# Service name resolves to its ClusterIP, and the kindex CLI's upsert and
+# search through <name>:7070 (routed by the agent's kube-proxy rules to a
+# ready pod) see the data.
+s2_service() {
+  k -n "$NS1" apply -f - >/dev/null <<'EOF'
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: kindex-e2e/shell:1
+    command: [sh, -c, 'exec sleep 3600']
+EOF
+  trap 'k -n "$NS1" delete pod client --wait=false >/dev/null 2>&1 || true' RETURN
+  waitfor 90 pod_ready "$NS1" client
+  cip=$(k -n "$NS1" get svc demo -o jsonpath='{.spec.clusterIP}')
+  fq=demo.$NS1.svc.cluster.local
+  got=$(k -n "$NS1" exec client -- getent hosts $fq | awk '{print $1}')
+  [[ $got == "$cip" ]] || fail "$fq resolves to '$got', want the ClusterIP $cip"
+  echo '{"id": "via-service", "vector": [7,1,7,1,7,1,7,1,7,1,7,1,7,1,7,1]}' >"$RUN/svc-probe.jsonl"
+  k -n "$NS1" exec client -- "$RUN/bin/kindex" --addr "http://$fq:7070" --index demo upsert --file "$RUN/svc-probe.jsonl"
+  out=$(k -n "$NS1" exec client -- "$RUN/bin/kindex" --addr "http://$fq:7070" --index demo search --vector '[7,1,7,1,7,1,7,1,7,1,7,1,7,1,7,1]')
+  echo "$out"
+  grep -qE "^1 +via-service " <<<"$out" || fail "search through $fq:7070: the upserted vector is not top-1"
+  vec=$(sed -n '12346p' "$RUN/vecs.jsonl" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["vector"]))')
+  out=$(k -n "$NS1" exec client -- "$RUN/bin/kindex" --addr "http://$cip:7070" --index demo search --vector "$vec")
+  grep -qE "^1 +v12345 " <<<"$out" || fail "search through $cip:7070: v12345 is not top-1: $out"
+  echo "upsert and search through the client Service $fq ($cip:7070) from a pod"
+}
+
 check 2.1 "kubectl kindex upsert of 50,000 vectors; VECTORS column 50000" s2_load
 check 2.2 "top-1 through a pod of each shard; session token read-your-writes" s2_search
+check 2.3 "upsert and search through the client Service from a pod (ClusterIP)" s2_service

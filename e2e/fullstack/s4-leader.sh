@@ -1,6 +1,8 @@
 # Scenario 4 (builds on scenarios 1-2): `kubectl delete pod` of shard 0's
-# Raft leader while a writer runs (HTTP upserts through a port-forward to a
-# pod of shard 1, whose coordinator routes shard 0's writes to its leader).
+# Raft leader while a writer runs (HTTP upserts through the index's client
+# Service: its ClusterIP, routed by the agent's kube-proxy rules to a ready
+# pod of either shard, whose coordinator routes each write to its shard's
+# leader).
 # The pod comes back on its PVC and rejoins; every acknowledged upsert is then
 # readable (linearizable get), and the three replicas of each shard agree on
 # live count and content checksum.
@@ -25,19 +27,17 @@ sys.exit(0 if ok else 1)'
 }
 
 s4_leader() {
-  local leader uid pf
+  local leader uid cip
   leader=$(k -n "$NS1" get vidx demo -o jsonpath='{.status.shards[0].leader}')
   [[ $leader == demo-s0-* ]] || fail "no leader for shard 0 in status: '$leader'"
   uid=$(k -n "$NS1" get pod "$leader" -o jsonpath='{.metadata.uid}')
-  k -n "$NS1" port-forward pod/demo-s1-0 17090:7080 >"$RUN/pf4.log" 2>&1 &
-  pf=$!
-  trap 'kill $pf 2>/dev/null || true' RETURN
-  waitfor 30 curl -sf http://127.0.0.1:17090/readyz
+  cip=$(k -n "$NS1" get svc demo -o jsonpath='{.spec.clusterIP}')
+  waitfor 30 curl -sf "http://$cip:7080/readyz"
   rm -f "$RUN/s4.stop"
   # The writer: one point per request, bounded to 3000 requests / 240 s.
-  python3 - "$RUN/s4.acked" "$RUN/s4.stop" >"$RUN/s4.writer" 2>&1 <<'PY' &
+  python3 - "$RUN/s4.acked" "$RUN/s4.stop" "http://$cip:7080" >"$RUN/s4.writer" 2>&1 <<'PY' &
 import json, os, random, sys, time, urllib.request
-acked, stop = sys.argv[1], sys.argv[2]
+acked, stop, base = sys.argv[1], sys.argv[2], sys.argv[3]
 rnd = random.Random(4)
 ok = err = 0
 start = time.time()
@@ -46,7 +46,7 @@ with open(acked, "w") as out:
         if os.path.exists(stop) or time.time() - start > 240:
             break
         body = json.dumps({"points": [{"id": f"w{i}", "vector": [rnd.uniform(-1, 1) for _ in range(16)]}]}).encode()
-        req = urllib.request.Request("http://127.0.0.1:17090/v1/indexes/demo/points", body,
+        req = urllib.request.Request(base + "/v1/indexes/demo/points", body,
                                      {"content-type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
@@ -74,14 +74,15 @@ PY
   n=$(wc -l <"$RUN/s4.acked")
   ((n > 0)) || fail "no write was acknowledged"
   # Every acknowledged id must be readable (linearizable), in batches of 500.
-  python3 - "$RUN/s4.acked" <<'PY'
+  python3 - "$RUN/s4.acked" "http://$cip:7080" <<'PY'
 import json, sys, urllib.request
 ids = [l.strip() for l in open(sys.argv[1]) if l.strip()]
+base = sys.argv[2]
 missing = []
 for i in range(0, len(ids), 500):
     batch = ids[i:i + 500]
     body = json.dumps({"ids": batch, "withPayload": False, "consistency": "linearizable"}).encode()
-    req = urllib.request.Request("http://127.0.0.1:17090/v1/indexes/demo/points/get", body,
+    req = urllib.request.Request(base + "/v1/indexes/demo/points/get", body,
                                  {"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         found = {p["id"] for p in json.load(r)["points"]}
