@@ -80,7 +80,7 @@ k wait --for=condition=Ready node --all --timeout=60s >/dev/null || fatal "nodes
 info "node agent serving $(k get nodes -o name | wc -l) Ready nodes in $(since "$t")s"
 
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(0 1 2 3 5 6)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(0 1 2 3 4 5 6)
 for s in "${scenarios[@]}"; do
   f=$(ls e2e/fullstack/s"$s"-*.sh 2>/dev/null | head -1)
   [[ -n "$f" ]] || fatal "no scenario $s"
