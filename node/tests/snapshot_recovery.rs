@@ -266,10 +266,17 @@ async fn damaged_newest_snapshot_with_a_purged_log_refuses_to_start_and_wipe_and
         // Restarted, it loads the previous snapshot but its log starts after `purged`.
         c.restart(0, victim);
         let i = victim as usize;
-        let status = wait_for("the victim to refuse to start", WAIT, || async {
-            c.nodes[i].exited()
-        })
-        .await;
+        let deadline = std::time::Instant::now() + WAIT;
+        let status = loop {
+            if let Some(s) = c.nodes[i].exited() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the victim did not refuse to start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert!(!status.success());
         let log = log_of(c.node(0, victim));
         let expected = format!(
@@ -280,9 +287,9 @@ async fn damaged_newest_snapshot_with_a_purged_log_refuses_to_start_and_wipe_and
         assert_eq!(dirs(&snapshots(c.node(0, victim)), "corrupt-snap-").len(), 1);
 
         // The remedy: out of the group, wiped, added again (learner, then voter).
-        let admin = || c.node(0, leader).admin();
+        let mut admin = c.node(0, leader).admin();
         let others: Vec<u64> = (0..3).filter(|&n| n != victim).collect();
-        admin()
+        admin
             .change_membership(pb::ChangeMembershipRequest {
                 voters: others,
                 retain: false,
@@ -292,7 +299,7 @@ async fn damaged_newest_snapshot_with_a_purged_log_refuses_to_start_and_wipe_and
         std::fs::remove_dir_all(&c.node(0, victim).dir).unwrap();
         c.restart(0, victim);
         wait_for("the wiped victim to answer", WAIT, || c.node(0, victim).status()).await;
-        admin()
+        admin
             .add_learner(pb::AddLearnerRequest {
                 member: Some(pb::Member {
                     node_id: victim,
@@ -303,7 +310,7 @@ async fn damaged_newest_snapshot_with_a_purged_log_refuses_to_start_and_wipe_and
             })
             .await
             .unwrap();
-        admin()
+        admin
             .change_membership(pb::ChangeMembershipRequest {
                 voters: vec![0, 1, 2],
                 retain: false,
