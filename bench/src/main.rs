@@ -19,7 +19,8 @@ use kindex_node::config::StructuralConfig;
 use kindex_node::engine::distance::Metric;
 use kindex_node::engine::filter::Filter;
 use kindex_node::engine::{Engine, EngineKnobs, PointInput};
-use kindex_node::snapshot::{self, SaveOptions};
+use kindex_node::raft::snapshot::{load_newest_engine, save_engine};
+use kindex_node::snapshot::{self, store::SnapshotStore};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -179,7 +180,9 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
         queue_capacity: base.rows + 1,
     };
     let cached = match &a.index_cache {
-        Some(dir) => snapshot::load_latest(dir, &structural, knobs)?,
+        Some(dir) => load_newest_engine(&SnapshotStore::open(dir)?, &structural, knobs)?
+            .require(dir)?
+            .map(|(_, l)| l),
         None => None,
     };
     let (engine, build_secs) = match cached {
@@ -187,7 +190,7 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
         None => {
             let (e, s) = build(&base, &structural, knobs)?;
             if let Some(dir) = &a.index_cache {
-                snapshot::save(&e, dir, &SaveOptions::default())?;
+                save_engine(&SnapshotStore::open(dir)?, &e, 1, snapshot::FORMAT_VERSION)?;
             }
             (e, Some(s))
         }
@@ -318,14 +321,18 @@ fn snapshot_speed(
 ) -> anyhow::Result<(f64, f64, u64)> {
     std::fs::create_dir_all(dir)?;
     let tmp = tempfile::tempdir_in(dir)?;
-    let saved = snapshot::save(engine, tmp.path(), &SaveOptions::default())?;
-    let mb = saved.bytes as f64 / 1e6;
-    let save = mb / saved.duration.as_secs_f64();
+    let store = SnapshotStore::open(tmp.path())?;
+    let started = std::time::Instant::now();
+    let (dir, manifest) = save_engine(&store, engine, 1, snapshot::FORMAT_VERSION)?;
+    let secs = started.elapsed().as_secs_f64();
+    let bytes = manifest.total_bytes();
+    let mb = bytes as f64 / 1e6;
+    let save = mb / secs;
     // Load twice; report the second (warm cache), as the acceptance asks.
-    let _ = snapshot::load(&saved.dir, s, knobs)?;
-    let loaded = snapshot::load(&saved.dir, s, knobs)?;
+    let _ = snapshot::load(&dir, s, knobs)?;
+    let loaded = snapshot::load(&dir, s, knobs)?;
     let load = mb / loaded.duration.as_secs_f64();
-    Ok((save, load, saved.bytes))
+    Ok((save, load, bytes))
 }
 
 fn enqueue(dim: usize, n: usize) -> anyhow::Result<()> {

@@ -37,6 +37,8 @@ pub struct RaftGauges {
     pub snapshot_age_secs: Option<u64>,
     /// Bytes of the newest snapshot on disk (None: no snapshot).
     pub snapshot_bytes: Option<u64>,
+    /// Snapshots that failed to load and were set aside (`corrupt-*` dirs on disk).
+    pub snapshots_set_aside: u64,
 }
 
 /// `kindex_raft_role` values.
@@ -60,6 +62,7 @@ pub struct Metrics {
     pub snapshot_duration: Histogram,
     pub snapshot_bytes: IntGauge,
     snapshot_age: IntGauge,
+    snapshots_set_aside: IntGauge,
     vectors_live: IntGauge,
     tombstones: IntGauge,
     queue_depth: IntGauge,
@@ -184,6 +187,11 @@ impl Metrics {
                 "kindex_snapshot_age_seconds",
                 "Seconds since the newest snapshot was taken (-1: none)",
             ),
+            snapshots_set_aside: gauge(
+                r,
+                "kindex_snapshots_set_aside",
+                "Snapshots that failed to load and were set aside as corrupt-* (remove them once inspected)",
+            ),
             vectors_live: gauge(r, "kindex_vectors", "Live vectors on this replica"),
             tombstones: gauge(
                 r,
@@ -280,6 +288,7 @@ impl Metrics {
             if let Some(b) = r.snapshot_bytes {
                 self.snapshot_bytes.set(b as i64);
             }
+            self.snapshots_set_aside.set(r.snapshots_set_aside as i64);
             // Only current followers: a removed member's series disappears.
             self.raft_replication_lag.reset();
             for (id, lag) in &r.replication_lag {

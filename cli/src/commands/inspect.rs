@@ -14,6 +14,8 @@ use std::time::Instant;
 
 use kindex_node::config::{RuntimeConfig, StructuralConfig, structural};
 use kindex_node::engine::EngineKnobs;
+use kindex_node::raft::snapshot::read_raft_meta;
+use kindex_node::snapshot::store::SnapshotStore;
 use kindex_node::snapshot::{self, Manifest};
 use serde_json::{Value, json};
 
@@ -71,7 +73,8 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<ExitCode> {
             (Some(_), true) => outln!("\nnewest snapshot is valid"),
             (Some(s), false) if !s.valid() => {
                 outln!(
-                    "\nNEWEST SNAPSHOT IS INVALID: the node would fall back to an older one (or start empty)"
+                    "\nNEWEST SNAPSHOT IS INVALID: the node would set it aside (corrupt-*) and load the previous one; \
+                     with none left it replays its log, or refuses to start if the log was purged"
                 )
             }
             _ => outln!("\nstructural.json is unreadable: the node would refuse to start"),
@@ -89,16 +92,16 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<ExitCode> {
 fn snapshot_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let is_snap = dir
         .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("snap-"));
+        .is_some_and(|n| SnapshotStore::is_snapshot_name(&n.to_string_lossy()));
     if is_snap {
         return Ok(vec![dir.to_path_buf()]);
     }
     let sub = dir.join("snapshots");
     let root = if sub.is_dir() { sub } else { dir.to_path_buf() };
-    let mut dirs =
-        snapshot::list(&root).map_err(|e| anyhow::anyhow!("listing {}: {e}", root.display()))?;
-    dirs.reverse();
-    Ok(dirs)
+    // Read only: a running node may be building a snapshot in this dir right now.
+    SnapshotStore::read_only(&root)
+        .list()
+        .map_err(|e| anyhow::anyhow!("listing {}: {e}", root.display()))
 }
 
 fn collect(dir: &Path, verify: bool) -> anyhow::Result<Report> {
@@ -129,6 +132,10 @@ fn inspect_one(dir: &Path, configured: Option<&StructuralConfig>, verify: bool) 
                 .sum()
         })
         .unwrap_or(0);
+    // Without its RAFT_META a node sets the snapshot aside at start-up.
+    if let Err(e) = read_raft_meta(dir) {
+        problems.push(format!("raft meta: {e}"));
+    }
     let manifest = match snapshot::read_manifest(dir) {
         Ok(m) => Some(m),
         Err(e) => {
@@ -384,7 +391,9 @@ mod tests {
             node_id: 1,
             index: 1,
         });
-        snapshot::save(&engine, &dir.path().join("snapshots"), &Default::default()).unwrap();
+        let store = SnapshotStore::open(dir.path().join("snapshots")).unwrap();
+        kindex_node::raft::snapshot::save_engine(&store, &engine, 2, snapshot::FORMAT_VERSION)
+            .unwrap();
         (dir, s)
     }
 
@@ -432,11 +441,13 @@ mod tests {
         let (dir, s) = data_dir();
         let snap = snapshot_dirs(dir.path()).unwrap().remove(0);
         std::fs::remove_file(snap.join("graph.sect")).ok();
+        std::fs::remove_file(snap.join("RAFT_META")).unwrap();
         structural::store(dir.path(), &StructuralConfig { dimension: 4, ..s }).unwrap();
         let r = collect(dir.path(), false).unwrap();
         let p = r.snapshots[0].problems.join("; ");
         assert!(p.contains("dimension 3 (structural.json: 4)"), "{p}");
         assert!(p.contains("graph.sect is missing"), "{p}");
+        assert!(p.contains("raft meta"), "{p}");
         assert!(!r.snapshots[0].valid());
         // A snapshot dir given directly works too.
         assert_eq!(collect(&snap, false).unwrap().snapshots.len(), 1);

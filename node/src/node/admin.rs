@@ -190,7 +190,7 @@ impl Node {
             .ok()?
             .meta
             .last_log_id;
-        let bytes = raft::snapshot::list_files(&newest)
+        let bytes = raft::transfer::list_files(&newest)
             .map(|f| f.iter().map(|e| e.size).sum())
             .unwrap_or(0);
         let saved_at = crate::snapshot::read_manifest(&newest)

@@ -62,7 +62,7 @@ use crate::raft::NodeId;
 use crate::raft::RaftMetrics;
 use crate::raft::RaftShard;
 use crate::raft::ShardStateMachine;
-use crate::raft::snapshot::SnapshotStore;
+use crate::snapshot::store::SnapshotStore;
 
 /// Default Raft port (DESIGN §1).
 pub const DEFAULT_RAFT_PORT: u16 = 7071;

@@ -39,6 +39,7 @@ impl Node {
             log_bytes: dir_size(&self.data_dir.join("raft-log")),
             snapshot_age_secs,
             snapshot_bytes: snap.map(|s| s.bytes),
+            snapshots_set_aside: self.store.set_aside().map_or(0, |v| v.len() as u64),
         }
     }
 

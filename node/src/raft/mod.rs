@@ -2,8 +2,10 @@
 //!
 //! - [`log_store`]: durable Raft log + vote on the data dir (raft-log WAL, fsync before ack).
 //! - [`state_machine`]: applies committed [`Command`]s to a [`ShardState`] (the engine) and
-//!   manages snapshots as directories of files.
-//! - [`network`] / [`server`]: the Raft transport over the `kindex.v1.Raft` gRPC service.
+//!   builds, loads and installs snapshots in the [`crate::snapshot::store`];
+//!   [`snapshot`]: the `RAFT_META` file of each snapshot.
+//! - [`network`] / [`server`]: the Raft transport over the `kindex.v1.Raft` gRPC service;
+//!   [`transfer`]: a snapshot sent to a replica as a chunk stream.
 //! - [`shard`]: wires the above into one running Raft member (`RaftShard`).
 //! - [`digest`]: the running digest of what was applied, compared across replicas (divergence
 //!   guard); [`fault`]: fault injection for tests.
@@ -19,6 +21,7 @@ pub mod server;
 pub mod shard;
 pub mod snapshot;
 pub mod state_machine;
+pub mod transfer;
 pub mod wire;
 
 use std::fmt;

@@ -286,7 +286,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let meta = snapshot.meta.clone();
         let chunk = self.cfg.snapshot_chunk_bytes;
         let reader = tokio::task::spawn_blocking(move || {
-            super::snapshot::read_chunks(&dir, vote, meta, chunk, tx)
+            super::transfer::read_chunks(&dir, vote, meta, chunk, tx)
         });
 
         let timeout = self.cfg.snapshot_timeout;

@@ -21,13 +21,13 @@ use super::Snapshot;
 use super::TypeConfig;
 use super::network::NetworkConfig;
 use super::network::VoteRpc;
-use super::snapshot::Incoming;
-use super::snapshot::IncomingDir;
 use super::snapshot::SnapshotDir;
-use super::snapshot::SnapshotStore;
-use super::snapshot::TransferError;
 use super::state_machine::ShardState;
+use super::transfer::Incoming;
+use super::transfer::IncomingDir;
+use super::transfer::TransferError;
 use super::wire;
+use crate::snapshot::store::SnapshotStore;
 
 /// The gRPC service of one Raft member.
 pub struct RaftGrpcService<S: ShardState> {

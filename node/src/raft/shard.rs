@@ -23,11 +23,11 @@ use super::log_store::LogStoreRelease;
 use super::network::NetworkConfig;
 use super::network::RaftNetworkFactoryImpl;
 use super::server::RaftGrpcService;
-use super::snapshot::SnapshotStore;
 use super::state_machine::ShardState;
 use super::state_machine::ShardStateMachine;
 use super::state_machine::StateMachineConfig;
 use super::state_machine::StateMachineError;
+use crate::snapshot::store::SnapshotStore;
 
 /// Everything needed to start a member.
 #[derive(Debug, Clone)]
@@ -105,6 +105,52 @@ pub enum RaftShardError {
     Start(String),
     #[error("raft listener: {0}")]
     Listener(std::io::Error),
+    #[error(
+        "the newest snapshot that loads covers the log up to index {snapshot} but the local log \
+         was purged up to {purged}: this replica cannot rebuild its state locally{set_aside}. \
+         Remove it from the group, wipe its data dir and add it again (docs/operations.md)"
+    )]
+    SnapshotBehindLog {
+        snapshot: u64,
+        purged: u64,
+        /// What was set aside on the way, if anything (for the message).
+        set_aside: String,
+    },
+    #[error("reading the log state: {0}")]
+    LogState(std::io::Error),
+}
+
+/// openraft re-applies the committed log after the loaded snapshot; when the log was purged past
+/// it (the newest snapshot was damaged and an older one loaded, or none loads) that cannot work.
+/// Stop here with the reason and the remedy instead of openraft's "Cannot re-apply logs".
+async fn check_log_covers_snapshot<S: ShardState>(
+    log: &mut LogStore,
+    sm: &ShardStateMachine<S>,
+) -> Result<(), RaftShardError> {
+    use openraft::storage::RaftLogStorage;
+    let state = log
+        .get_log_state()
+        .await
+        .map_err(RaftShardError::LogState)?;
+    let purged = state.last_purged_log_id.map_or(0, |l| l.index);
+    let snapshot = sm.last_applied().map_or(0, |l| l.index);
+    if purged > snapshot {
+        let set_aside: Vec<String> = sm
+            .set_aside_at_open()
+            .iter()
+            .map(|s| format!("{} ({})", s.dir.display(), s.reason))
+            .collect();
+        return Err(RaftShardError::SnapshotBehindLog {
+            snapshot,
+            purged,
+            set_aside: if set_aside.is_empty() {
+                String::new()
+            } else {
+                format!("; set aside as damaged: {}", set_aside.join(", "))
+            },
+        });
+    }
+    Ok(())
 }
 
 /// A running member: the Raft handle and its gRPC server.
@@ -162,7 +208,7 @@ impl<S: ShardState> RaftShard<S> {
         cfg.network.faults = cfg.faults.clone();
         cfg.log.faults = cfg.faults.clone();
         cfg.state_machine.faults = cfg.faults.clone();
-        let log = LogStore::open(&cfg.log)?;
+        let mut log = LogStore::open(&cfg.log)?;
         let log_release = log.release_tracker();
         let sm = ShardStateMachine::open(
             cfg.data_dir.join("snapshots"),
@@ -170,6 +216,7 @@ impl<S: ShardState> RaftShard<S> {
             cfg.state_machine.clone(),
         )
         .await?;
+        check_log_covers_snapshot(&mut log, &sm).await?;
         let sm_handle = sm.clone();
         let store = sm.snapshot_store().clone();
         let network = RaftNetworkFactoryImpl::new(cfg.node_id, cfg.network.clone());

@@ -2,8 +2,9 @@
 //! directories of files in `<data>/snapshots/` (see [`super::snapshot`]).
 //!
 //! The state is transient between snapshots: on open the newest snapshot that loads is loaded
-//! (a broken one is reported, moved to `corrupt-*`, and the previous one tried), and openraft
-//! then re-applies the committed log after it (the log store persists `committed`).
+//! ([`SnapshotStore::load_newest`]: a broken one is reported, moved to `corrupt-*`, and the
+//! previous one tried), and openraft then re-applies the committed log after it (the log store
+//! persists `committed`; `RaftShard::start` refuses to start when the log no longer holds it).
 
 use std::io;
 use std::path::Path;
@@ -32,8 +33,11 @@ use super::digest::ApplyDigest;
 use super::digest::DigestLog;
 use super::fault::FaultSwitch;
 use super::snapshot::SnapshotDir;
-use super::snapshot::SnapshotStore;
 use super::snapshot::read_raft_meta;
+use crate::snapshot::store::LoadFailure;
+use crate::snapshot::store::Skipped;
+use crate::snapshot::store::SnapshotStore;
+use crate::snapshot::store::StoreError;
 
 /// Most entries handed to the engine in one blocking call.
 const APPLY_BATCH: usize = 256;
@@ -102,8 +106,8 @@ pub trait SnapshotWriter: Send + 'static {
 pub enum StateMachineError {
     #[error("snapshot dir {path}: {source}")]
     Store { path: PathBuf, source: io::Error },
-    #[error("snapshot {path} cannot be used: {source}")]
-    Refused { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Load(#[from] StoreError),
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +144,8 @@ struct Inner<S> {
     applied: Mutex<Applied>,
     /// The newest complete snapshot: what `get_current_snapshot` returns.
     current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
+    /// Newer snapshots that did not load at open and were set aside.
+    set_aside: Vec<Skipped>,
 }
 
 /// The Raft state machine of a shard. Cheap to clone (shared).
@@ -183,28 +189,33 @@ impl<S: ShardState> ShardStateMachine<S> {
         };
 
         let opened = blocking(move || {
-            let mut current = None;
-            for dir in store.list()? {
-                let loaded = read_raft_meta(&dir).and_then(|meta| state.load_snapshot(&dir).map(|()| meta));
-                match loaded {
-                    Ok(meta) => {
-                        tracing::info!(dir = %dir.display(), meta = %meta.meta, "loaded snapshot");
-                        current = Some((meta, dir));
-                        break;
+            let newest = store.load_newest(|dir| {
+                let meta = read_raft_meta(dir).map_err(|e| LoadFailure::Damaged(e.to_string()))?;
+                state.load_snapshot(dir).map_err(|e| {
+                    if is_refusal(&e) {
+                        LoadFailure::Refused(e.to_string())
+                    } else {
+                        LoadFailure::Damaged(e.to_string())
                     }
-                    Err(e) if is_refusal(&e) => return Ok(Err((dir, e))),
-                    Err(e) => {
-                        tracing::error!(dir = %dir.display(), error = %e, "snapshot does not load; trying an older one");
-                        store.mark_corrupt(&dir)?;
-                    }
-                }
-            }
-            Ok(Ok((current, store, state)))
+                })?;
+                Ok(meta)
+            });
+            Ok((newest, store, state))
         })
         .await
         .map_err(err)?;
-        let (current, store, state) =
-            opened.map_err(|(path, source)| StateMachineError::Refused { path, source })?;
+        let (newest, store, state) = opened;
+        let newest = newest?;
+        if newest.loaded.is_none() && !newest.skipped.is_empty() {
+            // Not fatal here: a log that still starts at index 1 rebuilds the state; otherwise
+            // `RaftShard::start` stops with the gap.
+            tracing::error!(
+                root = %store.root().display(),
+                "no snapshot loads; the state must come from the log alone"
+            );
+        }
+        let current = newest.loaded.map(|(dir, meta)| (meta, dir));
+        let set_aside = newest.skipped;
 
         let applied = match &current {
             Some((meta, _)) => Applied {
@@ -227,6 +238,7 @@ impl<S: ShardState> ShardStateMachine<S> {
                 cfg,
                 applied: Mutex::new(applied),
                 current: Mutex::new(current),
+                set_aside,
             }),
         })
     }
@@ -243,6 +255,11 @@ impl<S: ShardState> ShardStateMachine<S> {
 
     pub fn snapshot_store(&self) -> &SnapshotStore {
         &self.inner.store
+    }
+
+    /// Snapshots that did not load at open (newest first), set aside as `corrupt-*`.
+    pub fn set_aside_at_open(&self) -> &[Skipped] {
+        &self.inner.set_aside
     }
 
     /// Last applied log id (also in `RaftMetrics::last_applied`).
@@ -388,7 +405,7 @@ impl<S: ShardState> RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder<S> 
             let tmp = store.new_build_dir()?;
             let res = writer
                 .write(&tmp)
-                .and_then(|()| store.commit(&tmp, &meta, Some(&digest)));
+                .and_then(|()| super::snapshot::commit(&store, &tmp, &meta, Some(&digest)));
             if res.is_err() {
                 let _ = std::fs::remove_dir_all(&tmp);
             }
@@ -511,7 +528,7 @@ impl<S: ShardState> RaftStateMachine<TypeConfig> for ShardStateMachine<S> {
                     super::snapshot::copy_tree(&snapshot.path, &tmp)?;
                     tmp
                 };
-                store.commit(&src, &meta2, None)?
+                super::snapshot::commit(store, &src, &meta2, None)?
             };
             let loaded = read_raft_meta(&dir).and_then(|raft_meta| {
                 sm.inner.state.load_snapshot(&dir)?;
@@ -556,269 +573,7 @@ impl<S: ShardState> RaftStateMachine<TypeConfig> for ShardStateMachine<S> {
     }
 }
 
-/// An in-memory [`ShardState`] for tests: id → (vector, payload). Snapshot = one JSON file.
-pub mod memory {
-    use std::collections::BTreeMap;
-    use std::io;
-    use std::path::Path;
-
-    use parking_lot::RwLock;
-    use serde::Deserialize;
-    use serde::Serialize;
-
-    use super::ApplyOutcome;
-    use super::ShardState;
-    use super::SnapshotWriter;
-    use crate::raft::Command;
-
-    #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-    pub struct MemData {
-        pub points: BTreeMap<String, (Vec<f32>, Option<String>)>,
-        pub last_index: u64,
-        /// Reject upserts that would make the store hold more points (stand-in for a quota).
-        pub max_points: Option<usize>,
-    }
-
-    #[derive(Debug, Default)]
-    pub struct MemState {
-        data: RwLock<MemData>,
-    }
-
-    impl MemState {
-        pub fn new() -> Self {
-            Self::default()
-        }
-
-        pub fn snapshot_data(&self) -> MemData {
-            self.data.read().clone()
-        }
-
-        pub fn len(&self) -> usize {
-            self.data.read().points.len()
-        }
-
-        pub fn is_empty(&self) -> bool {
-            self.len() == 0
-        }
-
-        pub fn get(&self, id: &str) -> Option<Vec<f32>> {
-            self.data.read().points.get(id).map(|(v, _)| v.clone())
-        }
-    }
-
-    struct MemWriter(MemData);
-
-    impl SnapshotWriter for MemWriter {
-        fn write(self: Box<Self>, dir: &Path) -> io::Result<()> {
-            std::fs::write(
-                dir.join("points.json"),
-                serde_json::to_vec(&self.0).map_err(io::Error::other)?,
-            )
-        }
-    }
-
-    impl ShardState for MemState {
-        fn apply(&self, log_id: &crate::raft::LogId, cmd: &Command) -> io::Result<ApplyOutcome> {
-            let mut d = self.data.write();
-            d.last_index = log_id.index;
-            match cmd {
-                Command::Upsert { points } => {
-                    let new = points
-                        .iter()
-                        .filter(|p| !d.points.contains_key(&p.id))
-                        .count();
-                    if d.max_points.is_some_and(|m| d.points.len() + new > m) {
-                        return Ok(ApplyOutcome::Rejected("quota: too many points".into()));
-                    }
-                    for p in points {
-                        d.points
-                            .insert(p.id.clone(), (p.vector.clone(), p.payload_json.clone()));
-                    }
-                    Ok(ApplyOutcome::Applied {
-                        affected: points.len() as u64,
-                    })
-                }
-                Command::Delete { ids } => {
-                    let n = ids
-                        .iter()
-                        .filter(|id| d.points.remove(*id).is_some())
-                        .count();
-                    Ok(ApplyOutcome::Applied { affected: n as u64 })
-                }
-                Command::Policy { json } => {
-                    #[derive(Deserialize)]
-                    struct Quota {
-                        max_points: Option<usize>,
-                    }
-                    let Ok(q) = serde_json::from_str::<Quota>(json) else {
-                        return Ok(ApplyOutcome::Rejected("malformed policy".into()));
-                    };
-                    d.max_points = q.max_points;
-                    Ok(ApplyOutcome::Applied { affected: 0 })
-                }
-            }
-        }
-
-        fn begin_snapshot(
-            &self,
-            _last_applied: Option<&crate::raft::LogId>,
-        ) -> io::Result<Box<dyn SnapshotWriter>> {
-            Ok(Box::new(MemWriter(self.data.read().clone())))
-        }
-
-        fn load_snapshot(&self, dir: &Path) -> io::Result<()> {
-            let bytes = std::fs::read(dir.join("points.json"))?;
-            let d: MemData = serde_json::from_slice(&bytes)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            *self.data.write() = d;
-            Ok(())
-        }
-    }
-}
+pub mod memory;
 
 #[cfg(test)]
-mod tests {
-    use openraft::RaftSnapshotBuilder;
-    use openraft::storage::RaftStateMachine;
-
-    use super::memory::MemState;
-    use super::*;
-    use crate::raft::PointRecord;
-
-    fn ent(index: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(
-                openraft::impls::leader_id_adv::LeaderId {
-                    term: 1,
-                    node_id: 0,
-                },
-                index,
-            ),
-            payload: openraft::EntryPayload::Normal(Command::Upsert {
-                points: vec![PointRecord {
-                    id: format!("p{index}"),
-                    vector: vec![1.0; 4],
-                    payload_json: None,
-                }],
-            }),
-        }
-    }
-
-    async fn apply(sm: &mut ShardStateMachine<MemState>, range: std::ops::RangeInclusive<u64>) {
-        let items: Vec<io::Result<EntryResponder<TypeConfig>>> =
-            range.map(|i| Ok((ent(i), None))).collect();
-        sm.apply(futures::stream::iter(items)).await.unwrap();
-    }
-
-    async fn open(root: &Path) -> ShardStateMachine<MemState> {
-        ShardStateMachine::open(
-            root,
-            Arc::new(MemState::new()),
-            StateMachineConfig {
-                keep_snapshots: 2,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-    }
-
-    #[tokio::test]
-    async fn reopen_loads_newest_snapshot_and_skips_a_corrupt_one() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("snapshots");
-        {
-            let mut sm = open(&root).await;
-            for (to, n) in [(10, 1), (20, 2), (30, 3)] {
-                apply(&mut sm, (to - 9)..=to).await;
-                let snap = sm
-                    .get_snapshot_builder()
-                    .await
-                    .build_snapshot()
-                    .await
-                    .unwrap();
-                assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(to));
-                // keep_snapshots = 2
-                assert_eq!(sm.snapshot_store().list().unwrap().len(), n.min(2));
-            }
-            apply(&mut sm, 31..=35).await; // not in any snapshot: openraft replays it from the log
-        }
-        let sm = open(&root).await;
-        assert_eq!(sm.last_applied().map(|l| l.index), Some(30));
-        assert_eq!(sm.state().len(), 30);
-
-        // Damage the newest: the previous one is used and the damaged one set aside.
-        let newest = sm.snapshot_store().list().unwrap()[0].clone();
-        drop(sm);
-        std::fs::write(newest.join("points.json"), b"{not json").unwrap();
-        let mut sm = open(&root).await;
-        assert_eq!(sm.last_applied().map(|l| l.index), Some(20));
-        assert_eq!(sm.state().len(), 20);
-        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
-        assert_eq!(cur.meta.last_log_id.map(|l| l.index), Some(20));
-        let names: Vec<String> = std::fs::read_dir(&root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(
-            names.iter().any(|n| n.starts_with("corrupt-snap-")),
-            "{names:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn install_replaces_state_and_other_snapshots() {
-        let t = tempfile::tempdir().unwrap();
-        let mut leader = open(&t.path().join("a")).await;
-        apply(&mut leader, 1..=50).await;
-        let snap = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-
-        let mut follower = open(&t.path().join("b")).await;
-        apply(&mut follower, 1..=5).await;
-        follower
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        follower
-            .install_snapshot(&snap.meta, snap.snapshot.clone())
-            .await
-            .unwrap();
-        assert_eq!(follower.state().len(), 50);
-        assert_eq!(
-            follower.applied_state().await.unwrap().0,
-            snap.meta.last_log_id
-        );
-        // The leader's dir was copied, not taken; the follower keeps only the installed one.
-        assert!(snap.snapshot.path.exists());
-        assert_eq!(follower.snapshot_store().list().unwrap().len(), 1);
-        let cur = follower.get_current_snapshot().await.unwrap().unwrap();
-        assert_eq!(cur.meta, snap.meta);
-    }
-
-    #[tokio::test]
-    async fn rejected_commands_change_nothing() {
-        let t = tempfile::tempdir().unwrap();
-        let mut sm = open(t.path()).await;
-        let s = sm.state().clone();
-        assert_eq!(
-            s.apply(
-                &ent(1).log_id,
-                &Command::Policy {
-                    json: r#"{"max_points":1}"#.into()
-                }
-            )
-            .unwrap(),
-            ApplyOutcome::Applied { affected: 0 }
-        );
-        apply(&mut sm, 2..=3).await;
-        assert_eq!(s.len(), 1);
-        assert_eq!(sm.last_applied().map(|l| l.index), Some(3));
-    }
-}
+mod tests;

@@ -78,6 +78,14 @@ impl Proc {
         self.child.is_some()
     }
 
+    /// The exit status if the process ended on its own (e.g. refused to start); it then
+    /// counts as not running.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// kill -9.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
