@@ -26,7 +26,6 @@ use std::time::Instant;
 
 use kindex_proto as pb;
 use procs::history::History;
-use procs::history::ReplicaState;
 use procs::history::Report;
 use procs::history::Write;
 use procs::{Cluster, Opts, http_get, wait_for, with_timeout};
@@ -89,29 +88,6 @@ async fn write_via(
     ok
 }
 
-/// What `node` itself holds for `keys` (its local replica: the shard-local marker keeps the
-/// coordinator from routing the read elsewhere).
-async fn replica_state(node: &procs::Proc, keys: &[String]) -> ReplicaState {
-    let mut out: ReplicaState = keys.iter().map(|k| (k.clone(), None)).collect();
-    for chunk in keys.chunks(500) {
-        let mut req = tonic::Request::new(pb::GetRequest {
-            index: String::new(),
-            ids: chunk.to_vec(),
-            with_vectors: true,
-            with_payload: false,
-            consistency: pb::Consistency::Eventual as i32,
-            token: None,
-        });
-        req.metadata_mut()
-            .insert("kindex-shard-local", "0".parse().unwrap());
-        let got = node.points().get(req).await.unwrap().into_inner();
-        for p in got.points {
-            out.insert(p.id, Some(p.vector[0] as u64));
-        }
-    }
-    out
-}
-
 /// Waits until every replica applied the same index, then returns every replica's state and
 /// content checksum.
 async fn converge(c: &Cluster, h: &History) -> (Report, Vec<u64>) {
@@ -132,7 +108,7 @@ async fn converge(c: &Cluster, h: &History) -> (Report, Vec<u64>) {
     let mut states = Vec::new();
     let mut sums = Vec::new();
     for p in &c.nodes {
-        states.push((format!("node {}", p.id), replica_state(p, &keys).await));
+        states.push((format!("node {}", p.id), p.replica_state(&keys).await));
         sums.push(p.status().await.unwrap().content_checksum);
     }
     (h.check(&states), sums)

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kindex_proto as pb;
-use procs::history::{History, ReplicaState, Report, Write};
+use procs::history::{History, Report, Write};
 use procs::{Cluster, Opts, WAIT, http_get, wait_for, with_timeout};
 
 const DIM: u32 = 4;
@@ -47,26 +47,6 @@ async fn upsert_batch(h: &History, node: &procs::Proc, prefix: &str, n: usize) {
     }
 }
 
-/// What `node` itself holds for `keys` (shard-local read of its own replica).
-async fn replica_state(node: &procs::Proc, keys: &[String]) -> ReplicaState {
-    let mut out: ReplicaState = keys.iter().map(|k| (k.clone(), None)).collect();
-    let mut req = tonic::Request::new(pb::GetRequest {
-        index: String::new(),
-        ids: keys.to_vec(),
-        with_vectors: true,
-        with_payload: false,
-        consistency: pb::Consistency::Eventual as i32,
-        token: None,
-    });
-    req.metadata_mut()
-        .insert("kindex-shard-local", "0".parse().unwrap());
-    let got = node.points().get(req).await.unwrap().into_inner();
-    for p in got.points {
-        out.insert(p.id, Some(p.vector[0] as u64));
-    }
-    out
-}
-
 /// Waits until every node applied the same index, then checks every replica against `h`.
 async fn converge(c: &Cluster, h: &History) -> Report {
     wait_for("replicas at the same applied index", WAIT, || async {
@@ -80,7 +60,7 @@ async fn converge(c: &Cluster, h: &History) -> Report {
     let keys = h.keys();
     let mut states = Vec::new();
     for p in &c.nodes {
-        states.push((format!("node {}", p.id), replica_state(p, &keys).await));
+        states.push((format!("node {}", p.id), p.replica_state(&keys).await));
     }
     h.check(&states)
 }

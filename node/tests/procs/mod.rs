@@ -112,6 +112,29 @@ impl Proc {
         AdminClient::new(self.channel())
     }
 
+    /// What this node's own replica holds for `keys` (shard-local eventual
+    /// reads of shard 0, 500 ids at a time): the input of the history checker.
+    pub async fn replica_state(&self, keys: &[String]) -> history::ReplicaState {
+        let mut out: history::ReplicaState = keys.iter().map(|k| (k.clone(), None)).collect();
+        for chunk in keys.chunks(500) {
+            let mut req = tonic::Request::new(pb::GetRequest {
+                index: String::new(),
+                ids: chunk.to_vec(),
+                with_vectors: true,
+                with_payload: false,
+                consistency: pb::Consistency::Eventual as i32,
+                token: None,
+            });
+            req.metadata_mut()
+                .insert("kindex-shard-local", "0".parse().unwrap());
+            let got = self.points().get(req).await.unwrap().into_inner();
+            for p in got.points {
+                out.insert(p.id, Some(p.vector[0] as u64));
+            }
+        }
+        out
+    }
+
     pub async fn status(&self) -> Option<pb::StatusResponse> {
         self.admin()
             .status(pb::StatusRequest {})
