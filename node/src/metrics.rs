@@ -65,6 +65,7 @@ pub struct Metrics {
     snapshots_set_aside: IntGauge,
     vectors_live: IntGauge,
     tombstones: IntGauge,
+    search_exact_fallbacks: IntCounter,
     queue_depth: IntGauge,
     queue_capacity: IntGauge,
     indexing_lag_ms: IntGauge,
@@ -193,6 +194,11 @@ impl Metrics {
                 "Snapshots that failed to load and were set aside as corrupt-* (remove them once inspected)",
             ),
             vectors_live: gauge(r, "kindex_vectors", "Live vectors on this replica"),
+            search_exact_fallbacks: counter(
+                r,
+                "kindex_search_exact_fallbacks_total",
+                "Searches answered by an exact scan because the graph found fewer than k matches (selective filters)",
+            ),
             tombstones: gauge(
                 r,
                 "kindex_tombstones",
@@ -269,6 +275,10 @@ impl Metrics {
         let s = engine.stats();
         self.vectors_live.set(s.live as i64);
         self.tombstones.set(s.tombstoned as i64);
+        // The engine keeps the total; the counter catches up to it.
+        let seen = self.search_exact_fallbacks.get();
+        self.search_exact_fallbacks
+            .inc_by(s.exact_fallbacks.saturating_sub(seen));
         self.queue_depth.set(s.queued as i64);
         self.queue_capacity.set(s.queue_capacity as i64);
         self.indexing_lag_ms.set(s.indexing_lag_ms as i64);

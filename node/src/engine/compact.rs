@@ -75,7 +75,7 @@ impl Engine {
                         id,
                     })
                     .collect();
-                scored.sort_unstable();
+                scored.sort_unstable_by(Scored::link_order);
                 let max = if level == 0 {
                     graph.params().m0()
                 } else {

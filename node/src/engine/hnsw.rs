@@ -56,6 +56,16 @@ impl PartialOrd for Scored {
     }
 }
 
+impl Scored {
+    /// Order for choosing links: by distance, ties newest slot first. Slots are
+    /// never reused and every rewrite takes a new one, so among exact
+    /// duplicates the newest is the one that may be live; oldest-first once
+    /// filled a list with tombstoned copies and cut the live one off.
+    pub fn link_order(a: &Scored, b: &Scored) -> CmpOrdering {
+        a.dist.total_cmp(&b.dist).then(b.id.cmp(&a.id))
+    }
+}
+
 /// Min-heap adapter.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Near(std::cmp::Reverse<Scored>);
@@ -222,6 +232,7 @@ impl Hnsw {
                 );
                 // A concurrent insert may already have linked q; never self-link.
                 s.found.retain(|x| x.id != q);
+                s.found.sort_unstable_by(Scored::link_order);
                 let max = if l == 0 {
                     self.params.m0()
                 } else {
@@ -230,10 +241,7 @@ impl Hnsw {
                 self.select_into(vectors, dist, &s.found, self.params.m, &mut s.kept);
                 s.chosen.clear();
                 s.chosen.extend(s.kept.iter().map(|k| k.id));
-                {
-                    let _g = self.locks.first(q).lock();
-                    Self::write_list(self.list(q, l), &s.chosen);
-                }
+                self.write_own_list(vectors, dist, q, l, max, &s.chosen, &mut s.link);
                 for i in 0..s.chosen.len() {
                     let nb = s.chosen[i];
                     self.add_link(vectors, dist, nb, q, l, max, &mut s.link);
@@ -248,6 +256,47 @@ impl Hnsw {
                 self.set_entry_point(Some((q, level)));
             }
         }
+    }
+
+    /// Writes a new node's own list at `level`. A concurrent insert that
+    /// reached `q` from an upper level may already have linked itself here;
+    /// overwriting would drop that back-link (and with it, for a node whose
+    /// only in-link it was, reachability), so such links are merged in.
+    #[allow(clippy::too_many_arguments)]
+    fn write_own_list(
+        &self,
+        vectors: &VectorArena,
+        dist: &DistanceFn,
+        q: u32,
+        level: u8,
+        max: usize,
+        chosen: &[u32],
+        buf: &mut LinkScratch,
+    ) {
+        let list = self.list(q, level);
+        let _g = self.locks.first(q).lock();
+        let n = (list[0].load(Ordering::Acquire) as usize).min(list.len() - 1);
+        buf.ids.clear();
+        buf.ids.extend_from_slice(chosen);
+        for a in &list[1..=n] {
+            let id = a.load(Ordering::Relaxed);
+            if !buf.ids.contains(&id) {
+                buf.ids.push(id);
+            }
+        }
+        if buf.ids.len() > max {
+            let qv = vectors.get(q);
+            buf.cands.clear();
+            buf.cands.extend(buf.ids.iter().map(|&id| Scored {
+                dist: dist.distance(qv, vectors.get(id)),
+                id,
+            }));
+            buf.cands.sort_unstable_by(Scored::link_order);
+            self.select_into(vectors, dist, &buf.cands, max, &mut buf.kept);
+            buf.ids.clear();
+            buf.ids.extend(buf.kept.iter().map(|k| k.id));
+        }
+        Self::write_list(list, &buf.ids);
     }
 
     /// Adds `new` to `node`'s list at `level`, shrinking it with the heuristic
@@ -290,16 +339,19 @@ impl Hnsw {
                     id,
                 }),
         );
-        buf.cands.sort_unstable();
+        buf.cands.sort_unstable_by(Scored::link_order);
         self.select_into(vectors, dist, &buf.cands, max, &mut buf.kept);
         buf.ids.clear();
         buf.ids.extend(buf.kept.iter().map(|k| k.id));
         Self::write_list(list, &buf.ids);
     }
 
-    /// Neighbour selection heuristic: keep a candidate only if it is closer to
-    /// the base than to every neighbour already kept (spreads links around).
-    /// `cands` must be sorted by distance to the base.
+    /// Neighbour selection heuristic: drop a candidate only if a neighbour
+    /// already kept is strictly closer to it than the base is (spreads links
+    /// around). Ties are kept, as in hnswlib: with `<=` an exact duplicate of a
+    /// kept neighbour, and everything equidistant from both, was dropped, so a
+    /// point rewritten over its tombstoned copies could end with no in-link.
+    /// `cands` must be sorted by `Scored::link_order` from the base.
     pub fn select(
         &self,
         vectors: &VectorArena,
@@ -329,7 +381,7 @@ impl Hnsw {
             let cv = vectors.get(c.id);
             if kept
                 .iter()
-                .all(|k| dist.distance(cv, vectors.get(k.id)) > c.dist)
+                .all(|k| dist.distance(cv, vectors.get(k.id)) >= c.dist)
             {
                 kept.push(*c);
             }

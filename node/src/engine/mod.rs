@@ -84,6 +84,8 @@ pub struct EngineStats {
     pub batches: u64,
     pub last_batch_ms: u64,
     pub last_batch_size: u64,
+    /// Searches answered by an exact scan (see `Engine::search`).
+    pub exact_fallbacks: u64,
     pub checksum: u64,
 }
 
@@ -131,6 +133,8 @@ pub struct Inner {
     batches: AtomicU64,
     last_batch_ms: AtomicU64,
     last_batch_size: AtomicU64,
+    /// Searches answered by an exact scan because the graph gave fewer than k.
+    exact_fallbacks: AtomicU64,
     target_workers: AtomicUsize,
 }
 
@@ -218,6 +222,7 @@ impl Engine {
             batches: AtomicU64::new(0),
             last_batch_ms: AtomicU64::new(0),
             last_batch_size: AtomicU64::new(0),
+            exact_fallbacks: AtomicU64::new(0),
             target_workers: AtomicUsize::new(0),
             structural,
         });
@@ -569,7 +574,7 @@ impl Engine {
         let len = inner.vectors.len();
         let watermark = inner.queue.watermark().min(len);
         let mut best: BinaryHeap<Scored> = BinaryHeap::with_capacity(k + 1);
-        let mut push = |s: Scored| {
+        let push = |best: &mut BinaryHeap<Scored>, s: Scored| {
             if best.len() < k {
                 best.push(s);
             } else if best.peek().is_some_and(|w| s < *w) {
@@ -577,24 +582,34 @@ impl Engine {
                 best.push(s);
             }
         };
-        // Exact scan of the queued tail first; graph results dedupe against it.
-        for slot in watermark as u32..len as u32 {
-            if accept(slot) {
-                push(Scored {
-                    dist: inner.dist.distance(&q, inner.vectors.get(slot)),
-                    id: slot,
-                });
+        let scan = |best: &mut BinaryHeap<Scored>, slots: std::ops::Range<u32>| {
+            for slot in slots {
+                if accept(slot) {
+                    let d = inner.dist.distance(&q, inner.vectors.get(slot));
+                    push(best, Scored { dist: d, id: slot });
+                }
             }
-        }
+        };
+        // Exact scan of the queued tail first; graph results dedupe against it.
+        scan(&mut best, watermark as u32..len as u32);
         if watermark > 0 {
             for s in inner
                 .graph
                 .search(&inner.vectors, &inner.dist, &q, k, ef, &accept)
             {
                 if (s.id as usize) < watermark {
-                    push(s);
+                    push(&mut best, s);
                 }
             }
+        }
+        // Fewer than k while more points are live: the filter matches fewer
+        // than k points, or the graph missed some (a node it cannot reach).
+        // Only a scan can tell; it costs one filter test per slot and one
+        // distance per match, and makes such answers exact.
+        if best.len() < k && self.count() > best.len() as u64 && watermark > 0 {
+            inner.exact_fallbacks.fetch_add(1, Ordering::Relaxed);
+            best.clear();
+            scan(&mut best, 0..len as u32);
         }
         Ok(best
             .into_sorted_vec()
@@ -662,6 +677,7 @@ impl Engine {
             batches: inner.batches.load(Ordering::Relaxed),
             last_batch_ms: inner.last_batch_ms.load(Ordering::Relaxed),
             last_batch_size: inner.last_batch_size.load(Ordering::Relaxed),
+            exact_fallbacks: inner.exact_fallbacks.load(Ordering::Relaxed),
             checksum: inner.checksum.load(Ordering::Relaxed),
         }
     }
