@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::hnsw::Scored;
+use super::scored::Scored;
 use super::{DELETED, Engine, LIVE, PURGED};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

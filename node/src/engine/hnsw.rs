@@ -5,7 +5,6 @@
 //! sees is still a valid published slot, which is all a greedy search needs.
 
 use std::cell::RefCell;
-use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -14,6 +13,7 @@ use parking_lot::Mutex;
 
 use super::arena::{Chunked, VectorArena};
 use super::distance::DistanceFn;
+use super::scored::{Near, Scored};
 use super::visited::Visited;
 
 const NO_ENTRY: u64 = u64::MAX;
@@ -32,43 +32,6 @@ impl HnswParams {
         self.m * 2
     }
 }
-
-/// A (distance, slot) pair ordered by distance, then slot.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Scored {
-    pub dist: f32,
-    pub id: u32,
-}
-
-impl Eq for Scored {}
-
-impl Ord for Scored {
-    fn cmp(&self, other: &Self) -> CmpOrdering {
-        self.dist
-            .total_cmp(&other.dist)
-            .then(self.id.cmp(&other.id))
-    }
-}
-
-impl PartialOrd for Scored {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Scored {
-    /// Order for choosing links: by distance, ties newest slot first. Slots are
-    /// never reused and every rewrite takes a new one, so among exact
-    /// duplicates the newest is the one that may be live; oldest-first once
-    /// filled a list with tombstoned copies and cut the live one off.
-    pub fn link_order(a: &Scored, b: &Scored) -> CmpOrdering {
-        a.dist.total_cmp(&b.dist).then(b.id.cmp(&a.id))
-    }
-}
-
-/// Min-heap adapter.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Near(std::cmp::Reverse<Scored>);
 
 pub struct Hnsw {
     params: HnswParams,

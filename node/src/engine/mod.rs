@@ -13,6 +13,9 @@ pub mod hnsw;
 pub mod hugebuf;
 pub mod limits;
 pub mod queue;
+mod restore;
+pub mod scored;
+mod search;
 pub mod visited;
 
 use std::collections::{BinaryHeap, HashMap};
@@ -28,9 +31,12 @@ use crate::config::{RuntimeConfig, StructuralConfig};
 use arena::{ArenaFull, Chunked, VectorArena};
 use distance::DistanceFn;
 use filter::{Filter, Payload};
-use hnsw::{Hnsw, HnswParams, Scored};
+use hnsw::{Hnsw, HnswParams};
 pub use limits::{InputError, PointInput};
 use queue::{IndexQueue, QueueStats};
+pub(crate) use restore::IdIndex;
+pub use restore::Restore;
+use scored::Scored;
 
 /// Slot states.
 pub const LIVE: u8 = 0;
@@ -138,16 +144,6 @@ pub struct Inner {
     target_workers: AtomicUsize,
 }
 
-/// Decoded snapshot content for `Engine::restore`.
-pub struct Restore<'a> {
-    pub flat: Vec<f32>,
-    pub ids: Vec<&'a str>,
-    pub states: Vec<u8>,
-    pub payloads: Vec<(u32, Payload)>,
-    pub graph: crate::snapshot::GraphParts,
-    pub applied: Option<AppliedLog>,
-}
-
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,
     workers: Mutex<Vec<Option<JoinHandle<()>>>>,
@@ -184,14 +180,6 @@ fn point_hash(id: &str, vector: &[f32], payload: Option<&Payload>) -> u64 {
         Ok(mut b) => hash(&mut b),
         Err(_) => hash(&mut Vec::new()),
     })
-}
-
-/// Slot ids indexed for a restore: the live id map and the state counts.
-pub(crate) struct IdIndex {
-    map: HashMap<Box<str>, u32>,
-    live: u64,
-    dead: u64,
-    purged: u64,
 }
 
 impl Engine {
@@ -232,153 +220,6 @@ impl Engine {
         };
         engine.resize_workers(knobs.threads);
         engine
-    }
-
-    /// Rebuilds an engine from decoded snapshot parts (see `snapshot::load`).
-    pub fn restore(
-        structural: StructuralConfig,
-        knobs: EngineKnobs,
-        r: Restore<'_>,
-    ) -> Result<Engine, String> {
-        let engine = Engine::new(structural, knobs);
-        let inner = &*engine.inner;
-        let dim = inner.vectors.dim();
-        let len = r.ids.len();
-        if r.flat.len() != len * dim
-            || r.states.len() != len
-            || r.graph.levels.len() != r.graph.indexed
-        {
-            return Err("snapshot parts disagree on the slot count".into());
-        }
-        inner.vectors.extend(&r.flat).map_err(|e| e.to_string())?;
-        {
-            let _w = inner.writer.lock();
-            let _pause = inner.gate.write();
-            let g = &inner.graph;
-            let (m, m0) = (g.params().m, g.params().m0());
-            let mut upper = r.graph.upper.chunks_exact(1 + m);
-            for slot in 0..r.graph.indexed {
-                let level = r.graph.levels[slot];
-                let s = slot as u32;
-                g.init_node(s, level);
-                let l0 = &r.graph.level0[slot * (1 + m0)..(slot + 1) * (1 + m0)];
-                g.set_list(s, 0, &l0[1..=l0[0] as usize]);
-                for l in 1..=level {
-                    let list = upper.next().ok_or("upper lists end early")?;
-                    g.set_list(s, l, &list[1..=list[0] as usize]);
-                }
-            }
-        }
-        engine.restore_points(
-            &r.ids,
-            &r.states,
-            r.payloads,
-            r.graph.indexed,
-            r.graph.entry,
-            r.applied,
-        )?;
-        Ok(engine)
-    }
-
-    /// Second half of a restore, once the vectors (all `ids.len()` of them)
-    /// and the graph lists of the first `indexed` slots are in place: ids,
-    /// states, payloads, counters, content checksum, entry point and queue.
-    pub(crate) fn restore_points(
-        &self,
-        ids: &[&str],
-        states: &[u8],
-        payloads: Vec<(u32, Payload)>,
-        indexed: usize,
-        entry: Option<u32>,
-        applied: Option<AppliedLog>,
-    ) -> Result<(), String> {
-        let index = self.index_ids(ids, states)?;
-        self.finish_restore(index, ids, payloads, indexed, entry, applied)
-    }
-
-    /// Restore step that needs no vectors (snapshot loading runs it while
-    /// the vectors stream in): sets slot ids and states, builds the id map.
-    pub(crate) fn index_ids(&self, ids: &[&str], states: &[u8]) -> Result<IdIndex, String> {
-        let inner = &*self.inner;
-        if states.len() != ids.len() {
-            return Err("snapshot parts disagree on the slot count".into());
-        }
-        let mut map = HashMap::with_capacity(ids.len());
-        let (mut live, mut dead, mut purged) = (0u64, 0u64, 0u64);
-        for (slot, (id, st)) in ids.iter().zip(states).enumerate() {
-            let s = slot as u32;
-            let _ = inner.slot_ids.first(s).set((*id).into());
-            inner.state.first(s).store(*st, Ordering::Relaxed);
-            match *st {
-                LIVE => {
-                    if map.insert(Box::<str>::from(*id), s).is_some() {
-                        return Err(format!("id {id:?} is live in two slots"));
-                    }
-                    live += 1;
-                }
-                DELETED => dead += 1,
-                _ => purged += 1,
-            }
-        }
-        Ok(IdIndex {
-            map,
-            live,
-            dead,
-            purged,
-        })
-    }
-
-    /// Last restore step: payloads, content checksum (on two threads),
-    /// counters, entry point, applied log id and the indexing queue.
-    pub(crate) fn finish_restore(
-        &self,
-        index: IdIndex,
-        ids: &[&str],
-        payloads: Vec<(u32, Payload)>,
-        indexed: usize,
-        entry: Option<u32>,
-        applied: Option<AppliedLog>,
-    ) -> Result<(), String> {
-        let inner = &*self.inner;
-        let len = ids.len();
-        if inner.vectors.len() != len || indexed > len {
-            return Err("snapshot parts disagree on the slot count".into());
-        }
-        let _w = inner.writer.lock();
-        let _pause = inner.gate.write();
-        for (slot, p) in payloads {
-            let _ = inner.payloads.first(slot).set(p);
-        }
-        let sum = |range: std::ops::Range<usize>| {
-            let mut checksum = 0u64;
-            for slot in range {
-                let s = slot as u32;
-                if inner.state.first(s).load(Ordering::Relaxed) == LIVE {
-                    checksum = checksum.wrapping_add(point_hash(
-                        ids[slot],
-                        inner.vectors.get(s),
-                        inner.payloads.first(s).get(),
-                    ));
-                }
-            }
-            checksum
-        };
-        let checksum = std::thread::scope(|sc| {
-            let half = sc.spawn(|| sum(len / 2..len));
-            let first = sum(0..len / 2);
-            half.join().map(|h| first.wrapping_add(h))
-        })
-        .map_err(|_| "content checksum thread panicked".to_string())?;
-        *inner.ids.write() = index.map;
-        inner.live.store(index.live, Ordering::Relaxed);
-        inner.tombstoned.store(index.dead, Ordering::Relaxed);
-        inner.purged.store(index.purged, Ordering::Relaxed);
-        inner.checksum.store(checksum, Ordering::Relaxed);
-        let g = &inner.graph;
-        g.set_entry_point(entry.map(|e| (e, g.level(e))));
-        *inner.applied.lock() = applied;
-        inner.queue.reset(indexed, len);
-        Ok(())
     }
 
     pub fn structural(&self) -> &StructuralConfig {
@@ -539,118 +380,6 @@ impl Engine {
 
     pub fn count(&self) -> u64 {
         self.inner.live.load(Ordering::Relaxed)
-    }
-
-    /// Top-k live points nearest to `query`, optionally filtered by payload.
-    pub fn search(
-        &self,
-        query: &[f32],
-        k: usize,
-        ef: Option<usize>,
-        filter: &Filter,
-    ) -> Result<Vec<Hit>, EngineError> {
-        let inner = &*self.inner;
-        limits::check_query(
-            inner.vectors.dim(),
-            inner.dist.metric(),
-            query,
-            k,
-            ef,
-            filter,
-        )?;
-        let mut q = query.to_vec();
-        inner.dist.prepare(&mut q);
-        let ef = ef.unwrap_or_else(|| self.knobs().ef_search);
-        // With no deleted or purged slot at the start of the search, every
-        // reachable slot is live: skip the per-candidate state load. (A
-        // delete racing with this search may or may not be seen either way.)
-        let all_live = inner.tombstoned.load(Ordering::Acquire) == 0
-            && inner.purged.load(Ordering::Acquire) == 0;
-        let accept = |slot: u32| {
-            (all_live || inner.state.first(slot).load(Ordering::Relaxed) == LIVE)
-                && (filter.is_empty() || filter.matches(inner.payloads.first(slot).get()))
-        };
-
-        let len = inner.vectors.len();
-        let watermark = inner.queue.watermark().min(len);
-        let mut best: BinaryHeap<Scored> = BinaryHeap::with_capacity(k + 1);
-        let push = |best: &mut BinaryHeap<Scored>, s: Scored| {
-            if best.len() < k {
-                best.push(s);
-            } else if best.peek().is_some_and(|w| s < *w) {
-                best.pop();
-                best.push(s);
-            }
-        };
-        let scan = |best: &mut BinaryHeap<Scored>, slots: std::ops::Range<u32>| {
-            for slot in slots {
-                if accept(slot) {
-                    let d = inner.dist.distance(&q, inner.vectors.get(slot));
-                    push(best, Scored { dist: d, id: slot });
-                }
-            }
-        };
-        // Exact scan of the queued tail first; graph results dedupe against it.
-        scan(&mut best, watermark as u32..len as u32);
-        if watermark > 0 {
-            for s in inner
-                .graph
-                .search(&inner.vectors, &inner.dist, &q, k, ef, &accept)
-            {
-                if (s.id as usize) < watermark {
-                    push(&mut best, s);
-                }
-            }
-        }
-        // Fewer than k while more points are live: the filter matches fewer
-        // than k points, or the graph missed some (a node it cannot reach).
-        // Only a scan can tell; it costs one filter test per slot and one
-        // distance per match, and makes such answers exact.
-        if best.len() < k && self.count() > best.len() as u64 && watermark > 0 {
-            inner.exact_fallbacks.fetch_add(1, Ordering::Relaxed);
-            best.clear();
-            scan(&mut best, 0..len as u32);
-        }
-        Ok(best
-            .into_sorted_vec()
-            .into_iter()
-            .filter_map(|s| {
-                Some(Hit {
-                    id: inner.slot_ids.first(s.id).get()?.to_string(),
-                    distance: s.dist,
-                    slot: s.id,
-                })
-            })
-            .collect())
-    }
-
-    /// Exact top-k by brute force (tests and recall checks).
-    pub fn search_exact(&self, query: &[f32], k: usize, filter: &Filter) -> Vec<Hit> {
-        let inner = &*self.inner;
-        let mut q = query.to_vec();
-        inner.dist.prepare(&mut q);
-        let mut all: Vec<Scored> = (0..inner.vectors.len() as u32)
-            .filter(|&s| inner.state.first(s).load(Ordering::Relaxed) == LIVE)
-            .filter(|&s| filter.matches(inner.payloads.first(s).get()) || filter.is_empty())
-            .map(|s| Scored {
-                dist: inner.dist.distance(&q, inner.vectors.get(s)),
-                id: s,
-            })
-            .collect();
-        all.sort_unstable();
-        all.truncate(k);
-        all.into_iter()
-            .map(|s| Hit {
-                id: inner
-                    .slot_ids
-                    .first(s.id)
-                    .get()
-                    .map(|x| x.to_string())
-                    .unwrap_or_default(),
-                distance: s.dist,
-                slot: s.id,
-            })
-            .collect()
     }
 
     /// Waits until every applied vector is in the graph.

@@ -36,11 +36,6 @@ pub enum SnapshotError {
     Section(#[from] SectionError),
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error("{dir}: {source}")]
-    Io {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Structural(#[from] StructuralError),
 }
