@@ -15,7 +15,7 @@
 //! 4. installs it into the state machine through the same path as openraft's install
 //!    (`ShardStateMachine::install_snapshot`: commit as a `snap-*` dir, load, apply digest).
 //!
-//! The vote is never touched.
+//! The vote is only ever raised, never lowered ([`raise_vote_to`]).
 //!
 //! Why nothing acknowledged is lost: a member's snapshot holds only applied entries, and a
 //! member applies only committed entries. Entries up to the snapshot's last log id are
@@ -126,6 +126,7 @@ pub async fn recover<S: ShardState>(
     align_log_with_snapshot(log, last)
         .await
         .map_err(FetchError::Local)?;
+    raise_vote_to(log, last).await.map_err(FetchError::Local)?;
     let mut target = sm.clone();
     target
         .install_snapshot(
@@ -280,6 +281,22 @@ pub async fn align_log_with_snapshot(log: &mut LogStore, snap: LogId) -> io::Res
         log.truncate_after(prev).await?;
     }
     log.purge(snap).await
+}
+
+/// Raise the vote to the term of the snapshot's last entry if it is below it. After a fetch the
+/// log may end at the snapshot's log id, of a term this member never saw (it was down while the
+/// group moved on): a log whose last term is above the vote is a state openraft never reaches
+/// by itself (a follower adopts the leader's vote before accepting its entries or snapshot).
+/// Raising the term is always allowed in Raft, and voting for the leader that wrote that entry
+/// agrees with the majority that committed it, so no second leader of that term can arise.
+pub async fn raise_vote_to(log: &mut LogStore, snap: LogId) -> io::Result<()> {
+    let term = log.read_vote().await?.map_or(0, |v| v.leader_id.term);
+    if term < snap.leader_id.term {
+        let vote = super::Vote::new(snap.leader_id.term, snap.leader_id.node_id);
+        tracing::info!(%vote, "raising the vote to the fetched snapshot's term");
+        log.save_vote(&vote).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -109,3 +109,19 @@ async fn log_already_purged_past_the_snapshot_is_left_alone() {
     assert_eq!(state(&mut log).await.last_purged_log_id, Some(lid(1, 8)));
     assert_eq!(indexes(&mut log).await, vec![9, 10]);
 }
+
+#[tokio::test]
+async fn the_vote_is_raised_to_the_snapshot_term_never_lowered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut log = log_1_to_10(tmp.path()).await;
+    // Vote term 3 is above the snapshot's term 1: unchanged.
+    raise_vote_to(&mut log, lid(1, 6)).await.unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
+    // A snapshot written in term 7 (by node 1): the vote goes to term 7, for its leader.
+    align_log_with_snapshot(&mut log, lid(7, 20)).await.unwrap();
+    raise_vote_to(&mut log, lid(7, 20)).await.unwrap();
+    drop(log);
+    let mut log = LogStore::open(&LogStoreConfig::new(tmp.path())).unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(7, 1)));
+    assert_eq!(state(&mut log).await.last_log_id, Some(lid(7, 20)));
+}
