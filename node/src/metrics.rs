@@ -63,6 +63,9 @@ pub struct Metrics {
     pub snapshot_bytes: IntGauge,
     snapshot_age: IntGauge,
     snapshots_set_aside: IntGauge,
+    /// Snapshots fetched from a peer at start (the local log was purged past the newest
+    /// snapshot that loads).
+    pub snapshots_fetched: IntCounter,
     vectors_live: IntGauge,
     tombstones: IntGauge,
     search_exact_fallbacks: IntCounter,
@@ -192,6 +195,11 @@ impl Metrics {
                 r,
                 "kindex_snapshots_set_aside",
                 "Snapshots that failed to load and were set aside as corrupt-* (remove them once inspected)",
+            ),
+            snapshots_fetched: counter(
+                r,
+                "kindex_snapshots_fetched_total",
+                "Snapshots fetched from a peer at start because the local log was purged past the newest snapshot that loads",
             ),
             vectors_live: gauge(r, "kindex_vectors", "Live vectors on this replica"),
             search_exact_fallbacks: counter(

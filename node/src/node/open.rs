@@ -130,6 +130,9 @@ impl Node {
         let shard = RaftShard::start(rc, state.clone(), cfg.raft_listener)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if shard.fetched_at_start().is_some() {
+            metrics.snapshots_fetched.inc();
+        }
         let raft = shard.raft().clone();
         let state_machine = shard.state_machine().clone();
         let store = shard.snapshot_store().clone();

@@ -15,6 +15,7 @@
 pub mod digest;
 pub mod engine_state;
 pub mod fault;
+pub mod fetch;
 pub mod log_store;
 pub mod network;
 pub mod server;

@@ -69,6 +69,11 @@ pub struct NetworkConfig {
     /// gRPC message limit, both directions. Must exceed the log store's `append_batch_bytes`
     /// plus the largest single command.
     pub max_message_bytes: usize,
+    /// FetchSnapshot server: how long to wait for a snapshot that covers the requested index
+    /// (one is triggered) before answering FAILED_PRECONDITION.
+    pub fetch_serve_wait: Duration,
+    /// Start of a replica that must fetch a snapshot: how long to keep asking its peers.
+    pub fetch_deadline: Duration,
     /// Fault injection (tests): peers whose links are cut, both directions. Default: none.
     pub faults: FaultSwitch,
 }
@@ -84,6 +89,8 @@ impl Default for NetworkConfig {
             snapshot_idle_timeout: Duration::from_secs(60),
             max_snapshot_bytes: 64 << 30,
             max_message_bytes: 64 << 20,
+            fetch_serve_wait: Duration::from_secs(60),
+            fetch_deadline: Duration::from_secs(120),
             faults: FaultSwitch::default(),
         }
     }
@@ -120,22 +127,34 @@ impl RaftNetworkFactoryImpl {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
-            .connect_timeout(self.cfg.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let channel = connect_lazy(addr, &self.cfg)?;
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
+}
+
+/// A lazily connected channel to a peer's Raft endpoint (`host:port` or a URI).
+pub(crate) fn connect_lazy(addr: &str, cfg: &NetworkConfig) -> Result<Channel, String> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+        .connect_timeout(cfg.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// A `kindex.v1.Raft` client with the message limits of `cfg`.
+pub(crate) fn raft_client(channel: Channel, cfg: &NetworkConfig) -> RaftClient<Channel> {
+    RaftClient::new(channel)
+        .max_decoding_message_size(cfg.max_message_bytes)
+        .max_encoding_message_size(cfg.max_message_bytes)
 }
 
 impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
@@ -167,9 +186,7 @@ impl PeerClient {
             return Err(self.unreachable("link cut by fault injection"));
         }
         let ch = self.channel.clone().map_err(Unreachable::from_string)?;
-        Ok(RaftClient::new(ch)
-            .max_decoding_message_size(self.cfg.max_message_bytes)
-            .max_encoding_message_size(self.cfg.max_message_bytes))
+        Ok(raft_client(ch, &self.cfg))
     }
 
     fn timeout_err(&self, action: RPCTypes, timeout: Duration) -> Timeout<TypeConfig> {

@@ -3,11 +3,14 @@
 use std::fmt::Display;
 use std::sync::Arc;
 
+use futures::StreamExt;
+use kindex_proto::FetchSnapshotRequest;
 use kindex_proto::RaftReply;
 use kindex_proto::RaftRequest;
 use kindex_proto::SnapshotChunk;
 use kindex_proto::raft_server::Raft as RaftRpc;
 use kindex_proto::raft_server::RaftServer;
+use openraft::async_runtime::WatchReceiver;
 use openraft::raft::AppendEntriesRequest;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -23,8 +26,6 @@ use super::network::NetworkConfig;
 use super::network::VoteRpc;
 use super::snapshot::SnapshotDir;
 use super::state_machine::ShardState;
-use super::transfer::Incoming;
-use super::transfer::IncomingDir;
 use super::transfer::TransferError;
 use super::wire;
 use crate::snapshot::store::SnapshotStore;
@@ -53,43 +54,6 @@ impl<S: ShardState> RaftGrpcService<S> {
         RaftServer::new(self)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max)
-    }
-
-    /// Receive a whole snapshot stream into an `incoming-*` dir.
-    async fn receive_snapshot(
-        &self,
-        stream: &mut Streaming<SnapshotChunk>,
-    ) -> Result<(super::Vote, super::SnapshotMeta, IncomingDir), TransferError> {
-        let deadline = Instant::now() + self.cfg.snapshot_timeout;
-        let idle = self.cfg.snapshot_idle_timeout;
-        let first = next_chunk(stream, deadline, idle).await?;
-        let mut incoming =
-            Incoming::begin(&self.store, &first, self.cfg.max_snapshot_bytes).await?;
-        tracing::info!(meta = %incoming.header().meta, files = incoming.header().files.len(), "receiving snapshot");
-        loop {
-            let chunk = next_chunk(stream, deadline, idle).await?;
-            if chunk.done {
-                return incoming.finish(&chunk).await;
-            }
-            incoming.write(&chunk).await?;
-        }
-    }
-}
-
-/// The next chunk, within the idle timeout and the transfer deadline.
-async fn next_chunk(
-    stream: &mut Streaming<SnapshotChunk>,
-    deadline: Instant,
-    idle: std::time::Duration,
-) -> Result<SnapshotChunk, TransferError> {
-    let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
-    match tokio::time::timeout(wait, stream.message()).await {
-        Err(_) => Err(TransferError::Protocol(format!("no chunk within {wait:?}"))),
-        Ok(Err(status)) => Err(TransferError::Protocol(format!("stream broken: {status}"))),
-        Ok(Ok(None)) => Err(TransferError::Protocol(
-            "stream ended without a final chunk".into(),
-        )),
-        Ok(Ok(Some(c))) => Ok(c),
     }
 }
 
@@ -129,8 +93,99 @@ impl<S: ShardState> RaftGrpcService<S> {
     }
 }
 
+impl<S: ShardState> RaftGrpcService<S> {
+    /// The newest complete snapshot if it covers the log up to `min_index`; otherwise trigger
+    /// one (again every 2 s while needed: a build already running ignores the trigger) once
+    /// this member applied that far, and wait for it up to `fetch_serve_wait`.
+    async fn snapshot_at_least(&self, min_index: u64) -> Result<Snapshot, Status> {
+        let wait = self.cfg.fetch_serve_wait;
+        let deadline = Instant::now() + wait;
+        let mut last_trigger: Option<Instant> = None;
+        loop {
+            let snap = self
+                .raft
+                .get_snapshot()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let have = snap.as_ref().and_then(|s| s.meta.last_log_id);
+            if let Some(s) = snap
+                && have.is_some_and(|l| l.index >= min_index)
+            {
+                return Ok(s);
+            }
+            let have = have.map_or(0, |l| l.index);
+            let applied = self.raft.metrics().borrow_watched().last_applied;
+            let applied = applied.map_or(0, |l| l.index);
+            if applied >= min_index
+                && last_trigger.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(2))
+            {
+                tracing::info!(
+                    have,
+                    min_index,
+                    applied,
+                    "snapshot fetch: taking a snapshot"
+                );
+                self.raft
+                    .trigger()
+                    .snapshot()
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                last_trigger = Some(Instant::now());
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::failed_precondition(format!(
+                    "the newest snapshot here covers the log up to index {have}, the requester \
+                     needs at least index {min_index} (applied here: {applied}); none within {wait:?}"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+type ChunkStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<SnapshotChunk, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl<S: ShardState> RaftRpc for RaftGrpcService<S> {
+    type FetchSnapshotStream = ChunkStream;
+
+    /// Streams the newest snapshot with the sender of InstallSnapshot (`read_chunks`); a read
+    /// error ends the stream with an INTERNAL status instead of a trailer.
+    async fn fetch_snapshot(
+        &self,
+        request: Request<FetchSnapshotRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let req = request.into_inner();
+        if self.cfg.faults.is_cut(req.requester) {
+            return Err(Status::unavailable(format!(
+                "link from raft peer {} cut by fault injection",
+                req.requester
+            )));
+        }
+        let snapshot = self.snapshot_at_least(req.min_index).await.inspect_err(|e| {
+            tracing::warn!(requester = req.requester, min_index = req.min_index, error = %e.message(), "snapshot fetch refused");
+        })?;
+        let vote = self.raft.metrics().borrow_watched().vote;
+        tracing::info!(requester = req.requester, meta = %snapshot.meta, "serving a snapshot fetch");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let chunk = self.cfg.snapshot_chunk_bytes;
+        let (dir, meta) = (snapshot.snapshot.path, snapshot.meta);
+        let reader = tokio::task::spawn_blocking(move || {
+            super::transfer::read_chunks(&dir, vote, meta, chunk, tx)
+        });
+        let outcome = futures::stream::once(async move {
+            match reader.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(Err(Status::internal(format!("reading snapshot: {e}")))),
+                Err(e) => Some(Err(Status::internal(format!("snapshot reader: {e}")))),
+            }
+        })
+        .filter_map(futures::future::ready);
+        let chunks = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(chunks.chain(outcome))))
+    }
+
     async fn append_entries(
         &self,
         request: Request<RaftRequest>,
@@ -163,7 +218,8 @@ impl<S: ShardState> RaftRpc for RaftGrpcService<S> {
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftReply>, Status> {
         let mut stream = request.into_inner();
-        let (vote, meta, dir) = self.receive_snapshot(&mut stream).await.map_err(|e| {
+        let received = super::transfer::receive(&self.store, &mut stream, &self.cfg).await;
+        let (vote, meta, dir) = received.map_err(|e| {
             tracing::warn!(error = %e, "snapshot transfer refused");
             match e {
                 TransferError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),

@@ -16,6 +16,9 @@ use super::KindexRaft;
 use super::LogId;
 use super::NodeId;
 use super::fault::FaultSwitch;
+use super::fetch;
+use super::fetch::FetchError;
+use super::fetch::Fetched;
 use super::log_store::LogStore;
 use super::log_store::LogStoreConfig;
 use super::log_store::LogStoreError;
@@ -107,26 +110,35 @@ pub enum RaftShardError {
     Listener(std::io::Error),
     #[error(
         "the newest snapshot that loads covers the log up to index {snapshot} but the local log \
-         was purged up to {purged}: this replica cannot rebuild its state locally{set_aside}. \
-         Remove it from the group, wipe its data dir and add it again (docs/operations.md)"
+         was purged up to {purged}: this replica cannot rebuild its state locally{set_aside}, \
+         and fetching a snapshot from a peer failed: {tried}. Remove it from the group, wipe \
+         its data dir and add it again (docs/operations.md)"
     )]
     SnapshotBehindLog {
         snapshot: u64,
         purged: u64,
         /// What was set aside on the way, if anything (for the message).
         set_aside: String,
+        /// The peers asked for a snapshot and their errors (or why none was asked).
+        tried: String,
     },
+    #[error(transparent)]
+    Fetch(super::fetch::FetchError),
     #[error("reading the log state: {0}")]
     LogState(std::io::Error),
 }
 
 /// openraft re-applies the committed log after the loaded snapshot; when the log was purged past
-/// it (the newest snapshot was damaged and an older one loaded, or none loads) that cannot work.
-/// Stop here with the reason and the remedy instead of openraft's "Cannot re-apply logs".
-async fn check_log_covers_snapshot<S: ShardState>(
+/// it (the newest snapshot was damaged and an older one loaded, or none loads) that cannot work
+/// (openraft: "Cannot re-apply logs"). Then the state comes from a peer's snapshot
+/// ([`fetch::recover`], before openraft starts); if no peer can send one, stop here with the
+/// reason and the remedy.
+async fn ensure_log_covers_snapshot<S: ShardState>(
     log: &mut LogStore,
     sm: &ShardStateMachine<S>,
-) -> Result<(), RaftShardError> {
+    me: NodeId,
+    network: &NetworkConfig,
+) -> Result<Option<Fetched>, RaftShardError> {
     use openraft::storage::RaftLogStorage;
     let state = log
         .get_log_state()
@@ -134,23 +146,29 @@ async fn check_log_covers_snapshot<S: ShardState>(
         .map_err(RaftShardError::LogState)?;
     let purged = state.last_purged_log_id.map_or(0, |l| l.index);
     let snapshot = sm.last_applied().map_or(0, |l| l.index);
-    if purged > snapshot {
-        let set_aside: Vec<String> = sm
-            .set_aside_at_open()
-            .iter()
-            .map(|s| format!("{} ({})", s.dir.display(), s.reason))
-            .collect();
-        return Err(RaftShardError::SnapshotBehindLog {
-            snapshot,
-            purged,
-            set_aside: if set_aside.is_empty() {
-                String::new()
-            } else {
-                format!("; set aside as damaged: {}", set_aside.join(", "))
-            },
-        });
+    if purged <= snapshot {
+        return Ok(None);
     }
-    Ok(())
+    let tried = match fetch::recover(log, sm, me, purged, network).await {
+        Ok(fetched) => return Ok(Some(fetched)),
+        Err(FetchError::Unavailable(tried)) => tried,
+        Err(e) => return Err(RaftShardError::Fetch(e)),
+    };
+    let set_aside: Vec<String> = sm
+        .set_aside_at_open()
+        .iter()
+        .map(|s| format!("{} ({})", s.dir.display(), s.reason))
+        .collect();
+    Err(RaftShardError::SnapshotBehindLog {
+        snapshot,
+        purged,
+        set_aside: if set_aside.is_empty() {
+            String::new()
+        } else {
+            format!("; set aside as damaged: {}", set_aside.join(", "))
+        },
+        tried,
+    })
 }
 
 /// A running member: the Raft handle and its gRPC server.
@@ -163,6 +181,8 @@ pub struct RaftShard<S: ShardState> {
     stop_server: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     log_release: LogStoreRelease,
+    /// The snapshot fetched from a peer at start, if one was needed.
+    fetched: Option<Fetched>,
 }
 
 /// Leader-side view of the group, from openraft's metrics.
@@ -216,7 +236,8 @@ impl<S: ShardState> RaftShard<S> {
             cfg.state_machine.clone(),
         )
         .await?;
-        check_log_covers_snapshot(&mut log, &sm).await?;
+        // Before openraft: it would refuse a log purged past the loaded snapshot.
+        let fetched = ensure_log_covers_snapshot(&mut log, &sm, cfg.node_id, &cfg.network).await?;
         let sm_handle = sm.clone();
         let store = sm.snapshot_store().clone();
         let network = RaftNetworkFactoryImpl::new(cfg.node_id, cfg.network.clone());
@@ -254,6 +275,7 @@ impl<S: ShardState> RaftShard<S> {
             stop_server,
             server,
             log_release,
+            fetched,
         })
     }
 
@@ -273,6 +295,12 @@ impl<S: ShardState> RaftShard<S> {
     /// The state machine (apply digests, last applied).
     pub fn state_machine(&self) -> &ShardStateMachine<S> {
         &self.sm
+    }
+
+    /// The snapshot fetched from a peer at start because the local state could not be rebuilt
+    /// from this member's own disk (None: not needed).
+    pub fn fetched_at_start(&self) -> Option<&Fetched> {
+        self.fetched.as_ref()
     }
 
     /// The snapshot directories (`<data>/snapshots`).
