@@ -248,6 +248,25 @@ async fn damaged_newest_snapshot_with_a_purged_log_recovers_by_a_snapshot_from_a
         let victim = victim_of(leader);
         let h = History::new();
         let (previous, newest) = damaged_while_down(&mut c, &h, leader, victim, true).await;
+        // The group moves to a new term while the victim is down (leadership handed to the
+        // third node) and both peers snapshot in it: the fetched snapshot's last entry is of a
+        // term the victim never voted in, so its vote must be raised at the fetch.
+        let other = (0..3).find(|&i| i != leader && i != victim).unwrap();
+        let term_before = c.node(0, leader).status().await.unwrap().term;
+        c.node(0, leader)
+            .admin()
+            .transfer_leader(pb::TransferLeaderRequest { to: other })
+            .await
+            .unwrap();
+        wait_for("the third node leads", WAIT, || async {
+            let s = c.node(0, other).status().await?;
+            (s.role == "leader" && s.term > term_before).then_some(())
+        })
+        .await;
+        upsert_batch(&h, c.node(0, other), "t", 5).await;
+        for p in [leader, other] {
+            trigger_snapshot(c.node(0, p)).await;
+        }
 
         // Restarted, it loads the previous snapshot but its log starts after it: it fetches a
         // snapshot from a peer before Raft starts, then catches up.
@@ -257,11 +276,16 @@ async fn damaged_newest_snapshot_with_a_purged_log_recovers_by_a_snapshot_from_a
         upsert_batch(&h, c.node(0, leader), "e", 5).await;
         let report = converge(&c, &h).await;
         assert!(report.ok(), "{report}");
-        assert_eq!(report.acked, 65);
+        assert_eq!(report.acked, 70);
 
         let node = c.node(0, victim);
         let s = node.status().await.unwrap();
         assert_eq!(s.role, "follower", "{s:?}");
+        assert!(
+            log_of(node).contains("raising the vote to the fetched snapshot's term"),
+            "{}",
+            log_of(node)
+        );
         // The damaged snapshot was set aside and reported.
         let aside = dirs(&snapshots(node), "corrupt-snap-");
         assert_eq!(aside.len(), 1, "{aside:?}");
