@@ -9,67 +9,39 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "../../node/tests/procs/mod.rs"]
+mod procs;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{kindex, node_binary, own_ip, text, write_npy_dim};
+use common::{kindex, text, write_npy_dim};
+use procs::{Proc, Standalone};
 use serde_json::Value;
 
-/// A running node; killed (SIGKILL) when dropped so a failing test leaves no
-/// process behind.
-struct Node {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node(data: &Path, log: &Path) -> Node {
+/// A running node on `data` (the `procs` harness: killed with SIGKILL when dropped, so a
+/// failing test leaves no process behind).
+fn start_node(data: &Path) -> Proc {
     // A node that exits at start is tried again (up to three times).
     for _ in 0..3 {
-        let ip = own_ip();
-        let log_file = std::fs::File::create(log).unwrap();
-        let child = Command::new(node_binary())
-            .args([
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--dimension",
-                "4",
-                "--metric",
-                "l2",
-            ])
-            .args(["--listen", &ip])
+        let mut proc = Standalone::new(4, "l2")
+            .data_dir(data)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        let mut node = Node {
-            child,
-            addr: format!("{ip}:7070"),
-        };
+            .start();
+        let addr = proc.grpc_addr();
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if node.child.try_wait().unwrap().is_some() {
+            if proc.exited().is_some() {
                 break;
             }
-            if kindex(&["--addr", &node.addr, "info"]).status.success() {
-                return node;
+            if kindex(&["--addr", &addr, "info"]).status.success() {
+                return proc;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let _ = node.child.kill();
-        eprintln!(
-            "node did not come up:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
+        proc.kill();
+        eprintln!("node did not come up:\n{}", proc.log_text());
     }
     panic!("could not start kindex-node; see the log above");
 }
@@ -98,8 +70,8 @@ fn write_npy(path: &Path, rows: &[[f32; 4]]) {
 fn load_search_snapshot_and_inspect() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let node = start_node(&data, &tmp.path().join("node.log"));
-    let addr = node.addr.clone();
+    let node = start_node(&data);
+    let addr = node.grpc_addr();
 
     // 200 rows: row i is [i, i/2, 1, -i], id "v<i>".
     let npy = tmp.path().join("vectors.npy");
@@ -308,7 +280,7 @@ fn kubectl_plugin_without_kubeconfig_is_a_clear_error() {
     );
 
     // A kubeconfig whose API server does not answer: named, not a hang.
-    let nobody = format!("{}:7070", own_ip());
+    let nobody = format!("{}:7070", procs::loopback::Block::next().ip(1));
     let kc = tmp.path().join("kubeconfig");
     std::fs::write(
         &kc,
@@ -347,7 +319,7 @@ fn kubectl_plugin_without_kubeconfig_is_a_clear_error() {
 
 #[test]
 fn unreachable_node_is_a_clear_error() {
-    let nobody = format!("{}:7070", own_ip());
+    let nobody = format!("{}:7070", procs::loopback::Block::next().ip(1));
     let o = kindex(&["--addr", &nobody, "--timeout", "5", "count"]);
     assert!(!o.status.success());
     let t = text(&o);

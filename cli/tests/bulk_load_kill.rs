@@ -9,139 +9,34 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod common;
+#[path = "../../node/tests/procs/mod.rs"]
+mod procs;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KINDEX, kindex, loopback, node_binary, text, write_npy_dim};
+use common::{KINDEX, kindex, text, write_npy_dim};
+use procs::{Cluster, Opts, Proc, poll};
 use serde_json::Value;
 
 /// The whole test must finish within this (each wait below is bounded too).
 const BUDGET: Duration = Duration::from_secs(300);
 
-struct Replica {
-    shard: u32,
-    id: u64,
-    /// Own loopback address, default ports (see `common::loopback`).
-    ip: String,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Replica {
-    fn addr(&self) -> String {
-        format!("{}:7070", self.ip)
-    }
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 const SHARDS: u32 = 2;
 
-/// `SHARDS` shards of 3 replicas; `[shard * 3 + id]`.
-fn start_cluster(dir: &Path) -> Vec<Replica> {
-    let block = loopback::Block::next();
-    let ips: Vec<Vec<String>> = (0..SHARDS)
-        .map(|shard| (0..3).map(|id| block.ip(shard * 3 + id + 1)).collect())
-        .collect();
-    let mut out = Vec::new();
-    for shard in 0..SHARDS {
-        let mine = &ips[shard as usize];
-        let peers = mine
-            .iter()
-            .enumerate()
-            .map(|(id, ip)| format!("{id}={ip}:7071|{ip}:7070"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let others = (0..SHARDS)
-            .filter(|o| *o != shard)
-            .map(|o| {
-                let addrs: Vec<String> = ips[o as usize]
-                    .iter()
-                    .map(|ip| format!("{ip}:7070"))
-                    .collect();
-                format!("{o}={}", addrs.join(","))
-            })
-            .collect::<Vec<_>>()
-            .join(";");
-        out.extend(start_shard(dir, shard, mine, &peers, &others));
-    }
-    out
-}
-
-fn start_shard(dir: &Path, shard: u32, ips: &[String], peers: &str, others: &str) -> Vec<Replica> {
-    ips.iter()
-        .enumerate()
-        .map(|(id, ip)| {
-            let log = dir.join(format!("s{shard}-node-{id}.log"));
-            let child = Command::new(node_binary())
-                .args([
-                    "--data-dir",
-                    dir.join(format!("s{shard}-node-{id}")).to_str().unwrap(),
-                ])
-                .args([
-                    "--shards",
-                    &SHARDS.to_string(),
-                    "--shard",
-                    &shard.to_string(),
-                ])
-                .args(["--shard-addrs", others])
-                .args(["--dimension", "4", "--metric", "l2", "--listen", ip])
-                .args([
-                    "--node-id",
-                    &id.to_string(),
-                    "--peers",
-                    peers,
-                    "--bootstrap",
-                ])
-                .args([
-                    "--raft-heartbeat-ms",
-                    "100",
-                    "--raft-election-timeout-ms",
-                    "800",
-                ])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap();
-            Replica {
-                shard,
-                id: id as u64,
-                ip: ip.clone(),
-                log,
-                child: Some(child),
-            }
-        })
-        .collect()
-}
-
-fn logs(nodes: &[Replica]) -> String {
-    nodes
-        .iter()
-        .map(|n| {
-            let l = std::fs::read_to_string(&n.log).unwrap_or_default();
-            let tail: Vec<&str> = l.lines().rev().take(20).collect();
-            format!(
-                "--- shard {} node {} ---\n{}",
-                n.shard,
-                n.id,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// `SHARDS` shards of 3 replicas (`--peers ... --bootstrap`, `--shard-addrs`), each on a
+/// loopback address of its own with the default ports (the `procs` harness).
+fn start_cluster() -> Cluster {
+    Cluster::start_with(
+        SHARDS,
+        3,
+        4,
+        Opts {
+            runtime: None,
+            rust_log: "warn".into(),
+            ..Opts::default()
+        },
+    )
 }
 
 /// `kindex ... -o json`, parsed when it succeeds.
@@ -170,26 +65,6 @@ fn agreed_leader(addrs: &[String]) -> Option<u64> {
     leader
 }
 
-fn wait<T>(
-    what: &str,
-    timeout: Duration,
-    nodes: &[Replica],
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {timeout:?}\n{}",
-            logs(nodes)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn count(addr: &str) -> Option<u64> {
     json_of(&["--addr", addr, "count"])?["count"].as_u64()
 }
@@ -202,20 +77,21 @@ fn bulk_load_survives_a_leader_kill() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let tmp = tempfile::tempdir().unwrap();
-    let mut nodes = start_cluster(tmp.path());
+    let mut nodes = start_cluster();
     let shard_addrs = |shard: u32| -> Vec<String> {
         nodes
+            .nodes
             .iter()
             .filter(|n| n.shard == shard)
-            .map(Replica::addr)
+            .map(Proc::grpc_addr)
             .collect()
     };
     let addrs = shard_addrs(0);
     let other = shard_addrs(1);
-    let leader = wait("an agreed leader", Duration::from_secs(60), &nodes, || {
+    let leader = poll("an agreed leader", Duration::from_secs(60), || {
         agreed_leader(&addrs)
     });
-    wait("shard 1's leader", Duration::from_secs(60), &nodes, || {
+    poll("shard 1's leader", Duration::from_secs(60), || {
         agreed_leader(&other)
     });
     eprintln!("shard 0 leader: node {leader} after {:?}", t0.elapsed());
@@ -258,20 +134,14 @@ fn bulk_load_survives_a_leader_kill() {
         .unwrap();
 
     // Kill -9 the leader once a tenth of the rows are in.
-    let at_kill = wait(
-        "the load under way",
-        Duration::from_secs(60),
-        &nodes,
-        || {
-            assert!(
-                load.try_wait().unwrap().is_none(),
-                "the load ended before the kill; raise KINDEX_LOAD_ROWS"
-            );
-            count(&leader_addr).filter(|&c| c as usize >= rows / 10)
-        },
-    );
-    // Shard 0's replicas come first in `nodes`.
-    nodes[leader as usize].kill9();
+    let at_kill = poll("the load under way", Duration::from_secs(60), || {
+        assert!(
+            load.try_wait().unwrap().is_none(),
+            "the load ended before the kill; raise KINDEX_LOAD_ROWS"
+        );
+        count(&leader_addr).filter(|&c| c as usize >= rows / 10)
+    });
+    nodes.kill(0, leader);
     let killed_at = load_started.elapsed();
     assert!(
         load.try_wait().unwrap().is_none(),
@@ -280,10 +150,9 @@ fn bulk_load_survives_a_leader_kill() {
     eprintln!("killed shard 0's leader {leader} at {killed_at:?} with {at_kill} vectors stored");
 
     // The CLI must finish by itself, in bounded time.
-    let status = wait(
+    let status = poll(
         "the load to finish",
         BUDGET.saturating_sub(t0.elapsed()),
-        &nodes,
         || load.try_wait().unwrap(),
     );
     let load_time = load_started.elapsed();
@@ -293,7 +162,7 @@ fn bulk_load_survives_a_leader_kill() {
     assert!(
         status.success(),
         "kindex upsert failed: {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}\n{}",
-        logs(&nodes)
+        nodes.logs()
     );
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["rows"], rows as u64, "{report}");
@@ -312,17 +181,15 @@ fn bulk_load_survives_a_leader_kill() {
     // Every id is readable through each survivor (its coordinator reads every
     // shard's leader), and both shards hold a part of the load.
     let survivors: Vec<String> = nodes
+        .nodes
         .iter()
-        .filter(|n| n.child.is_some())
-        .map(Replica::addr)
+        .filter(|n| n.running())
+        .map(Proc::grpc_addr)
         .collect();
     for s in &survivors {
-        let n = wait(
-            "the survivor's count",
-            Duration::from_secs(60),
-            &nodes,
-            || count(s).filter(|&c| c as usize >= rows),
-        );
+        let n = poll("the survivor's count", Duration::from_secs(60), || {
+            count(s).filter(|&c| c as usize >= rows)
+        });
         assert_eq!(n as usize, rows, "{s}: more vectors than loaded");
     }
     let s = &survivors[0];

@@ -12,14 +12,16 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod common;
+#[path = "../../node/tests/procs/mod.rs"]
+mod procs;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{kindex, node_binary, own_ip, text, write_npy_dim};
+use common::{kindex, text, write_npy_dim};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,28 +33,14 @@ const NS: &str = "team";
 const INDEX: &str = "demo";
 const POD: &str = "demo-s0-0";
 
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A standalone node serving index `demo` on `ip` (default ports).
-fn start_node(dir: &Path, ip: &str) -> Node {
-    let child = Command::new(node_binary())
-        .args(["--data-dir", dir.join("data").to_str().unwrap()])
-        .args(["--index", INDEX, "--dimension", "4", "--metric", "l2"])
-        .args(["--listen", ip])
+/// A standalone node serving index `demo` on a loopback address of its own (default ports).
+fn start_node(dir: &Path) -> procs::Proc {
+    let node = procs::Standalone::new(4, "l2")
+        .data_dir(dir.join("data"))
+        .args(&["--index", INDEX])
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("node.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let node = Node(child);
-    let addr = format!("{ip}:7070");
+        .start();
+    let addr = node.grpc_addr();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !kindex(&["--addr", &addr, "--index", INDEX, "info"])
         .status
@@ -61,7 +49,7 @@ fn start_node(dir: &Path, ip: &str) -> Node {
         assert!(
             Instant::now() < deadline,
             "node did not come up: {}",
-            std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+            node.log_text()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -236,18 +224,13 @@ fn plugin(home: &Path, kubeconfig: &Path, args: &[&str]) -> Output {
 #[test]
 fn kubectl_kindex_reaches_the_pod_through_its_port_forward() {
     let tmp = tempfile::tempdir().unwrap();
-    let node_ip = own_ip();
-    let _node = start_node(tmp.path(), &node_ip);
+    let node = start_node(tmp.path());
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt.block_on(TcpListener::bind(("127.0.0.1", 0))).unwrap();
     let api_port = listener.local_addr().unwrap().port();
     let forwards = Arc::new(AtomicUsize::new(0));
-    rt.spawn(api_server(
-        listener,
-        format!("{node_ip}:7070"),
-        forwards.clone(),
-    ));
+    rt.spawn(api_server(listener, node.grpc_addr(), forwards.clone()));
 
     let kc = tmp.path().join("kubeconfig");
     std::fs::write(

@@ -10,50 +10,16 @@ mod procs;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kindex_proto as pb;
+use procs::{Proc, Standalone};
 use serde_json::{Value, json};
 
-struct Node {
-    child: Child,
-    /// `ip:port` of the HTTP server.
-    http: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A standalone node with `dim`-dimensional vectors under `metric`, healthy.
-fn standalone(metric: &str, dim: u32) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    // An own loopback address with the default ports (see `procs::loopback`).
-    let ip = procs::loopback::Block::next().ip(1);
-    let http = format!("{ip}:7080");
-    let child = Command::new(env!("CARGO_BIN_EXE_kindex-node"))
-        .args(["--data-dir", dir.path().to_str().unwrap()])
-        .args(["--dimension", &dim.to_string(), "--metric", metric])
-        .args(["--listen", &ip])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let node = Node {
-        child,
-        http,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while request(&node.http, "GET", "/readyz", &[], b"").map(|r| r.0) != Some(200) {
-        assert!(Instant::now() < deadline, "node did not become ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// A standalone node with `dim`-dimensional vectors under `metric`, ready.
+fn standalone(metric: &str, dim: u32) -> Proc {
+    let mut node = Standalone::new(dim, metric).start();
+    node.wait_http_ok("/readyz", Duration::from_secs(30));
     node
 }
 
@@ -119,7 +85,7 @@ const POINTS: &str = "/v1/indexes/default/points";
 const SEARCH: &str = "/v1/indexes/default/search";
 
 /// Four points: a/b in "en", c/d in "de"; years 1990, 2000, 2010, 2020.
-fn seed(n: &Node) {
+fn seed(n: &Proc) {
     let points: Vec<Value> = [("a", "en", 1990), ("b", "en", 2000), ("c", "de", 2010), ("d", "de", 2020)]
         .iter()
         .enumerate()
@@ -131,7 +97,7 @@ fn seed(n: &Node) {
     assert_eq!(code, 200, "{v}");
 }
 
-fn search_ids(n: &Node, filter: Value) -> Result<Vec<String>, (u16, String)> {
+fn search_ids(n: &Proc, filter: Value) -> Result<Vec<String>, (u16, String)> {
     let (code, v) = post(
         &n.http,
         SEARCH,

@@ -161,6 +161,7 @@ async fn restarted_leader_scenario(unsafe_restore: bool) -> Repro {
             heartbeat_ms: 200,
             election_timeout_ms: 4000,
             extra_args: extra,
+            ..Opts::default()
         },
     );
     let leader = c.wait_leader(0, None).await;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use kindex_proto as pb;
 use procs::history::{History, Report, Write};
-use procs::{Cluster, Opts, WAIT, http_get, wait_for, with_timeout};
+use procs::{Cluster, Opts, WAIT, wait_for, with_timeout};
 
 const DIM: u32 = 4;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,20 +113,6 @@ fn damage(snapshot: &Path) {
     std::fs::write(&p, b).unwrap();
 }
 
-fn metric(node: &procs::Proc, name: &str) -> Option<f64> {
-    let (_, body) = http_get(&node.http, "/metrics")?;
-    body.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn log_of(node: &procs::Proc) -> String {
-    std::fs::read_to_string(&node.log).unwrap_or_default()
-}
-
 /// Two snapshots on `victim` (at least 20 entries apart), writes after them, then `victim`
 /// killed and its newest snapshot damaged. `purged`: whether the victim's log must have been
 /// purged past the previous snapshot by then (or not at all). Returns (previous, damaged)
@@ -160,11 +146,14 @@ async fn damaged_while_down(
         wait_for(
             "the victim's log purged past the previous snapshot",
             WAIT,
-            || async { metric(node, "kindex_raft_purged_index").filter(|&p| p > previous as f64) },
+            || async {
+                node.metric("kindex_raft_purged_index")
+                    .filter(|&p| p > previous as f64)
+            },
         )
         .await;
     } else {
-        assert_eq!(metric(node, "kindex_raft_purged_index"), Some(0.0));
+        assert_eq!(node.metric("kindex_raft_purged_index"), Some(0.0));
     }
     c.kill(0, victim);
     let snaps = dirs(&snapshots(c.node(0, victim)), "snap-");
@@ -213,14 +202,14 @@ async fn damaged_newest_snapshot_recovers_from_the_previous_snapshot_and_its_log
                 .starts_with(&format!("corrupt-snap-{newest:020}-")),
             "{aside:?}"
         );
-        let log = log_of(node);
+        let log = node.log_text();
         assert!(
             log.contains("snapshot does not load; setting it aside"),
             "{log}"
         );
         assert!(log.contains("loaded an older snapshot"), "{log}");
         assert_eq!(
-            metric(node, "kindex_snapshots_set_aside"),
+            node.metric("kindex_snapshots_set_aside"),
             Some(1.0),
             "metric"
         );
@@ -282,9 +271,10 @@ async fn damaged_newest_snapshot_with_a_purged_log_recovers_by_a_snapshot_from_a
         let s = node.status().await.unwrap();
         assert_eq!(s.role, "follower", "{s:?}");
         assert!(
-            log_of(node).contains("raising the vote to the fetched snapshot's term"),
+            node.log_text()
+                .contains("raising the vote to the fetched snapshot's term"),
             "{}",
-            log_of(node)
+            node.log_text()
         );
         // The damaged snapshot was set aside and reported.
         let aside = dirs(&snapshots(node), "corrupt-snap-");
@@ -297,10 +287,10 @@ async fn damaged_newest_snapshot_with_a_purged_log_recovers_by_a_snapshot_from_a
                 .starts_with(&format!("corrupt-snap-{newest:020}-")),
             "{aside:?}"
         );
-        assert_eq!(metric(node, "kindex_snapshots_set_aside"), Some(1.0));
+        assert_eq!(node.metric("kindex_snapshots_set_aside"), Some(1.0));
         // It fetched one, covering the log past its purge point (so past `previous`).
-        assert_eq!(metric(node, "kindex_snapshots_fetched_total"), Some(1.0));
-        let log = log_of(node);
+        assert_eq!(node.metric("kindex_snapshots_fetched_total"), Some(1.0));
+        let log = node.log_text();
         assert!(
             log.contains("fetched a snapshot from a peer and installed it"),
             "{log}"

@@ -3,117 +3,39 @@
 //! graceful shutdown with snapshot, restart from the same data dir, and a
 //! clear refusal on structural drift.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+mod procs;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kindex_proto as pb;
+use procs::{Proc, STOP_WAIT, Standalone, http_get, http_post_as};
 
-#[path = "procs/loopback.rs"]
-mod loopback;
-
-struct NodeProc {
-    child: Child,
-    /// `ip:port` of the gRPC server.
-    grpc: String,
-    /// `ip:port` of the HTTP server.
-    http: String,
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(dir: &Path, extra: &[&str]) -> NodeProc {
-    // An own loopback address with the default ports (see `loopback`).
-    let ip = loopback::Block::next().ip(1);
-    let (grpc, http) = (format!("{ip}:7070"), format!("{ip}:7080"));
-    let child = Command::new(env!("CARGO_BIN_EXE_kindex-node"))
-        .args([
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--dimension",
-            "4",
-            "--metric",
-            "l2",
-        ])
-        .args(["--listen", &ip])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    NodeProc { child, grpc, http }
-}
-
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    Some((code, body))
+/// A node on `dir` (own loopback address, default ports), not waited for.
+fn spawn(dir: &Path, extra: &[&str]) -> Proc {
+    Standalone::new(4, "l2").data_dir(dir).args(extra).start()
 }
 
 /// A POST the way `curl -d` sends it: no JSON content type.
 fn http_post(addr: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    Some((code, body))
+    http_post_as(addr, path, "application/x-www-form-urlencoded", body)
 }
 
-fn wait_healthy(p: &NodeProc) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Some((200, _)) = http_get(&p.http, "/healthz") {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("node did not become healthy");
+fn wait_healthy(p: &mut Proc) {
+    p.wait_http_ok("/healthz", Duration::from_secs(30));
 }
 
-async fn client(p: &NodeProc) -> pb::points_client::PointsClient<tonic::transport::Channel> {
-    pb::points_client::PointsClient::connect(format!("http://{}", p.grpc))
+async fn client(p: &Proc) -> pb::points_client::PointsClient<tonic::transport::Channel> {
+    pb::points_client::PointsClient::connect(p.grpc_url())
         .await
         .unwrap()
-}
-
-fn sigterm(p: &mut NodeProc) -> std::process::ExitStatus {
-    let pid = p.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(s) = p.child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "node did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serves_restarts_and_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = spawn(dir.path(), &[]);
-    wait_healthy(&node);
+    wait_healthy(&mut node);
     assert_eq!(http_get(&node.http, "/readyz").unwrap().0, 200);
     let mut c = client(&node).await;
     let points: Vec<pb::Point> = (0..500)
@@ -205,10 +127,10 @@ async fn serves_restarts_and_keeps_data() {
     assert!(metrics.contains("kindex_vectors 500"), "{metrics}");
 
     // Graceful stop snapshots; a restart serves the same data.
-    assert!(sigterm(&mut node).success());
+    assert!(node.sigterm().success());
     drop(node);
-    let node = spawn(dir.path(), &[]);
-    wait_healthy(&node);
+    let mut node = spawn(dir.path(), &[]);
+    wait_healthy(&mut node);
     let mut c = client(&node).await;
     let n = c
         .count(pb::CountRequest::default())
@@ -234,19 +156,13 @@ async fn serves_restarts_and_keeps_data() {
 fn structural_drift_refuses_to_start_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = spawn(dir.path(), &[]);
-    wait_healthy(&node);
-    assert!(sigterm(&mut node).success());
+    wait_healthy(&mut node);
+    assert!(node.sigterm().success());
     drop(node);
     let mut other = spawn(dir.path(), &["--m", "32"]);
-    let status = other.child.wait().unwrap();
+    let status = other.wait_exit(STOP_WAIT);
     assert!(!status.success());
-    let mut err = String::new();
-    other
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    // stdout and stderr, where the node says why it refused.
+    let err = other.log_text();
     assert!(err.contains("m=16") && err.contains("m=32"), "{err}");
 }

@@ -1,35 +1,12 @@
-//! Helpers shared by the CLI's integration tests: the real `kindex` and
-//! `kindex-node` binaries, loopback addresses of their own, and .npy files written the way numpy
-//! writes them.
+//! Helpers shared by the CLI's integration tests: the real `kindex` binary and .npy files
+//! written the way numpy writes them. `kindex-node` processes come from the node's test harness
+//! (`node/tests/procs`, included as `mod procs`).
 #![allow(dead_code, clippy::unwrap_used)] // each test binary uses a subset
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 pub const KINDEX: &str = env!("CARGO_BIN_EXE_kindex");
-
-/// `kindex-node`, which `cargo test -p kindex` does not build: it must sit
-/// next to the `kindex` binary (scripts/test.sh builds every binary first).
-pub fn node_binary() -> PathBuf {
-    let p =
-        Path::new(KINDEX).with_file_name(format!("kindex-node{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        p.exists(),
-        "{} is missing: build it first with `cargo build -p kindex-node` \
-         (scripts/test.sh builds all binaries before running tests)",
-        p.display()
-    );
-    p
-}
-
-#[path = "../../../node/tests/procs/loopback.rs"]
-pub mod loopback;
-
-/// A loopback address of this caller's own: servers there use their default ports (no port
-/// reservations by binding :0, see `loopback`); nothing listens there until one starts.
-pub fn own_ip() -> String {
-    loopback::Block::next().ip(1)
-}
 
 /// Runs `kindex` with `args`, ignoring KINDEX_ADDR/KINDEX_INDEX of the caller.
 pub fn kindex(args: &[&str]) -> Output {
