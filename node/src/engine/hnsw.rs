@@ -248,18 +248,31 @@ impl Hnsw {
             }
         }
         if buf.ids.len() > max {
-            let qv = vectors.get(q);
-            buf.cands.clear();
-            buf.cands.extend(buf.ids.iter().map(|&id| Scored {
-                dist: dist.distance(qv, vectors.get(id)),
-                id,
-            }));
-            buf.cands.sort_unstable_by(Scored::link_order);
-            self.select_into(vectors, dist, &buf.cands, max, &mut buf.kept);
-            buf.ids.clear();
-            buf.ids.extend(buf.kept.iter().map(|k| k.id));
+            self.shrink(vectors, dist, q, max, buf);
         }
         Self::write_list(list, &buf.ids);
+    }
+
+    /// Shrinks the candidate links in `buf.ids` of `base` to at most `max`
+    /// with the heuristic, closest first (ties newest first).
+    fn shrink(
+        &self,
+        vectors: &VectorArena,
+        dist: &DistanceFn,
+        base: u32,
+        max: usize,
+        buf: &mut LinkScratch,
+    ) {
+        let bv = vectors.get(base);
+        buf.cands.clear();
+        buf.cands.extend(buf.ids.iter().map(|&id| Scored {
+            dist: dist.distance(bv, vectors.get(id)),
+            id,
+        }));
+        buf.cands.sort_unstable_by(Scored::link_order);
+        self.select_into(vectors, dist, &buf.cands, max, &mut buf.kept);
+        buf.ids.clear();
+        buf.ids.extend(buf.kept.iter().map(|k| k.id));
     }
 
     /// Adds `new` to `node`'s list at `level`, shrinking it with the heuristic
@@ -290,22 +303,10 @@ impl Hnsw {
             list[0].store(n as u32 + 1, Ordering::Release);
             return;
         }
-        let nv = vectors.get(node);
-        buf.cands.clear();
-        buf.cands.extend(
-            current
-                .iter()
-                .map(|a| a.load(Ordering::Relaxed))
-                .chain(std::iter::once(new))
-                .map(|id| Scored {
-                    dist: dist.distance(nv, vectors.get(id)),
-                    id,
-                }),
-        );
-        buf.cands.sort_unstable_by(Scored::link_order);
-        self.select_into(vectors, dist, &buf.cands, max, &mut buf.kept);
         buf.ids.clear();
-        buf.ids.extend(buf.kept.iter().map(|k| k.id));
+        buf.ids.extend(current.iter().map(|a| a.load(Ordering::Relaxed)));
+        buf.ids.push(new);
+        self.shrink(vectors, dist, node, max, buf);
         Self::write_list(list, &buf.ids);
     }
 
