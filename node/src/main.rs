@@ -123,8 +123,11 @@ struct Args {
     /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
     #[arg(long, env = "KINDEX_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// How long a graceful shutdown may spend draining the indexing queue.
-    #[arg(long, default_value = "60")]
+    /// How long a graceful shutdown may spend draining the indexing queue. The snapshot
+    /// stores what is still queued and the next start queues it again (searched exactly
+    /// meanwhile), so a long drain only moves indexing work from after the restart to before
+    /// it, and makes every restart of a pod (rolling updates) that much slower.
+    #[arg(long, env = "KINDEX_DRAIN_TIMEOUT_SECS", default_value = "10")]
     drain_timeout_secs: u64,
 }
 

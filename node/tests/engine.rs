@@ -362,3 +362,38 @@ fn rewritten_duplicates_stay_findable() {
         }
     }
 }
+
+/// A stopping engine does not finish its indexing batch: `shutdown` returns between two
+/// inserts (a pod with a backlog stopped ~10 s late in a debug build), and the slots it did
+/// not index stay below the watermark's reach, so nothing is marked indexed that is not.
+#[test]
+fn shutdown_does_not_wait_for_the_current_batch() {
+    let n = 10_000;
+    let e = Engine::new(
+        structural(64, Metric::L2),
+        EngineKnobs {
+            ef_search: 64,
+            threads: 1,
+            batch_size: n,
+            queue_capacity: 1_000_000,
+        },
+    );
+    // One call: the worker claims the whole backlog as one batch.
+    e.upsert(&points(&clustered(n, 64, 7))).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = e.queue_stats();
+    assert_eq!(
+        before.watermark, 0,
+        "the batch finished already: {before:?}"
+    );
+    let t = Instant::now();
+    e.shutdown();
+    let took = t.elapsed();
+    let after = e.queue_stats();
+    assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
+    assert_eq!(
+        after.watermark, 0,
+        "an unfinished batch was marked indexed: {after:?}"
+    );
+    assert_eq!(e.count(), n as u64);
+}

@@ -304,7 +304,8 @@ impl Hnsw {
             return;
         }
         buf.ids.clear();
-        buf.ids.extend(current.iter().map(|a| a.load(Ordering::Relaxed)));
+        buf.ids
+            .extend(current.iter().map(|a| a.load(Ordering::Relaxed)));
         buf.ids.push(new);
         self.shrink(vectors, dist, node, max, buf);
         Self::write_list(list, &buf.ids);

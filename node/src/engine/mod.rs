@@ -457,6 +457,12 @@ fn worker_loop(inner: Arc<Inner>, me: usize) {
         {
             let _g = inner.gate.read();
             for slot in range.clone() {
+                // A stopping engine does not finish its batch (up to `batch_size` inserts,
+                // seconds in a debug build): the range stays unfinished, so the watermark
+                // does not pass it and a search still scans it exactly.
+                if inner.queue.is_shutdown() {
+                    return;
+                }
                 let slot = slot as u32;
                 if inner.state.first(slot).load(Ordering::Acquire) == LIVE {
                     inner.graph.insert(&inner.vectors, &inner.dist, slot);
