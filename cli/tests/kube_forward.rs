@@ -61,7 +61,7 @@ fn vector_index() -> Value {
         "apiVersion": "kindex.dev/v1alpha1", "kind": "VectorIndex",
         "metadata": {"name": INDEX, "namespace": NS},
         "spec": {"dimension": 4, "metric": "l2", "shards": 1, "replicas": 1},
-        "status": {"phase": "Running", "ready": "1/1", "vectors": 7}
+        "status": {"phase": "Ready", "ready": "1/1", "vectors": 7}
     })
 }
 
@@ -277,7 +277,7 @@ fn kubectl_kindex_reaches_the_pod_through_its_port_forward() {
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.contains("VectorIndex team/demo: phase Running, ready 1/1, 7 vectors"),
+        out.contains("VectorIndex team/demo: phase Ready, ready 1/1, 7 vectors"),
         "{out}"
     );
     assert!(

@@ -79,8 +79,10 @@ pub enum Phase {
     Pending,
     /// Objects created; waiting for the first pods and Raft groups.
     Creating,
-    /// All shards have a leader and all replicas are ready.
-    Running,
+    /// All shards have a leader and all replicas are ready (condition `Ready`). Status written
+    /// by operators before 0.2 says `Running`; it is read as `Ready`.
+    #[serde(alias = "Running")]
+    Ready,
     /// Replicas are being added or removed.
     Scaling,
     /// Image or pod template rolling out.

@@ -2,8 +2,8 @@
 # Deployment's pods Running (as the chart's ServiceAccount, through the
 # in-cluster config: the kubernetes Service's ClusterIP) and one of them
 # holding the Lease -> a VectorIndex of 2
-# shards x 3 replicas -> condition Ready (phase Running: the CRD's name for
-# the healthy phase) with 6 ready kindex-node pods spread over the 3 Nodes and
+# shards x 3 replicas -> phase Ready and condition Ready with 6 ready
+# kindex-node pods spread over the 3 Nodes and
 # a Raft leader per shard.
 NS1=s1
 
@@ -51,8 +51,8 @@ spec:
   storage:
     size: 64Mi
 EOF
-  # The CRD's healthy phase is Running, with the Ready condition True.
-  waitfor 600 bash -c "[[ \$($KUBECTL -n $NS1 get vidx demo -o jsonpath='{.status.phase} {.status.conditions[?(@.type==\"Ready\")].status}') == 'Running True' ]]" || {
+  # The healthy phase is Ready, with the Ready condition True.
+  waitfor 600 bash -c "[[ \$($KUBECTL -n $NS1 get vidx demo -o jsonpath='{.status.phase} {.status.conditions[?(@.type==\"Ready\")].status}') == 'Ready True' ]]" || {
     k -n $NS1 get vidx demo -o yaml | sed -n '/^status:/,$p' | head -60
     k -n $NS1 get pods -o wide
     return 1
@@ -73,9 +73,9 @@ s1_columns() {
   out=$(k -n $NS1 get vidx demo)
   echo "$out"
   head -1 <<<"$out" | grep -qE 'NAME +SHARDS +REPLICAS +READY +VECTORS +PHASE +AGE' || fail "columns"
-  tail -1 <<<"$out" | grep -qE '^demo +2 +3 +6/6 +0 +Running ' || fail "row"
+  tail -1 <<<"$out" | grep -qE '^demo +2 +3 +6/6 +0 +Ready ' || fail "row"
 }
 
 check 1.1 "helm install: operator pods Running, one holds the Lease (API server via the kubernetes Service)" s1_helm
-check 1.2 "VectorIndex 2x3: Ready (phase Running), 6 ready pods on 3 nodes, a leader per shard" s1_index
+check 1.2 "VectorIndex 2x3: phase Ready, 6 ready pods on 3 nodes, a leader per shard" s1_index
 check 1.3 "kubectl get vidx columns" s1_columns

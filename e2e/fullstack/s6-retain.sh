@@ -21,7 +21,7 @@ EOF
 }
 
 s6_ready() {
-  [[ $(k -n $NS6 get vidx keep -o jsonpath='{.status.phase} {.status.conditions[?(@.type=="Ready")].status}') == 'Running True' ]]
+  [[ $(k -n $NS6 get vidx keep -o jsonpath='{.status.phase} {.status.conditions[?(@.type=="Ready")].status}') == 'Ready True' ]]
 }
 
 s6_retain() {

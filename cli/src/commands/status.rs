@@ -127,7 +127,7 @@ fn table(results: &[(String, anyhow::Result<pb::StatusResponse>)], now_ms: i64) 
     t.render()
 }
 
-/// `VectorIndex prod/demo: phase Running, ready 3/3, 1000 vectors`.
+/// `VectorIndex prod/demo: phase Ready, ready 3/3, 1000 vectors`.
 fn index_line(k: &KubeSummary) -> String {
     let head = format!("VectorIndex {}/{}", k.namespace, k.index);
     match &k.status {
@@ -230,14 +230,14 @@ mod tests {
         k.status = Some(Default::default());
         assert_eq!(index_line(&k), "VectorIndex prod/demo: no status yet");
         k.status = Some(kindex_crds::status::VectorIndexStatus {
-            phase: Some(kindex_crds::status::Phase::Running),
+            phase: Some(kindex_crds::status::Phase::Ready),
             ready: Some("3/3".into()),
             vectors: Some(1000),
             ..Default::default()
         });
         assert_eq!(
             index_line(&k),
-            "VectorIndex prod/demo: phase Running, ready 3/3, 1000 vectors"
+            "VectorIndex prod/demo: phase Ready, ready 3/3, 1000 vectors"
         );
     }
 }

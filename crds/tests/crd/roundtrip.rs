@@ -41,7 +41,7 @@ fn status_round_trips() {
 
     let mut vi = example("minimal.yaml");
     vi.status = Some(VectorIndexStatus {
-        phase: Some(Phase::Running),
+        phase: Some(Phase::Ready),
         conditions: vec![Condition {
             type_: condition_types::READY.into(),
             status: "True".into(),
@@ -67,9 +67,19 @@ fn status_round_trips() {
         selector: Some("app.kubernetes.io/instance=demo".into()),
     });
     let json = serde_json::to_value(&vi).expect("to json");
-    assert_eq!(json["status"]["phase"], "Running");
+    assert_eq!(json["status"]["phase"], "Ready");
     assert_eq!(json["status"]["shards"][0]["appliedIndex"], 42);
     assert_eq!(json["status"]["ready"], "1/1");
     let back: VectorIndex = serde_json::from_value(json).expect("from json");
     assert_eq!(back, vi);
+}
+
+/// Status written by operators before the phase was renamed (`Running`) still reads, as
+/// `Ready`: an operator that failed to read its own old status would fail every reconcile.
+#[test]
+fn the_old_running_phase_reads_as_ready() {
+    use kindex_crds::Phase;
+    let phase: Phase = serde_json::from_value(serde_json::json!("Running")).expect("old phase");
+    assert_eq!(phase, Phase::Ready);
+    assert_eq!(serde_json::to_value(phase).expect("to json"), "Ready");
 }

@@ -190,10 +190,10 @@ pub fn build(
     {
         Phase::Degraded
     } else {
-        Phase::Running
+        Phase::Ready
     };
 
-    let ready = if phase == Phase::Running {
+    let ready = if phase == Phase::Ready {
         cond(
             ct::READY,
             true,

@@ -79,7 +79,7 @@ fn condition<'a>(s: &'a VectorIndexStatus, t: &str) -> &'a Condition {
 fn healthy_index_is_running() {
     let now = Timestamp::from_second(1_700_000_100).unwrap();
     let s = build(&vi(), &healthy("h"), &done(), None, "h", now);
-    assert_eq!(s.phase, Some(Phase::Running));
+    assert_eq!(s.phase, Some(Phase::Ready));
     assert_eq!(condition(&s, ct::READY).status, "True");
     assert_eq!(condition(&s, ct::DEGRADED).status, "False");
     assert_eq!(s.shards[0].leader.as_deref(), Some("idx-s0-0"));
