@@ -62,7 +62,7 @@ check "no ready pod: each pod's state (the only index in the namespace is used)"
   expect_fail 'no ready pod of index "vecs" in namespace "plug": vecs-s0-0 Pending, vecs-s0-1 Pending' kk -n plug count
 
 k -n plug patch pod vecs-s0-1 --subresource=status --type=merge \
-  -p '{"status":{"phase":"Ready","conditions":[{"type":"Ready","status":"True"}]}}' >/dev/null
+  -p '{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}' >/dev/null
 # The ready pod is picked; without a kubelet the API server refuses to forward.
 check "the ready pod is picked and port-forwarded (refused: no kubelet)" \
   expect_fail 'port-forward to pod/vecs-s0-1 port 7070 failed: pod vecs-s0-1 does not have a host assigned' kk -n plug count
