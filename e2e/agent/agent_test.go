@@ -156,65 +156,6 @@ func TestRenderHosts(t *testing.T) {
 	}
 }
 
-func TestBuildProxy(t *testing.T) {
-	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
-	svcs := []*corev1.Service{
-		{ObjectMeta: metav1.ObjectMeta{Name: "kubernetes", Namespace: "default"}, Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.1",
-			Ports: []corev1.ServicePort{{Name: "https", Port: 443, Protocol: tcp}}}},
-		{ObjectMeta: metav1.ObjectMeta{Name: "idx", Namespace: "ns"}, Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.20",
-			Ports: []corev1.ServicePort{{Name: "grpc", Port: 7070, Protocol: tcp}, {Name: "metrics", Port: 9090}, {Name: "dns", Port: 53, Protocol: udp}}}},
-		{ObjectMeta: metav1.ObjectMeta{Name: "none", Namespace: "ns"}, Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.21",
-			Ports: []corev1.ServicePort{{Port: 80}}}},
-		{ObjectMeta: metav1.ObjectMeta{Name: "headless", Namespace: "ns"}, Spec: corev1.ServiceSpec{ClusterIP: "None",
-			Ports: []corev1.ServicePort{{Port: 7070}}}},
-		{ObjectMeta: metav1.ObjectMeta{Name: "ext", Namespace: "ns"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "x.org"}},
-	}
-	slice := func(svc, name string, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
-		return &discoveryv1.EndpointSlice{
-			ObjectMeta:  metav1.ObjectMeta{Name: name, Namespace: map[bool]string{true: "default", false: "ns"}[svc == "kubernetes"], Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
-			AddressType: discoveryv1.AddressTypeIPv4, Ports: ports, Endpoints: eps,
-		}
-	}
-	ready := func(ip string, r *bool) discoveryv1.Endpoint {
-		return discoveryv1.Endpoint{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: r}}
-	}
-	idxPorts := []discoveryv1.EndpointPort{{Name: ptr("grpc"), Port: ptr(int32(7070))}, {Name: ptr("metrics"), Port: ptr(int32(9091))}}
-	slices := []*discoveryv1.EndpointSlice{
-		slice("kubernetes", "k", []discoveryv1.EndpointPort{{Name: ptr("https"), Port: ptr(int32(6443))}}, ready("10.244.0.1", ptr(true))),
-		// Two slices of one Service, one endpoint in both: listed once;
-		// a not-ready endpoint is left out, a nil condition counts as ready.
-		slice("idx", "idx-a", idxPorts, ready("10.244.0.11", ptr(true)), ready("10.244.0.12", ptr(false)), ready("10.244.0.10", nil)),
-		slice("idx", "idx-b", idxPorts, ready("10.244.0.11", ptr(true))),
-		{ObjectMeta: metav1.ObjectMeta{Name: "idx-v6", Namespace: "ns", Labels: map[string]string{discoveryv1.LabelServiceName: "idx"}},
-			AddressType: discoveryv1.AddressTypeIPv6, Ports: idxPorts, Endpoints: []discoveryv1.Endpoint{ready("fd00::1", nil)}},
-		slice("none", "none-a", []discoveryv1.EndpointPort{{Name: ptr(""), Port: ptr(int32(8080))}}, ready("10.244.0.30", ptr(false))),
-		slice("headless", "h", []discoveryv1.EndpointPort{{Name: ptr(""), Port: ptr(int32(7070))}}, ready("10.244.0.40", nil)),
-	}
-	got := buildProxy(svcs, slices)
-	want := []svcPort{
-		{name: "default/kubernetes:https", clusterIP: "10.96.0.1", proto: tcp, port: 443, endpoints: []string{"10.244.0.1:6443"}},
-		{name: "ns/idx:dns", clusterIP: "10.96.0.20", proto: udp, port: 53},
-		{name: "ns/idx:grpc", clusterIP: "10.96.0.20", proto: tcp, port: 7070, endpoints: []string{"10.244.0.10:7070", "10.244.0.11:7070"}},
-		{name: "ns/idx:metrics", clusterIP: "10.96.0.20", proto: tcp, port: 9090, endpoints: []string{"10.244.0.10:9091", "10.244.0.11:9091"}},
-		{name: "ns/none:80", clusterIP: "10.96.0.21", proto: tcp, port: 80},
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("buildProxy:\n got %+v\nwant %+v", got, want)
-	}
-	// Same cluster, objects listed in another order: the same rules (the
-	// agent reprograms only when the result changes).
-	rev := func(s []*discoveryv1.EndpointSlice) []*discoveryv1.EndpointSlice {
-		r := make([]*discoveryv1.EndpointSlice, len(s))
-		for i := range s {
-			r[len(s)-1-i] = s[i]
-		}
-		return r
-	}
-	if again := buildProxy([]*corev1.Service{svcs[4], svcs[3], svcs[2], svcs[1], svcs[0]}, rev(slices)); !reflect.DeepEqual(again, want) {
-		t.Errorf("buildProxy depends on listing order:\n got %+v", again)
-	}
-}
-
 func TestWriteAtomicDirSwapsAllFilesAtOnce(t *testing.T) {
 	dir := t.TempDir()
 	if err := writeAtomicDir(dir, map[string]file{"a": {[]byte("1"), 0o644}, "sub/b": {[]byte("2"), 0o600}}, nil); err != nil {

@@ -14,7 +14,7 @@ import (
 // (CoreDNS) would serve:
 //
 //   - <svc>.<ns>.svc[.<domain>] → the ClusterIP for a normal Service (routed
-//     by the agent's Service rules, nft.go), whether or not it has ready
+//     by kube-proxy), whether or not it has ready
 //     endpoints;
 //   - for a headless Service (clusterIP: None) the same name → each ready
 //     endpoint's pod IP, one line per address (glibc's `multi on` returns
@@ -82,4 +82,11 @@ func renderHosts(pods []*corev1.Pod, svcs []*corev1.Service, slices []*discovery
 		b.WriteByte('\n')
 	}
 	return b.String()
+}
+
+// hasClusterIP: the Service gets a virtual IP that kube-proxy routes
+// (not headless, not ExternalName).
+func hasClusterIP(svc *corev1.Service) bool {
+	return svc.Spec.Type != corev1.ServiceTypeExternalName &&
+		svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != corev1.ClusterIPNone
 }

@@ -6,7 +6,6 @@
 //
 // It must run as root inside the namespace the tier's run script creates
 // (e2e/fullstack/run.sh): it adds veth links to the bridge given by --bridge,
-// programs that namespace's nftables table for ClusterIP Services (nft.go),
 // and never touches the root network namespace.
 //
 // Usage:
@@ -152,14 +151,11 @@ func run(args []string) int {
 	}
 	defer rt.shutdown()
 
-	// Cluster-wide informers for DNS and Service routing (pods, Services,
-	// EndpointSlices) and volumes (ConfigMaps, Secrets).
+	// Cluster-wide informers for DNS (pods, Services, EndpointSlices) and
+	// volumes (ConfigMaps, Secrets).
 	factory := informers.NewSharedInformerFactory(client, 5*time.Minute)
 	rt.startInformers(ctx, factory)
-	if err := rt.startServiceLoop(ctx); err != nil {
-		logger.Print(err)
-		return 1
-	}
+	rt.startDNSLoop(ctx)
 
 	errs := make(chan error, len(c.nodes))
 	for i, name := range c.nodes {

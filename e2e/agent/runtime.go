@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,10 +37,6 @@ type Runtime struct {
 	slices     discoverylisters.EndpointSliceLister
 	services   corelisters.ServiceLister
 	dnsKick    chan struct{}
-
-	proxyMu      sync.Mutex
-	proxyApplied []svcPort // what the nftables table holds now
-	proxyOK      bool
 }
 
 func newRuntime(c *config, client kubernetes.Interface) (*Runtime, error) {
@@ -83,15 +78,10 @@ func (rt *Runtime) startInformers(ctx context.Context, f informers.SharedInforme
 	f.WaitForCacheSync(ctx.Done())
 }
 
-// startServiceLoop programs the Service rules once (an error here stops
-// the agent: without them no ClusterIP routes), then keeps them and the
-// hosts file current.
-func (rt *Runtime) startServiceLoop(ctx context.Context) error {
-	if err := rt.syncProxy(); err != nil {
-		return fmt.Errorf("programming Service rules (nftables): %w", err)
-	}
+// startDNSLoop keeps the hosts file current. ClusterIP Services are routed
+// by kube-proxy (nftables mode), which the tier runs next to this agent.
+func (rt *Runtime) startDNSLoop(ctx context.Context) {
 	go rt.dnsLoop(ctx)
-	return nil
 }
 
 func (rt *Runtime) kickDNS() {
@@ -101,9 +91,9 @@ func (rt *Runtime) kickDNS() {
 	}
 }
 
-// dnsLoop rewrites the shared hosts file and the Service rules whenever
-// pods, Services or EndpointSlices change (coalescing bursts), and every
-// few seconds as a safety net.
+// dnsLoop rewrites the shared hosts file whenever pods, Services or
+// EndpointSlices change (coalescing bursts), and every few seconds as a
+// safety net.
 func (rt *Runtime) dnsLoop(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
@@ -118,42 +108,7 @@ func (rt *Runtime) dnsLoop(ctx context.Context) {
 		if err := rt.writeHosts(); err != nil {
 			logger.Printf("hosts file: %v", err)
 		}
-		if err := rt.syncProxy(); err != nil {
-			logger.Printf("Service rules: %v", err)
-		}
 	}
-}
-
-// syncProxy reprograms the nftables table when the Services' ready
-// endpoints changed since the last successful run.
-func (rt *Runtime) syncProxy() error {
-	svcs, err := rt.services.List(labels.Everything())
-	if err != nil {
-		return err
-	}
-	slices, err := rt.slices.List(labels.Everything())
-	if err != nil {
-		return err
-	}
-	ports := buildProxy(svcs, slices)
-	rt.proxyMu.Lock()
-	defer rt.proxyMu.Unlock()
-	if rt.proxyOK && reflect.DeepEqual(ports, rt.proxyApplied) {
-		return nil
-	}
-	if err := programProxy(ports); err != nil {
-		rt.proxyOK = false
-		return err
-	}
-	rt.proxyApplied, rt.proxyOK = ports, true
-	ready := 0
-	for _, p := range ports {
-		if len(p.endpoints) > 0 {
-			ready++
-		}
-	}
-	logger.Printf("Service rules: %d ClusterIP ports, %d with ready endpoints", len(ports), ready)
-	return nil
 }
 
 // writeHosts renders the hosts file and replaces it atomically (rename in

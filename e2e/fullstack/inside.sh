@@ -20,8 +20,8 @@ ip link set lo up
 ip link add kbr0 type bridge
 ip addr add 10.244.0.1/24 dev kbr0
 ip link set kbr0 up
-# ClusterIP Services (the agent's nftables rules, e2e/agent/nft.go): pods
-# reach the service range through their default route via 10.244.0.1, which
+# ClusterIP Services (kube-proxy, nftables mode, started below): pods reach
+# the service range through their default route via 10.244.0.1, which
 # forwards after DNAT; this namespace's own processes get a route for it.
 echo 1 >/proc/sys/net/ipv4/ip_forward
 ip route add 10.96.0.0/16 dev kbr0
@@ -40,7 +40,9 @@ t=$(now)
 # The apiserver flags: the `kubernetes` Service's endpoint is the bridge
 # address (kept by the apiserver's lease reconciler), so pods reach the API
 # server through that Service's ClusterIP as in a real cluster.
+proxy_token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 "$KINDEX_TESTENV" --controller-manager --scheduler \
+  --extra-token "$proxy_token,system:kube-proxy,kube-proxy-uid" \
   --bind-address=0.0.0.0 --serving-ip=10.244.0.1 --port=6443 \
   --dir "$RUN/testenv" --kubeconfig-out "$KC" --max-lifetime 120m --ready-timeout 5m \
   --controller-manager-arg=--enable-hostpath-provisioner=true \
@@ -78,6 +80,23 @@ t=$(now)
 wait_line "$RUN/agent.out" READY 120 || fatal "kindex-agent not READY (see $RUN/agent.log)"
 k wait --for=condition=Ready node --all --timeout=60s >/dev/null || fatal "nodes not Ready"
 info "node agent serving $(k get nodes -o name | wc -l) Ready nodes in $(since "$t")s"
+
+# kube-proxy of the same release, nftables mode, as the user kubeadm gives it
+# (system:kube-proxy, bound to system:node-proxier). One instance serves the
+# three Nodes: they share this network namespace, so one rule set routes for
+# all of them. Conntrack sysctls are left alone (read-only outside the
+# initial namespace); the tier needs no NodePorts.
+t=$(now)
+"$KINDEX_TESTENV" kubeconfig --from "$KC" --token "$proxy_token" --user system:kube-proxy \
+  --out "$RUN/kube-proxy.kubeconfig"
+"$KINDEX_TESTENV" proxy --proxy-mode=nftables --kubeconfig "$RUN/kube-proxy.kubeconfig" \
+  --hostname-override=kindex-node-1 --cluster-cidr=10.244.0.0/24 \
+  --conntrack-max-per-core=0 --conntrack-tcp-timeout-established=0s --conntrack-tcp-timeout-close-wait=0s \
+  --healthz-bind-address=127.0.0.1:10256 --metrics-bind-address=127.0.0.1:10249 \
+  >"$RUN/kube-proxy.log" 2>&1 &
+waitfor 120 bash -c '[[ $(curl -s -o /dev/null -w "%{http_code}" http://127.0.0.1:10256/healthz) == 200 ]] && nft list table ip kube-proxy >/dev/null 2>&1' ||
+  fatal "kube-proxy not healthy (see $RUN/kube-proxy.log)"
+info "kube-proxy (nftables) routing ClusterIP Services in $(since "$t")s"
 
 scenarios=("$@")
 [[ ${#scenarios[@]} -gt 0 ]] || scenarios=(0 1 2 3 4 5 6)

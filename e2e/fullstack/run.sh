@@ -18,7 +18,14 @@ root=$PWD
 log() { echo "fullstack: $*" >&2; }
 
 [[ $(id -u) == 0 ]] || { log "ERROR: needs root (network and mount namespaces)"; exit 1; }
-for c in unshare nsenter ip python3 curl; do
+# kube-proxy's nftables mode drives the `nft` command (Debian's nftables).
+if ! command -v nft >/dev/null && command -v apt-get >/dev/null; then
+  log "installing nftables (for kube-proxy) from Debian's packages ..."
+  apt-get install -y -q nftables >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null && apt-get install -y -q nftables >/dev/null; } ||
+    { log "ERROR: apt-get install nftables failed"; exit 1; }
+fi
+for c in unshare nsenter ip python3 curl nft; do
   command -v "$c" >/dev/null || { log "ERROR: '$c' not found"; exit 1; }
 done
 

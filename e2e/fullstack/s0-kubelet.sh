@@ -247,8 +247,8 @@ EOF
 # "rc=N" (kubectl exec's own exit status is not the command's).
 in_pod() { k -n $NS0 exec "$1" -- sh -c "$2; echo rc=\$?" 2>&1; }
 
-# 0.7 ClusterIP Services route, as kube-proxy makes them (the agent's
-# nftables rules): a pod reaches the API server through the kubernetes
+# 0.7 ClusterIP Services route, through kube-proxy (nftables mode):
+# a pod reaches the API server through the kubernetes
 # Service; a Service's name resolves to its ClusterIP; with no ready
 # endpoint connections are refused, once one is ready they reach it (also
 # from that endpoint itself: hairpin), and are refused again when it goes

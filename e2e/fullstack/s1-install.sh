@@ -19,8 +19,7 @@ s1_helm() {
   grep -q "^$holder Running$" <<<"$pods" || fail "Lease holder '$holder' is not a Running operator pod"
   echo "Lease kindex-operator held by $holder"
   # The holder reached the API server as an in-cluster client does: through
-  # the kubernetes Service's ClusterIP (routed by the agent's kube-proxy
-  # rules), which is what its process was given, as a kubelet gives it.
+  # the kubernetes Service's ClusterIP (routed by kube-proxy), which is what its process was given, as a kubelet gives it.
   svc=$(k -n default get svc kubernetes -o jsonpath='{.spec.clusterIP} {.spec.ports[?(@.name=="https")].port}')
   read -r cip cport <<<"$svc"
   [[ $cip == 10.96.* ]] || fail "kubernetes Service ClusterIP '$cip'"

@@ -59,7 +59,7 @@ s2_search() {
 
 # 2.3 The client Service as a client in the cluster uses it: from a pod, the
 # Service name resolves to its ClusterIP, and the kindex CLI's upsert and
-# search through <name>:7070 (routed by the agent's kube-proxy rules to a
+# search through <name>:7070 (routed by kube-proxy to a
 # ready pod) see the data.
 s2_service() {
   k -n "$NS1" apply -f - >/dev/null <<'EOF'

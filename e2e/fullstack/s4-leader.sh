@@ -1,7 +1,7 @@
 # Scenario 4 (builds on scenarios 1-2): `kubectl delete pod` of shard 0's
 # Raft leader while a writer runs (HTTP upserts, re-upserts and deletes of 200
-# keys through the index's client Service: its ClusterIP, routed by the agent's
-# kube-proxy rules to a ready pod of either shard, whose coordinator routes each
+# keys through the index's client Service: its ClusterIP, routed by
+# kube-proxy to a ready pod of either shard, whose coordinator routes each
 # write to its shard's leader; e2e/fullstack/py/s4_writer.py records every
 # operation and its outcome).
 # The pod comes back on its PVC and rejoins; the replicas of each shard agree on

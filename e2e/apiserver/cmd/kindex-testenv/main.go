@@ -38,6 +38,7 @@ import (
 
 	"k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxyapp "k8s.io/kubernetes/cmd/kube-proxy/app"
 	schedapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
 )
 
@@ -49,6 +50,10 @@ const (
 	controllerManagerSubcommand = "controller-manager"
 	// schedulerSubcommand re-executes this binary as kube-scheduler.
 	schedulerSubcommand = "scheduler"
+	// proxySubcommand runs this binary as kube-proxy. The parent never starts
+	// it: kube-proxy belongs to a node, so the full-stack tier starts it next
+	// to its node agent, inside the tier's network namespace.
+	proxySubcommand = "proxy"
 )
 
 // logger is our own: kube-apiserver redirects the standard "log" package
@@ -84,6 +89,14 @@ func main() {
 		case controllerManagerSubcommand:
 			// Runs the real kube-controller-manager command with the given args.
 			cmd := kcmapp.NewControllerManagerCommand()
+			cmd.SetArgs(os.Args[2:])
+			if err := cmd.Execute(); err != nil {
+				os.Exit(1)
+			}
+			return
+		case proxySubcommand:
+			// Runs the real kube-proxy command with the given args.
+			cmd := proxyapp.NewProxyCommand()
 			cmd.SetArgs(os.Args[2:])
 			if err := cmd.Execute(); err != nil {
 				os.Exit(1)
