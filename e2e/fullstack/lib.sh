@@ -90,3 +90,21 @@ summary() {
   echo "$PASSED passed, $FAILED failed"
   ((FAILED == 0))
 }
+
+# shards_agree N: index demo of scenario 1 (2 shards): each shard has N replicas
+# answering status, all with equal live count and content checksum.
+shards_agree() {
+  PATH="$RUN/bin:$PATH" "$KUBECTL" kindex status -n "$NS1" --index demo -o json |
+    python3 -c '
+import json, sys
+n = int(sys.argv[1])
+doc = json.load(sys.stdin)
+ok = True
+for shard in (0, 1):
+    rows = {(m["status"]["vectorsLive"], m["status"]["contentChecksum"])
+            for m in doc["nodes"] if "status" in m and m["status"]["shard"] == shard}
+    count = sum(1 for m in doc["nodes"] if "status" in m and m["status"]["shard"] == shard)
+    print("shard", shard, "replicas", count, "states", sorted(rows))
+    ok = ok and count == n and len(rows) == 1
+sys.exit(0 if ok else 1)' "$1"
+}

@@ -2,29 +2,13 @@
 # Raft leader while a writer runs (HTTP upserts, re-upserts and deletes of 200
 # keys through the index's client Service: its ClusterIP, routed by
 # kube-proxy to a ready pod of either shard, whose coordinator routes each
-# write to its shard's leader; e2e/fullstack/py/s4_writer.py records every
+# write to its shard's leader; e2e/fullstack/py/history_writer.py records every
 # operation and its outcome).
 # The pod comes back on its PVC and rejoins; the replicas of each shard agree on
 # live count and content checksum; then every replica is checked against the
-# history (py/s4_check.py): each key holds what its last acknowledged operation
+# history (py/history_check.py): each key holds what its last acknowledged operation
 # left, or the result of an operation whose outcome the writer could not know;
 # lost, resurrected and stale keys are counted per replica.
-
-# shards_agree: for shard 0 and 1, 3 replicas with equal live count and checksum.
-shards_agree() {
-  PATH="$RUN/bin:$PATH" "$KUBECTL" kindex status -n "$NS1" --index demo -o json |
-    python3 -c '
-import json, sys
-doc = json.load(sys.stdin)
-ok = True
-for shard in (0, 1):
-    rows = {(n["status"]["vectorsLive"], n["status"]["contentChecksum"])
-            for n in doc["nodes"] if "status" in n and n["status"]["shard"] == shard}
-    count = sum(1 for n in doc["nodes"] if "status" in n and n["status"]["shard"] == shard)
-    print("shard", shard, "replicas", count, "states", sorted(rows))
-    ok = ok and count == 3 and len(rows) == 1
-sys.exit(0 if ok else 1)'
-}
 
 s4_leader() {
   local leader uid cip
@@ -35,7 +19,7 @@ s4_leader() {
   waitfor 30 curl -sf "http://$cip:7080/readyz"
   rm -f "$RUN/s4.stop"
   # The writer: one operation per request, bounded to 3000 requests / 240 s.
-  python3 "$ROOT"/e2e/fullstack/py/s4_writer.py "$RUN/s4.history" "$RUN/s4.stop" "http://$cip:7080" \
+  python3 "$ROOT"/e2e/fullstack/py/history_writer.py "$RUN/s4.history" "$RUN/s4.stop" "http://$cip:7080" \
     >"$RUN/s4.writer" 2>&1 &
   writer=$!
   sleep 3
@@ -52,13 +36,13 @@ s4_leader() {
   wait "$writer" || true
   cat "$RUN/s4.writer"
   grep -q '"outcome": "ok"' "$RUN/s4.history" || fail "no write was acknowledged"
-  waitfor 120 shards_agree
-  shards_agree
+  waitfor 120 shards_agree 3
+  shards_agree 3
   local ips
   ips=$(k -n "$NS1" get pods -l app.kubernetes.io/instance=demo \
     -o jsonpath='{range .items[*]}{.status.podIP}{" "}{end}')
   # shellcheck disable=SC2086 # one argument per pod IP
-  python3 "$ROOT"/e2e/fullstack/py/s4_check.py "$RUN/s4.history" $ips
+  python3 "$ROOT"/e2e/fullstack/py/history_check.py "$RUN/s4.history" $ips
 }
 
 check 4.1 "delete shard 0's leader pod under writes: back on its PVC, every replica matches the history (0 lost, resurrected, stale), replicas agree" s4_leader

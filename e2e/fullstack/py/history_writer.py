@@ -1,11 +1,13 @@
-"""Scenario 4's writer: one sequential client doing upserts, re-upserts and deletes of 200
-keys over HTTP (through the index's client Service), bounded to 3000 requests / 240 s.
+"""The full-stack scenarios' writer: one sequential client doing upserts, re-upserts and
+deletes of 200 keys (PREFIX0..PREFIX199) over HTTP (through the index's client Service),
+bounded to MAX_OPS requests / MAX_SECONDS (default 3000 / 240 s) or until STOPFILE exists.
 Each operation is one JSON line in the history file:
   {"key", "op": "upsert"|"delete", "v": version (upserts), "outcome": "ok"|"fail"|"unknown"}
 ok: acknowledged (200). fail: certainly not applied (refused before it reached a leader:
 connection refused, 400/404/413/415/422). unknown: anything else (timeout, 5xx): it may
 have been applied, now or later.
-Usage: s4_writer.py HISTORY STOPFILE BASE_URL"""
+Usage: history_writer.py HISTORY STOPFILE BASE_URL [PREFIX [MAX_OPS [MAX_SECONDS]]]
+A scenario gives each writer its own PREFIX, so one history describes its keys completely."""
 import json
 import os
 import random
@@ -15,8 +17,11 @@ import urllib.error
 import urllib.request
 
 history, stop, base = sys.argv[1], sys.argv[2], sys.argv[3]
+prefix = sys.argv[4] if len(sys.argv) > 4 else "k"
+max_ops = int(sys.argv[5]) if len(sys.argv) > 5 else 3000
+max_seconds = float(sys.argv[6]) if len(sys.argv) > 6 else 240
 rnd = random.Random(4)
-KEYS = [f"k{i}" for i in range(200)]
+KEYS = [f"{prefix}{i}" for i in range(200)]
 DEFINITE = {400, 404, 405, 413, 415, 422}
 counts = {"ok": 0, "fail": 0, "unknown": 0}
 start = time.time()
@@ -38,8 +43,8 @@ def post(path, doc):
 
 
 with open(history, "w") as out:
-    for i in range(1, 3001):
-        if os.path.exists(stop) or time.time() - start > 240:
+    for i in range(1, max_ops + 1):
+        if os.path.exists(stop) or time.time() - start > max_seconds:
             break
         key = rnd.choice(KEYS)
         if rnd.random() < 0.2:

@@ -1,4 +1,5 @@
-"""Scenario 4's checker: every replica against the writer's history (s4_writer.py).
+"""The full-stack scenarios' checker: every replica against a writer's history
+(history_writer.py).
 For each key the allowed final states are the result of its last acknowledged operation
 (absent if none or a delete), plus the result of any operation whose outcome is unknown
 (it may have landed at any time after its invocation). A replica holding anything else is
@@ -6,7 +7,7 @@ counted: lost (absent, but the last acknowledged write was an upsert and no unkn
 resurrected (present though the last acknowledged op was a delete, from no unknown upsert),
 stale (another version than allowed). Each replica is read on its own pod with eventual
 consistency, which a node answers from its own replica for its shard's keys.
-Usage: s4_check.py HISTORY POD_IP...  (exit 1 on any anomaly)"""
+Usage: history_check.py HISTORY POD_IP...  (exit 1 on any anomaly)"""
 import json
 import sys
 import urllib.request
