@@ -144,3 +144,43 @@ fn invalid_spec_is_refused_by_validate() {
         Err(kindex_operator::validate::ValidateError::Identity("uid"))
     ));
 }
+
+/// The client Service exposes the data plane only; the Admin port (membership changes,
+/// snapshots) and the Raft port are reachable through the headless Service, and the pod
+/// declares them, so the operator and the other nodes reach them (issue 18).
+#[test]
+fn client_service_exposes_no_admin_or_raft_port() {
+    let vi = valid(&fixture("production"), "unused");
+    let ports = |s: k8s_openapi::api::core::v1::Service| -> Vec<(String, i32)> {
+        s.spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port))
+            .collect()
+    };
+    let client = ports(service::build_client_service(&vi));
+    assert_eq!(
+        client,
+        [("grpc".to_owned(), 7070), ("http".to_owned(), 7080)]
+    );
+    let headless = ports(service::build_headless_service(&vi, 0));
+    assert!(
+        headless.contains(&("admin".to_owned(), 7072)),
+        "{headless:?}"
+    );
+    let params = StatefulSetParams::from_spec(&vi, 3);
+    let sts = statefulset::build_statefulset(&vi, 0, &params);
+    let c = &sts.spec.unwrap().template.spec.unwrap().containers[0];
+    assert!(
+        c.ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|p| p.name.as_deref() == Some("admin") && p.container_port == 7072)
+    );
+    let args = c.args.as_ref().unwrap();
+    let at = args.iter().position(|a| a == "--admin-port").unwrap();
+    assert_eq!(args[at + 1], "7072");
+}

@@ -45,20 +45,36 @@ pub struct KubeSummary {
     pub status: Option<kindex_crds::status::VectorIndexStatus>,
 }
 
+/// `--addr` / `--admin-addr` entries: trimmed, empty ones dropped, with a scheme.
+fn addr_list(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+        .map(normalize_addr)
+        .collect()
+}
+
 impl Ctx {
-    /// Direct mode: the `--addr` list (default `http://127.0.0.1:7070`).
-    pub fn new(g: &Global) -> anyhow::Result<Ctx> {
-        let mut addrs: Vec<String> = g
-            .addr
-            .iter()
-            .map(|a| a.trim())
-            .filter(|a| !a.is_empty())
-            .map(normalize_addr)
-            .collect();
+    /// Direct mode. [`k8s::Plane::Data`]: the `--addr` list (default
+    /// `http://127.0.0.1:7070`). [`k8s::Plane::Admin`]: the `--admin-addr` list, else
+    /// every `--addr` with the admin port (a node serves Admin on its own port, 7072).
+    pub fn new(g: &Global, plane: k8s::Plane) -> anyhow::Result<Ctx> {
+        let mut addrs = addr_list(&g.addr);
         if g.addr.is_empty() {
             addrs.push(crate::DEFAULT_ADDR.to_string());
         }
         anyhow::ensure!(!addrs.is_empty(), "--addr is empty");
+        if plane == k8s::Plane::Admin {
+            addrs = if g.admin_addr.is_empty() {
+                addrs
+                    .iter()
+                    .map(|a| admin_addr_of(a, k8s::ADMIN_PORT))
+                    .collect::<anyhow::Result<_>>()?
+            } else {
+                addr_list(&g.admin_addr)
+            };
+            anyhow::ensure!(!addrs.is_empty(), "--admin-addr is empty");
+        }
         Ok(Ctx {
             addrs,
             names: HashMap::new(),
@@ -73,14 +89,14 @@ impl Ctx {
     /// Kubernetes mode: the index's pods through local port-forwards. The
     /// request's index name is the VectorIndex name (the operator starts the
     /// nodes with `--index <name>`).
-    pub async fn from_kube(g: &Global, want: k8s::Want) -> anyhow::Result<Ctx> {
+    pub async fn from_kube(g: &Global, want: k8s::Want, plane: k8s::Plane) -> anyhow::Result<Ctx> {
         let opts = k8s::KubeOpts {
             kubeconfig: g.kubeconfig.clone(),
             context: g.context.clone(),
             namespace: g.namespace.clone(),
             index: g.index.clone(),
         };
-        let found = k8s::discover(&opts, want).await?;
+        let found = k8s::discover(&opts, want, plane).await?;
         let mut ctx = Ctx {
             addrs: Vec::new(),
             names: HashMap::new(),
@@ -154,6 +170,18 @@ impl Ctx {
     }
 }
 
+/// A node's Admin URL from its data-plane URL: the same host with `port`.
+pub fn admin_addr_of(url: &str, port: u16) -> anyhow::Result<String> {
+    let uri: tonic::codegen::http::Uri = url
+        .parse()
+        .with_context(|| format!("invalid --addr {url:?}"))?;
+    let (scheme, host) = match (uri.scheme_str(), uri.host()) {
+        (Some(s), Some(h)) => (s, h),
+        _ => anyhow::bail!("--addr {url:?} has no host; give --admin-addr"),
+    };
+    Ok(format!("{scheme}://{host}:{port}"))
+}
+
 /// `host:port` -> `http://host:port` (tonic needs a scheme).
 pub fn normalize_addr(a: &str) -> String {
     if a.contains("://") {
@@ -175,7 +203,7 @@ pub fn rpc_error_on(addr: &str, forwarded: bool, what: &str, s: &tonic::Status) 
             " (the port-forward to the pod failed or the node is not serving; see the warnings above)"
         }
         tonic::Code::Unavailable => {
-            " (is the node running and --addr right? In Kubernetes use `kubectl kindex`, which port-forwards by itself)"
+            " (is the node running and --addr right (--admin-addr for status and snapshot)? In Kubernetes use `kubectl kindex`, which port-forwards by itself)"
         }
         tonic::Code::NotFound if what != "Get" => {
             " (check --index; empty means the node's own index)"

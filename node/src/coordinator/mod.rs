@@ -118,7 +118,11 @@ impl Coordinator {
         let shards = node.engine().structural().shards.max(1);
         seeds.remove(&node.shard);
         topology::check_complete(&seeds, shards, node.shard)?;
-        let topology = Topology::new(seeds, node.grpc_port(), node.channels().clone());
+        let topology = Topology::new(
+            seeds,
+            (node.grpc_port(), node.admin_port()),
+            node.channels().clone(),
+        );
         Ok(Arc::new(Coordinator {
             local: LocalShard { node: node.clone() },
             node,

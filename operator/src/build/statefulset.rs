@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use super::configmap::RUNTIME_KEY;
-use super::service::{GRPC_PORT, HTTP_PORT, RAFT_PORT};
+use super::service::{ADMIN_PORT, GRPC_PORT, HTTP_PORT, RAFT_PORT};
 use super::{labels, owned_meta};
 use crate::validate::ValidIndex;
 use k8s_openapi::api::apps::v1::{
@@ -190,6 +190,8 @@ fn container(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> Container {
         &GRPC_PORT.to_string(),
         "--raft-port",
         &RAFT_PORT.to_string(),
+        "--admin-port",
+        &ADMIN_PORT.to_string(),
         "--http-port",
         &HTTP_PORT.to_string(),
         "--runtime-config",
@@ -264,6 +266,7 @@ fn container(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> Container {
         ports: Some(vec![
             port("grpc", GRPC_PORT),
             port("raft", RAFT_PORT),
+            port("admin", ADMIN_PORT),
             port("http", HTTP_PORT),
         ]),
         resources: vi.spec.resources.clone(),
