@@ -88,6 +88,10 @@ pub struct Global {
         help = ADMIN_ADDR_HELP
     )]
     pub admin_addr: Vec<String>,
+    /// API key for nodes that require one (sent as `authorization: Bearer <key>` on
+    /// data-plane calls; the environment variable keeps it out of shell history and `ps`).
+    #[arg(long, global = true, env = "KINDEX_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Index name; empty means the index the node serves (in Kubernetes mode:
     /// the VectorIndex name, empty meaning the only one in the namespace).
     #[arg(long, global = true, env = "KINDEX_INDEX", default_value = "")]

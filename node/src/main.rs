@@ -15,6 +15,8 @@ use std::time::Instant;
 use anyhow::Context;
 use anyhow::bail;
 use clap::Parser;
+use kindex_node::auth::ApiKeys;
+use kindex_node::auth::keys::KeyFiles;
 use kindex_node::config::args::StructuralArgs;
 use kindex_node::config::logging::{self, LogFormat};
 use kindex_node::config::{RuntimeConfig, StructuralConfig};
@@ -130,6 +132,16 @@ struct Args {
         conflicts_with = "shard_addrs"
     )]
     shard_addr_template: Option<String>,
+    /// Require API keys on the data plane (gRPC 7070, HTTP `/v1`): a file of read-write keys,
+    /// one per line (`#` comments; e.g. a mounted Secret key). Re-read every 2 s, so keys
+    /// are rotated without a restart (list old and new while clients move over). Off when
+    /// neither this nor `--read-only-api-keys-file` is given. See docs/security.md.
+    #[arg(long, env = "KINDEX_API_KEYS_FILE")]
+    api_keys_file: Option<PathBuf>,
+    /// A file of read-only API keys (search, get, count, info; not upsert or delete), as
+    /// `--api-keys-file`.
+    #[arg(long, env = "KINDEX_READ_ONLY_API_KEYS_FILE")]
+    read_only_api_keys_file: Option<PathBuf>,
     /// Runtime knobs as JSON (a mounted ConfigMap key); reloaded on change.
     #[arg(long, env = "KINDEX_RUNTIME_CONFIG")]
     runtime_config: Option<PathBuf>,
@@ -294,6 +306,19 @@ async fn run(
         );
     }
 
+    // Keys before anything listens: a node told to require keys never serves without them.
+    let key_files = KeyFiles {
+        read_write: args.api_keys_file.clone(),
+        read_only: args.read_only_api_keys_file.clone(),
+    };
+    let api_keys = if key_files.enabled() {
+        let keys = std::sync::Arc::new(ApiKeys::load(key_files)?);
+        ApiKeys::spawn_reload(&keys, Duration::from_secs(2));
+        Some(keys)
+    } else {
+        None
+    };
+
     // Bind everything first so a busy port fails start-up with a clear error.
     let grpc_addr = SocketAddr::new(args.listen, args.grpc_port);
     let http_addr = SocketAddr::new(args.listen, args.http_port);
@@ -361,10 +386,13 @@ async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grpc = {
         let mut stop = stop_rx.clone();
-        let points =
-            pb::points_server::PointsServer::new(grpc::PointsService::new(coordinator.clone()))
-                .max_decoding_message_size(256 << 20)
-                .max_encoding_message_size(256 << 20);
+        let mut service = grpc::PointsService::new(coordinator.clone());
+        if let Some(keys) = &api_keys {
+            service = service.with_api_keys(keys.clone());
+        }
+        let points = pb::points_server::PointsServer::new(service)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20);
         // The data port serves `Points` only: Admin RPCs on it answer UNIMPLEMENTED.
         let server = tonic::transport::Server::builder()
             .add_service(points)
@@ -394,7 +422,7 @@ async fn run(
     };
     let http = {
         let mut stop = stop_rx.clone();
-        let app = http::router(coordinator.clone());
+        let app = http::router(coordinator.clone(), api_keys.clone());
         tokio::spawn(async move {
             axum::serve(http_listener, app)
                 .with_graceful_shutdown(async move {
@@ -403,7 +431,13 @@ async fn run(
                 .await
         })
     };
-    tracing::info!(%grpc_addr, %http_addr, %admin_addr, "serving");
+    tracing::info!(
+        %grpc_addr,
+        %http_addr,
+        %admin_addr,
+        api_keys = api_keys.is_some(),
+        "serving"
+    );
 
     tokio::select! {
         _ = shutdown_signal() => {}

@@ -15,6 +15,9 @@ use anyhow::Context;
 use kindex_proto as pb;
 use kindex_proto::admin_client::AdminClient;
 use kindex_proto::points_client::PointsClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Global;
@@ -23,6 +26,38 @@ use crate::output::Output;
 
 /// Generous: search results with vectors and bulk batches can be large.
 const MAX_MESSAGE: usize = 256 << 20;
+
+/// A `Points` client that sends the API key (if any) with every call.
+pub type Points = PointsClient<InterceptedService<Channel, ApiKey>>;
+
+/// Adds `authorization: Bearer <key>` to every request (`--api-key` / `KINDEX_API_KEY`).
+#[derive(Clone, Default)]
+pub struct ApiKey(Option<MetadataValue<Ascii>>);
+
+impl ApiKey {
+    pub fn new(key: Option<&str>) -> anyhow::Result<ApiKey> {
+        match key.map(str::trim).filter(|k| !k.is_empty()) {
+            None => Ok(ApiKey(None)),
+            Some(k) => {
+                let v = format!("Bearer {k}").parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--api-key / KINDEX_API_KEY holds characters a header cannot carry"
+                    )
+                })?;
+                Ok(ApiKey(Some(v)))
+            }
+        }
+    }
+}
+
+impl Interceptor for ApiKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
 
 pub struct Ctx {
     /// gRPC URLs to talk to, in order: `--addr`, or local port-forwards to pods.
@@ -36,6 +71,8 @@ pub struct Ctx {
     pub index: String,
     pub output: Output,
     pub timeout: Duration,
+    /// Sent with every data-plane call.
+    pub api_key: ApiKey,
 }
 
 /// What Kubernetes discovery found (for `status` and error hints).
@@ -83,6 +120,7 @@ impl Ctx {
             index: g.index.clone(),
             output: g.output,
             timeout: Duration::from_secs(g.timeout.max(1)),
+            api_key: ApiKey::new(g.api_key.as_deref())?,
         })
     }
 
@@ -105,6 +143,7 @@ impl Ctx {
             index: found.index.clone(),
             output: g.output,
             timeout: Duration::from_secs(g.timeout.max(1)),
+            api_key: ApiKey::new(g.api_key.as_deref())?,
         };
         for t in found.targets {
             match t.addr {
@@ -150,10 +189,12 @@ impl Ctx {
         Ok(ep.connect_lazy())
     }
 
-    pub fn points(&self, addr: &str) -> anyhow::Result<PointsClient<Channel>> {
-        Ok(PointsClient::new(self.channel(addr)?)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE))
+    pub fn points(&self, addr: &str) -> anyhow::Result<Points> {
+        Ok(
+            PointsClient::with_interceptor(self.channel(addr)?, self.api_key.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
     }
 
     pub fn admin(&self, addr: &str) -> anyhow::Result<AdminClient<Channel>> {
@@ -204,6 +245,9 @@ pub fn rpc_error_on(addr: &str, forwarded: bool, what: &str, s: &tonic::Status) 
         }
         tonic::Code::Unavailable => {
             " (is the node running and --addr right (--admin-addr for status and snapshot)? In Kubernetes use `kubectl kindex`, which port-forwards by itself)"
+        }
+        tonic::Code::Unauthenticated => {
+            " (give the node's API key with --api-key or KINDEX_API_KEY)"
         }
         tonic::Code::NotFound if what != "Get" => {
             " (check --index; empty means the node's own index)"

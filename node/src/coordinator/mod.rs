@@ -198,6 +198,8 @@ impl Coordinator {
                 if let Ok(v) = shard.to_string().parse() {
                     r.metadata_mut().insert(SHARD_LOCAL_HEADER, v);
                 }
+                // The other shard checks the caller's API key, not ours (see `crate::auth`).
+                crate::auth::attach(r.metadata_mut());
                 let outcome = remote(client, r).await;
                 let label = match &outcome {
                     Ok(_) => "ok",

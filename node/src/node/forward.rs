@@ -106,12 +106,14 @@ impl Node {
         }
     }
 
-    /// A request to forward, marked as forwarded, with a deadline.
+    /// A request to forward, marked as forwarded, with a deadline, carrying the caller's API
+    /// key (the leader checks it like any client's, see `crate::auth`).
     pub fn forwarded_request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         if let Ok(v) = self.node_id.to_string().parse() {
             req.metadata_mut().insert(FORWARDED_HEADER, v);
         }
+        crate::auth::attach(req.metadata_mut());
         req.set_timeout(timeout);
         req
     }
