@@ -184,3 +184,61 @@ fn client_service_exposes_no_admin_or_raft_port() {
     let at = args.iter().position(|a| a == "--admin-port").unwrap();
     assert_eq!(args[at + 1], "7072");
 }
+
+/// `spec.auth.apiKeySecretRef`: the Secret is mounted whole (updates reach the pod, the node
+/// re-reads the keys) and the node is told to require keys from its files; unset, nothing
+/// of it appears (the goldens above have no auth).
+#[test]
+fn api_key_secret_is_mounted_and_required() {
+    let mut raw = fixture("production");
+    raw.spec.auth = Some(kindex_crds::AuthSpec {
+        api_key_secret_ref: Some(kindex_crds::ApiKeySecretRef {
+            name: "products-keys".into(),
+            read_write_key: "readWrite".into(),
+            read_only_key: Some("readOnly".into()),
+        }),
+    });
+    let vi = valid(&raw, "unused");
+    let params = StatefulSetParams::from_spec(&vi, 3);
+    let pod = statefulset::build_statefulset(&vi, 0, &params)
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == statefulset::API_KEYS_VOLUME)
+        .expect("api-keys volume");
+    let secret = volume.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("products-keys"));
+    assert!(
+        secret.items.is_none(),
+        "the whole Secret, so updates propagate"
+    );
+    let c = &pod.containers[0];
+    let mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == statefulset::API_KEYS_VOLUME)
+        .expect("api-keys mount");
+    assert!(mount.sub_path.is_none() && mount.read_only == Some(true));
+    let args = c.args.as_ref().unwrap().join(" ");
+    let dir = statefulset::API_KEYS_DIR;
+    assert!(
+        args.contains(&format!("--api-keys-file {dir}/readWrite"))
+            && args.contains(&format!("--read-only-api-keys-file {dir}/readOnly")),
+        "{args}"
+    );
+
+    // Without auth: no volume, no flags.
+    let plain = valid(&fixture("production"), "unused");
+    let sts = statefulset::build_statefulset(&plain, 0, &params);
+    let text = serde_saphyr::to_string(&sts).unwrap();
+    assert!(!text.contains("api-keys"), "{text}");
+}
