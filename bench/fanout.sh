@@ -23,17 +23,18 @@ run() { # shards
   PIDS=()
   echo '{"indexingThreads": 2}' >"$WORK/runtime.json"
   for s in $(seq 0 $((shards - 1))); do
-    waits+="${waits:+,}http://127.0.0.1:$((base + s * 3))"
+    # Admin (Status) is on its own port: gRPC g, HTTP g+1, Admin g+2.
+    waits+="${waits:+,}http://127.0.0.1:$((base + s * 3 + 2))"
   done
   for s in $(seq 0 $((shards - 1))); do
     others=""
     for o in $(seq 0 $((shards - 1))); do
       [ "$o" = "$s" ] && continue
-      others+="${others:+;}$o=127.0.0.1:$((base + o * 3))"
+      others+="${others:+;}$o=127.0.0.1:$((base + o * 3))|127.0.0.1:$((base + o * 3 + 2))"
     done
     local g=$((base + s * 3))
     "$BIN/kindex-node" --data-dir "$WORK/s$shards-$s" --dimension 128 --metric l2 \
-      --shards "$shards" --shard "$s" --grpc-port "$g" --http-port $((g + 1)) \
+      --shards "$shards" --shard "$s" --grpc-port "$g" --http-port $((g + 1)) --admin-port $((g + 2)) \
       --runtime-config "$WORK/runtime.json" ${others:+--shard-addrs "$others"} \
       >"$WORK/s$shards-$s.log" 2>&1 &
     PIDS+=($!)

@@ -220,7 +220,7 @@ ct_dockerfiles() {
       { echo "$df: no binary $bin"; return 1; }
     echo "$df: $pkg ok"
   done
-  grep -q 'EXPOSE 7070 7071 7080' Dockerfile.node || { echo "node: EXPOSE"; return 1; }
+  grep -q 'EXPOSE 7070 7071 7072 7080' Dockerfile.node || { echo "node: EXPOSE"; return 1; }
   grep -q 'EXPOSE 8080' Dockerfile.operator || { echo "operator: EXPOSE"; return 1; }
   # The build context keeps every workspace member and the lock file.
   local m

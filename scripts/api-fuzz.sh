@@ -55,7 +55,8 @@ port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0))
 http_port=$(port)
 grpc_port=$(port)
 "$bin" --data-dir "$work/data" --dimension 4 --metric l2 --listen 127.0.0.1 \
-  --http-port "$http_port" --grpc-port "$grpc_port" --raft-port "$(port)" >"$work/node.log" 2>&1 &
+  --http-port "$http_port" --grpc-port "$grpc_port" --raft-port "$(port)" --admin-port "$(port)" \
+  >"$work/node.log" 2>&1 &
 node_pid=$!
 url="http://127.0.0.1:$http_port"
 for _ in $(seq 1 300); do

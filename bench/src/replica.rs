@@ -29,6 +29,7 @@ pub struct NodeProc {
     pub grpc: u16,
     pub http: u16,
     pub raft: u16,
+    pub admin_port: u16,
     log: PathBuf,
     args: Vec<String>,
     bin: PathBuf,
@@ -50,6 +51,7 @@ impl NodeProc {
             grpc: free_port()?,
             http: free_port()?,
             raft: free_port()?,
+            admin_port: free_port()?,
             args: Vec::new(),
             bin,
             child: None,
@@ -57,7 +59,10 @@ impl NodeProc {
     }
 
     pub fn member_addr(&self) -> String {
-        format!("127.0.0.1:{}|127.0.0.1:{}", self.raft, self.grpc)
+        format!(
+            "127.0.0.1:{}|127.0.0.1:{}|127.0.0.1:{}",
+            self.raft, self.grpc, self.admin_port
+        )
     }
 
     pub fn grpc_url(&self) -> String {
@@ -80,6 +85,7 @@ impl NodeProc {
             .args(["--grpc-port", &self.grpc.to_string()])
             .args(["--http-port", &self.http.to_string()])
             .args(["--raft-port", &self.raft.to_string()])
+            .args(["--admin-port", &self.admin_port.to_string()])
             .args(&self.args)
             .env(
                 "RUST_LOG",
@@ -127,14 +133,22 @@ impl NodeProc {
         )
     }
 
-    fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(tonic::transport::Endpoint::from_shared(self.grpc_url())?
+    fn channel_to(url: String) -> anyhow::Result<Channel> {
+        Ok(tonic::transport::Endpoint::from_shared(url)?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy())
     }
 
+    fn channel(&self) -> anyhow::Result<Channel> {
+        Self::channel_to(self.grpc_url())
+    }
+
+    /// The Admin service, on the node's own admin port.
     pub fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
-        Ok(AdminClient::new(self.channel()?))
+        Ok(AdminClient::new(Self::channel_to(format!(
+            "http://127.0.0.1:{}",
+            self.admin_port
+        ))?))
     }
 
     pub fn points(&self) -> anyhow::Result<PointsClient<Channel>> {

@@ -31,8 +31,9 @@ pub struct SearchLoadArgs {
     /// eventual | default (leader of each shard).
     #[arg(long, default_value = "eventual")]
     consistency: String,
-    /// gRPC addresses (comma-separated) of every node: before searching, wait until each
-    /// reports an empty indexing queue, so every shard searches a settled graph.
+    /// Admin gRPC addresses (comma-separated; each node's `--admin-port`) of every node:
+    /// before searching, wait until each reports an empty indexing queue, so every shard
+    /// searches a settled graph.
     #[arg(long, value_delimiter = ',')]
     wait_indexed: Vec<String>,
     /// A label for the JSON line (e.g. "shards=4").

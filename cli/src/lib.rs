@@ -33,15 +33,21 @@ const ADDR_HELP: &str = "gRPC endpoint of a kindex node (repeatable, or comma-se
 [default: http://127.0.0.1:7070]. `status` and `snapshot` query every address; `upsert` fails over \
 to the next one on transient errors; other commands use the first. Overrides Kubernetes discovery";
 
+const ADMIN_ADDR_HELP: &str = "Admin gRPC endpoint of a kindex node, for `status` and `snapshot` \
+(repeatable, or comma-separated in KINDEX_ADMIN_ADDR) [default: each --addr's host with port 7072]. \
+Nodes serve Admin on a port of their own, which the client Service does not expose";
+
 const KUBE_HELP: &str = "Find the nodes through the kubeconfig (the default for `kubectl kindex`; \
 implied by --context, --namespace and --kubeconfig): list the index's pods, pick the ready ones and \
-reach each through an in-process port-forward to its gRPC port. --addr overrides it";
+reach each through an in-process port-forward to its gRPC port (its admin port for `status` and \
+`snapshot`). --addr overrides it";
 
 const KUBECTL_NOTE: &str = "As a kubectl plugin it reads your kubeconfig (KUBECONFIG or ~/.kube/config; \
 --kubeconfig, --context and -n/--namespace as in kubectl), finds the VectorIndex named by --index \
 (or the only one in the namespace), and port-forwards to its pods by itself: data commands use a \
-ready pod (any pod coordinates every shard), `status` and `snapshot` every pod, and `status` also \
-shows the VectorIndex status. Needs RBAC to list pods, get vectorindexes and create pods/portforward. \
+ready pod (any pod coordinates every shard), `status` and `snapshot` every pod (on its admin port, \
+7072, which the index's client Service does not expose), and `status` also shows the VectorIndex \
+status. Needs RBAC to list pods, get vectorindexes and create pods/portforward. \
 --addr skips discovery (e.g. with your own `kubectl port-forward svc/<index> 7070`).";
 
 const NODES_NOTE: &str = "Nodes: --addr (default http://127.0.0.1:7070), or with --kube / as `kubectl kindex` the \
@@ -74,6 +80,18 @@ pub struct Global {
         help = ADDR_HELP
     )]
     pub addr: Vec<String>,
+    #[arg(
+        long,
+        global = true,
+        env = "KINDEX_ADMIN_ADDR",
+        value_delimiter = ',',
+        help = ADMIN_ADDR_HELP
+    )]
+    pub admin_addr: Vec<String>,
+    /// API key for nodes that require one (sent as `authorization: Bearer <key>` on
+    /// data-plane calls; the environment variable keeps it out of shell history and `ps`).
+    #[arg(long, global = true, env = "KINDEX_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Index name; empty means the index the node serves (in Kubernetes mode:
     /// the VectorIndex name, empty meaning the only one in the namespace).
     #[arg(long, global = true, env = "KINDEX_INDEX", default_value = "")]
@@ -267,21 +285,22 @@ pub fn run(flavor: Flavor) -> ExitCode {
 fn dispatch(cli: Cli, flavor: Flavor) -> anyhow::Result<ExitCode> {
     // `inspect` reads files only; everything else talks gRPC.
     if let Command::Inspect(a) = &cli.command {
-        return commands::inspect::run(&commands::Ctx::new(&cli.global)?, a);
+        return commands::inspect::run(&commands::Ctx::new(&cli.global, k8s::Plane::Data)?, a);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
+        // `status` and `snapshot` are Admin RPCs: every pod, on its admin port.
+        let (want, plane) = match cli.command {
+            Command::Status | Command::Snapshot => (k8s::Want::Every, k8s::Plane::Admin),
+            _ => (k8s::Want::Ready, k8s::Plane::Data),
+        };
         let ctx = if cli.global.use_kube(flavor) {
-            let want = match cli.command {
-                Command::Status | Command::Snapshot => k8s::Want::Every,
-                _ => k8s::Want::Ready,
-            };
-            commands::Ctx::from_kube(&cli.global, want).await?
+            commands::Ctx::from_kube(&cli.global, want, plane).await?
         } else {
-            commands::Ctx::new(&cli.global)?
+            commands::Ctx::new(&cli.global, plane)?
         };
         match cli.command {
             Command::Inspect(_) => unreachable!("handled above"),
@@ -346,8 +365,25 @@ mod tests {
         assert!(g(&["--context", "kind"]).use_kube(Flavor::Kindex));
         assert!(!g(&["--addr", "x:1"]).use_kube(Flavor::KubectlPlugin));
         assert!(!g(&["--kube", "--addr", "x:1"]).use_kube(Flavor::Kindex));
-        let ctx = commands::Ctx::new(&g(&[])).unwrap();
+        let ctx = commands::Ctx::new(&g(&[]), k8s::Plane::Data).unwrap();
         assert_eq!(ctx.addrs, [DEFAULT_ADDR]);
+        // Admin commands go to the admin port: derived from --addr, or --admin-addr.
+        let ctx = commands::Ctx::new(&g(&[]), k8s::Plane::Admin).unwrap();
+        assert_eq!(ctx.addrs, ["http://127.0.0.1:7072"]);
+        let ctx = commands::Ctx::new(&g(&["--addr", "a:1,http://b:2"]), k8s::Plane::Admin).unwrap();
+        assert_eq!(ctx.addrs, ["http://a:7072", "http://b:7072"]);
+        let ctx = commands::Ctx::new(
+            &g(&["--addr", "a:1", "--admin-addr", "a:9"]),
+            k8s::Plane::Admin,
+        )
+        .unwrap();
+        assert_eq!(ctx.addrs, ["http://a:9"]);
+        let ctx = commands::Ctx::new(
+            &g(&["--addr", "a:1", "--admin-addr", "a:9"]),
+            k8s::Plane::Data,
+        )
+        .unwrap();
+        assert_eq!(ctx.addrs, ["http://a:1"]);
     }
 
     #[test]

@@ -328,3 +328,68 @@ fn unreachable_node_is_a_clear_error() {
         "{t}"
     );
 }
+
+/// A node that requires API keys: `--api-key` and `KINDEX_API_KEY` reach it, a missing key
+/// is refused with a hint, a read-only key cannot write, and `status` (the admin port)
+/// needs none.
+#[test]
+fn api_key_flag_and_env_reach_a_node_that_requires_keys() {
+    const RW: &str = "cli-rw-key-0123456789";
+    const RO: &str = "cli-ro-key-0123456789";
+    let tmp = tempfile::tempdir().unwrap();
+    let (rw, ro) = (tmp.path().join("rw"), tmp.path().join("ro"));
+    std::fs::write(&rw, RW).unwrap();
+    std::fs::write(&ro, RO).unwrap();
+    let mut node = Standalone::new(4, "l2")
+        .data_dir(tmp.path().join("data"))
+        .args(&[
+            "--api-keys-file",
+            rw.to_str().unwrap(),
+            "--read-only-api-keys-file",
+            ro.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .start();
+    node.wait_http_ok("/readyz", Duration::from_secs(60));
+    let addr = node.grpc_addr();
+    let jsonl = tmp.path().join("p.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"id\": \"a\", \"vector\": [1, 2, 3, 4]}\n{\"id\": \"b\", \"vector\": [4, 3, 2, 1]}\n",
+    )
+    .unwrap();
+    let upsert = ["--addr", &addr, "upsert", "--file", jsonl.to_str().unwrap()];
+
+    let o = kindex(&["--addr", &addr, "count"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("unauthenticated") && text(&o).contains("--api-key"),
+        "{}",
+        text(&o)
+    );
+
+    let mut args = vec!["--api-key", RW];
+    args.extend_from_slice(&upsert);
+    let o = kindex(&args);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let with_env = |key: &str, args: &[&str]| {
+        Command::new(common::KINDEX)
+            .args(args)
+            .env_remove("KINDEX_ADDR")
+            .env_remove("KINDEX_INDEX")
+            .env("KINDEX_API_KEY", key)
+            .output()
+            .unwrap()
+    };
+    let o = with_env(RO, &["--addr", &addr, "count", "-o", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let count: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(count["count"], 2, "{count}");
+    let o = with_env(RO, &upsert);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("permission denied"), "{}", text(&o));
+
+    let o = kindex(&["--addr", &addr, "status"]);
+    assert!(o.status.success(), "{}", text(&o));
+}

@@ -3,7 +3,8 @@
 //! makes (the VectorIndex, the pod list) and speaks the API server's
 //! `pods/portforward` WebSocket protocol (`v4.channel.k8s.io`: per port a data
 //! channel and an error channel, each opened by a frame carrying the port),
-//! relaying the data channel to a real `kindex-node`.
+//! relaying the data channel to a real `kindex-node`, on the port the CLI asked
+//! for (data commands the gRPC port, `status` the admin port).
 //!
 //! This is the protocol as kube-rs speaks it, not a real kube-apiserver and
 //! kubelet (the Kubernetes tier has no kubelet): it shows the CLI's side of the
@@ -18,7 +19,7 @@ mod procs;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{kindex, text, write_npy_dim};
@@ -75,24 +76,33 @@ fn pod_list() -> Value {
                 "kindex.dev/shard": "0"
             }},
             "spec": {"containers": [{"name": "node", "ports": [
-                {"name": "grpc", "containerPort": 7070}
+                {"name": "grpc", "containerPort": 7070},
+                {"name": "admin", "containerPort": 7072}
             ]}]},
             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
         }]
     })
 }
 
-/// Serves the stand-in API server until the test ends. `forwards` counts
-/// port-forward connections; each is relayed to `node` (`ip:port`).
-async fn api_server(listener: TcpListener, node: String, forwards: Arc<AtomicUsize>) {
+/// Serves the stand-in API server until the test ends. `forwards` records the
+/// port of every port-forward connection; each is relayed to that port of
+/// `node_ip`.
+async fn api_server(listener: TcpListener, node_ip: String, forwards: Arc<Mutex<Vec<u16>>>) {
     loop {
         let (stream, _) = listener.accept().await.unwrap();
-        let (forwards, node) = (forwards.clone(), node.clone());
+        let (forwards, node_ip) = (forwards.clone(), node_ip.clone());
         tokio::spawn(async move {
             let line = request_line(&stream).await;
             if line.contains("/portforward") {
-                forwards.fetch_add(1, Ordering::SeqCst);
-                portforward(stream, &node).await;
+                // `.../portforward?ports=7070 HTTP/1.1`
+                let port: u16 = line
+                    .split("ports=")
+                    .nth(1)
+                    .and_then(|r| r.split([' ', '&']).next())
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
+                forwards.lock().unwrap().push(port);
+                portforward(stream, &node_ip, port).await;
             } else {
                 answer(stream, &line).await;
             }
@@ -160,20 +170,20 @@ fn channel_protocol(_: &Request, mut resp: Response) -> Result<Response, ErrorRe
     Ok(resp)
 }
 
-/// One `pods/portforward` connection for port 7070: channel 0 carries data,
+/// One `pods/portforward` connection for `port`: channel 0 carries data,
 /// channel 1 errors; each starts with a frame holding the port.
-async fn portforward(stream: TcpStream, node: &str) {
+async fn portforward(stream: TcpStream, node_ip: &str, port: u16) {
     let ws = tokio_tungstenite::accept_hdr_async(stream, channel_protocol)
         .await
         .unwrap();
     let (mut sink, mut source) = ws.split();
-    let port = 7070u16.to_le_bytes();
+    let le = port.to_le_bytes();
     for ch in [0u8, 1] {
-        sink.send(Message::binary(vec![ch, port[0], port[1]]))
+        sink.send(Message::binary(vec![ch, le[0], le[1]]))
             .await
             .unwrap();
     }
-    let node = TcpStream::connect(node).await.unwrap();
+    let node = TcpStream::connect((node_ip, port)).await.unwrap();
     let (mut from_node, mut to_node) = node.into_split();
     let upstream = async move {
         while let Some(Ok(msg)) = source.next().await {
@@ -229,8 +239,8 @@ fn kubectl_kindex_reaches_the_pod_through_its_port_forward() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt.block_on(TcpListener::bind(("127.0.0.1", 0))).unwrap();
     let api_port = listener.local_addr().unwrap().port();
-    let forwards = Arc::new(AtomicUsize::new(0));
-    rt.spawn(api_server(listener, node.grpc_addr(), forwards.clone()));
+    let forwards = Arc::new(Mutex::new(Vec::new()));
+    rt.spawn(api_server(listener, node.ip.clone(), forwards.clone()));
 
     let kc = tmp.path().join("kubeconfig");
     std::fs::write(
@@ -273,8 +283,21 @@ fn kubectl_kindex_reaches_the_pod_through_its_port_forward() {
     let count: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(count["count"], 300, "{count}");
 
+    let data_forwards = forwards.lock().unwrap().len();
+    assert!(
+        forwards.lock().unwrap().iter().all(|p| *p == 7070),
+        "data commands forward to the gRPC port: {forwards:?}"
+    );
     let o = plugin(tmp.path(), &kc, &["--index", INDEX, "status"]);
     assert!(o.status.success(), "{}", text(&o));
+    // `status` is an Admin RPC: forwarded to the pod's admin port (the data port
+    // no longer answers it).
+    assert!(
+        forwards.lock().unwrap()[data_forwards..]
+            .iter()
+            .all(|p| *p == 7072),
+        "status forwards to the admin port: {forwards:?}"
+    );
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("VectorIndex team/demo: phase Ready, ready 1/1, 7 vectors"),
@@ -286,7 +309,7 @@ fn kubectl_kindex_reaches_the_pod_through_its_port_forward() {
     );
 
     // Each command opened its first forward before sending anything.
-    assert!(forwards.load(Ordering::SeqCst) >= 3, "{forwards:?}");
+    assert!(forwards.lock().unwrap().len() >= 3, "{forwards:?}");
 
     // An index the stand-in does not know: the VectorIndex is missing and no
     // pod carries its label.

@@ -15,8 +15,8 @@ pub mod validate;
 
 pub use kube::CustomResourceExt;
 pub use spec::{
-    HnswSpec, IndexingSpec, Metric, PodTemplateOverrides, PolicyKind, PolicySpec, SnapshotSpec,
-    StorageSpec, StructuralConfig, VectorIndex, VectorIndexSpec,
+    ApiKeySecretRef, AuthSpec, HnswSpec, IndexingSpec, Metric, PodTemplateOverrides, PolicyKind,
+    PolicySpec, SnapshotSpec, StorageSpec, StructuralConfig, VectorIndex, VectorIndexSpec,
 };
 pub use status::{Phase, ShardStatus, VectorIndexStatus, condition_types};
 pub use validate::{SpecError, SpecWarning, parse_duration, validate, validate_update, warnings};

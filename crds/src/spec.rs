@@ -190,6 +190,49 @@ pub struct VectorIndexSpec {
     #[schemars(length(max = 32))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub policies: Vec<PolicySpec>,
+
+    /// Data-plane authentication (docs/security.md). Unset: the nodes accept every client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+}
+
+/// Pattern of a Secret data key (also a file name in the mounted Secret).
+pub const SECRET_KEY_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
+/// The Secret key holding read-write API keys unless `readWriteKey` says otherwise.
+pub const DEFAULT_READ_WRITE_KEY: &str = "readWrite";
+
+/// Data-plane authentication.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// API keys from a Secret in the index's namespace, mounted into every index pod; the
+    /// nodes then require `authorization: Bearer <key>` on gRPC 7070 and HTTP `/v1`, and
+    /// re-read the keys as the kubelet updates the mounted Secret (rotation without a
+    /// restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<ApiKeySecretRef>,
+}
+
+/// Which Secret, and which of its keys, hold the API keys (one key per line).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    pub name: String,
+    /// The Secret key holding read-write API keys (must exist in the Secret).
+    #[serde(default = "default_read_write_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
+    pub read_write_key: String,
+    /// The Secret key holding read-only API keys (search, get, count, info); unset: no
+    /// read-only keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
+    pub read_only_key: Option<String>,
+}
+
+fn default_read_write_key() -> String {
+    DEFAULT_READ_WRITE_KEY.to_owned()
 }
 
 /// Distance metric between vectors; shared with the node (kindex-common), the schema is
@@ -420,6 +463,7 @@ impl VectorIndexSpec {
             resources: None,
             pod_template: None,
             policies: Vec::new(),
+            auth: None,
         }
     }
 

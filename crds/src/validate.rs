@@ -135,6 +135,41 @@ pub fn validate(spec: &VectorIndexSpec) -> Result<(), Vec<SpecError>> {
             "must be a DNS subdomain (lowercase alphanumerics, '-' and '.', at most 253 characters)",
         );
     }
+    if let Some(r) = spec
+        .auth
+        .as_ref()
+        .and_then(|a| a.api_key_secret_ref.as_ref())
+    {
+        if !is_dns_subdomain(&r.name) {
+            invalid(
+                "auth.apiKeySecretRef.name",
+                &r.name,
+                "must be a Secret name (a DNS subdomain)",
+            );
+        }
+        let keys = [
+            ("auth.apiKeySecretRef.readWriteKey", Some(&r.read_write_key)),
+            ("auth.apiKeySecretRef.readOnlyKey", r.read_only_key.as_ref()),
+        ];
+        for (field, key) in keys {
+            if let Some(k) = key
+                && !is_secret_key(k)
+            {
+                invalid(
+                    field,
+                    k,
+                    "must be a Secret key (alphanumerics, '-', '_' and '.', at most 253 characters)",
+                );
+            }
+        }
+        if r.read_only_key.as_ref() == Some(&r.read_write_key) {
+            invalid(
+                "auth.apiKeySecretRef.readOnlyKey",
+                &r.read_write_key,
+                "must differ from readWriteKey",
+            );
+        }
+    }
     if let Some(image) = &spec.image
         && (image.is_empty() || image.len() > 512 || image.chars().any(char::is_whitespace))
     {
@@ -317,6 +352,14 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// `SECRET_KEY_PATTERN`, at most 253 characters.
+fn is_secret_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
@@ -329,6 +372,23 @@ mod tests {
 
     fn good() -> VectorIndexSpec {
         VectorIndexSpec::new(384, Metric::Cosine)
+    }
+
+    fn auth(name: &str, rw: &str, ro: Option<&str>) -> crate::spec::AuthSpec {
+        crate::spec::AuthSpec {
+            api_key_secret_ref: Some(crate::spec::ApiKeySecretRef {
+                name: name.into(),
+                read_write_key: rw.into(),
+                read_only_key: ro.map(Into::into),
+            }),
+        }
+    }
+
+    #[test]
+    fn auth_with_a_secret_is_valid() {
+        let mut s = good();
+        s.auth = Some(auth("kindex-keys", "readWrite", Some("read-only.txt")));
+        assert_eq!(validate(&s), Ok(()));
     }
 
     fn policy(name: &str, kind: PolicyKind) -> PolicySpec {
@@ -394,6 +454,18 @@ mod tests {
             }),
             ("storage.storageClassName", |s| {
                 s.storage.storage_class_name = Some("".into())
+            }),
+            ("auth.apiKeySecretRef.name", |s| {
+                s.auth = Some(auth("Keys", "readWrite", None))
+            }),
+            ("auth.apiKeySecretRef.readWriteKey", |s| {
+                s.auth = Some(auth("keys", "read write", None))
+            }),
+            ("auth.apiKeySecretRef.readOnlyKey", |s| {
+                s.auth = Some(auth("keys", "readWrite", Some("a/b")))
+            }),
+            ("auth.apiKeySecretRef.readOnlyKey", |s| {
+                s.auth = Some(auth("keys", "readWrite", Some("readWrite")))
             }),
             ("image", |s| s.image = Some("".into())),
             ("image", |s| s.image = Some("kindex node:1".into())),

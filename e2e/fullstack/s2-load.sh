@@ -88,8 +88,17 @@ EOF
   out=$(k -n "$NS1" exec client -- "$RUN/bin/kindex" --addr "http://$cip:7070" --index demo search --vector "$vec")
   grep -qE "^1 +v12345 " <<<"$out" || fail "search through $cip:7070: v12345 is not top-1: $out"
   echo "upsert and search through the client Service $fq ($cip:7070) from a pod"
+  # Admin RPCs are not served through the client Service (issue 18): its port
+  # 7070 answers them UNIMPLEMENTED, and it has no admin port (7072) at all.
+  # (sh -c and rc=: kubectl exec's exit status is not the command's.)
+  out=$(k -n "$NS1" exec client -- sh -c "'$RUN/bin/kindex' --addr http://$fq:7070 --admin-addr http://$fq:7070 --timeout 10 status; echo rc=\$?" 2>&1)
+  { grep -q unimplemented <<<"$out" && ! grep -q 'rc=0' <<<"$out"; } ||
+    fail "Admin Status through $fq:7070: want unimplemented, got: $out"
+  out=$(k -n "$NS1" exec client -- sh -c "'$RUN/bin/kindex' --addr http://$fq:7070 --timeout 10 status; echo rc=\$?" 2>&1)
+  if grep -q 'rc=0' <<<"$out"; then fail "Admin Status answered through $fq:7072: $out"; fi
+  echo "Admin refused through the client Service (7070: unimplemented; no port 7072)"
 }
 
 check 2.1 "kubectl kindex upsert of 50,000 vectors; VECTORS column 50000" s2_load
 check 2.2 "top-1 through a pod of each shard; session token read-your-writes" s2_search
-check 2.3 "upsert and search through the client Service from a pod (ClusterIP)" s2_service
+check 2.3 "upsert and search through the client Service from a pod (ClusterIP); Admin not served through it" s2_service

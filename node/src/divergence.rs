@@ -110,7 +110,7 @@ pub async fn check_once(node: &Node) -> Comparison {
     let Some(leader) = node.leader() else {
         return Comparison::Incomparable;
     };
-    let Some(addr) = leader.grpc.filter(|_| leader.id != node.node_id) else {
+    let Some(addr) = leader.admin.filter(|_| leader.id != node.node_id) else {
         return Comparison::Incomparable;
     };
     let ours = node.apply_digest();

@@ -1,6 +1,7 @@
 //! kindex index node: the HNSW engine, snapshots, configuration and servers.
 
 pub mod api;
+pub mod auth;
 pub mod channels;
 pub mod config;
 pub mod coordinator;

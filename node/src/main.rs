@@ -15,12 +15,16 @@ use std::time::Instant;
 use anyhow::Context;
 use anyhow::bail;
 use clap::Parser;
+use kindex_node::auth::ApiKeys;
+use kindex_node::auth::keys::KeyFiles;
 use kindex_node::config::args::StructuralArgs;
 use kindex_node::config::logging::{self, LogFormat};
 use kindex_node::config::{RuntimeConfig, StructuralConfig};
 use kindex_node::coordinator::Coordinator;
 use kindex_node::coordinator::topology::{self, ShardSeeds};
-use kindex_node::node::{self, Bootstrap, DEFAULT_RAFT_PORT, Node, NodeConfig, RaftTuning};
+use kindex_node::node::{
+    self, Bootstrap, DEFAULT_ADMIN_PORT, DEFAULT_RAFT_PORT, Node, NodeConfig, RaftTuning,
+};
 use kindex_node::server::{grpc, http};
 use kindex_proto as pb;
 
@@ -37,13 +41,19 @@ struct Args {
     /// Name of the index this node serves.
     #[arg(long, env = "KINDEX_INDEX", default_value = "default")]
     index: String,
-    /// Address to listen on (0.0.0.0 inside Kubernetes): gRPC, HTTP and Raft.
+    /// Address to listen on (0.0.0.0 inside Kubernetes): gRPC, HTTP, Raft and Admin.
     #[arg(long, env = "KINDEX_LISTEN", default_value = "127.0.0.1")]
     listen: std::net::IpAddr,
     #[arg(long, env = "KINDEX_GRPC_PORT", default_value_t = 7070)]
     grpc_port: u16,
     #[arg(long, env = "KINDEX_HTTP_PORT", default_value_t = 7080)]
     http_port: u16,
+    /// Admin gRPC port: membership changes, snapshots, `Status`. Served on a listener of its
+    /// own so that the client Service (which exposes only the data port) never reaches it;
+    /// other nodes (topology, divergence guard), the operator and `kindex status`/`snapshot`
+    /// call it.
+    #[arg(long, env = "KINDEX_ADMIN_PORT", default_value_t = DEFAULT_ADMIN_PORT)]
+    admin_port: u16,
     /// Raft transport port [default: 7071]. A standalone node serves Raft RPCs only when it
     /// is given (a group of one needs none).
     #[arg(long, env = "KINDEX_RAFT_PORT")]
@@ -60,8 +70,10 @@ struct Args {
     shard: u32,
     /// Static members of the shard's Raft group: `0=host:7071,1=host:7071,...`. An address may
     /// also carry the member's client gRPC endpoint: `host:7071|host:7070` (otherwise it is the
-    /// Raft host with this node's `--grpc-port`). Turns on cluster mode: the group waits for
-    /// the Admin `Initialize` RPC (or `--bootstrap`).
+    /// Raft host with this node's `--grpc-port`), and its Admin endpoint:
+    /// `host:7071|host:7070|host:7072` (otherwise the Raft host with this node's
+    /// `--admin-port`). Turns on cluster mode: the group waits for the Admin `Initialize` RPC
+    /// (or `--bootstrap`).
     #[arg(long, env = "KINDEX_PEERS", value_parser = parse_peers)]
     peers: Option<Peers>,
     /// With `--peers`: the lowest id of the peers initializes the group on first start.
@@ -77,9 +89,10 @@ struct Args {
     /// `{namespace}` of the template.
     #[arg(long, env = "KINDEX_NAMESPACE")]
     namespace: Option<String>,
-    /// This member's address as other members reach it (`raft_host:port` or
-    /// `raft_host:port|grpc_host:port`). Default: its `--peers` entry, else the rendered
-    /// `--raft-addr-template`, else `<listen>:<raft port>|<listen>:<grpc port>`.
+    /// This member's address as other members reach it (`raft_host:port`,
+    /// `raft_host:port|grpc_host:port` or `raft_host:port|grpc_host:port|admin_host:port`).
+    /// Default: its `--peers` entry, else the rendered `--raft-addr-template`, else
+    /// `<listen>:<raft port>|<listen>:<grpc port>|<listen>:<admin port>`.
     #[arg(long, env = "KINDEX_ADVERTISE_ADDR")]
     advertise_addr: Option<String>,
     /// Raft heartbeat interval.
@@ -105,7 +118,9 @@ struct Args {
     #[command(flatten)]
     structural: StructuralArgs,
     /// With `--shards` > 1: gRPC addresses of the other shards' replicas (any subset; the rest
-    /// is learned from their Admin `Status`): `1=host:7070,host:7070;2=host:7070`.
+    /// is learned from their Admin `Status`, asked on the same host's `--admin-port`):
+    /// `1=host:7070,host:7070;2=host:7070`. An entry may name the admin endpoint:
+    /// `host:7070|host:7072`.
     #[arg(long, env = "KINDEX_SHARD_ADDRS", value_parser = parse_shard_addrs)]
     shard_addrs: Option<ShardSeeds>,
     /// With `--shards` > 1: one gRPC address per shard from a template, e.g. the shard's
@@ -117,6 +132,16 @@ struct Args {
         conflicts_with = "shard_addrs"
     )]
     shard_addr_template: Option<String>,
+    /// Require API keys on the data plane (gRPC 7070, HTTP `/v1`): a file of read-write keys,
+    /// one per line (`#` comments; e.g. a mounted Secret key). Re-read every 2 s, so keys
+    /// are rotated without a restart (list old and new while clients move over). Off when
+    /// neither this nor `--read-only-api-keys-file` is given. See docs/security.md.
+    #[arg(long, env = "KINDEX_API_KEYS_FILE")]
+    api_keys_file: Option<PathBuf>,
+    /// A file of read-only API keys (search, get, count, info; not upsert or delete), as
+    /// `--api-keys-file`.
+    #[arg(long, env = "KINDEX_READ_ONLY_API_KEYS_FILE")]
+    read_only_api_keys_file: Option<PathBuf>,
     /// Runtime knobs as JSON (a mounted ConfigMap key); reloaded on change.
     #[arg(long, env = "KINDEX_RUNTIME_CONFIG")]
     runtime_config: Option<PathBuf>,
@@ -244,7 +269,10 @@ async fn run(
                 ("index", Some(args.index.clone())),
             ],
         )?,
-        (None, None, None) => format!("{0}:{raft_port}|{0}:{1}", args.listen, args.grpc_port),
+        (None, None, None) => format!(
+            "{0}:{raft_port}|{0}:{1}|{0}:{2}",
+            args.listen, args.grpc_port, args.admin_port
+        ),
     };
     let bootstrap = match &args.peers {
         Some(peers) => Bootstrap::Cluster {
@@ -278,11 +306,26 @@ async fn run(
         );
     }
 
+    // Keys before anything listens: a node told to require keys never serves without them.
+    let key_files = KeyFiles {
+        read_write: args.api_keys_file.clone(),
+        read_only: args.read_only_api_keys_file.clone(),
+    };
+    let api_keys = if key_files.enabled() {
+        let keys = std::sync::Arc::new(ApiKeys::load(key_files)?);
+        ApiKeys::spawn_reload(&keys, Duration::from_secs(2));
+        Some(keys)
+    } else {
+        None
+    };
+
     // Bind everything first so a busy port fails start-up with a clear error.
     let grpc_addr = SocketAddr::new(args.listen, args.grpc_port);
     let http_addr = SocketAddr::new(args.listen, args.http_port);
+    let admin_addr = SocketAddr::new(args.listen, args.admin_port);
     let grpc_listener = bind(grpc_addr, "gRPC").await?;
     let http_listener = bind(http_addr, "HTTP").await?;
+    let admin_listener = bind(admin_addr, "Admin gRPC").await?;
     let raft_listener = if cluster || args.raft_port.is_some() {
         Some(bind(SocketAddr::new(args.listen, raft_port), "Raft").await?)
     } else {
@@ -298,6 +341,7 @@ async fn run(
         shard: args.shard,
         advertise: advertise.clone(),
         grpc_port: args.grpc_port,
+        admin_port: args.admin_port,
         raft_listener,
         bootstrap,
         tuning: RaftTuning {
@@ -342,14 +386,16 @@ async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grpc = {
         let mut stop = stop_rx.clone();
-        let points =
-            pb::points_server::PointsServer::new(grpc::PointsService::new(coordinator.clone()))
-                .max_decoding_message_size(256 << 20)
-                .max_encoding_message_size(256 << 20);
-        let admin = pb::admin_server::AdminServer::new(grpc::AdminService { node: node.clone() });
+        let mut service = grpc::PointsService::new(coordinator.clone());
+        if let Some(keys) = &api_keys {
+            service = service.with_api_keys(keys.clone());
+        }
+        let points = pb::points_server::PointsServer::new(service)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20);
+        // The data port serves `Points` only: Admin RPCs on it answer UNIMPLEMENTED.
         let server = tonic::transport::Server::builder()
             .add_service(points)
-            .add_service(admin)
             // Nodelay on every accepted socket (`Server::tcp_nodelay` does not apply to a
             // caller-supplied listener): without it small replies wait ~40 ms for delayed ACKs.
             .serve_with_incoming_shutdown(
@@ -360,9 +406,23 @@ async fn run(
             );
         tokio::spawn(server)
     };
+    let admin = {
+        let mut stop = stop_rx.clone();
+        let admin = pb::admin_server::AdminServer::new(grpc::AdminService { node: node.clone() });
+        let server = tonic::transport::Server::builder()
+            .add_service(admin)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(admin_listener)
+                    .with_nodelay(Some(true)),
+                async move {
+                    let _ = stop.changed().await;
+                },
+            );
+        tokio::spawn(server)
+    };
     let http = {
         let mut stop = stop_rx.clone();
-        let app = http::router(coordinator.clone());
+        let app = http::router(coordinator.clone(), api_keys.clone());
         tokio::spawn(async move {
             axum::serve(http_listener, app)
                 .with_graceful_shutdown(async move {
@@ -371,7 +431,13 @@ async fn run(
                 .await
         })
     };
-    tracing::info!(%grpc_addr, %http_addr, "serving");
+    tracing::info!(
+        %grpc_addr,
+        %http_addr,
+        %admin_addr,
+        api_keys = api_keys.is_some(),
+        "serving"
+    );
 
     tokio::select! {
         _ = shutdown_signal() => {}
@@ -388,6 +454,7 @@ async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(20), async {
         let _ = grpc.await;
         let _ = http.await;
+        let _ = admin.await;
     })
     .await;
     node.shutdown(Duration::from_secs(args.drain_timeout_secs))

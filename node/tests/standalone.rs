@@ -166,3 +166,58 @@ fn structural_drift_refuses_to_start_naming_the_field() {
     let err = other.log_text();
     assert!(err.contains("m=16") && err.contains("m=32"), "{err}");
 }
+
+/// The Admin service has a listener of its own (`--admin-port`, default 7072): the data port,
+/// which the client Service exposes, does not answer any Admin RPC.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_rpcs_are_served_on_the_admin_port_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = spawn(dir.path(), &[]);
+    wait_healthy(&mut node);
+    // On the data port: every Admin RPC is unknown there, the read-only one and the ones that
+    // change the group alike.
+    let mut on_data = pb::admin_client::AdminClient::new(node.channel());
+    let err = on_data.status(pb::StatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
+    let err = on_data
+        .trigger_snapshot(pb::TriggerSnapshotRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
+    let err = on_data
+        .change_membership(pb::ChangeMembershipRequest {
+            voters: vec![0],
+            retain: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
+    // On the admin port they work.
+    let s = node.status().await.expect("Status on the admin port");
+    assert_eq!(s.node_id, 0);
+    assert!(s.initialized);
+    let snap = node
+        .admin()
+        .trigger_snapshot(pb::TriggerSnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(snap.bytes > 0, "{snap:?}");
+    // The admin port serves no data-plane calls either.
+    let mut points_on_admin = pb::points_client::PointsClient::new(node.admin_channel());
+    let err = points_on_admin
+        .count(pb::CountRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
+}
+
+/// `--admin-port` moves the Admin listener.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_port_flag_moves_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = spawn(dir.path(), &["--admin-port", "9072"]);
+    node.admin_port = 9072;
+    wait_healthy(&mut node);
+    assert!(node.status().await.is_some(), "Status on port 9072");
+}

@@ -34,6 +34,7 @@ async fn a_leader_parses_each_payload_once() {
         shard: 0,
         advertise: "127.0.0.1:7071".into(),
         grpc_port: 7070,
+        admin_port: 7072,
         raft_listener: None,
         bootstrap: Bootstrap::Standalone,
         tuning: RaftTuning::default(),

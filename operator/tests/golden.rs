@@ -144,3 +144,101 @@ fn invalid_spec_is_refused_by_validate() {
         Err(kindex_operator::validate::ValidateError::Identity("uid"))
     ));
 }
+
+/// The client Service exposes the data plane only; the Admin port (membership changes,
+/// snapshots) and the Raft port are reachable through the headless Service, and the pod
+/// declares them, so the operator and the other nodes reach them (issue 18).
+#[test]
+fn client_service_exposes_no_admin_or_raft_port() {
+    let vi = valid(&fixture("production"), "unused");
+    let ports = |s: k8s_openapi::api::core::v1::Service| -> Vec<(String, i32)> {
+        s.spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port))
+            .collect()
+    };
+    let client = ports(service::build_client_service(&vi));
+    assert_eq!(
+        client,
+        [("grpc".to_owned(), 7070), ("http".to_owned(), 7080)]
+    );
+    let headless = ports(service::build_headless_service(&vi, 0));
+    assert!(
+        headless.contains(&("admin".to_owned(), 7072)),
+        "{headless:?}"
+    );
+    let params = StatefulSetParams::from_spec(&vi, 3);
+    let sts = statefulset::build_statefulset(&vi, 0, &params);
+    let c = &sts.spec.unwrap().template.spec.unwrap().containers[0];
+    assert!(
+        c.ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|p| p.name.as_deref() == Some("admin") && p.container_port == 7072)
+    );
+    let args = c.args.as_ref().unwrap();
+    let at = args.iter().position(|a| a == "--admin-port").unwrap();
+    assert_eq!(args[at + 1], "7072");
+}
+
+/// `spec.auth.apiKeySecretRef`: the Secret is mounted whole (updates reach the pod, the node
+/// re-reads the keys) and the node is told to require keys from its files; unset, nothing
+/// of it appears (the goldens above have no auth).
+#[test]
+fn api_key_secret_is_mounted_and_required() {
+    let mut raw = fixture("production");
+    raw.spec.auth = Some(kindex_crds::AuthSpec {
+        api_key_secret_ref: Some(kindex_crds::ApiKeySecretRef {
+            name: "products-keys".into(),
+            read_write_key: "readWrite".into(),
+            read_only_key: Some("readOnly".into()),
+        }),
+    });
+    let vi = valid(&raw, "unused");
+    let params = StatefulSetParams::from_spec(&vi, 3);
+    let pod = statefulset::build_statefulset(&vi, 0, &params)
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == statefulset::API_KEYS_VOLUME)
+        .expect("api-keys volume");
+    let secret = volume.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("products-keys"));
+    assert!(
+        secret.items.is_none(),
+        "the whole Secret, so updates propagate"
+    );
+    let c = &pod.containers[0];
+    let mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == statefulset::API_KEYS_VOLUME)
+        .expect("api-keys mount");
+    assert!(mount.sub_path.is_none() && mount.read_only == Some(true));
+    let args = c.args.as_ref().unwrap().join(" ");
+    let dir = statefulset::API_KEYS_DIR;
+    assert!(
+        args.contains(&format!("--api-keys-file {dir}/readWrite"))
+            && args.contains(&format!("--read-only-api-keys-file {dir}/readOnly")),
+        "{args}"
+    );
+
+    // Without auth: no volume, no flags.
+    let plain = valid(&fixture("production"), "unused");
+    let sts = statefulset::build_statefulset(&plain, 0, &params);
+    let text = serde_saphyr::to_string(&sts).unwrap();
+    assert!(!text.contains("api-keys"), "{text}");
+}

@@ -107,6 +107,22 @@ impl AddressBook for Loopback {
     }
 }
 
+/// A node from before the admin port: nothing listens on `.0` (its admin port), Admin is
+/// served on `.1` (its data port).
+struct PreAdminPort(String, String);
+
+impl AddressBook for PreAdminPort {
+    fn admin_endpoint(&self, _: &PodRef) -> String {
+        format!("http://{}", self.0)
+    }
+    fn raft_addr(&self, pod: &PodRef) -> String {
+        format!("{}:7071", pod.pod_name())
+    }
+    fn pre_admin_port_endpoint(&self, _: &PodRef) -> Option<String> {
+        Some(format!("http://{}", self.1))
+    }
+}
+
 fn pod(ordinal: u32) -> PodRef {
     PodRef {
         namespace: "ns".into(),
@@ -180,4 +196,41 @@ async fn unreachable_node_is_an_error_not_a_hang() {
     let err = client.status(&pod(0)).await.unwrap_err();
     assert!(matches!(err, NodeError::Connect { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// During an upgrade the operator still reaches old nodes, which serve Admin on the data
+/// port, when their admin port refuses; with the admin port answering it is used alone.
+#[tokio::test]
+async fn old_nodes_are_reached_on_their_data_port() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let admin = FakeAdmin::default();
+    let server = admin.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(AdminServer::new(server))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    let nobody = format!("{}:7072", loopback::Block::next().ip(1));
+    let old = GrpcNodeClient {
+        addresses: Arc::new(PreAdminPort(nobody.clone(), format!("127.0.0.1:{port}"))),
+        timeout: Duration::from_secs(2),
+    };
+    let s = old.status(&pod(0)).await.unwrap();
+    assert_eq!(s.role, "leader");
+    old.transfer_leader(&pod(0), 1).await.unwrap();
+    assert_eq!(*admin.calls.lock().unwrap(), ["transfer_leader 1"]);
+    // Neither answers: the admin port's error is reported.
+    let nobody2 = format!("{}:7070", loopback::Block::next().ip(1));
+    let none = GrpcNodeClient {
+        addresses: Arc::new(PreAdminPort(nobody.clone(), nobody2)),
+        timeout: Duration::from_secs(2),
+    };
+    let err = none.status(&pod(0)).await.unwrap_err();
+    assert!(
+        matches!(&err, NodeError::Connect { endpoint, .. } if endpoint.contains(&nobody)),
+        "{err}"
+    );
 }

@@ -15,6 +15,9 @@ use anyhow::Context;
 use kindex_proto as pb;
 use kindex_proto::admin_client::AdminClient;
 use kindex_proto::points_client::PointsClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Global;
@@ -23,6 +26,38 @@ use crate::output::Output;
 
 /// Generous: search results with vectors and bulk batches can be large.
 const MAX_MESSAGE: usize = 256 << 20;
+
+/// A `Points` client that sends the API key (if any) with every call.
+pub type Points = PointsClient<InterceptedService<Channel, ApiKey>>;
+
+/// Adds `authorization: Bearer <key>` to every request (`--api-key` / `KINDEX_API_KEY`).
+#[derive(Clone, Default)]
+pub struct ApiKey(Option<MetadataValue<Ascii>>);
+
+impl ApiKey {
+    pub fn new(key: Option<&str>) -> anyhow::Result<ApiKey> {
+        match key.map(str::trim).filter(|k| !k.is_empty()) {
+            None => Ok(ApiKey(None)),
+            Some(k) => {
+                let v = format!("Bearer {k}").parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--api-key / KINDEX_API_KEY holds characters a header cannot carry"
+                    )
+                })?;
+                Ok(ApiKey(Some(v)))
+            }
+        }
+    }
+}
+
+impl Interceptor for ApiKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
 
 pub struct Ctx {
     /// gRPC URLs to talk to, in order: `--addr`, or local port-forwards to pods.
@@ -36,6 +71,8 @@ pub struct Ctx {
     pub index: String,
     pub output: Output,
     pub timeout: Duration,
+    /// Sent with every data-plane call.
+    pub api_key: ApiKey,
 }
 
 /// What Kubernetes discovery found (for `status` and error hints).
@@ -45,20 +82,36 @@ pub struct KubeSummary {
     pub status: Option<kindex_crds::status::VectorIndexStatus>,
 }
 
+/// `--addr` / `--admin-addr` entries: trimmed, empty ones dropped, with a scheme.
+fn addr_list(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+        .map(normalize_addr)
+        .collect()
+}
+
 impl Ctx {
-    /// Direct mode: the `--addr` list (default `http://127.0.0.1:7070`).
-    pub fn new(g: &Global) -> anyhow::Result<Ctx> {
-        let mut addrs: Vec<String> = g
-            .addr
-            .iter()
-            .map(|a| a.trim())
-            .filter(|a| !a.is_empty())
-            .map(normalize_addr)
-            .collect();
+    /// Direct mode. [`k8s::Plane::Data`]: the `--addr` list (default
+    /// `http://127.0.0.1:7070`). [`k8s::Plane::Admin`]: the `--admin-addr` list, else
+    /// every `--addr` with the admin port (a node serves Admin on its own port, 7072).
+    pub fn new(g: &Global, plane: k8s::Plane) -> anyhow::Result<Ctx> {
+        let mut addrs = addr_list(&g.addr);
         if g.addr.is_empty() {
             addrs.push(crate::DEFAULT_ADDR.to_string());
         }
         anyhow::ensure!(!addrs.is_empty(), "--addr is empty");
+        if plane == k8s::Plane::Admin {
+            addrs = if g.admin_addr.is_empty() {
+                addrs
+                    .iter()
+                    .map(|a| admin_addr_of(a, k8s::ADMIN_PORT))
+                    .collect::<anyhow::Result<_>>()?
+            } else {
+                addr_list(&g.admin_addr)
+            };
+            anyhow::ensure!(!addrs.is_empty(), "--admin-addr is empty");
+        }
         Ok(Ctx {
             addrs,
             names: HashMap::new(),
@@ -67,20 +120,21 @@ impl Ctx {
             index: g.index.clone(),
             output: g.output,
             timeout: Duration::from_secs(g.timeout.max(1)),
+            api_key: ApiKey::new(g.api_key.as_deref())?,
         })
     }
 
     /// Kubernetes mode: the index's pods through local port-forwards. The
     /// request's index name is the VectorIndex name (the operator starts the
     /// nodes with `--index <name>`).
-    pub async fn from_kube(g: &Global, want: k8s::Want) -> anyhow::Result<Ctx> {
+    pub async fn from_kube(g: &Global, want: k8s::Want, plane: k8s::Plane) -> anyhow::Result<Ctx> {
         let opts = k8s::KubeOpts {
             kubeconfig: g.kubeconfig.clone(),
             context: g.context.clone(),
             namespace: g.namespace.clone(),
             index: g.index.clone(),
         };
-        let found = k8s::discover(&opts, want).await?;
+        let found = k8s::discover(&opts, want, plane).await?;
         let mut ctx = Ctx {
             addrs: Vec::new(),
             names: HashMap::new(),
@@ -89,6 +143,7 @@ impl Ctx {
             index: found.index.clone(),
             output: g.output,
             timeout: Duration::from_secs(g.timeout.max(1)),
+            api_key: ApiKey::new(g.api_key.as_deref())?,
         };
         for t in found.targets {
             match t.addr {
@@ -134,10 +189,12 @@ impl Ctx {
         Ok(ep.connect_lazy())
     }
 
-    pub fn points(&self, addr: &str) -> anyhow::Result<PointsClient<Channel>> {
-        Ok(PointsClient::new(self.channel(addr)?)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE))
+    pub fn points(&self, addr: &str) -> anyhow::Result<Points> {
+        Ok(
+            PointsClient::with_interceptor(self.channel(addr)?, self.api_key.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
     }
 
     pub fn admin(&self, addr: &str) -> anyhow::Result<AdminClient<Channel>> {
@@ -152,6 +209,18 @@ impl Ctx {
             .map(String::as_str)
             .ok_or_else(|| anyhow::anyhow!("no reachable node"))
     }
+}
+
+/// A node's Admin URL from its data-plane URL: the same host with `port`.
+pub fn admin_addr_of(url: &str, port: u16) -> anyhow::Result<String> {
+    let uri: tonic::codegen::http::Uri = url
+        .parse()
+        .with_context(|| format!("invalid --addr {url:?}"))?;
+    let (scheme, host) = match (uri.scheme_str(), uri.host()) {
+        (Some(s), Some(h)) => (s, h),
+        _ => anyhow::bail!("--addr {url:?} has no host; give --admin-addr"),
+    };
+    Ok(format!("{scheme}://{host}:{port}"))
 }
 
 /// `host:port` -> `http://host:port` (tonic needs a scheme).
@@ -175,7 +244,10 @@ pub fn rpc_error_on(addr: &str, forwarded: bool, what: &str, s: &tonic::Status) 
             " (the port-forward to the pod failed or the node is not serving; see the warnings above)"
         }
         tonic::Code::Unavailable => {
-            " (is the node running and --addr right? In Kubernetes use `kubectl kindex`, which port-forwards by itself)"
+            " (is the node running and --addr right (--admin-addr for status and snapshot)? In Kubernetes use `kubectl kindex`, which port-forwards by itself)"
+        }
+        tonic::Code::Unauthenticated => {
+            " (give the node's API key with --api-key or KINDEX_API_KEY)"
         }
         tonic::Code::NotFound if what != "Get" => {
             " (check --index; empty means the node's own index)"

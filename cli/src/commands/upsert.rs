@@ -11,11 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use kindex_proto as pb;
-use kindex_proto::points_client::PointsClient;
 use serde_json::json;
-use tonic::transport::Channel;
 
-use super::{Ctx, is_transient, normalize_addr, rpc_error_on};
+use super::{Ctx, Points, is_transient, normalize_addr, rpc_error_on};
 use crate::UpsertArgs;
 use crate::input::{Row, Source};
 use crate::output;
@@ -27,7 +25,7 @@ use crate::output;
 /// comes first.
 struct Sender {
     /// (display name, URL, client)
-    clients: Vec<(String, String, PointsClient<Channel>)>,
+    clients: Vec<(String, String, Points)>,
     current: usize,
     attempts: u32,
     retry_for: Duration,
@@ -65,7 +63,7 @@ fn next_node(urls: &[&str], current: usize, s: &tonic::Status) -> usize {
 impl Sender {
     async fn call<T, F, Fut>(&mut self, what: &str, mut f: F) -> anyhow::Result<T>
     where
-        F: FnMut(PointsClient<Channel>) -> Fut,
+        F: FnMut(Points) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = Instant::now();

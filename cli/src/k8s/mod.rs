@@ -33,6 +33,19 @@ pub const APP: &str = "kindex";
 /// The node's gRPC port (container port named [`GRPC_PORT_NAME`]).
 pub const GRPC_PORT: u16 = 7070;
 pub const GRPC_PORT_NAME: &str = "grpc";
+/// The node's Admin gRPC port (container port named [`ADMIN_PORT_NAME`]); the client
+/// Service does not expose it, so `status` and `snapshot` port-forward to the pod's.
+pub const ADMIN_PORT: u16 = 7072;
+pub const ADMIN_PORT_NAME: &str = "admin";
+
+/// Which of a node's gRPC services a command talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    /// `Points`, on the data port (7070).
+    Data,
+    /// `Admin` (`status`, `snapshot`), on the admin port (7072).
+    Admin,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -130,6 +143,7 @@ pub struct PodInfo {
     pub ready: bool,
     pub terminating: bool,
     pub grpc_port: u16,
+    pub admin_port: u16,
 }
 
 impl PodInfo {
@@ -148,17 +162,20 @@ impl PodInfo {
         let ready = status
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let grpc_port = p
-            .spec
-            .as_ref()
-            .and_then(|s| {
-                s.containers
-                    .iter()
-                    .flat_map(|c| c.ports.iter().flatten())
-                    .find(|cp| cp.name.as_deref() == Some(GRPC_PORT_NAME))
-            })
-            .and_then(|cp| u16::try_from(cp.container_port).ok())
-            .unwrap_or(GRPC_PORT);
+        let named_port = |name: &str, default: u16| {
+            p.spec
+                .as_ref()
+                .and_then(|s| {
+                    s.containers
+                        .iter()
+                        .flat_map(|c| c.ports.iter().flatten())
+                        .find(|cp| cp.name.as_deref() == Some(name))
+                })
+                .and_then(|cp| u16::try_from(cp.container_port).ok())
+                .unwrap_or(default)
+        };
+        let grpc_port = named_port(GRPC_PORT_NAME, GRPC_PORT);
+        let admin_port = named_port(ADMIN_PORT_NAME, ADMIN_PORT);
         PodInfo {
             ordinal: ordinal_of(&name),
             name,
@@ -167,6 +184,15 @@ impl PodInfo {
             ready,
             terminating: p.metadata.deletion_timestamp.is_some(),
             grpc_port,
+            admin_port,
+        }
+    }
+
+    /// The container port serving `plane`.
+    pub fn port(&self, plane: Plane) -> u16 {
+        match plane {
+            Plane::Data => self.grpc_port,
+            Plane::Admin => self.admin_port,
         }
     }
 
@@ -339,10 +365,10 @@ async fn client(opts: &KubeOpts) -> Result<(Client, String, String), KubeError> 
 }
 
 /// Finds the index and its pods, and starts a local forward to each pod the
-/// command needs. The first forward is opened at once, so a refused
-/// port-forward (RBAC, pod not scheduled) is an error here rather than a
-/// vague "unavailable" later.
-pub async fn discover(opts: &KubeOpts, want: Want) -> Result<Found, KubeError> {
+/// command needs, to the port of `plane`. The first forward is opened at once,
+/// so a refused port-forward (RBAC, pod not scheduled) is an error here rather
+/// than a vague "unavailable" later.
+pub async fn discover(opts: &KubeOpts, want: Want, plane: Plane) -> Result<Found, KubeError> {
     let (client, namespace, url) = client(opts).await?;
     let vis: Api<VectorIndex> = Api::namespaced(client.clone(), &namespace);
     let mut status = None;
@@ -446,7 +472,7 @@ pub async fn discover(opts: &KubeOpts, want: Want) -> Result<Found, KubeError> {
         let first = if opened_one {
             None
         } else {
-            match open(&pods, &p.name, p.grpc_port, &namespace, &url).await {
+            match open(&pods, &p.name, p.port(plane), &namespace, &url).await {
                 Ok(o) => {
                     opened_one = true;
                     Some(o)
@@ -465,7 +491,7 @@ pub async fn discover(opts: &KubeOpts, want: Want) -> Result<Found, KubeError> {
         let local = serve(
             pods.clone(),
             p.name.clone(),
-            p.grpc_port,
+            p.port(plane),
             namespace.clone(),
             url.clone(),
             first,

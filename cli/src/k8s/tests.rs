@@ -9,6 +9,7 @@ fn pod(name: &str, shard: u32, phase: &str, ready: bool) -> PodInfo {
         ready,
         terminating: false,
         grpc_port: GRPC_PORT,
+        admin_port: ADMIN_PORT,
     }
 }
 
@@ -33,7 +34,8 @@ fn pod_info_reads_ready_condition_port_and_shard() {
         "metadata": {"name": "demo-s1-2", "labels": {LABEL_SHARD: "1"}},
         "spec": {"containers": [{"name": "node", "ports": [
             {"name": "http", "containerPort": 7080},
-            {"name": "grpc", "containerPort": 7171}
+            {"name": "grpc", "containerPort": 7171},
+            {"name": "admin", "containerPort": 7173}
         ]}]},
         "status": {"phase": "Running", "conditions": [
             {"type": "PodScheduled", "status": "True"},
@@ -46,6 +48,7 @@ fn pod_info_reads_ready_condition_port_and_shard() {
         (i.shard, i.ordinal, i.grpc_port, i.ready, i.usable()),
         (Some(1), Some(2), 7171, true, true)
     );
+    assert_eq!((i.port(Plane::Data), i.port(Plane::Admin)), (7171, 7173));
     let p: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "demo-s0-0", "deletionTimestamp": "2025-01-01T00:00:00Z"},
         "spec": {"containers": [{"name": "node"}]},
@@ -54,6 +57,7 @@ fn pod_info_reads_ready_condition_port_and_shard() {
     .unwrap();
     let i = PodInfo::from_pod(&p);
     assert_eq!(i.grpc_port, GRPC_PORT, "default port");
+    assert_eq!(i.admin_port, ADMIN_PORT, "default admin port");
     assert!(!i.ready && i.terminating && !i.usable() && !i.running());
     assert_eq!(i.state(), "Running, terminating");
     let empty = PodInfo::from_pod(&Pod::default());

@@ -8,12 +8,15 @@ use std::process::{Command, Output};
 
 pub const KINDEX: &str = env!("CARGO_BIN_EXE_kindex");
 
-/// Runs `kindex` with `args`, ignoring KINDEX_ADDR/KINDEX_INDEX of the caller.
+/// Runs `kindex` with `args`, ignoring the caller's KINDEX_ADDR, KINDEX_INDEX, KINDEX_ADMIN_ADDR
+/// and KINDEX_API_KEY.
 pub fn kindex(args: &[&str]) -> Output {
     Command::new(KINDEX)
         .args(args)
         .env_remove("KINDEX_ADDR")
         .env_remove("KINDEX_INDEX")
+        .env_remove("KINDEX_ADMIN_ADDR")
+        .env_remove("KINDEX_API_KEY")
         .output()
         .unwrap()
 }

@@ -2,7 +2,7 @@
 
 The binary is ``$KINDEX_NODE_BIN``, else ``$CARGO_TARGET_DIR/debug/kindex-node``
 (scripts/python-tests.sh sets the first). Every node listens on its own
-loopback address with the default ports (gRPC 7070, HTTP 7080, Raft 7071):
+loopback address with the default ports (gRPC 7070, HTTP 7080, Raft 7071, Admin 7072):
 ports reserved by binding :0 can be taken meanwhile by an outgoing
 connection's ephemeral port. Addresses are ``127.<A>.<n>.<i>``: ``A`` from
 this process id (50..89, apart from the Rust tests' 100..199), ``n`` one per
@@ -54,6 +54,11 @@ class Node:
         return f"{self.ip}:7070"
 
     @property
+    def admin(self) -> str:
+        # Admin RPCs have a port of their own; the data port does not answer them.
+        return f"{self.ip}:7072"
+
+    @property
     def http(self) -> str:
         return f"http://{self.ip}:7080"
 
@@ -92,7 +97,7 @@ class Node:
 
     def status(self) -> Optional[admin_pb2.StatusResponse]:
         try:
-            with grpc.insecure_channel(self.grpc) as ch:
+            with grpc.insecure_channel(self.admin) as ch:
                 return admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=2)
         except grpc.RpcError:
             return None

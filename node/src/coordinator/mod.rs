@@ -118,7 +118,11 @@ impl Coordinator {
         let shards = node.engine().structural().shards.max(1);
         seeds.remove(&node.shard);
         topology::check_complete(&seeds, shards, node.shard)?;
-        let topology = Topology::new(seeds, node.grpc_port(), node.channels().clone());
+        let topology = Topology::new(
+            seeds,
+            (node.grpc_port(), node.admin_port()),
+            node.channels().clone(),
+        );
         Ok(Arc::new(Coordinator {
             local: LocalShard { node: node.clone() },
             node,
@@ -194,6 +198,8 @@ impl Coordinator {
                 if let Ok(v) = shard.to_string().parse() {
                     r.metadata_mut().insert(SHARD_LOCAL_HEADER, v);
                 }
+                // The other shard checks the caller's API key, not ours (see `crate::auth`).
+                crate::auth::attach(r.metadata_mut());
                 let outcome = remote(client, r).await;
                 let label = match &outcome {
                     Ok(_) => "ok",

@@ -5,6 +5,13 @@
 //! pods). The coordinator learns the shard's members and leader from the Admin `Status` of
 //! any replica that answers, refreshes that every few seconds and after failures, and takes
 //! leader hints from write responses.
+//!
+//! `Status` is asked on the replicas' Admin port (7072), not on the data port: the data port
+//! answers clients only (and, with API keys on, only clients holding a key, which this
+//! background task has none of), and the Admin port is the internal one that mTLS will guard
+//! (issue 18). A replica's admin address is the one its member address names
+//! (`raft|grpc|admin`), else its host with this node's `--admin-port` (every replica of an
+//! index listens on the same ports); a seed may name it as `grpc_host:port|admin_host:port`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,9 +23,12 @@ use tonic::transport::Channel;
 
 use crate::channels::Channels;
 
+use crate::node::member_admin_addr;
 use crate::node::member_grpc_addr;
+use crate::node::with_port;
 
-/// Per shard: gRPC seed addresses of its replicas.
+/// Per shard: gRPC seed addresses of its replicas (`host:port`, or `host:port|admin_host:port`
+/// when the admin endpoint is not the same host with this node's admin port).
 pub type ShardSeeds = BTreeMap<u32, Vec<String>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,8 +65,13 @@ pub fn parse_shard_addrs(s: &str) -> Result<ShardSeeds, TopologyError> {
         if addrs.is_empty() {
             return Err(err(format!("shard {shard} has no address")));
         }
-        if let Some(bad) = addrs.iter().find(|a| !a.contains(':')) {
-            return Err(err(format!("shard {shard}: {bad:?} is not host:port")));
+        if let Some(bad) = addrs
+            .iter()
+            .find(|a| a.split('|').count() > 2 || !a.split('|').all(|p| p.contains(':')))
+        {
+            return Err(err(format!(
+                "shard {shard}: {bad:?} is not host:port (or grpc_host:port|admin_host:port)"
+            )));
         }
         if out.insert(shard, addrs).is_some() {
             return Err(err(format!("shard {shard} is listed twice")));
@@ -109,6 +124,14 @@ pub fn check_complete(seeds: &ShardSeeds, shards: u32, local: u32) -> Result<(),
     }
 }
 
+/// A seed `grpc` or `grpc|admin` as (gRPC address, Admin address).
+fn split_seed(seed: &str, admin_port: u16) -> (String, String) {
+    match seed.split_once('|') {
+        Some((grpc, admin)) => (grpc.to_string(), admin.to_string()),
+        None => (seed.to_string(), with_port(seed, admin_port)),
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Route {
     /// Replicas' gRPC addresses, learned from `Status` (empty until then).
@@ -120,24 +143,56 @@ struct Route {
 
 /// The known shape of the other shards. Cheap to query; refreshed in the background.
 pub struct Topology {
+    /// gRPC addresses only (the admin part of a seed is in `admin_of`).
     seeds: ShardSeeds,
     routes: RwLock<BTreeMap<u32, Route>>,
+    /// gRPC address of a replica → its Admin address (from seeds and learned members).
+    admin_of: RwLock<BTreeMap<String, String>>,
     channels: Arc<Channels>,
     default_grpc_port: u16,
+    default_admin_port: u16,
 }
 
 /// How long one `Status` probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Topology {
-    /// `channels`: the node's channel cache.
-    pub fn new(seeds: ShardSeeds, default_grpc_port: u16, channels: Arc<Channels>) -> Topology {
+    /// `channels`: the node's channel cache; `ports`: (gRPC, Admin) ports of replicas whose
+    /// member address names neither.
+    pub fn new(seeds: ShardSeeds, ports: (u16, u16), channels: Arc<Channels>) -> Topology {
+        let (default_grpc_port, default_admin_port) = ports;
+        let mut admin_of = BTreeMap::new();
+        let seeds: ShardSeeds = seeds
+            .into_iter()
+            .map(|(shard, addrs)| {
+                let grpc = addrs
+                    .iter()
+                    .map(|a| {
+                        let (grpc, admin) = split_seed(a, default_admin_port);
+                        admin_of.insert(grpc.clone(), admin);
+                        grpc
+                    })
+                    .collect();
+                (shard, grpc)
+            })
+            .collect();
         Topology {
             routes: RwLock::new(seeds.keys().map(|s| (*s, Route::default())).collect()),
             seeds,
+            admin_of: RwLock::new(admin_of),
             channels,
             default_grpc_port,
+            default_admin_port,
         }
+    }
+
+    /// The Admin address of a replica known by its gRPC address.
+    pub fn admin_addr(&self, grpc: &str) -> String {
+        self.admin_of
+            .read()
+            .get(grpc)
+            .cloned()
+            .unwrap_or_else(|| with_port(grpc, self.default_admin_port))
     }
 
     pub fn shards(&self) -> impl Iterator<Item = u32> + '_ {
@@ -201,6 +256,15 @@ impl Topology {
             .iter()
             .map(|m| (m.node_id, member_grpc_addr(&m.addr, self.default_grpc_port)))
             .collect();
+        {
+            let mut admin_of = self.admin_of.write();
+            for m in &status.members {
+                admin_of.insert(
+                    member_grpc_addr(&m.addr, self.default_grpc_port),
+                    member_admin_addr(&m.addr, self.default_admin_port),
+                );
+            }
+        }
         if let Some(r) = self.routes.write().get_mut(&shard) {
             if !addrs.is_empty() {
                 r.replicas = addrs.values().cloned().collect();
@@ -209,11 +273,12 @@ impl Topology {
         }
     }
 
-    /// Asks the shard's replicas (leader first) for `Status` until one answers with a leader.
-    /// Returns whether anything was learned.
+    /// Asks the shard's replicas (leader first) for `Status`, on their Admin port, until one
+    /// answers with a leader. Returns whether anything was learned.
     pub async fn refresh(&self, shard: u32) -> bool {
         let mut learned = false;
-        for addr in self.candidates(shard, true) {
+        for grpc in self.candidates(shard, true) {
+            let addr = self.admin_addr(&grpc);
             let Ok(channel) = self.channel(&addr) else {
                 continue;
             };
@@ -252,7 +317,19 @@ mod tests {
         let s = parse_shard_addrs("0=a:1,b:2; 1=c:3").unwrap();
         assert_eq!(s[&0], ["a:1", "b:2"]);
         assert_eq!(s[&1], ["c:3"]);
-        for bad in ["0", "x=a:1", "0=a", "0=", "0=a:1;0=b:1"] {
+        let s2 = parse_shard_addrs("1=h:17000|h:17002").unwrap();
+        let t = Topology::new(s2, (7070, 7072), Arc::default());
+        assert_eq!(t.candidates(1, false), ["h:17000"]);
+        assert_eq!(t.admin_addr("h:17000"), "h:17002");
+        for bad in [
+            "0",
+            "x=a:1",
+            "0=a",
+            "0=",
+            "0=a:1;0=b:1",
+            "0=a:1|b",
+            "0=a:1|b:2|c:3",
+        ] {
             assert!(parse_shard_addrs(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_complete(&s, 2, 0).is_ok());
@@ -287,7 +364,7 @@ mod tests {
     fn candidates_put_the_leader_first_and_rotate_replicas() {
         let t = Topology::new(
             ShardSeeds::from([(1, vec!["seed:7070".to_string()])]),
-            7070,
+            (7070, 7072),
             Arc::default(),
         );
         assert_eq!(t.candidates(1, true), ["seed:7070"]);
@@ -307,6 +384,9 @@ mod tests {
             },
         );
         assert_eq!(t.leader(1).as_deref(), Some("h2:7070"));
+        // Status is asked on the admin port, derived or named by the member address.
+        assert_eq!(t.admin_addr("seed:7070"), "seed:7072");
+        assert_eq!(t.admin_addr("h1:7070"), "h1:7072");
         let c = t.candidates(1, true);
         assert_eq!(c[0], "h2:7070");
         assert_eq!(c.len(), 4, "3 replicas + the seed: {c:?}");

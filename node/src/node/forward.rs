@@ -22,6 +22,12 @@ impl Node {
         member_grpc_addr(addr, self.grpc_port)
     }
 
+    /// The Admin gRPC address of a member address: the explicit one (`"raft|grpc|admin"`),
+    /// else the Raft host with this node's admin port (same ports on every replica).
+    pub fn admin_addr_of_member(&self, addr: &str) -> String {
+        member_admin_addr(addr, self.admin_port)
+    }
+
     pub fn leader(&self) -> Option<LeaderInfo> {
         let m = self.raft.metrics().borrow_watched().clone();
         let id = m.current_leader?;
@@ -32,7 +38,8 @@ impl Node {
             .map(|n| n.addr.clone());
         Some(LeaderInfo {
             id,
-            grpc: addr.map(|a| self.grpc_addr_of_member(&a)),
+            grpc: addr.as_ref().map(|a| self.grpc_addr_of_member(a)),
+            admin: addr.as_ref().map(|a| self.admin_addr_of_member(a)),
         })
     }
 
@@ -72,12 +79,15 @@ impl Node {
         )
     }
 
-    /// A client to another member's `Admin` service.
+    /// A client to another member's `Admin` service (`admin_addr`: its admin port, see
+    /// [`Self::admin_addr_of_member`]).
     pub fn admin_client(
         &self,
-        grpc_addr: &str,
+        admin_addr: &str,
     ) -> Result<pb::admin_client::AdminClient<Channel>, NodeError> {
-        Ok(pb::admin_client::AdminClient::new(self.channel(grpc_addr)?))
+        Ok(pb::admin_client::AdminClient::new(
+            self.channel(admin_addr)?,
+        ))
     }
 
     /// Where to forward a request this node cannot serve: the leader, if known, not us, and the
@@ -96,12 +106,14 @@ impl Node {
         }
     }
 
-    /// A request to forward, marked as forwarded, with a deadline.
+    /// A request to forward, marked as forwarded, with a deadline, carrying the caller's API
+    /// key (the leader checks it like any client's, see `crate::auth`).
     pub fn forwarded_request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         if let Ok(v) = self.node_id.to_string().parse() {
             req.metadata_mut().insert(FORWARDED_HEADER, v);
         }
+        crate::auth::attach(req.metadata_mut());
         req.set_timeout(timeout);
         req
     }
@@ -150,13 +162,26 @@ pub fn outcome_of(r: pb::WriteResponse, shard: u32) -> WriteOutcome {
 /// The client gRPC address of a member address (`"raft"` or `"raft|grpc"`): the explicit one,
 /// else the Raft host with `default_port`.
 pub fn member_grpc_addr(addr: &str, default_port: u16) -> String {
-    if let Some(g) = raft::grpc_addr_of(addr) {
-        return g.to_string();
+    match raft::grpc_addr_of(addr) {
+        Some(g) => g.to_string(),
+        None => with_port(raft::raft_addr_of(addr), default_port),
     }
-    let raft_addr = raft::raft_addr_of(addr);
-    match raft_addr.rsplit_once(':') {
-        Some((host, _)) => format!("{host}:{default_port}"),
-        None => format!("{raft_addr}:{default_port}"),
+}
+
+/// The Admin gRPC address of a member address (`"raft"`, `"raft|grpc"` or
+/// `"raft|grpc|admin"`): the explicit one, else the Raft host with `default_port`.
+pub fn member_admin_addr(addr: &str, default_port: u16) -> String {
+    match raft::admin_addr_of(addr) {
+        Some(a) => a.to_string(),
+        None => with_port(raft::raft_addr_of(addr), default_port),
+    }
+}
+
+/// `host:port` → `host:<port>`; a bare host gets the port.
+pub fn with_port(addr: &str, port: u16) -> String {
+    match addr.rsplit_once(':') {
+        Some((host, _)) => format!("{host}:{port}"),
+        None => format!("{addr}:{port}"),
     }
 }
 
@@ -174,5 +199,18 @@ mod tests {
         assert_eq!(member_grpc_addr("[::1]:7071", 7070), "[::1]:7070");
         assert_eq!(raft::raft_addr_of("h:1|h:2"), "h:1");
         assert_eq!(raft::grpc_addr_of("h:1|"), None);
+    }
+
+    #[test]
+    fn member_addresses_give_the_admin_endpoint() {
+        // Derived from the Raft host: the operator's members are `pod.headless.ns.svc:7071`.
+        assert_eq!(member_admin_addr("a.svc:7071", 7072), "a.svc:7072");
+        assert_eq!(member_admin_addr("h:1|h:2", 7072), "h:7072");
+        // Explicit third part (nodes sharing one host with different ports).
+        assert_eq!(member_admin_addr("h:1|h:2|h:3", 7072), "h:3");
+        assert_eq!(member_grpc_addr("h:1|h:2|h:3", 7070), "h:2");
+        assert_eq!(raft::raft_addr_of("h:1|h:2|h:3"), "h:1");
+        assert_eq!(member_admin_addr("h:1||", 7072), "h:7072");
+        assert_eq!(with_port("[::1]:7070", 7072), "[::1]:7072");
     }
 }

@@ -27,8 +27,10 @@ mod tasks;
 mod write;
 
 pub use self::error::NodeError;
+pub use self::forward::member_admin_addr;
 pub use self::forward::member_grpc_addr;
 pub use self::forward::outcome_of;
+pub use self::forward::with_port;
 pub use self::open::Bootstrap;
 pub use self::open::NodeConfig;
 pub use self::open::RaftTuning;
@@ -66,6 +68,8 @@ use crate::snapshot::store::SnapshotStore;
 
 /// Default Raft port (DESIGN §1).
 pub const DEFAULT_RAFT_PORT: u16 = 7071;
+/// The Admin gRPC port (membership, snapshots, status): never behind the client Service.
+pub const DEFAULT_ADMIN_PORT: u16 = 7072;
 /// Request metadata set on a write/read a node forwards to the leader (value: the sender's id).
 /// A forwarded request is never forwarded again.
 pub const FORWARDED_HEADER: &str = "kindex-forwarded";
@@ -107,6 +111,8 @@ pub struct LeaderInfo {
     pub id: NodeId,
     /// Its client gRPC address.
     pub grpc: Option<String>,
+    /// Its Admin gRPC address (node-to-node calls: the divergence guard).
+    pub admin: Option<String>,
 }
 
 /// A member as reported by `Status`.
@@ -124,6 +130,7 @@ pub struct Node {
     data_dir: PathBuf,
     advertise: String,
     grpc_port: u16,
+    admin_port: u16,
     standalone: bool,
     state: Arc<EngineState>,
     raft: KindexRaft<EngineState>,
@@ -189,6 +196,11 @@ impl Node {
     /// The client gRPC port of every replica (unless a member address names its own).
     pub fn grpc_port(&self) -> u16 {
         self.grpc_port
+    }
+
+    /// The Admin gRPC port of every replica (unless a member address names its own).
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
     }
 
     pub fn advertise(&self) -> &str {

@@ -74,10 +74,13 @@ pub struct NodeConfig {
     pub node_id: NodeId,
     pub shard: u32,
     /// This member's address in the membership: `"raft_host:port"` or
-    /// `"raft_host:port|grpc_host:port"` (see [`raft::grpc_addr_of`]).
+    /// `"raft_host:port|grpc_host:port"` (see [`raft::grpc_addr_of`]), optionally
+    /// `"...|admin_host:port"` (see [`raft::admin_addr_of`]).
     pub advertise: String,
     /// The client gRPC port of members whose address carries only the Raft endpoint.
     pub grpc_port: u16,
+    /// The Admin gRPC port of members whose address does not name their admin endpoint.
+    pub admin_port: u16,
     /// Where Raft RPCs are served; None only for a standalone node.
     pub raft_listener: Option<TcpListener>,
     pub bootstrap: Bootstrap,
@@ -145,6 +148,7 @@ impl Node {
             data_dir,
             advertise: cfg.advertise,
             grpc_port: cfg.grpc_port,
+            admin_port: cfg.admin_port,
             standalone: matches!(cfg.bootstrap, Bootstrap::Standalone),
             state,
             raft,

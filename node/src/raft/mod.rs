@@ -48,20 +48,30 @@ pub use self::state_machine::SnapshotWriter;
 pub type NodeId = u64;
 
 /// A member's address: `BasicNode { addr }` with `addr` = `"raft_host:port"` (the pod's Raft
-/// endpoint, port 7071) or `"raft_host:port|grpc_host:port"` when the member's client gRPC
-/// endpoint (port 7070) cannot be derived from it (see [`raft_addr_of`], [`grpc_addr_of`]).
+/// endpoint, port 7071), `"raft_host:port|grpc_host:port"` when the member's client gRPC
+/// endpoint (port 7070) cannot be derived from it, or `"raft|grpc|admin_host:port"` when its
+/// Admin endpoint (port 7072) cannot either (see [`raft_addr_of`], [`grpc_addr_of`],
+/// [`admin_addr_of`]). Older two-part addresses stay valid.
 pub type Member = openraft::BasicNode;
 
-/// The Raft endpoint of a member address (`"raft"` or `"raft|grpc"`).
-pub fn raft_addr_of(addr: &str) -> &str {
-    addr.split_once('|').map_or(addr, |(raft, _)| raft)
+/// The `n`th `|`-separated part of a member address, if present and not empty.
+fn part(addr: &str, n: usize) -> Option<&str> {
+    addr.split('|').nth(n).filter(|p| !p.is_empty())
 }
 
-/// The client gRPC endpoint of a member address, if it carries one (`"raft|grpc"`).
+/// The Raft endpoint of a member address (`"raft"`, `"raft|grpc"` or `"raft|grpc|admin"`).
+pub fn raft_addr_of(addr: &str) -> &str {
+    addr.split('|').next().unwrap_or(addr)
+}
+
+/// The client gRPC endpoint of a member address, if it carries one (`"raft|grpc..."`).
 pub fn grpc_addr_of(addr: &str) -> Option<&str> {
-    addr.split_once('|')
-        .map(|(_, grpc)| grpc)
-        .filter(|g| !g.is_empty())
+    part(addr, 1)
+}
+
+/// The Admin gRPC endpoint of a member address, if it carries one (`"raft|grpc|admin"`).
+pub fn admin_addr_of(addr: &str) -> Option<&str> {
+    part(addr, 2)
 }
 
 openraft::declare_raft_types!(

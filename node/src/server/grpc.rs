@@ -33,6 +33,9 @@ use tonic::Response;
 use tonic::Status;
 
 use crate::api::status::status_of;
+use crate::auth;
+use crate::auth::Access;
+use crate::auth::ApiKeys;
 use crate::coordinator::Coordinator;
 use crate::coordinator::SHARD_LOCAL_HEADER;
 use crate::coordinator::merge;
@@ -61,9 +64,12 @@ fn shard_local<T>(r: &Request<T>) -> Result<Option<u32>, Status> {
 
 /// The `Points` service: requests from clients go through the coordinator; requests from
 /// other nodes (`kindex-shard-local`, or forwarded to this leader) are served for this shard.
+/// With API keys on, every request — other nodes' included: they carry their caller's key —
+/// needs a key allowing the method (see [`crate::auth`]).
 #[derive(Clone)]
 pub struct PointsService {
     pub coordinator: Arc<Coordinator>,
+    pub keys: Option<Arc<ApiKeys>>,
 }
 
 /// How a request reached this node.
@@ -77,7 +83,31 @@ enum Via {
 
 impl PointsService {
     pub fn new(coordinator: Arc<Coordinator>) -> PointsService {
-        PointsService { coordinator }
+        PointsService {
+            coordinator,
+            keys: None,
+        }
+    }
+
+    /// Requires API keys (see [`crate::auth`]).
+    pub fn with_api_keys(mut self, keys: Arc<ApiKeys>) -> PointsService {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Checks the request's key for `need`; returns its `authorization` value, which calls
+    /// to other nodes made for it carry ([`auth::scope`]).
+    fn authorize<T>(&self, r: &Request<T>, need: Access) -> Result<Option<String>, Status> {
+        let value = match r.metadata().get(auth::AUTHORIZATION) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| auth::AuthError::Malformed.to_status())?
+                    .to_string(),
+            ),
+        };
+        auth::check(self.keys.as_deref(), value.as_deref(), need).map_err(|e| e.to_status())?;
+        Ok(value)
     }
 
     fn node(&self) -> &Arc<Node> {
@@ -128,134 +158,168 @@ impl pb::points_server::Points for PointsService {
         &self,
         request: Request<pb::UpsertRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let t = Instant::now();
-        let via = self.via(&request)?;
-        let req = request.into_inner();
-        let r = match via {
-            Via::Client => self.coordinator.upsert(req).await,
-            Via::Node { forwarded } => self.coordinator.local().upsert(req, forwarded).await,
-        };
-        self.observe("Upsert", t, &r);
-        self.with_leader_hint(r)
+        let caller = self.authorize(&request, Access::Write)?;
+        auth::scope(caller, async move {
+            let t = Instant::now();
+            let via = self.via(&request)?;
+            let req = request.into_inner();
+            let r = match via {
+                Via::Client => self.coordinator.upsert(req).await,
+                Via::Node { forwarded } => self.coordinator.local().upsert(req, forwarded).await,
+            };
+            self.observe("Upsert", t, &r);
+            self.with_leader_hint(r)
+        })
+        .await
     }
 
     async fn upsert_stream(
         &self,
         request: Request<tonic::Streaming<pb::UpsertRequest>>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let t = Instant::now();
-        let via = self.via(&request)?;
-        let mut stream = request.into_inner();
-        let mut affected = 0;
-        let mut tokens = Vec::new();
-        let mut result = Ok(());
-        while let Some(batch) = stream.message().await? {
-            let r = match via {
-                Via::Client => self.coordinator.upsert(batch).await,
-                Via::Node { forwarded } => self.coordinator.local().upsert(batch, forwarded).await,
-            };
-            match r {
-                Ok(w) => {
-                    affected += w.affected;
-                    tokens.extend(w.token);
-                }
-                Err(s) => {
-                    let mut out = Status::new(
-                        s.code(),
-                        format!("after {affected} points were written: {}", s.message()),
-                    );
-                    *out.metadata_mut() = s.metadata().clone();
-                    result = Err(out);
-                    break;
+        let caller = self.authorize(&request, Access::Write)?;
+        auth::scope(caller, async move {
+            let t = Instant::now();
+            let via = self.via(&request)?;
+            let mut stream = request.into_inner();
+            let mut affected = 0;
+            let mut tokens = Vec::new();
+            let mut result = Ok(());
+            while let Some(batch) = stream.message().await? {
+                let r = match via {
+                    Via::Client => self.coordinator.upsert(batch).await,
+                    Via::Node { forwarded } => {
+                        self.coordinator.local().upsert(batch, forwarded).await
+                    }
+                };
+                match r {
+                    Ok(w) => {
+                        affected += w.affected;
+                        tokens.extend(w.token);
+                    }
+                    Err(s) => {
+                        let mut out = Status::new(
+                            s.code(),
+                            format!("after {affected} points were written: {}", s.message()),
+                        );
+                        *out.metadata_mut() = s.metadata().clone();
+                        result = Err(out);
+                        break;
+                    }
                 }
             }
-        }
-        let r = result.map(|_| pb::WriteResponse {
-            affected,
-            token: Some(merge::tokens(tokens)),
-        });
-        self.observe("UpsertStream", t, &r);
-        self.with_leader_hint(r)
+            let r = result.map(|_| pb::WriteResponse {
+                affected,
+                token: Some(merge::tokens(tokens)),
+            });
+            self.observe("UpsertStream", t, &r);
+            self.with_leader_hint(r)
+        })
+        .await
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let t = Instant::now();
-        let via = self.via(&request)?;
-        let req = request.into_inner();
-        let r = match via {
-            Via::Client => self.coordinator.delete(req).await,
-            Via::Node { forwarded } => self.coordinator.local().delete(req, forwarded).await,
-        };
-        self.observe("Delete", t, &r);
-        self.with_leader_hint(r)
+        let caller = self.authorize(&request, Access::Write)?;
+        auth::scope(caller, async move {
+            let t = Instant::now();
+            let via = self.via(&request)?;
+            let req = request.into_inner();
+            let r = match via {
+                Via::Client => self.coordinator.delete(req).await,
+                Via::Node { forwarded } => self.coordinator.local().delete(req, forwarded).await,
+            };
+            self.observe("Delete", t, &r);
+            self.with_leader_hint(r)
+        })
+        .await
     }
 
     async fn get(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let t = Instant::now();
-        let via = self.via(&request)?;
-        let req = request.into_inner();
-        let r = match via {
-            Via::Client => self.coordinator.get(req).await,
-            Via::Node { forwarded } => self.coordinator.local().get(req, forwarded).await,
-        };
-        self.observe("Get", t, &r);
-        r.map(Response::new)
+        let caller = self.authorize(&request, Access::Read)?;
+        auth::scope(caller, async move {
+            let t = Instant::now();
+            let via = self.via(&request)?;
+            let req = request.into_inner();
+            let r = match via {
+                Via::Client => self.coordinator.get(req).await,
+                Via::Node { forwarded } => self.coordinator.local().get(req, forwarded).await,
+            };
+            self.observe("Get", t, &r);
+            r.map(Response::new)
+        })
+        .await
     }
 
     async fn search(
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
-        let t = Instant::now();
-        let via = self.via(&request)?;
-        let req = request.into_inner();
-        let r = match via {
-            Via::Client => self.coordinator.search(req).await,
-            Via::Node { forwarded } => self.coordinator.local().search(req, forwarded).await,
-        };
-        self.observe("Search", t, &r);
-        r.map(Response::new)
+        let caller = self.authorize(&request, Access::Read)?;
+        auth::scope(caller, async move {
+            let t = Instant::now();
+            let via = self.via(&request)?;
+            let req = request.into_inner();
+            let r = match via {
+                Via::Client => self.coordinator.search(req).await,
+                Via::Node { forwarded } => self.coordinator.local().search(req, forwarded).await,
+            };
+            self.observe("Search", t, &r);
+            r.map(Response::new)
+        })
+        .await
     }
 
     async fn search_batch(
         &self,
         request: Request<pb::SearchBatchRequest>,
     ) -> Result<Response<pb::SearchBatchResponse>, Status> {
-        let t = Instant::now();
-        let r = self.coordinator.search_batch(request.into_inner()).await;
-        self.observe("SearchBatch", t, &r);
-        r.map(Response::new)
+        let caller = self.authorize(&request, Access::Read)?;
+        auth::scope(caller, async move {
+            let t = Instant::now();
+            let r = self.coordinator.search_batch(request.into_inner()).await;
+            self.observe("SearchBatch", t, &r);
+            r.map(Response::new)
+        })
+        .await
     }
 
     async fn count(
         &self,
         request: Request<pb::CountRequest>,
     ) -> Result<Response<pb::CountResponse>, Status> {
-        let t = Instant::now();
-        let via = self.via(&request)?;
-        let req = request.into_inner();
-        let r = match via {
-            Via::Client => self.coordinator.count(req).await,
-            Via::Node { forwarded } => self.coordinator.local().count(req, forwarded).await,
-        };
-        self.observe("Count", t, &r);
-        r.map(Response::new)
+        let caller = self.authorize(&request, Access::Read)?;
+        auth::scope(caller, async move {
+            let t = Instant::now();
+            let via = self.via(&request)?;
+            let req = request.into_inner();
+            let r = match via {
+                Via::Client => self.coordinator.count(req).await,
+                Via::Node { forwarded } => self.coordinator.local().count(req, forwarded).await,
+            };
+            self.observe("Count", t, &r);
+            r.map(Response::new)
+        })
+        .await
     }
 
     async fn info(
         &self,
         request: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
-        self.coordinator
-            .info(request.into_inner())
-            .await
-            .map(Response::new)
+        let caller = self.authorize(&request, Access::Read)?;
+        auth::scope(caller, async move {
+            self.coordinator
+                .info(request.into_inner())
+                .await
+                .map(Response::new)
+        })
+        .await
     }
 }
 

@@ -2,6 +2,10 @@
 //! under `/v1`. Every request goes through the node's coordinator, like a gRPC one: same
 //! routing, consistency levels (`consistency`, `token` fields) and errors.
 //!
+//! With API keys on (see [`crate::auth`]) every `/v1` route needs `Authorization: Bearer
+//! <key>` (401 without or with a wrong one, 403 for a read-only key on upsert or delete);
+//! `/healthz`, `/readyz`, `/metrics` and `/openapi.json` stay open.
+//!
 //! Every 4xx/5xx answer has one shape, `{"error": {"code": ..., "message": ...}}`: the
 //! handlers' own errors, and (through [`json_errors`]) axum's routing 404 and 405, path and
 //! query rejections, and body-limit 413s, which axum answers empty or as text/plain.
@@ -21,12 +25,14 @@ use serde_json::{Value, json};
 use kindex_proto as pb;
 
 use crate::api::convert;
+use crate::auth::{self, Access, ApiKeys, AuthError};
 use crate::coordinator::Coordinator;
 use crate::engine::InputError;
 use crate::engine::filter::Filter;
 use crate::node::{Node, NodeError};
 
-pub fn router(coordinator: Arc<Coordinator>) -> Router {
+/// The HTTP API; `keys`: require API keys on `/v1` (None: open, the default).
+pub fn router(coordinator: Arc<Coordinator>, keys: Option<Arc<ApiKeys>>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -42,10 +48,64 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/v1/indexes/{index}/search", post(search))
         .route("/v1/indexes/{index}/count", get(count))
         .fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(keys, require_key))
         // Bulk JSON batches are large (10k × 384 floats is ~40 MB of text).
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(coordinator)
+}
+
+/// The access a request needs: writes for the upsert and delete routes, reads for every
+/// other `/v1` path (unknown ones too), None (open) outside `/v1`.
+fn access_of(method: &axum::http::Method, path: &str) -> Option<Access> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", "indexes", _, "points"] | ["v1", "indexes", _, "points", "delete"]
+            if method == axum::http::Method::POST =>
+        {
+            Some(Access::Write)
+        }
+        ["v1", ..] => Some(Access::Read),
+        _ => None,
+    }
+}
+
+/// Checks the API key of `/v1` requests (see [`crate::auth`]) and serves the request with
+/// its `Authorization` value in scope, so calls to other nodes made for it carry it.
+async fn require_key(
+    State(keys): State<Option<Arc<ApiKeys>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let value = match req.headers().get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(v) => Some(v.to_string()),
+            Err(_) => return auth_error(AuthError::Malformed),
+        },
+    };
+    if let Some(need) = access_of(req.method(), req.uri().path())
+        && let Err(e) = auth::check(keys.as_deref(), value.as_deref(), need)
+    {
+        return auth_error(e);
+    }
+    auth::scope(value, next.run(req)).await
+}
+
+fn auth_error(e: AuthError) -> Response {
+    let mut resp = match e {
+        AuthError::ReadOnly => {
+            ApiError(StatusCode::FORBIDDEN, "permission_denied", e.to_string()).into_response()
+        }
+        _ => ApiError(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()).into_response(),
+    };
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    resp
 }
 
 /// Largest request body.
@@ -144,6 +204,9 @@ impl From<tonic::Status> for ApiError {
             }
             Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
             Code::ResourceExhausted => (StatusCode::INSUFFICIENT_STORAGE, "resource_exhausted"),
+            // From another node checking the caller's key (forwarding, fan-out).
+            Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError(code, name, s.message().to_string())
@@ -518,4 +581,28 @@ async fn info(
         "index": i.index, "dimension": i.dimension, "metric": i.metric, "shards": i.shards, "vectors": i.vectors,
         "limits": {"maxBatch": l.max_batch, "maxIdBytes": l.max_id_bytes, "maxPayloadBytes": l.max_payload_bytes, "maxK": l.max_k},
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    #[test]
+    fn routes_need_the_right_access() {
+        let w = Some(Access::Write);
+        let r = Some(Access::Read);
+        assert_eq!(access_of(&Method::POST, "/v1/indexes/a/points"), w);
+        assert_eq!(access_of(&Method::POST, "/v1/indexes/a/points/delete"), w);
+        assert_eq!(access_of(&Method::POST, "/v1/indexes/a/points/get"), r);
+        assert_eq!(access_of(&Method::POST, "/v1/indexes/a/search"), r);
+        assert_eq!(access_of(&Method::GET, "/v1/indexes/a/count"), r);
+        assert_eq!(access_of(&Method::GET, "/v1/indexes/points"), r);
+        // An index named like a route segment is still read as an index.
+        assert_eq!(access_of(&Method::POST, "/v1/indexes/points/points"), w);
+        assert_eq!(access_of(&Method::GET, "/v1/unknown"), r);
+        for open in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/nope"] {
+            assert_eq!(access_of(&Method::GET, open), None, "{open}");
+        }
+    }
 }

@@ -141,6 +141,8 @@ impl Cluster {
             "7080",
             "--raft-port",
             &p.raft.to_string(),
+            "--admin-port",
+            &p.admin_port.to_string(),
             "--raft-heartbeat-ms",
             &opts.heartbeat_ms.to_string(),
             "--raft-election-timeout-ms",

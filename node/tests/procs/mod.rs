@@ -132,6 +132,30 @@ pub fn http_post(addr: &str, path: &str, body: &str) -> Option<(u16, String)> {
     http_post_as(addr, path, "application/json", body)
 }
 
+/// A request with extra header lines (`("Authorization", "Bearer k")`), a JSON body when
+/// `body` is given.
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or_default());
+    http(addr, req, Duration::from_secs(30))
+}
+
 /// A POST with this `Content-Type` (e.g. what `curl -d` sends).
 pub fn http_post_as(addr: &str, path: &str, ctype: &str, body: &str) -> Option<(u16, String)> {
     http(

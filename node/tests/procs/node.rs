@@ -26,6 +26,8 @@ pub struct Proc {
     /// `ip:port` of the HTTP server.
     pub http: String,
     pub raft: u16,
+    /// The Admin gRPC port (its own listener; the data port does not serve Admin).
+    pub admin_port: u16,
     /// This node's fault file (missing or empty: no faults).
     pub faults: PathBuf,
     /// The `--runtime-config` file, if it has one.
@@ -42,7 +44,7 @@ pub struct Proc {
 
 impl Proc {
     /// A node that is not running yet: on `ip` with the default ports (gRPC 7070, HTTP 7080,
-    /// Raft 7071), the rest of its command line in `args`.
+    /// Raft 7071, Admin 7072), the rest of its command line in `args`.
     pub fn new(ip: String, shard: u32, id: u64, dir: PathBuf, log: PathBuf) -> Proc {
         let faults = log.with_extension("faults");
         Proc {
@@ -54,6 +56,7 @@ impl Proc {
             log,
             grpc: 7070,
             raft: 7071,
+            admin_port: 7072,
             faults,
             runtime: None,
             args: vec![],
@@ -188,9 +191,22 @@ impl Proc {
         std::fs::write(&self.faults, faults).unwrap();
     }
 
-    /// `raft_host:port|grpc_host:port`, as `--peers` and the membership RPCs name members.
+    /// `raft_host:port|grpc_host:port|admin_host:port`, as `--peers` and the membership RPCs
+    /// name members.
     pub fn member_addr(&self) -> String {
-        format!("{0}:{1}|{0}:{2}", self.ip, self.raft, self.grpc)
+        format!(
+            "{0}:{1}|{0}:{2}|{0}:{3}",
+            self.ip, self.raft, self.grpc, self.admin_port
+        )
+    }
+
+    /// `ip:port` of the Admin gRPC server.
+    pub fn admin_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.admin_port)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr())
     }
 
     pub fn grpc_addr(&self) -> String {
@@ -201,12 +217,14 @@ impl Proc {
         format!("http://{}", self.grpc_addr())
     }
 
+    /// A channel to the data port.
     pub fn channel(&self) -> Channel {
-        tonic::transport::Endpoint::from_shared(self.grpc_url())
-            .unwrap()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .connect_lazy()
+        lazy_channel(self.grpc_url())
+    }
+
+    /// A channel to the Admin port.
+    pub fn admin_channel(&self) -> Channel {
+        lazy_channel(self.admin_url())
     }
 
     pub fn points(&self) -> PointsClient<Channel> {
@@ -215,8 +233,9 @@ impl Proc {
             .max_encoding_message_size(256 << 20)
     }
 
+    /// The Admin service, on the admin port.
     pub fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::new(self.channel())
+        AdminClient::new(self.admin_channel())
     }
 
     pub async fn status(&self) -> Option<pb::StatusResponse> {
@@ -260,6 +279,14 @@ impl Proc {
         }
         out
     }
+}
+
+fn lazy_channel(url: String) -> Channel {
+    tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy()
 }
 
 impl Drop for Proc {

@@ -1,6 +1,10 @@
 //! The client Service (all pods of the index, ready ones only) and one headless
 //! Service per shard (stable pod DNS names for Raft and the operator, including pods
 //! that are not ready yet: a Raft group must form before its pods report ready).
+//!
+//! The client Service exposes the data plane only (gRPC and HTTP): never the Raft port
+//! nor the Admin port, which change a shard's membership. The headless Service names
+//! them for the operator and the other nodes.
 
 use super::{labels, owned_meta};
 use crate::validate::ValidIndex;
@@ -9,6 +13,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 pub const GRPC_PORT: i32 = 7070;
 pub const RAFT_PORT: i32 = 7071;
+/// Admin gRPC (membership, snapshots, status): the operator and the other nodes only.
+pub const ADMIN_PORT: i32 = 7072;
 pub const HTTP_PORT: i32 = 7080;
 
 fn port(name: &str, port: i32) -> ServicePort {
@@ -52,6 +58,7 @@ pub fn build_headless_service(vi: &ValidIndex, shard: u32) -> Service {
             ports: Some(vec![
                 port("grpc", GRPC_PORT),
                 port("raft", RAFT_PORT),
+                port("admin", ADMIN_PORT),
                 port("http", HTTP_PORT),
             ]),
             ..ServiceSpec::default()

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use super::configmap::RUNTIME_KEY;
-use super::service::{GRPC_PORT, HTTP_PORT, RAFT_PORT};
+use super::service::{ADMIN_PORT, GRPC_PORT, HTTP_PORT, RAFT_PORT};
 use super::{labels, owned_meta};
 use crate::validate::ValidIndex;
 use k8s_openapi::api::apps::v1::{
@@ -44,6 +44,11 @@ pub const DATA_VOLUME: &str = "data";
 pub const DATA_DIR: &str = "/data";
 pub const CONFIG_VOLUME: &str = "config";
 pub const CONFIG_DIR: &str = "/etc/kindex";
+/// The Secret of `spec.auth.apiKeySecretRef`, mounted whole (not by subPath, so the
+/// kubelet's updates reach the pod and the node re-reads the keys: rotation without a
+/// restart).
+pub const API_KEYS_VOLUME: &str = "api-keys";
+pub const API_KEYS_DIR: &str = "/etc/kindex-api-keys";
 /// Long enough for the node to drain its indexing queue and write a snapshot.
 pub const TERMINATION_GRACE_SECS: i64 = 120;
 /// Let endpoint removal reach clients before the node stops serving.
@@ -92,21 +97,34 @@ pub fn build_statefulset(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> 
     let affinity = overrides
         .affinity
         .unwrap_or_else(|| default_affinity(vi, shard));
-    let pod_spec = PodSpec {
-        containers: vec![container(vi, shard, p)],
-        volumes: Some(vec![Volume {
-            name: CONFIG_VOLUME.to_owned(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: labels::configmap_name(name),
-                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
-                    key: RUNTIME_KEY.to_owned(),
-                    path: RUNTIME_KEY.to_owned(),
-                    ..Default::default()
-                }]),
-                ..ConfigMapVolumeSource::default()
+    let mut volumes = vec![Volume {
+        name: CONFIG_VOLUME.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: labels::configmap_name(name),
+            items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                key: RUNTIME_KEY.to_owned(),
+                path: RUNTIME_KEY.to_owned(),
+                ..Default::default()
+            }]),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    if let Some(r) = api_key_secret(vi) {
+        volumes.push(Volume {
+            name: API_KEYS_VOLUME.to_owned(),
+            secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+                secret_name: Some(r.name.clone()),
+                // Owner and group (fsGroup) read only.
+                default_mode: Some(0o440),
+                ..Default::default()
             }),
             ..Volume::default()
-        }]),
+        });
+    }
+    let pod_spec = PodSpec {
+        containers: vec![container(vi, shard, p)],
+        volumes: Some(volumes),
         affinity: Some(affinity),
         node_selector: overrides.node_selector,
         tolerations: overrides.tolerations,
@@ -175,9 +193,13 @@ pub fn build_statefulset(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> 
     }
 }
 
+fn api_key_secret(vi: &ValidIndex) -> Option<&kindex_crds::ApiKeySecretRef> {
+    vi.spec.auth.as_ref()?.api_key_secret_ref.as_ref()
+}
+
 fn container(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> Container {
     let s = &vi.structural;
-    let args = [
+    let mut args = [
         "--data-dir",
         DATA_DIR,
         "--index",
@@ -190,6 +212,8 @@ fn container(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> Container {
         &GRPC_PORT.to_string(),
         "--raft-port",
         &RAFT_PORT.to_string(),
+        "--admin-port",
+        &ADMIN_PORT.to_string(),
         "--http-port",
         &HTTP_PORT.to_string(),
         "--runtime-config",
@@ -205,6 +229,18 @@ fn container(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> Container {
     ]
     .map(str::to_owned)
     .to_vec();
+    if let Some(r) = api_key_secret(vi) {
+        args.extend([
+            "--api-keys-file".to_owned(),
+            format!("{API_KEYS_DIR}/{}", r.read_write_key),
+        ]);
+        if let Some(ro) = &r.read_only_key {
+            args.extend([
+                "--read-only-api-keys-file".to_owned(),
+                format!("{API_KEYS_DIR}/{ro}"),
+            ]);
+        }
+    }
     // Structural fields are immutable, so literal values never change the template.
     let env = [
         ("KINDEX_DIMENSION", s.dimension.to_string()),
@@ -264,6 +300,7 @@ fn container(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> Container {
         ports: Some(vec![
             port("grpc", GRPC_PORT),
             port("raft", RAFT_PORT),
+            port("admin", ADMIN_PORT),
             port("http", HTTP_PORT),
         ]),
         resources: vi.spec.resources.clone(),
@@ -292,20 +329,30 @@ fn container(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> Container {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: DATA_VOLUME.to_owned(),
-                mount_path: DATA_DIR.to_owned(),
-                ..VolumeMount::default()
-            },
-            // A directory mount (not subPath), so ConfigMap updates reach the pod.
-            VolumeMount {
-                name: CONFIG_VOLUME.to_owned(),
-                mount_path: CONFIG_DIR.to_owned(),
+        volume_mounts: Some(
+            vec![
+                VolumeMount {
+                    name: DATA_VOLUME.to_owned(),
+                    mount_path: DATA_DIR.to_owned(),
+                    ..VolumeMount::default()
+                },
+                // A directory mount (not subPath), so ConfigMap updates reach the pod.
+                VolumeMount {
+                    name: CONFIG_VOLUME.to_owned(),
+                    mount_path: CONFIG_DIR.to_owned(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+            ]
+            .into_iter()
+            .chain(api_key_secret(vi).map(|_| VolumeMount {
+                name: API_KEYS_VOLUME.to_owned(),
+                mount_path: API_KEYS_DIR.to_owned(),
                 read_only: Some(true),
                 ..VolumeMount::default()
-            },
-        ]),
+            }))
+            .collect(),
+        ),
         ..Container::default()
     }
 }

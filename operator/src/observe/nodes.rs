@@ -40,10 +40,19 @@ impl PodRef {
 /// Where the operator reaches a node's Admin service and what Raft address it gives
 /// the group for a node.
 pub trait AddressBook: Send + Sync {
-    /// URI of the Admin gRPC endpoint, e.g. `http://host:7070`.
+    /// URI of the Admin gRPC endpoint, e.g. `http://host:7072` (the admin port, which the
+    /// client Service does not expose).
     fn admin_endpoint(&self, pod: &PodRef) -> String;
     /// `host:port` the other replicas use for Raft (`Member.addr`).
     fn raft_addr(&self, pod: &PodRef) -> String;
+    /// Where a node older than the admin port (issue 18) serves Admin: its data port.
+    /// Tried only when [`Self::admin_endpoint`] cannot be reached, so that an upgrade,
+    /// which replaces old pods one at a time, can still observe and steer them. Newer
+    /// nodes answer Admin RPCs on the data port `UNIMPLEMENTED`, so this never reaches
+    /// them. To be removed once no supported release predates the admin port.
+    fn pre_admin_port_endpoint(&self, _pod: &PodRef) -> Option<String> {
+        None
+    }
 }
 
 /// Pod DNS names through the shard's headless Service (inside the cluster).
@@ -52,10 +61,21 @@ pub struct ClusterDns;
 
 impl AddressBook for ClusterDns {
     fn admin_endpoint(&self, pod: &PodRef) -> String {
-        format!("http://{}:{}", pod.host(), crate::build::service::GRPC_PORT)
+        format!(
+            "http://{}:{}",
+            pod.host(),
+            crate::build::service::ADMIN_PORT
+        )
     }
     fn raft_addr(&self, pod: &PodRef) -> String {
         format!("{}:{}", pod.host(), crate::build::service::RAFT_PORT)
+    }
+    fn pre_admin_port_endpoint(&self, pod: &PodRef) -> Option<String> {
+        Some(format!(
+            "http://{}:{}",
+            pod.host(),
+            crate::build::service::GRPC_PORT
+        ))
     }
 }
 
@@ -102,11 +122,29 @@ pub struct GrpcNodeClient {
 }
 
 impl GrpcNodeClient {
+    /// A connection to the pod's Admin port, else (a node from before the admin port) to
+    /// [`AddressBook::pre_admin_port_endpoint`]; the admin port's error if neither answers.
     async fn connect(
         &self,
         pod: &PodRef,
     ) -> Result<(AdminClient<tonic::transport::Channel>, String), NodeError> {
         let endpoint = self.addresses.admin_endpoint(pod);
+        match self.dial(endpoint.clone()).await {
+            Ok(c) => Ok((c, endpoint)),
+            Err(e) => match self.addresses.pre_admin_port_endpoint(pod) {
+                Some(old) => match self.dial(old.clone()).await {
+                    Ok(c) => Ok((c, old)),
+                    Err(_) => Err(e),
+                },
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn dial(
+        &self,
+        endpoint: String,
+    ) -> Result<AdminClient<tonic::transport::Channel>, NodeError> {
         let connect_err = |reason: String| NodeError::Connect {
             endpoint: endpoint.clone(),
             reason,
@@ -118,7 +156,7 @@ impl GrpcNodeClient {
             .connect()
             .await
             .map_err(|e| connect_err(e.to_string()))?;
-        Ok((AdminClient::new(channel), endpoint))
+        Ok(AdminClient::new(channel))
     }
 }
 

@@ -19,11 +19,16 @@ fn cluster_dns_addresses() {
     };
     assert_eq!(
         ClusterDns.admin_endpoint(&r),
-        "http://products-s1-2.products-s1-headless.prod.svc:7070"
+        "http://products-s1-2.products-s1-headless.prod.svc:7072"
     );
     assert_eq!(
         ClusterDns.raft_addr(&r),
         "products-s1-2.products-s1-headless.prod.svc:7071"
+    );
+    // Only for nodes from before the admin port (an upgrade in progress).
+    assert_eq!(
+        ClusterDns.pre_admin_port_endpoint(&r).as_deref(),
+        Some("http://products-s1-2.products-s1-headless.prod.svc:7070")
     );
 }
 
