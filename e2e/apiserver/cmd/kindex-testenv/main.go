@@ -56,6 +56,21 @@ const (
 	proxySubcommand = "proxy"
 )
 
+// component is what a Kubernetes component's cobra command offers us.
+type component interface {
+	SetArgs(args []string)
+	Execute() error
+}
+
+// components: the hidden subcommands that run a real Kubernetes component from
+// this binary (kube-controller-manager and kube-scheduler as children of the
+// control plane, kube-proxy started by the full-stack tier).
+var components = map[string]func() component{
+	controllerManagerSubcommand: func() component { return kcmapp.NewControllerManagerCommand() },
+	schedulerSubcommand:         func() component { return schedapp.NewSchedulerCommand() },
+	proxySubcommand:             func() component { return proxyapp.NewProxyCommand() },
+}
+
 // logger is our own: kube-apiserver redirects the standard "log" package
 // into klog at start-up, which would re-format our lines.
 var logger = log.New(os.Stderr, "kindex-testenv: ", log.Ltime|log.Lmicroseconds)
@@ -86,30 +101,16 @@ func main() {
 				logger.Fatal(err)
 			}
 			return
-		case controllerManagerSubcommand:
-			// Runs the real kube-controller-manager command with the given args.
-			cmd := kcmapp.NewControllerManagerCommand()
-			cmd.SetArgs(os.Args[2:])
-			if err := cmd.Execute(); err != nil {
-				os.Exit(1)
+		default:
+			if newCmd, ok := components[os.Args[1]]; ok {
+				// Runs the real component's command with the given args.
+				cmd := newCmd()
+				cmd.SetArgs(os.Args[2:])
+				if err := cmd.Execute(); err != nil {
+					os.Exit(1)
+				}
+				return
 			}
-			return
-		case proxySubcommand:
-			// Runs the real kube-proxy command with the given args.
-			cmd := proxyapp.NewProxyCommand()
-			cmd.SetArgs(os.Args[2:])
-			if err := cmd.Execute(); err != nil {
-				os.Exit(1)
-			}
-			return
-		case schedulerSubcommand:
-			// Runs the real kube-scheduler command with the given args.
-			cmd := schedapp.NewSchedulerCommand()
-			cmd.SetArgs(os.Args[2:])
-			if err := cmd.Execute(); err != nil {
-				os.Exit(1)
-			}
-			return
 		}
 	}
 	os.Exit(run(os.Args[1:]))
