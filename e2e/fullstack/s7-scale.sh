@@ -3,8 +3,8 @@
 # deletes through the client Service) and a reader (searches and gets through the
 # client Service and two pods) run the whole time, and an observer fails the
 # scenario if any shard ever has fewer ready voters than a quorum (py/quorum_observer.py).
-# New pods join as learners, catch up (by snapshot: the leaders' logs are purged
-# past the data of scenario 2) and are promoted to voters; the scale-down takes
+# New pods join as learners, catch up by snapshot (the check first grows the logs
+# past --raft-log-keep and snapshots, so the leaders purge) and are promoted to voters; the scale-down takes
 # them out of Raft before the StatefulSets shrink. At the end every replica of
 # every shard is checked against the writer's history (py/history_check.py).
 
@@ -19,6 +19,32 @@ ok = len(shards) == 2 and all(len(s.get("members") or []) == n and s.get("readyR
                               for s in shards)
 ok = ok and st.get("phase") == "Ready" and st.get("ready") == f"{2 * n}/{2 * n}"
 sys.exit(0 if ok else 1)' "$1"
+}
+
+# s7_leaders: each shard's leader pod, from status.
+s7_leaders() {
+  k -n "$NS1" get vidx demo -o jsonpath='{range .status.shards[*]}{.leader}{" "}{end}'
+}
+
+# s7_purged POD: POD's Raft log is purged past index 0 (prints how far).
+s7_purged() {
+  local purged
+  purged=$(curl -s "http://$(k -n "$NS1" get pod "$1" -o jsonpath='{.status.podIP}'):7080/metrics" |
+    sed -n 's/^kindex_raft_purged_index \([0-9]*\).*/\1/p')
+  echo "log purged up to ${purged:-none}"
+  ((${purged:-0} > 0))
+}
+
+# s7_report: on a timeout, the status and why each pod that is not Ready says so.
+s7_report() {
+  local p ip
+  k -n "$NS1" get vidx demo -o yaml | sed -n '/^status:/,$p'
+  for p in $(k -n "$NS1" get pods -l app.kubernetes.io/instance=demo -o name); do
+    ip=$(k -n "$NS1" get "$p" -o jsonpath='{.status.podIP}')
+    echo "$p ($ip): $(curl -s -m 2 "http://$ip:7080/readyz")"
+    curl -s -m 2 "http://$ip:7080/metrics" | grep -E '^kindex_raft_(snapshot_index|applied_index|state|diverged)' | tr '\n' ' '
+    echo
+  done
 }
 
 s7_scale() {
@@ -40,20 +66,37 @@ s7_scale() {
     "http://$cip:7080" "http://$p0:7080" "http://$p1:7080" >"$RUN/s7.reader" 2>&1 &
   local reader=$!
   sleep 3
+  # The window that matters: a new replica whose leader no longer has the log from
+  # index 0 must be sent a snapshot. Grow each shard's log past --raft-log-keep
+  # (1000; scenario 2's bulk load is only ~800 entries), snapshot every pod (the
+  # leaders then purge all but the last 1000 entries), and check the leaders did
+  # purge: the new replicas can only start from an installed snapshot (checked
+  # after the scale-up).
+  python3 "$ROOT"/e2e/fullstack/py/log_filler.py "http://$cip:7080" 2600 8 180
+  PATH="$RUN/bin:$PATH" "$KUBECTL" kindex snapshot -n "$NS1" --index demo >/dev/null
+  for p in $(s7_leaders); do
+    waitfor 30 s7_purged "$p" ||
+      fail "leader $p did not purge its log: new replicas would catch up by log"
+    echo "leader $p: $(s7_purged "$p")"
+  done
 
   t=$(now)
   k -n "$NS1" patch vidx demo --type merge -p '{"spec":{"replicas":5}}' >/dev/null
-  waitfor 480 s7_shape 5 || { k -n "$NS1" get vidx demo -o yaml | sed -n '/^status:/,$p'; return 1; }
+  waitfor 480 s7_shape 5 || { s7_report; return 1; }
   echo "3 -> 5: every shard 5 voters, 10/10 ready after $(since "$t")s"
+  local m si
   for p in demo-s0-3 demo-s0-4 demo-s1-3 demo-s1-4; do
     ip=$(k -n "$NS1" get pod "$p" -o jsonpath='{.status.podIP}')
-    echo "  $p: $(curl -s "http://$ip:7080/metrics" | grep -E '^kindex_raft_(snapshot_index|applied_index)' | tr '\n' ' ')"
+    m=$(curl -s "http://$ip:7080/metrics" | grep -E '^kindex_raft_(snapshot_index|applied_index)' | tr '\n' ' ')
+    echo "  $p: $m"
+    si=$(sed -n 's/.*kindex_raft_snapshot_index \([0-9]*\).*/\1/p' <<<"$m")
+    ((${si:-0} > 0)) || fail "$p did not start from a snapshot (snapshot_index ${si:-?}): the window this check is for was missed"
   done
   sleep 5
 
   t=$(now)
   k -n "$NS1" patch vidx demo --type merge -p '{"spec":{"replicas":3}}' >/dev/null
-  waitfor 480 s7_shape 3 || { k -n "$NS1" get vidx demo -o yaml | sed -n '/^status:/,$p'; return 1; }
+  waitfor 480 s7_shape 3 || { s7_report; return 1; }
   waitfor 180 bash -c "[[ \$($KUBECTL -n $NS1 get pods -l app.kubernetes.io/instance=demo -o name | wc -l) == 6 ]]"
   echo "5 -> 3: every shard 3 voters, 6/6 ready, 4 pods gone after $(since "$t")s"
   sleep 3

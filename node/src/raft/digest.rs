@@ -44,6 +44,13 @@ impl ApplyDigest {
         }
     }
 
+    /// Nothing applied on top of where the chain starts: a new, empty replica (the log starts at
+    /// index 0, so an index alone cannot say "nothing applied"), or one that just loaded a
+    /// snapshot without a digest. There is nothing to compare yet.
+    pub fn is_chain_start(&self) -> bool {
+        self.value == 0 && self.index == self.base
+    }
+
     /// The digest after applying `entry` (as `applied`: the command this replica really applied,
     /// which fault injection may make differ from the entry's).
     pub fn next(&self, log_id: &LogId, payload: &EntryPayload, applied: Option<&Command>) -> Self {
@@ -188,6 +195,9 @@ pub enum Comparison {
 
 pub fn compare(ours: Option<ApplyDigest>, leader: Option<ApplyDigest>) -> Comparison {
     match (ours, leader) {
+        // A replica that has applied nothing reports index 0 with the empty chain, while the
+        // leader's digest at index 0 covers the initial membership entry: not a divergence.
+        (Some(a), Some(b)) if a.is_chain_start() || b.is_chain_start() => Comparison::Incomparable,
         (Some(a), Some(b)) if a.index == b.index && a.base == b.base => {
             if a.value == b.value {
                 Comparison::Equal
@@ -275,6 +285,41 @@ mod tests {
         assert!(log.at(11).is_some());
         assert_eq!(log.at(entries.len() as u64), Some(log.current()));
         assert!(log.at(entries.len() as u64 + 1).is_none());
+    }
+
+    #[test]
+    fn a_replica_that_applied_nothing_is_not_compared_with_index_0() {
+        // openraft's first entry (the initial membership) is at index 0; a new learner that has
+        // not applied it yet also says index 0. Seen in the full-stack tier: every new replica
+        // that asked the leader in that window was marked diverged for good, never Ready.
+        let first = entry(1, 0, upsert("a", 1.0));
+        let leader = chain(&[first]);
+        let fresh = DigestLog::new(ApplyDigest::default());
+        assert_eq!(leader.current().index, 0);
+        assert!(fresh.current().is_chain_start());
+        assert!(!leader.current().is_chain_start());
+        assert_eq!(
+            compare(Some(fresh.current()), leader.at(0)),
+            Comparison::Incomparable
+        );
+        assert_eq!(
+            compare(leader.at(0), Some(fresh.current())),
+            Comparison::Incomparable
+        );
+        // A snapshot without a digest restarts the chain there: nothing to compare until the
+        // next entry is applied, and then only with chains of the same base.
+        let restarted = ApplyDigest::restarted_at(7);
+        assert!(restarted.is_chain_start());
+        assert_eq!(
+            compare(Some(restarted), Some(restarted)),
+            Comparison::Incomparable
+        );
+        // Once the entry at 0 is applied, index 0 is compared as any other.
+        let other = chain(&[entry(1, 0, upsert("a", 2.0))]);
+        assert!(matches!(
+            compare(other.at(0), leader.at(0)),
+            Comparison::Diverged { .. }
+        ));
     }
 
     #[test]

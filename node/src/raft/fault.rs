@@ -1,5 +1,5 @@
-//! Fault injection for tests: cut Raft links, delay this member's own log flushes, make it
-//! apply a different command at one index.
+//! Fault injection for tests: cut Raft links, delay this member's own log flushes or applies,
+//! make it apply a different command at one index.
 //!
 //! Always compiled, off unless a fault file is configured (`kindex-node --raft-fault-file`).
 //! The file holds words separated by commas, spaces or newlines (`#` starts a comment; a missing
@@ -14,6 +14,9 @@
 //!   before handing them to the WAL's flush thread. openraft replicates entries before they are
 //!   flushed locally, so a leader killed in that window restarts with a shorter log than its
 //!   followers: the window that lost acknowledged writes with leader restore (issue 12).
+//! - `apply-delay-ms=<n>`: this member's state machine waits `n` ms before applying each batch
+//!   of committed entries: a replica that knows its leader but lags in apply (a new learner's
+//!   window before its first entry is applied, for the divergence guard's tests).
 //! - `diverge-at=<index>`: when this member applies the entry at that log index, it applies a
 //!   different command (the first point's vector negated, or the first id of a delete
 //!   dropped): a replica that silently disagrees, for the divergence guard's tests.
@@ -36,6 +39,8 @@ pub struct Faults {
     pub cut: BTreeSet<NodeId>,
     /// Hold appended log entries this long before they are flushed.
     pub flush_delay: Option<Duration>,
+    /// Wait this long before applying each batch of committed entries.
+    pub apply_delay: Option<Duration>,
     /// Apply a different command at this log index.
     pub diverge_at: Option<u64>,
 }
@@ -70,6 +75,11 @@ impl FaultSwitch {
     /// How long this member holds appended entries before flushing them (None: not at all).
     pub fn flush_delay(&self) -> Option<Duration> {
         self.faults.read().flush_delay
+    }
+
+    /// How long this member waits before applying a batch (None: not at all).
+    pub fn apply_delay(&self) -> Option<Duration> {
+        self.faults.read().apply_delay
     }
 
     /// Whether the entry at `index` is to be applied differently on this member.
@@ -160,6 +170,10 @@ pub fn parse_fault_file(text: &str) -> Result<Faults, FaultFileError> {
                 let ms: u64 = v.parse().map_err(|_| bad())?;
                 faults.flush_delay = (ms > 0).then(|| Duration::from_millis(ms));
             }
+            Some(("apply-delay-ms", v)) => {
+                let ms: u64 = v.parse().map_err(|_| bad())?;
+                faults.apply_delay = (ms > 0).then(|| Duration::from_millis(ms));
+            }
             Some(("diverge-at", v)) => faults.diverge_at = Some(v.parse().map_err(|_| bad())?),
             Some(_) => return Err(bad()),
         }
@@ -179,10 +193,11 @@ mod tests {
             Ok(BTreeSet::from([1, 2, 3]))
         );
         assert_eq!(
-            parse_fault_file("1 flush-delay-ms=250 diverge-at=17"),
+            parse_fault_file("1 flush-delay-ms=250 apply-delay-ms=40 diverge-at=17"),
             Ok(Faults {
                 cut: BTreeSet::from([1]),
                 flush_delay: Some(Duration::from_millis(250)),
+                apply_delay: Some(Duration::from_millis(40)),
                 diverge_at: Some(17),
             })
         );
@@ -190,7 +205,13 @@ mod tests {
             parse_fault_file("flush-delay-ms=0").map(|f| f.flush_delay),
             Ok(None)
         );
-        for bad in ["1 x", "flush-delay-ms=soon", "diverge-at=", "slow=1"] {
+        for bad in [
+            "1 x",
+            "flush-delay-ms=soon",
+            "apply-delay-ms=-1",
+            "diverge-at=",
+            "slow=1",
+        ] {
             let word = bad.split(' ').next_back().unwrap_or_default();
             assert_eq!(parse_fault_file(bad), Err(FaultFileError(word.to_string())));
         }

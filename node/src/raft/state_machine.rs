@@ -283,6 +283,9 @@ impl<S: ShardState> ShardStateMachine<S> {
         let state = self.inner.state.clone();
         let faults = self.inner.cfg.faults.clone();
         let mut digest = self.apply_digest();
+        if let Some(d) = faults.apply_delay() {
+            tokio::time::sleep(d).await;
+        }
         tokio::task::spawn_blocking(move || {
             let mut results = Vec::with_capacity(batch.len());
             let mut digests = Vec::with_capacity(batch.len());

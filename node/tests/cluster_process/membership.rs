@@ -112,6 +112,8 @@ async fn learner_is_added_promoted_leads_and_is_removed() {
                 .await
                 .unwrap();
         }
+        // (Read at start: a running node would pick it up only within 50 ms.)
+        c.node(0, 3).set_faults("apply-delay-ms=3000");
         c.restart(0, 3);
         wait_answering(&c, &[3]).await;
         // Only the leader adds learners; a follower says who leads.
@@ -131,16 +133,35 @@ async fn learner_is_added_promoted_leads_and_is_removed() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        // The window of the full-stack failure: the learner knows the leader but has applied
+        // nothing yet (its applies are held 3 s), while its divergence guard asks the leader
+        // once a second. It must not take "nothing applied" for a divergence at index 0.
         c.node(0, leader)
             .admin()
-            .add_learner(learner)
+            .add_learner(pb::AddLearnerRequest {
+                blocking: false,
+                ..learner
+            })
             .await
             .unwrap();
+        wait_for("the learner knows the leader", WAIT, || async {
+            let s = c.node(0, 3).status().await?;
+            (s.leader_id == Some(leader)).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let s = c.node(0, 3).status().await.unwrap();
+        assert!(s.applied.is_none(), "the window was missed: {s:?}");
+        assert!(s.divergence.is_none(), "{s:?}");
+        assert_eq!(c.node(0, 3).metric("kindex_raft_diverged"), Some(0.0));
+        c.node(0, 3).set_faults("");
         wait_for("the learner applied everything", WAIT, || async {
             let s = c.node(0, 3).status().await?;
             (s.role == "learner" && s.vectors_live == 200).then_some(())
         })
         .await;
+        assert_eq!(c.node(0, 3).metric("kindex_raft_diverged"), Some(0.0));
+        c.nodes[3].wait_http_ok("/readyz", WAIT);
 
         // Promote.
         c.node(0, leader)
