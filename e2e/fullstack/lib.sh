@@ -108,3 +108,16 @@ for shard in (0, 1):
     ok = ok and count == n and len(rows) == 1
 sys.exit(0 if ok else 1)' "$1"
 }
+
+# vidx_shape N: each shard has N voters in status, all N pods Ready.
+vidx_shape() {
+  k -n "$NS1" get vidx demo -o json | python3 -c '
+import json, sys
+n = int(sys.argv[1])
+st = json.load(sys.stdin).get("status") or {}
+shards = st.get("shards") or []
+ok = len(shards) == 2 and all(len(s.get("members") or []) == n and s.get("readyReplicas") == n
+                              for s in shards)
+ok = ok and st.get("phase") == "Ready" and st.get("ready") == f"{2 * n}/{2 * n}"
+sys.exit(0 if ok else 1)' "$1"
+}

@@ -8,19 +8,6 @@
 # them out of Raft before the StatefulSets shrink. At the end every replica of
 # every shard is checked against the writer's history (py/history_check.py).
 
-# s7_shape N: each shard has N voters in status, all N pods Ready.
-s7_shape() {
-  k -n "$NS1" get vidx demo -o json | python3 -c '
-import json, sys
-n = int(sys.argv[1])
-st = json.load(sys.stdin).get("status") or {}
-shards = st.get("shards") or []
-ok = len(shards) == 2 and all(len(s.get("members") or []) == n and s.get("readyReplicas") == n
-                              for s in shards)
-ok = ok and st.get("phase") == "Ready" and st.get("ready") == f"{2 * n}/{2 * n}"
-sys.exit(0 if ok else 1)' "$1"
-}
-
 # s7_leaders: each shard's leader pod, from status.
 s7_leaders() {
   k -n "$NS1" get vidx demo -o jsonpath='{range .status.shards[*]}{.leader}{" "}{end}'
@@ -52,7 +39,7 @@ s7_scale() {
   cip=$(k -n "$NS1" get svc demo -o jsonpath='{.spec.clusterIP}')
   p0=$(k -n "$NS1" get pod demo-s0-0 -o jsonpath='{.status.podIP}')
   p1=$(k -n "$NS1" get pod demo-s1-1 -o jsonpath='{.status.podIP}')
-  waitfor 60 s7_shape 3
+  waitfor 60 vidx_shape 3
   rm -f "$RUN/s7.stop"
   # Whatever ends this check (it runs in a subshell), the load stops with it.
   trap 'touch "$RUN/s7.stop"' EXIT
@@ -82,7 +69,7 @@ s7_scale() {
 
   t=$(now)
   k -n "$NS1" patch vidx demo --type merge -p '{"spec":{"replicas":5}}' >/dev/null
-  waitfor 480 s7_shape 5 || { s7_report; return 1; }
+  waitfor 480 vidx_shape 5 || { s7_report; return 1; }
   echo "3 -> 5: every shard 5 voters, 10/10 ready after $(since "$t")s"
   local m si
   for p in demo-s0-3 demo-s0-4 demo-s1-3 demo-s1-4; do
@@ -96,7 +83,7 @@ s7_scale() {
 
   t=$(now)
   k -n "$NS1" patch vidx demo --type merge -p '{"spec":{"replicas":3}}' >/dev/null
-  waitfor 480 s7_shape 3 || { s7_report; return 1; }
+  waitfor 480 vidx_shape 3 || { s7_report; return 1; }
   waitfor 180 bash -c "[[ \$($KUBECTL -n $NS1 get pods -l app.kubernetes.io/instance=demo -o name | wc -l) == 6 ]]"
   echo "5 -> 3: every shard 3 voters, 6/6 ready, 4 pods gone after $(since "$t")s"
   sleep 3

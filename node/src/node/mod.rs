@@ -85,6 +85,8 @@ pub const MAX_COMMAND_BYTES: u64 = 8 << 20;
 const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// How long a write waits to be committed and applied.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a leader may go without a majority's acknowledgement before it refuses writes.
+const QUORUM_LOST_AFTER: Duration = Duration::from_secs(5);
 /// How long a `session` read waits for this replica to catch up with the token.
 pub const SESSION_WAIT: Duration = Duration::from_secs(5);
 

@@ -29,9 +29,39 @@ impl Node {
         }
     }
 
+    /// Refuses a write at once on a leader that a majority of its voters has not acknowledged
+    /// for [`QUORUM_LOST_AFTER`] (or two maximal election timeouts, if longer): with the quorum
+    /// gone the write cannot commit, and instead of waiting out [`COMMIT_TIMEOUT`] to end
+    /// "it may still be applied", the client learns at once that it was not proposed.
+    fn check_quorum(&self) -> Result<(), NodeError> {
+        let limit = QUORUM_LOST_AFTER.max(Duration::from_millis(
+            2 * self.raft.config().election_timeout_max,
+        ));
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        // A single voter is its own quorum; None: not leading, or not yet acknowledged.
+        let voters = m.membership_config.membership().voter_ids().count();
+        let (true, Some(acked)) = (voters > 1, m.last_quorum_acked.as_ref()) else {
+            return Ok(());
+        };
+        let age = openraft::Instant::elapsed(&**acked);
+        if m.state != openraft::ServerState::Leader || age <= limit {
+            return Ok(());
+        }
+        Err(NodeError::Unavailable(format!(
+            "shard {} has lost its quorum: its leader (node {}) has not been acknowledged by a \
+             majority of its {voters} voters for {:.1}s; the write was not proposed (certainly \
+             not applied); retry once enough replicas are back",
+            self.shard,
+            self.node_id,
+            age.as_secs_f64()
+        )))
+    }
+
     /// Propose one command on this node (which must lead); waits out an election in progress
     /// (bounded), returns NotLeader when another node leads.
     async fn propose(&self, cmd: &Command) -> Result<CommandResult, NodeError> {
+        self.check_quorum()?;
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let res = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(cmd.clone()))

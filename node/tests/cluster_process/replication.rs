@@ -249,3 +249,64 @@ async fn three_replicas_replicate_forward_and_read_their_writes() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_without_quorum_refuses_writes_at_once_and_recovers() {
+    let _serial = serial().await;
+    let mut c = cluster(3, 3, &[]);
+    with_timeout(Duration::from_secs(240), async {
+        wait_answering(&c, &[0, 1, 2]).await;
+        initialize(&c, 0, &[0, 1, 2]).await;
+        let leader = wait_leader(&c, None).await;
+        upsert(c.node(0, leader), batch("before", 0, 20))
+            .await
+            .unwrap();
+
+        // Both followers die: the leader still believes it leads, but no write can commit.
+        let followers: Vec<u64> = (0..3).filter(|&i| i != leader).collect();
+        for &f in &followers {
+            c.kill(0, f);
+        }
+        // Past QUORUM_LOST_AFTER (5 s) without a majority's acknowledgement.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let t = Instant::now();
+        let err = upsert_local(
+            c.node(0, leader),
+            batch("refused", 0, 1),
+            Duration::from_secs(40),
+        )
+        .await
+        .expect_err("a leader without quorum acknowledged a write");
+        let took = t.elapsed();
+        eprintln!(
+            "write without quorum: {:?} {} after {took:?}",
+            err.code(),
+            err.message()
+        );
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(
+            err.message().contains("lost its quorum") && err.message().contains("not proposed"),
+            "{err:?}"
+        );
+        // At once, not after the 30 s commit timeout.
+        assert!(took < Duration::from_secs(3), "refused after {took:?}");
+
+        // The followers come back: writes commit again, and the refused one was never applied.
+        for &f in &followers {
+            c.restart(0, f);
+        }
+        wait_answering(&c, &followers).await;
+        let leader = wait_leader(&c, None).await;
+        let w = wait_for("writes commit again", WAIT, || async {
+            upsert(c.node(0, leader), batch("after", 0, 20)).await.ok()
+        })
+        .await;
+        converge(&c, token_index(&w)).await;
+        for id in 0..3 {
+            assert_eq!(present(c.node(0, id), &["refused0".to_string()]).await, 0);
+            let s = c.node(0, id).status().await.unwrap();
+            assert_eq!(s.vectors_live, 40, "node {id}: {s:?}");
+        }
+    })
+    .await;
+}
