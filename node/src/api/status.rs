@@ -9,6 +9,7 @@ use crate::node::LEADER_HEADER;
 use crate::node::LEADER_ID_HEADER;
 use crate::node::Node;
 use crate::node::NodeError;
+use crate::node::QUORUM_LOST_HEADER;
 
 /// Invalid input, as every API answers it.
 pub fn invalid(e: InputError) -> Status {
@@ -22,6 +23,14 @@ pub fn status_of(e: NodeError) -> Status {
         NodeError::Engine(EngineError::Input(i)) => Status::invalid_argument(i.to_string()),
         NodeError::Engine(EngineError::ShuttingDown) | NodeError::Unavailable(_) => {
             Status::unavailable(e.to_string())
+        }
+        NodeError::QuorumLost(_) => {
+            let mut s = Status::unavailable(e.to_string());
+            s.metadata_mut().insert(
+                QUORUM_LOST_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            s
         }
         NodeError::Engine(EngineError::Full(_)) => Status::resource_exhausted(e.to_string()),
         NodeError::NotLeader {

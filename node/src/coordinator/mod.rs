@@ -46,6 +46,7 @@ use crate::api::validate;
 use crate::api::validate::ValidPoint;
 use crate::node::LEADER_HEADER;
 use crate::node::Node;
+use crate::node::QUORUM_LOST_HEADER;
 
 /// Metadata marking a request from another node's coordinator: serve it for this shard only.
 pub const SHARD_LOCAL_HEADER: &str = "kindex-shard-local";
@@ -208,6 +209,11 @@ impl Coordinator {
                 };
                 self.count_call::<Req>(shard, label);
                 match outcome {
+                    // The shard's leader itself says its quorum is gone: no replica can do better.
+                    Err(s) if s.metadata().contains_key(QUORUM_LOST_HEADER) => {
+                        self.count_call::<Req>(shard, "failed");
+                        return Err(on_shard(shard, s));
+                    }
                     Ok(resp) => {
                         if let Some(l) = leader_hint(resp.metadata()) {
                             self.topology.set_leader(shard, Some(l));

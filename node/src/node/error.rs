@@ -19,6 +19,11 @@ pub enum NodeError {
     DataDir { dir: String, reason: String },
     #[error("{0}")]
     Unavailable(String),
+    /// This node leads its shard but a majority of voters has not acknowledged it for a while:
+    /// the write was not proposed. Definite (see `QUORUM_LOST_HEADER`): no other replica can
+    /// do better, so coordinators pass it on instead of retrying the shard's replicas.
+    #[error("{0}")]
+    QuorumLost(String),
     /// This node cannot serve the request; the leader can (if known).
     #[error("{}", not_leader_message(*leader_id, leader_grpc.as_deref()))]
     NotLeader {

@@ -122,6 +122,7 @@ impl Node {
     /// retryable and name the leader; anything else the leader answered is passed through.
     pub(super) fn forward_failed(&self, leader: NodeId, addr: &str, s: tonic::Status) -> NodeError {
         match s.code() {
+            _ if s.metadata().contains_key(QUORUM_LOST_HEADER) => NodeError::Forwarded(s),
             tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
                 NodeError::Unavailable(format!(
                     "forwarded to the shard leader (node {leader} at {addr}): {}",

@@ -75,6 +75,8 @@ pub const DEFAULT_ADMIN_PORT: u16 = 7072;
 pub const FORWARDED_HEADER: &str = "kindex-forwarded";
 /// Response metadata on "not the leader" errors: the leader's client gRPC address.
 pub const LEADER_HEADER: &str = "kindex-leader";
+/// Response metadata on a write refused by a leader that has lost its quorum (value `1`).
+pub const QUORUM_LOST_HEADER: &str = "kindex-quorum-lost";
 /// Response metadata on "not the leader" errors: the leader's node id.
 pub const LEADER_ID_HEADER: &str = "kindex-leader-id";
 

@@ -48,11 +48,10 @@ impl Node {
         if m.state != openraft::ServerState::Leader || age <= limit {
             return Ok(());
         }
-        Err(NodeError::Unavailable(format!(
-            "shard {} has lost its quorum: its leader (node {}) has not been acknowledged by a \
+        Err(NodeError::QuorumLost(format!(
+            "the shard has lost its quorum: its leader (node {}) has not been acknowledged by a \
              majority of its {voters} voters for {:.1}s; the write was not proposed (certainly \
              not applied); retry once enough replicas are back",
-            self.shard,
             self.node_id,
             age.as_secs_f64()
         )))
