@@ -26,15 +26,16 @@ s8_replaced() {
   [[ $(k -n "$NS1" get pod "$1" -o jsonpath='{.status.phase}') == Pending ]]
 }
 
-# s8_status_says: the index status reports shard 0 down (phase and a condition message).
+# s8_status_says: the index status says shard 0 lost its quorum (phase, condition).
 s8_status_says() {
   k -n "$NS1" get vidx demo -o json | python3 -c '
 import json, sys
 st = json.load(sys.stdin).get("status") or {}
 conds = [c for c in st.get("conditions") or [] if c.get("status") == "True"
-         and c.get("type") == "Degraded"]
+         and c.get("type") == "Degraded" and c.get("reason") == "QuorumLost"
+         and c.get("message", "").startswith("shard 0: 1 of 3 voters ready")]
 print(st.get("phase"), [(c["type"], c.get("reason"), c.get("message")) for c in conds])
-sys.exit(0 if st.get("phase") in ("Degraded", "Failed") and conds else 1)'
+sys.exit(0 if st.get("phase") == "Degraded" and conds else 1)'
 }
 
 s8_quorum() {

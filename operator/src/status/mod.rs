@@ -121,6 +121,25 @@ fn shard_status(vi: &VectorIndex, s: &ShardObs) -> ShardStatus {
     }
 }
 
+/// "shard N: R of V voters ready, fewer than a quorum (Q) ...", if the shard's ready voter pods
+/// are fewer than a majority of its voters: its leader refuses writes (or none is elected).
+fn quorum_lost(o: &ShardObs, st: &ShardStatus) -> Option<String> {
+    let voters = st.members.len() as u32;
+    let ready = o
+        .pods
+        .iter()
+        .filter(|p| p.ready && st.members.contains(&p.name))
+        .count() as u32;
+    let quorum = crate::build::pdb::quorum(voters);
+    (voters > 0 && ready < quorum).then(|| {
+        format!(
+            "shard {}: {ready} of {voters} voters ready, fewer than a quorum ({quorum}): \
+             its writes are refused until enough replicas are back",
+            o.shard
+        )
+    })
+}
+
 /// Status after a reconcile of a valid spec.
 pub fn build(
     vi: &VectorIndex,
@@ -152,6 +171,13 @@ pub fn build(
             let d = p.status()?.divergence.as_ref()?;
             Some(format!("{}: {}", p.name, d.message))
         })
+        .collect();
+    let quorum_lost: Vec<String> = obs
+        .shards
+        .iter()
+        .zip(&shards)
+        .filter(|(o, _)| o.initialized())
+        .filter_map(|(o, st)| quorum_lost(o, st))
         .collect();
     let creating = obs.shards.iter().any(|s| !s.initialized());
     let rolling = plans.iter().any(|p| p.rollout != Step::Done);
@@ -253,6 +279,8 @@ pub fn build(
             "NoLeader",
             format!("shards without a Raft leader: {list}"),
         )
+    } else if !quorum_lost.is_empty() {
+        cond(ct::DEGRADED, true, "QuorumLost", quorum_lost.join("; "))
     } else if !diverged.is_empty() {
         cond(ct::DEGRADED, true, "ReplicaDiverged", diverged.join("; "))
     } else if let Some((e, err)) = failed {

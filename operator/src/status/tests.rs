@@ -167,6 +167,31 @@ fn unready_pod_without_other_reason_is_degraded() {
 }
 
 #[test]
+fn fewer_ready_voters_than_a_quorum_is_quorum_lost() {
+    let mut obs = healthy("h");
+    obs.shards[0].pods[1].ready = false;
+    obs.shards[0].pods[2].ready = false;
+    let now = Timestamp::from_second(1_700_000_100).unwrap();
+    let s = build(&vi(), &obs, &done(), None, "h", now);
+    assert_eq!(s.phase, Some(Phase::Degraded));
+    let c = condition(&s, ct::DEGRADED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "QuorumLost")
+    );
+    assert!(
+        c.message
+            .starts_with("shard 0: 1 of 3 voters ready, fewer than a quorum (2)"),
+        "{}",
+        c.message
+    );
+    // One of three down keeps the quorum: only PodsNotReady.
+    obs.shards[0].pods[1].ready = true;
+    let s = build(&vi(), &obs, &done(), None, "h", now);
+    assert_eq!(condition(&s, ct::DEGRADED).reason, "PodsNotReady");
+}
+
+#[test]
 fn a_diverged_replica_makes_the_index_degraded_naming_it() {
     let mut obs = healthy("h");
     obs.shards[0].pods[1].ready = false;
