@@ -139,7 +139,7 @@ fn int8_recall_on_minilm_with_rescoring() {
 #[test]
 #[ignore]
 fn compare_range_modes() {
-    let Some((base, queries)) = minilm(30_000, 1_000) else {
+    let Some((base, queries)) = minilm(30_000, 300) else {
         eprintln!("skipped: docs-minilm-30k not found");
         return;
     };
