@@ -62,12 +62,14 @@ fn datasets() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/work/shared/datasets"))
 }
 
+type Rows = Vec<Vec<f32>>;
+
 /// docs-minilm-30k (base rows `n`, the first `nq` queries), if present.
-fn minilm(n: usize, nq: usize) -> Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+fn minilm(n: usize, nq: usize) -> Option<(Rows, Rows)> {
     let dir = datasets();
     let (rows, dim, base) = read_npy_f32(&dir.join("docs-minilm-30k.base.npy"))?;
     let (qrows, _, query) = read_npy_f32(&dir.join("docs-minilm-30k.query.npy"))?;
-    let split = |flat: &[f32], rows: usize| -> Vec<Vec<f32>> {
+    let split = |flat: &[f32], rows: usize| -> Rows {
         flat.chunks_exact(dim)
             .take(rows)
             .map(|r| r.to_vec())

@@ -56,7 +56,7 @@ pub trait Space {
     where
         Self: 'q;
     /// Published slots (bound for the visited set).
-    fn len(&self) -> usize;
+    fn slots(&self) -> usize;
     /// Prepares a stored-form (already normalised) vector as a query.
     fn query<'q>(&'q self, v: &'q [f32]) -> Self::Query<'q>;
     /// The stored vector of `slot` as a query (inserts, link selection).
@@ -78,7 +78,7 @@ impl Space for Exact<'_> {
         Self: 'q;
 
     #[inline(always)]
-    fn len(&self) -> usize {
+    fn slots(&self) -> usize {
         self.vectors.len()
     }
 
@@ -239,7 +239,7 @@ impl Hnsw {
                 id: ep,
             });
             for l in (0..=level.min(top)).rev() {
-                s.visited.prepare(sp.len());
+                s.visited.prepare(sp.slots());
                 self.layer(sp, &qv, self.params.ef_construction, l, s, &|_| true);
                 // A concurrent insert may already have linked q; never self-link.
                 s.found.retain(|x| x.id != q);
@@ -527,7 +527,7 @@ impl Hnsw {
                 dist: ep_dist,
                 id: ep,
             });
-            s.visited.prepare(sp.len());
+            s.visited.prepare(sp.slots());
             self.layer(sp, qv, ef.max(k), 0, s, accept);
             s.found.iter().take(k).copied().collect()
         })

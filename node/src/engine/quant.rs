@@ -358,7 +358,7 @@ impl Space for QuantSpace<'_> {
         Self: 'q;
 
     #[inline]
-    fn len(&self) -> usize {
+    fn slots(&self) -> usize {
         self.vectors.len()
     }
 
