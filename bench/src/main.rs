@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use kindex_common::Quantization;
 use kindex_node::config::StructuralConfig;
 use kindex_node::engine::distance::Metric;
 use kindex_node::engine::filter::Filter;
@@ -110,6 +111,12 @@ struct HnswArgs {
     /// Dataset label for the output.
     #[arg(long, default_value = "")]
     name: String,
+    /// Structural quantization: none | int8.
+    #[arg(long, default_value = "none")]
+    quantization: String,
+    /// int8: candidates re-ranked exactly, as a multiple of k.
+    #[arg(long, default_value_t = kindex_common::runtime::DEFAULT_RESCORE as usize)]
+    rescore: usize,
 }
 
 fn metric(s: &str) -> anyhow::Result<Metric> {
@@ -166,19 +173,24 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
             a.k
         );
     }
+    let quantization = Quantization::parse(&a.quantization)
+        .with_context(|| format!("unknown quantization {}", a.quantization))?;
     let structural = StructuralConfig {
         dimension: base.cols as u32,
         metric,
         m: a.m,
         ef_construction: a.ef_construction,
         shards: 1,
+        quantization,
     };
     let knobs = EngineKnobs {
         ef_search: 64,
         threads: a.threads,
         batch_size: 1024,
         queue_capacity: base.rows + 1,
+        rescore: a.rescore,
     };
+    let rss_before = rss_anon_bytes();
     let cached = match &a.index_cache {
         Some(dir) => load_newest_engine(&SnapshotStore::open(dir)?, &structural, knobs)?
             .require(dir)?
@@ -220,6 +232,12 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // Anonymous resident memory the engine added (vectors, codes, graph, ids),
+    // per vector; includes allocator slack and whole arena chunks, so it is an
+    // upper bound of what the engine needs (null without /proc).
+    let rss_per_vector = rss_anon_bytes()
+        .zip(rss_before)
+        .map(|(after, before)| after.saturating_sub(before) as f64 / base.rows as f64);
     let (save_mbps, load_mbps, snapshot_bytes) = match &a.snapshot_dir {
         Some(dir) => snapshot_speed(&engine, dir, &structural, knobs)?,
         None => (0.0, 0.0, 0),
@@ -270,12 +288,22 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
                 "p50_us": pct(50), "p99_us": pct(99),
                 "build_s": build_secs,
                 "bytes_per_vector": engine.bytes_per_vector(),
+                "rss_anon_per_vector": rss_per_vector,
+                "quantization": a.quantization, "rescore": a.rescore,
                 "snapshot_bytes": snapshot_bytes,
                 "snapshot_save_mb_s": save_mbps, "snapshot_load_mb_s": load_mbps,
             })
         );
     }
     Ok(())
+}
+
+/// `RssAnon` of this process in bytes, from /proc/self/status (None elsewhere).
+fn rss_anon_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Nanoseconds this thread has run on a CPU (from /proc; 0 if unavailable).
@@ -294,18 +322,19 @@ fn build(
     knobs: EngineKnobs,
 ) -> anyhow::Result<(Engine, f64)> {
     let engine = Engine::new(structural.clone(), knobs);
-    let points: Vec<PointInput> = (0..base.rows)
-        .map(|i| PointInput {
-            id: i.to_string(),
-            vector: base.row(i).to_vec(),
-            payload: None,
-        })
-        .collect();
     let t = Instant::now();
-    for chunk in points.chunks(5_000) {
-        engine.upsert(chunk)?;
+    // Points are made per chunk, so the RssAnon the engine adds is not hidden
+    // by a full copy of the input the allocator may keep.
+    for start in (0..base.rows).step_by(5_000) {
+        let chunk: Vec<PointInput> = (start..(start + 5_000).min(base.rows))
+            .map(|i| PointInput {
+                id: i.to_string(),
+                vector: base.row(i).to_vec(),
+                payload: None,
+            })
+            .collect();
+        engine.upsert(&chunk)?;
     }
-    drop(points);
     if !engine.drain(Duration::from_secs(3600)) {
         bail!("indexing did not finish");
     }
@@ -342,6 +371,7 @@ fn enqueue(dim: usize, n: usize) -> anyhow::Result<()> {
         m: 16,
         ef_construction: 200,
         shards: 1,
+        quantization: Quantization::None,
     };
     let engine = Engine::new(
         s,
@@ -350,6 +380,7 @@ fn enqueue(dim: usize, n: usize) -> anyhow::Result<()> {
             threads: 1,
             batch_size: 1024,
             queue_capacity: n + 1,
+            rescore: 3,
         },
     );
     let data = data::Mixture::new(dim, 100, 3).sample(n, 4);

@@ -11,4 +11,4 @@ pub mod structural;
 pub use log_format::LogFormat;
 pub use metric::Metric;
 pub use runtime::{RuntimeConfig, RuntimeConfigError};
-pub use structural::{FieldDiff, InvalidStructural, StructuralConfig, StructuralDoc};
+pub use structural::{FieldDiff, InvalidStructural, Quantization, StructuralConfig, StructuralDoc};

@@ -11,6 +11,45 @@ use serde::{Deserialize, Serialize};
 
 use crate::metric::Metric;
 
+/// How the graph stores and compares vectors besides the f32 originals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// f32 vectors only (what every data dir written before this field holds).
+    #[default]
+    None,
+    /// Scalar int8 codes for graph traversal, exact rescoring with the f32 vectors.
+    Int8,
+}
+
+impl Quantization {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quantization::None => "none",
+            Quantization::Int8 => "int8",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Quantization> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Some(Quantization::None),
+            "int8" => Some(Quantization::Int8),
+            _ => None,
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        *self == Quantization::None
+    }
+}
+
+impl fmt::Display for Quantization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Field order is the persisted `structural.json` order; never reorder.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -20,6 +59,10 @@ pub struct StructuralConfig {
     pub m: u32,
     pub ef_construction: u32,
     pub shards: u32,
+    /// Absent in files written before it existed (they load as `none`) and never
+    /// written when `none`, so those files and their hashes stay byte-identical.
+    #[serde(default, skip_serializing_if = "Quantization::is_none")]
+    pub quantization: Quantization,
 }
 
 /// A structural field whose persisted value differs from the configured one.
@@ -55,12 +98,18 @@ impl StructuralConfig {
     }
 
     /// Canonical text form: the hash input; field order is fixed here, never by a
-    /// serializer.
+    /// serializer. `quantization` is appended only when it is not `none`, so every
+    /// config that existed before the field keeps its hash.
     pub fn canonical(&self) -> String {
-        format!(
+        let mut s = format!(
             "dimension={};metric={};m={};efConstruction={};shards={}",
             self.dimension, self.metric, self.m, self.ef_construction, self.shards
-        )
+        );
+        if !self.quantization.is_none() {
+            s.push_str(";quantization=");
+            s.push_str(self.quantization.as_str());
+        }
+        s
     }
 
     /// Stable 64-bit hash in hex: persisted in data dirs, reported by the node in
@@ -81,6 +130,7 @@ impl StructuralConfig {
                 ("m", s.m.to_string()),
                 ("efConstruction", s.ef_construction.to_string()),
                 ("shards", s.shards.to_string()),
+                ("quantization", s.quantization.to_string()),
             ]
         };
         fields(self)
@@ -144,6 +194,7 @@ mod tests {
             m,
             ef_construction: ef,
             shards,
+            quantization: Quantization::None,
         }
     }
 
@@ -205,6 +256,48 @@ mod tests {
             ("cosine", "l2")
         );
         assert!(a.diff(&a).is_empty());
+    }
+
+    /// A `structural.json` written before `quantization` existed loads as `none`,
+    /// verifies against its recorded hash, and re-serializes byte for byte.
+    #[test]
+    fn old_doc_without_quantization_loads_as_none() {
+        let old = r#"{"structural":{"dimension":768,"metric":"l2","m":32,"efConstruction":400,"shards":3},"hash":"c69ca77e7fa5cf9a"}"#;
+        let doc: StructuralDoc = serde_json::from_str(old).unwrap();
+        let s = doc.verified().unwrap();
+        assert_eq!(s.quantization, Quantization::None);
+        assert_eq!(serde_json::to_string(&doc).unwrap(), old);
+    }
+
+    #[test]
+    fn int8_changes_the_hash_the_json_and_the_diff() {
+        let none = cfg(384, Metric::Cosine, 16, 200, 1);
+        let int8 = StructuralConfig {
+            quantization: Quantization::Int8,
+            ..none.clone()
+        };
+        assert_eq!(none.hash(), "74f6a5f1cbb7360a");
+        assert_eq!(
+            int8.canonical(),
+            "dimension=384;metric=cosine;m=16;efConstruction=200;shards=1;quantization=int8"
+        );
+        assert_ne!(int8.hash(), none.hash());
+        let doc = StructuralDoc::new(&int8);
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(
+            text.contains(r#""shards":1,"quantization":"int8"}"#),
+            "{text}"
+        );
+        let back: StructuralDoc = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.verified(), Ok(int8.clone()));
+        let d = none.diff(&int8);
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            (d[0].field, d[0].data.as_str(), d[0].configured.as_str()),
+            ("quantization", "none", "int8")
+        );
+        assert_eq!(Quantization::parse("INT8"), Some(Quantization::Int8));
+        assert_eq!(Quantization::parse("binary"), None);
     }
 
     #[test]

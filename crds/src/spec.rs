@@ -475,6 +475,9 @@ impl VectorIndexSpec {
             m: self.hnsw.m,
             ef_construction: self.hnsw.ef_construction,
             shards: self.shards,
+            // No CRD field yet (issue 19's first slice is node-only): the operator
+            // renders `none`, which keeps every existing hash.
+            quantization: kindex_common::Quantization::None,
         }
     }
 }

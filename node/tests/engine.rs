@@ -376,6 +376,7 @@ fn shutdown_does_not_wait_for_the_current_batch() {
             threads: 1,
             batch_size: n,
             queue_capacity: 1_000_000,
+            rescore: 3,
         },
     );
     // One call: the worker claims the whole backlog as one batch.

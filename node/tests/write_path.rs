@@ -28,6 +28,7 @@ async fn a_leader_parses_each_payload_once() {
             m: 8,
             ef_construction: 32,
             shards: 1,
+            quantization: Default::default(),
         },
         runtime: RuntimeConfig::default(),
         node_id: 0,

@@ -375,6 +375,7 @@ mod tests {
             m: 8,
             ef_construction: 32,
             shards: 1,
+            quantization: Default::default(),
         };
         structural::store(dir.path(), &s).unwrap();
         let engine = Engine::new(s.clone(), EngineKnobs::from(&RuntimeConfig::default()));

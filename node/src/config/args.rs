@@ -2,7 +2,7 @@
 //! environment variables; they live in the library so a test can feed it what the
 //! operator renders and check both sides agree on the structural hash.
 
-use kindex_common::{Metric, StructuralConfig};
+use kindex_common::{Metric, Quantization, StructuralConfig};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StructuralArgs {
@@ -21,6 +21,13 @@ pub struct StructuralArgs {
     /// Structural: number of shards of the index.
     #[arg(long, env = "KINDEX_SHARDS", default_value_t = 1)]
     pub shards: u32,
+    /// Structural: none | int8 (graph on int8 codes, exact rescoring with f32).
+    #[arg(long, env = "KINDEX_QUANTIZATION", default_value = "none", value_parser = parse_quantization)]
+    pub quantization: Quantization,
+}
+
+fn parse_quantization(s: &str) -> Result<Quantization, String> {
+    Quantization::parse(s).ok_or_else(|| format!("unknown quantization {s:?}; use none or int8"))
 }
 
 fn parse_metric(s: &str) -> Result<Metric, String> {
@@ -35,6 +42,7 @@ impl StructuralArgs {
             m: self.m,
             ef_construction: self.ef_construction,
             shards: self.shards,
+            quantization: self.quantization,
         }
     }
 }

@@ -115,6 +115,7 @@ mod tests {
             m: 16,
             ef_construction: 200,
             shards: 1,
+            quantization: Default::default(),
         }
     }
 

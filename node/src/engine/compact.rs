@@ -8,6 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::hnsw::Exact;
 use super::scored::Scored;
 use super::{DELETED, Engine, LIVE, PURGED};
 
@@ -46,6 +47,12 @@ impl Engine {
             return CompactStats::default();
         }
         let is_dead = |s: u32| state(s) != LIVE;
+        // Repairs are chosen on exact distances in every mode: compaction is
+        // rare and the repaired lists are what the codes are searched over.
+        let exact = Exact {
+            vectors: &inner.vectors,
+            dist: &inner.dist,
+        };
         let mut stats = CompactStats::default();
         let mut nbs = Vec::new();
         let mut second = Vec::new();
@@ -81,7 +88,7 @@ impl Engine {
                 } else {
                     graph.params().m
                 };
-                let chosen = graph.select(&inner.vectors, &inner.dist, &scored, max);
+                let chosen = graph.select(&exact, &scored, max);
                 graph.set_list(node, level, &chosen);
                 stats.relinked_lists += 1;
             }
@@ -101,6 +108,11 @@ impl Engine {
                 graph.set_list(d, level, &[]);
             }
             inner.state.first(d).store(PURGED, Ordering::Release);
+        }
+        // int8: ranges follow the data; retrain them on the live points and
+        // recode every slot (searches keep the old state until they finish).
+        if inner.quant.read().is_some() {
+            inner.install_quant(|s| state(s) == LIVE);
         }
         let n = deleted.len() as u64;
         // purged up before tombstoned down (Release): a search never sees

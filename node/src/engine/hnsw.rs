@@ -47,6 +47,62 @@ pub struct Hnsw {
     entry_lock: Mutex<()>,
 }
 
+/// What the graph measures distances in: f32 vectors (`Exact`) or int8 codes
+/// (`quant::QuantSpace`). Generic, not dynamic, so the f32 path compiles to
+/// what it was before the trait existed.
+pub trait Space {
+    /// A query prepared for `dist` (for f32, the vector itself).
+    type Query<'q>
+    where
+        Self: 'q;
+    /// Published slots (bound for the visited set).
+    fn slots(&self) -> usize;
+    /// Prepares a stored-form (already normalised) vector as a query.
+    fn query<'q>(&'q self, v: &'q [f32]) -> Self::Query<'q>;
+    /// The stored vector of `slot` as a query (inserts, link selection).
+    fn slot_query(&self, slot: u32) -> Self::Query<'_>;
+    fn dist(&self, q: &Self::Query<'_>, slot: u32) -> f32;
+    fn prefetch(&self, slot: u32);
+}
+
+/// Exact distances on the f32 vectors.
+pub struct Exact<'a> {
+    pub vectors: &'a VectorArena,
+    pub dist: &'a DistanceFn,
+}
+
+impl Space for Exact<'_> {
+    type Query<'q>
+        = &'q [f32]
+    where
+        Self: 'q;
+
+    #[inline(always)]
+    fn slots(&self) -> usize {
+        self.vectors.len()
+    }
+
+    #[inline(always)]
+    fn query<'q>(&'q self, v: &'q [f32]) -> &'q [f32] {
+        v
+    }
+
+    #[inline(always)]
+    fn slot_query(&self, slot: u32) -> &[f32] {
+        self.vectors.get(slot)
+    }
+
+    #[inline(always)]
+    fn dist(&self, q: &&[f32], slot: u32) -> f32 {
+        self.dist.distance(q, self.vectors.get(slot))
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, slot: u32) {
+        self.vectors.prefetch(slot);
+    }
+}
+
 /// Which results a search may return (tombstones, payload filters).
 pub trait Accept {
     fn accept(&self, id: u32) -> bool;
@@ -154,11 +210,11 @@ impl Hnsw {
         }
     }
 
-    /// Inserts slot `q` (already in `vectors`) into the graph.
-    pub fn insert(&self, vectors: &VectorArena, dist: &DistanceFn, q: u32) {
+    /// Inserts slot `q` (already published in `sp`) into the graph.
+    pub fn insert<S: Space>(&self, sp: &S, q: u32) {
         let level = self.random_level(q);
         self.init_node(q, level);
-        let qv = vectors.get(q);
+        let qv = sp.slot_query(q);
 
         // The first node becomes the entry point.
         let entry = {
@@ -173,9 +229,9 @@ impl Hnsw {
         };
         let (mut ep, top) = entry;
         with_scratch(|s| {
-            let mut ep_dist = dist.distance(qv, vectors.get(ep));
+            let mut ep_dist = sp.dist(&qv, ep);
             for l in (level.saturating_add(1)..=top).rev() {
-                (ep, ep_dist) = self.greedy(vectors, dist, qv, ep, ep_dist, l, &mut s.nbs);
+                (ep, ep_dist) = self.greedy(sp, &qv, ep, ep_dist, l, &mut s.nbs);
             }
             s.eps.clear();
             s.eps.push(Scored {
@@ -183,16 +239,8 @@ impl Hnsw {
                 id: ep,
             });
             for l in (0..=level.min(top)).rev() {
-                s.visited.prepare(vectors.len());
-                self.layer(
-                    vectors,
-                    dist,
-                    qv,
-                    self.params.ef_construction,
-                    l,
-                    s,
-                    &|_| true,
-                );
+                s.visited.prepare(sp.slots());
+                self.layer(sp, &qv, self.params.ef_construction, l, s, &|_| true);
                 // A concurrent insert may already have linked q; never self-link.
                 s.found.retain(|x| x.id != q);
                 s.found.sort_unstable_by(Scored::link_order);
@@ -201,13 +249,13 @@ impl Hnsw {
                 } else {
                     self.params.m
                 };
-                self.select_into(vectors, dist, &s.found, self.params.m, &mut s.kept);
+                self.select_into(sp, &s.found, self.params.m, &mut s.kept);
                 s.chosen.clear();
                 s.chosen.extend(s.kept.iter().map(|k| k.id));
-                self.write_own_list(vectors, dist, q, l, max, &s.chosen, &mut s.link);
+                self.write_own_list(sp, q, l, max, &s.chosen, &mut s.link);
                 for i in 0..s.chosen.len() {
                     let nb = s.chosen[i];
-                    self.add_link(vectors, dist, nb, q, l, max, &mut s.link);
+                    self.add_link(sp, nb, q, l, max, &mut s.link);
                 }
                 std::mem::swap(&mut s.eps, &mut s.found);
             }
@@ -225,11 +273,9 @@ impl Hnsw {
     /// reached `q` from an upper level may already have linked itself here;
     /// overwriting would drop that back-link (and with it, for a node whose
     /// only in-link it was, reachability), so such links are merged in.
-    #[allow(clippy::too_many_arguments)]
-    fn write_own_list(
+    fn write_own_list<S: Space>(
         &self,
-        vectors: &VectorArena,
-        dist: &DistanceFn,
+        sp: &S,
         q: u32,
         level: u8,
         max: usize,
@@ -248,40 +294,31 @@ impl Hnsw {
             }
         }
         if buf.ids.len() > max {
-            self.shrink(vectors, dist, q, max, buf);
+            self.shrink(sp, q, max, buf);
         }
         Self::write_list(list, &buf.ids);
     }
 
     /// Shrinks the candidate links in `buf.ids` of `base` to at most `max`
     /// with the heuristic, closest first (ties newest first).
-    fn shrink(
-        &self,
-        vectors: &VectorArena,
-        dist: &DistanceFn,
-        base: u32,
-        max: usize,
-        buf: &mut LinkScratch,
-    ) {
-        let bv = vectors.get(base);
+    fn shrink<S: Space>(&self, sp: &S, base: u32, max: usize, buf: &mut LinkScratch) {
+        let bv = sp.slot_query(base);
         buf.cands.clear();
         buf.cands.extend(buf.ids.iter().map(|&id| Scored {
-            dist: dist.distance(bv, vectors.get(id)),
+            dist: sp.dist(&bv, id),
             id,
         }));
         buf.cands.sort_unstable_by(Scored::link_order);
-        self.select_into(vectors, dist, &buf.cands, max, &mut buf.kept);
+        self.select_into(sp, &buf.cands, max, &mut buf.kept);
         buf.ids.clear();
         buf.ids.extend(buf.kept.iter().map(|k| k.id));
     }
 
     /// Adds `new` to `node`'s list at `level`, shrinking it with the heuristic
     /// when full.
-    #[allow(clippy::too_many_arguments)]
-    fn add_link(
+    fn add_link<S: Space>(
         &self,
-        vectors: &VectorArena,
-        dist: &DistanceFn,
+        sp: &S,
         node: u32,
         new: u32,
         level: u8,
@@ -307,7 +344,7 @@ impl Hnsw {
         buf.ids
             .extend(current.iter().map(|a| a.load(Ordering::Relaxed)));
         buf.ids.push(new);
-        self.shrink(vectors, dist, node, max, buf);
+        self.shrink(sp, node, max, buf);
         Self::write_list(list, &buf.ids);
     }
 
@@ -317,48 +354,36 @@ impl Hnsw {
     /// kept neighbour, and everything equidistant from both, was dropped, so a
     /// point rewritten over its tombstoned copies could end with no in-link.
     /// `cands` must be sorted by `Scored::link_order` from the base.
-    pub fn select(
-        &self,
-        vectors: &VectorArena,
-        dist: &DistanceFn,
-        cands: &[Scored],
-        max: usize,
-    ) -> Vec<u32> {
+    pub fn select<S: Space>(&self, sp: &S, cands: &[Scored], max: usize) -> Vec<u32> {
         let mut kept = Vec::with_capacity(max);
-        self.select_into(vectors, dist, cands, max, &mut kept);
+        self.select_into(sp, cands, max, &mut kept);
         kept.into_iter().map(|s| s.id).collect()
     }
 
     /// `select` into a reused buffer.
-    fn select_into(
-        &self,
-        vectors: &VectorArena,
-        dist: &DistanceFn,
-        cands: &[Scored],
-        max: usize,
-        kept: &mut Vec<Scored>,
-    ) {
+    fn select_into<S: Space>(&self, sp: &S, cands: &[Scored], max: usize, kept: &mut Vec<Scored>) {
         kept.clear();
         for c in cands {
             if kept.len() >= max {
                 break;
             }
-            let cv = vectors.get(c.id);
-            if kept
-                .iter()
-                .all(|k| dist.distance(cv, vectors.get(k.id)) >= c.dist)
-            {
+            // The first candidate is always kept; preparing its query (an
+            // allocation for int8) would be wasted.
+            if kept.is_empty() {
+                kept.push(*c);
+                continue;
+            }
+            let cv = sp.slot_query(c.id);
+            if kept.iter().all(|k| sp.dist(&cv, k.id) >= c.dist) {
                 kept.push(*c);
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn greedy(
+    fn greedy<S: Space>(
         &self,
-        vectors: &VectorArena,
-        dist: &DistanceFn,
-        qv: &[f32],
+        sp: &S,
+        qv: &S::Query<'_>,
         mut ep: u32,
         mut ep_dist: f32,
         level: u8,
@@ -368,7 +393,7 @@ impl Hnsw {
             let mut moved = false;
             self.neighbours(ep, level, scratch);
             for &nb in scratch.iter() {
-                let d = dist.distance(qv, vectors.get(nb));
+                let d = sp.dist(qv, nb);
                 if d < ep_dist {
                     (ep, ep_dist) = (nb, d);
                     moved = true;
@@ -383,11 +408,10 @@ impl Hnsw {
     /// Beam search on one level. Results (ascending) only hold accepted nodes;
     /// rejected nodes are still traversed, so a filter never cuts the graph.
     #[allow(clippy::too_many_arguments)]
-    pub fn search_layer(
+    pub fn search_layer<S: Space>(
         &self,
-        vectors: &VectorArena,
-        dist: &DistanceFn,
-        qv: &[f32],
+        sp: &S,
+        qv: &S::Query<'_>,
         eps: &[Scored],
         ef: usize,
         level: u8,
@@ -397,20 +421,18 @@ impl Hnsw {
         let mut s = Scratch::new();
         std::mem::swap(&mut s.visited, vis);
         s.eps.extend_from_slice(eps);
-        self.layer(vectors, dist, qv, ef, level, &mut s, accept);
+        self.layer(sp, qv, ef, level, &mut s, accept);
         std::mem::swap(&mut s.visited, vis);
         s.found
     }
 
     /// `search_layer` on reused buffers: starts from `s.eps`, leaves the
     /// results (ascending) in `s.found`. `s.visited` must be prepared.
-    #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn layer<A: Accept + ?Sized>(
+    fn layer<S: Space, A: Accept + ?Sized>(
         &self,
-        vectors: &VectorArena,
-        dist: &DistanceFn,
-        qv: &[f32],
+        sp: &S,
+        qv: &S::Query<'_>,
         ef: usize,
         level: u8,
         s: &mut Scratch,
@@ -450,14 +472,14 @@ impl Hnsw {
             // keep PREFETCH_AHEAD vectors in flight while computing.
             nbs.retain(|&nb| vis.insert(nb));
             for &nb in nbs.iter().take(PREFETCH_AHEAD) {
-                vectors.prefetch(nb);
+                sp.prefetch(nb);
             }
             for j in 0..nbs.len() {
                 if let Some(&ahead) = nbs.get(j + PREFETCH_AHEAD) {
-                    vectors.prefetch(ahead);
+                    sp.prefetch(ahead);
                 }
                 let nb = nbs[j];
-                let d = dist.distance(qv, vectors.get(nb));
+                let d = sp.dist(qv, nb);
                 let worst = results.peek().map_or(f32::INFINITY, |w| w.dist);
                 if results.len() < ef || d < worst {
                     let s = Scored { dist: d, id: nb };
@@ -484,11 +506,10 @@ impl Hnsw {
     }
 
     /// k nearest accepted nodes reachable in the graph, ascending.
-    pub fn search<A: Accept + ?Sized>(
+    pub fn search<S: Space, A: Accept + ?Sized>(
         &self,
-        vectors: &VectorArena,
-        dist: &DistanceFn,
-        qv: &[f32],
+        sp: &S,
+        qv: &S::Query<'_>,
         k: usize,
         ef: usize,
         accept: &A,
@@ -497,17 +518,17 @@ impl Hnsw {
             return Vec::new();
         };
         with_scratch(|s| {
-            let mut ep_dist = dist.distance(qv, vectors.get(ep));
+            let mut ep_dist = sp.dist(qv, ep);
             for l in (1..=top).rev() {
-                (ep, ep_dist) = self.greedy(vectors, dist, qv, ep, ep_dist, l, &mut s.nbs);
+                (ep, ep_dist) = self.greedy(sp, qv, ep, ep_dist, l, &mut s.nbs);
             }
             s.eps.clear();
             s.eps.push(Scored {
                 dist: ep_dist,
                 id: ep,
             });
-            s.visited.prepare(vectors.len());
-            self.layer(vectors, dist, qv, ef.max(k), 0, s, accept);
+            s.visited.prepare(sp.slots());
+            self.layer(sp, qv, ef.max(k), 0, s, accept);
             s.found.iter().take(k).copied().collect()
         })
     }

@@ -11,7 +11,9 @@ pub mod distance;
 pub mod filter;
 pub mod hnsw;
 pub mod hugebuf;
+pub mod kernels;
 pub mod limits;
+pub mod quant;
 pub mod queue;
 mod restore;
 pub mod scored;
@@ -31,12 +33,15 @@ use crate::config::{RuntimeConfig, StructuralConfig};
 use arena::{ArenaFull, Chunked, VectorArena};
 use distance::DistanceFn;
 use filter::{Filter, Payload};
-use hnsw::{Hnsw, HnswParams};
+use hnsw::{Exact, Hnsw, HnswParams, Space};
+use kindex_common::Quantization;
 pub use limits::{InputError, PointInput};
+use quant::{QuantSpace, QuantState};
 use queue::{IndexQueue, QueueStats};
 pub(crate) use restore::IdIndex;
 pub use restore::Restore;
 use scored::Scored;
+pub use search::SearchOpts;
 
 /// Slot states.
 pub const LIVE: u8 = 0;
@@ -102,6 +107,8 @@ pub struct EngineKnobs {
     pub threads: usize,
     pub batch_size: usize,
     pub queue_capacity: usize,
+    /// int8 only: the graph returns `rescore × k` candidates, re-ranked exactly.
+    pub rescore: usize,
 }
 
 impl From<&RuntimeConfig> for EngineKnobs {
@@ -111,6 +118,7 @@ impl From<&RuntimeConfig> for EngineKnobs {
             threads: r.threads(),
             batch_size: r.indexing_batch_size as usize,
             queue_capacity: r.queue_capacity as usize,
+            rescore: r.rescore as usize,
         }
     }
 }
@@ -120,6 +128,10 @@ pub struct Inner {
     pub(crate) dist: DistanceFn,
     pub(crate) vectors: VectorArena,
     pub(crate) graph: Hnsw,
+    /// int8 ranges and codes once trained (see `quant`); always None with
+    /// `quantization: none`. Swapped whole under `gate` (write), so a search
+    /// holding one Arc sees codes of one set of ranges.
+    pub(crate) quant: RwLock<Option<Arc<QuantState>>>,
     pub(crate) slot_ids: Chunked<OnceLock<Box<str>>>,
     pub(crate) payloads: Chunked<OnceLock<Payload>>,
     pub(crate) state: Chunked<AtomicU8>,
@@ -194,6 +206,7 @@ impl Engine {
             dist,
             vectors: VectorArena::new(structural.dimension as usize),
             graph: Hnsw::new(params),
+            quant: RwLock::new(None),
             slot_ids: Chunked::new(1),
             payloads: Chunked::new(1),
             state: Chunked::new(1),
@@ -417,10 +430,19 @@ impl Engine {
         self.inner.checksum.load(Ordering::Relaxed)
     }
 
-    /// Approximate resident bytes per stored vector (vectors + graph + ids).
+    /// Approximate resident bytes per stored vector (vectors + codes + graph + ids).
     pub fn bytes_per_vector(&self) -> usize {
         let p = self.inner.graph.params();
-        self.dimension() * 4 + (1 + p.m0()) * 4 + 8 + 24 + 24 + 2
+        let codes = match self.inner.structural.quantization {
+            Quantization::None => 0,
+            Quantization::Int8 => quant::Codes::new(self.dimension()).bytes_per_slot(),
+        };
+        self.dimension() * 4 + codes + (1 + p.m0()) * 4 + 8 + 24 + 24 + 2
+    }
+
+    /// Whether int8 ranges are trained (always false with `quantization: none`).
+    pub fn quant_trained(&self) -> bool {
+        self.inner.quant.read().is_some()
     }
 
     pub fn shutdown(&self) {
@@ -434,6 +456,33 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+impl Inner {
+    /// int8: trains the ranges and codes every published slot once there are
+    /// `quant::TRAIN_MIN` points. Takes `gate` (write), so no batch is half
+    /// linked on f32 distances while the codes appear; batches after it code
+    /// their slots before linking them.
+    fn train_quant_when_ready(&self) {
+        if self.structural.quantization != Quantization::Int8
+            || self.quant.read().is_some()
+            || self.vectors.len() < quant::TRAIN_MIN
+        {
+            return;
+        }
+        let _pause = self.gate.write();
+        if self.quant.read().is_none() {
+            self.install_quant(|_| true);
+        }
+    }
+
+    /// Trains ranges on the slots `use_slot` accepts, codes every published
+    /// slot and publishes the new state. The caller holds `gate` (write).
+    pub(crate) fn install_quant(&self, use_slot: impl Fn(u32) -> bool) {
+        let len = self.vectors.len();
+        let state = QuantState::build(&self.vectors, len, use_slot);
+        *self.quant.write() = Some(Arc::new(state));
     }
 }
 
@@ -454,8 +503,18 @@ fn worker_loop(inner: Arc<Inner>, me: usize) {
             continue;
         };
         let started = Instant::now();
+        inner.train_quant_when_ready();
         {
             let _g = inner.gate.read();
+            // Ranges change only under `gate` (write): one state for the batch.
+            let quant = inner.quant.read().clone();
+            let exact = Exact {
+                vectors: &inner.vectors,
+                dist: &inner.dist,
+            };
+            let coded = quant
+                .as_deref()
+                .map(|q| QuantSpace::new(q, &inner.vectors, &inner.dist));
             for slot in range.clone() {
                 // A stopping engine does not finish its batch (up to `batch_size` inserts,
                 // seconds in a debug build): the range stays unfinished, so the watermark
@@ -465,7 +524,17 @@ fn worker_loop(inner: Arc<Inner>, me: usize) {
                 }
                 let slot = slot as u32;
                 if inner.state.first(slot).load(Ordering::Acquire) == LIVE {
-                    inner.graph.insert(&inner.vectors, &inner.dist, slot);
+                    match &coded {
+                        // Codes before links: a slot reachable in the graph
+                        // always has its codes (a no-op if training coded it).
+                        Some(sp) => {
+                            sp.state
+                                .codes
+                                .write(slot, &sp.state.ranges, inner.vectors.get(slot));
+                            inner.graph.insert(sp, slot);
+                        }
+                        None => inner.graph.insert(&exact, slot),
+                    }
                 } else if inner
                     .state
                     .first(slot)

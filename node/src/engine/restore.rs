@@ -165,6 +165,13 @@ impl Engine {
         let g = &inner.graph;
         g.set_entry_point(entry.map(|e| (e, g.level(e))));
         *inner.applied.lock() = applied;
+        // int8 codes are not in snapshots: they are rebuilt here from the f32
+        // vectors (so the snapshot format is unchanged; storing them is left for
+        // the format bump shared with the policy issue). Before the queue
+        // restarts, so the tail is linked on codes like any later write.
+        if self.structural().quantization == Quantization::Int8 && len >= quant::TRAIN_MIN {
+            inner.install_quant(|s| inner.state.first(s).load(Ordering::Relaxed) == LIVE);
+        }
         inner.queue.reset(indexed, len);
         Ok(())
     }

@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// Per-query overrides of the runtime knobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SearchOpts {
+    pub ef: Option<usize>,
+    /// int8 only; at least 1 (0 is taken as 1).
+    pub rescore: Option<usize>,
+}
+
 impl Engine {
     /// Top-k live points nearest to `query`, optionally filtered by payload.
     pub fn search(
@@ -12,6 +20,20 @@ impl Engine {
         ef: Option<usize>,
         filter: &Filter,
     ) -> Result<Vec<Hit>, EngineError> {
+        self.search_with(query, k, SearchOpts { ef, rescore: None }, filter)
+    }
+
+    /// `search` with per-query knobs. With int8 codes, the graph is searched on
+    /// the codes for `rescore × k` candidates, which are re-ranked with their
+    /// f32 vectors; the distances returned are always exact.
+    pub fn search_with(
+        &self,
+        query: &[f32],
+        k: usize,
+        opts: SearchOpts,
+        filter: &Filter,
+    ) -> Result<Vec<Hit>, EngineError> {
+        let ef = opts.ef;
         let inner = &*self.inner;
         limits::check_query(
             inner.vectors.dim(),
@@ -23,7 +45,9 @@ impl Engine {
         )?;
         let mut q = query.to_vec();
         inner.dist.prepare(&mut q);
-        let ef = ef.unwrap_or_else(|| self.knobs().ef_search);
+        let knobs = self.knobs();
+        let ef = ef.unwrap_or(knobs.ef_search);
+        let rescore = opts.rescore.unwrap_or(knobs.rescore).max(1);
         // With no deleted or purged slot at the start of the search, every
         // reachable slot is live: skip the per-candidate state load. (A
         // delete racing with this search may or may not be seen either way.)
@@ -56,12 +80,29 @@ impl Engine {
         // Exact scan of the queued tail first; graph results dedupe against it.
         scan(&mut best, watermark as u32..len as u32);
         if watermark > 0 {
-            for s in inner
-                .graph
-                .search(&inner.vectors, &inner.dist, &q, k, ef, &accept)
-            {
-                if (s.id as usize) < watermark {
-                    push(&mut best, s);
+            let quant = inner.quant.read().clone();
+            match quant.as_deref() {
+                None => {
+                    let sp = Exact {
+                        vectors: &inner.vectors,
+                        dist: &inner.dist,
+                    };
+                    for s in inner.graph.search(&sp, &q.as_slice(), k, ef, &accept) {
+                        if (s.id as usize) < watermark {
+                            push(&mut best, s);
+                        }
+                    }
+                }
+                Some(state) => {
+                    let sp = QuantSpace::new(state, &inner.vectors, &inner.dist);
+                    let qq = sp.query(&q);
+                    let n = k.saturating_mul(rescore);
+                    for s in inner.graph.search(&sp, &qq, n, ef.max(n), &accept) {
+                        if (s.id as usize) < watermark {
+                            let dist = inner.dist.distance(&q, inner.vectors.get(s.id));
+                            push(&mut best, Scored { dist, id: s.id });
+                        }
+                    }
                 }
             }
         }

@@ -15,6 +15,7 @@ pub fn structural(dim: u32, metric: Metric) -> StructuralConfig {
         m: 16,
         ef_construction: 100,
         shards: 1,
+        quantization: Default::default(),
     }
 }
 
@@ -24,6 +25,7 @@ pub fn knobs() -> EngineKnobs {
         threads: 2,
         batch_size: 256,
         queue_capacity: 1_000_000,
+        rescore: 3,
     }
 }
 
