@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import grpc
 import pytest
@@ -123,12 +123,12 @@ def wait_for(what: str, cond, timeout: float = WAIT, nodes: tuple[Node, ...] = (
 class NodeSet:
     """One shard of ``replicas`` nodes (a standalone node when 1)."""
 
-    def __init__(self, replicas: int, dimension: int, metric: str) -> None:
+    def __init__(self, replicas: int, dimension: int, metric: str, args: Sequence[str] = ()) -> None:
         n = next(_sets)
         assert n < 255, "too many node sets in one test process"
         self.tmp = Path(tempfile.mkdtemp(prefix="kindex-py-"))
         ips = [f"127.{_octet}.{n}.{i + 1}" for i in range(replicas)]
-        common = ["--dimension", str(dimension), "--metric", metric]
+        common = ["--dimension", str(dimension), "--metric", metric, *args]
         if replicas > 1:
             peers = ",".join(f"{i}={ip}:7071" for i, ip in enumerate(ips))
             common += [

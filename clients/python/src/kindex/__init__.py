@@ -20,7 +20,9 @@ from .errors import (
     KindexError,
     NotFoundError,
     NotLeaderError,
+    PermissionDeniedError,
     ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from .types import (
@@ -56,12 +58,14 @@ __all__ = [
     "NO_RETRY",
     "NotFoundError",
     "NotLeaderError",
+    "PermissionDeniedError",
     "Point",
     "ResourceExhaustedError",
     "RetryPolicy",
     "ScoredPoint",
     "SearchResult",
     "ShardFailure",
+    "UnauthenticatedError",
     "UnavailableError",
     "WriteResult",
 ]

@@ -9,6 +9,12 @@ endpoint. A call is given up after ``attempts`` attempts or ``timeout``
 seconds, whichever comes first. Every call the client retries is idempotent
 (upserts and deletes by id, reads), so a write that was applied but whose
 answer was lost does no harm when sent again.
+
+Everything else is raised at once, in particular a refused API key
+(``UnauthenticatedError``: none, or one the node does not hold;
+``PermissionDeniedError``: a read-only key writing): another node or a later
+attempt would refuse it the same way (every node of an index holds the same
+keys), and hammering a node with a wrong key helps nobody.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import logging
 from dataclasses import dataclass
 from typing import Sequence
 
-from .errors import KindexError
+from .errors import KindexError, PermissionDeniedError, UnauthenticatedError
 from ._transport import grpc_target
 
 log = logging.getLogger("kindex")
@@ -40,6 +46,14 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
+
+#: Never retried, whatever ``retryable`` says (see the module docs).
+_KEY_REFUSED = (UnauthenticatedError, PermissionDeniedError)
+
+
+def retryable(err: KindexError) -> bool:
+    """Whether a call that failed with ``err`` may be tried again."""
+    return err.retryable and not isinstance(err, _KEY_REFUSED)
 
 
 def next_node(nodes: Sequence[str], current: int, err: KindexError) -> int:

@@ -15,6 +15,7 @@ import grpc.aio
 import httpx
 
 from . import errors, filters
+from ._auth import AUTHORIZATION, ApiKey
 from ._batch import Batch, encode_upsert, encode_upsert_json
 from .types import (
     Consistency,
@@ -62,6 +63,17 @@ def grpc_target(addr: str) -> str:
 
 def http_base(addr: str) -> str:
     return addr.rstrip("/") if "://" in addr else f"http://{addr.rstrip('/')}"
+
+
+def grpc_metadata(key: Optional[ApiKey]) -> Optional[tuple[tuple[str, str], ...]]:
+    """The metadata sent with every gRPC call: ``authorization: Bearer <key>``, or none."""
+    return ((AUTHORIZATION, key.authorization),) if key is not None else None
+
+
+def http_headers(key: Optional[ApiKey]) -> dict[str, str]:
+    """The headers sent with every HTTP request: ``Authorization: Bearer <key>``, or none.
+    (httpx shows ``Authorization`` as ``[secure]`` in reprs.)"""
+    return {"Authorization": key.authorization} if key is not None else {}
 
 
 # ---------------------------------------------------------------- gRPC mapping
@@ -194,9 +206,10 @@ def _info_out(r: Any) -> IndexInfo:
 
 
 class GrpcTransport:
-    def __init__(self, addr: str, timeout: float) -> None:
+    def __init__(self, addr: str, timeout: float, key: Optional[ApiKey] = None) -> None:
         self.node = grpc_target(addr)
         self.timeout = timeout
+        self._metadata = grpc_metadata(key)
         self.channel = grpc.insecure_channel(self.node, options=GRPC_OPTIONS)
         self.stub = pb_grpc.PointsStub(self.channel)  # type: ignore[no-untyped-call]
         # Upsert takes the bytes of encode_upsert (no message objects).
@@ -208,7 +221,7 @@ class GrpcTransport:
 
     def _call(self, fn: Any, req: Any) -> Any:
         try:
-            return fn(req, timeout=self.timeout)
+            return fn(req, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise grpc_error(e, self.node) from None
 
@@ -237,9 +250,10 @@ class GrpcTransport:
 class AsyncGrpcTransport:
     """Must be created inside the event loop that uses it (grpc.aio binds to it)."""
 
-    def __init__(self, addr: str, timeout: float) -> None:
+    def __init__(self, addr: str, timeout: float, key: Optional[ApiKey] = None) -> None:
         self.node = grpc_target(addr)
         self.timeout = timeout
+        self._metadata = grpc_metadata(key)
         self.channel = grpc.aio.insecure_channel(self.node, options=GRPC_OPTIONS)
         self.stub = pb_grpc.PointsStub(self.channel)  # type: ignore[no-untyped-call]
         self._upsert = self.channel.unary_unary(
@@ -250,7 +264,7 @@ class AsyncGrpcTransport:
 
     async def _call(self, fn: Any, req: Any) -> Any:
         try:
-            return await fn(req, timeout=self.timeout)
+            return await fn(req, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise grpc_error(e, self.node) from None
 
@@ -371,9 +385,9 @@ def _path(index: str, rest: str = "") -> str:
 
 
 class HttpTransport:
-    def __init__(self, addr: str, timeout: float) -> None:
+    def __init__(self, addr: str, timeout: float, key: Optional[ApiKey] = None) -> None:
         self.node = http_base(addr)
-        self.http = httpx.Client(base_url=self.node, timeout=timeout)
+        self.http = httpx.Client(base_url=self.node, timeout=timeout, headers=http_headers(key))
 
     def _req(self, method: str, path: str, **kw: Any) -> Any:
         try:
@@ -410,9 +424,9 @@ class HttpTransport:
 
 
 class AsyncHttpTransport:
-    def __init__(self, addr: str, timeout: float) -> None:
+    def __init__(self, addr: str, timeout: float, key: Optional[ApiKey] = None) -> None:
         self.node = http_base(addr)
-        self.http = httpx.AsyncClient(base_url=self.node, timeout=timeout)
+        self.http = httpx.AsyncClient(base_url=self.node, timeout=timeout, headers=http_headers(key))
 
     async def _req(self, method: str, path: str, **kw: Any) -> Any:
         try:

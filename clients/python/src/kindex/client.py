@@ -18,7 +18,8 @@ import numpy as np
 
 from . import errors
 from ._batch import Batch, batches
-from ._retry import RetryPolicy, log, next_node
+from ._auth import ApiKey, resolve as resolve_api_key
+from ._retry import RetryPolicy, log, next_node, retryable
 from ._transport import (
     AsyncGrpcTransport,
     AsyncHttpTransport,
@@ -108,9 +109,12 @@ class _Base:
         index: Optional[str],
         timeout: float,
         retry: RetryPolicy,
+        api_key: Optional[str],
     ) -> None:
         self.protocol = protocol
         self.nodes = _addrs(addrs, protocol)
+        # Sent on every call; kept out of reprs and logs (see _auth.py).
+        self._key: Optional[ApiKey] = resolve_api_key(api_key)
         self.index = index or ""
         self.timeout = timeout
         self.retry = retry
@@ -120,6 +124,13 @@ class _Base:
         #: Retries made so far (all calls).
         self.retries = 0
         self._info: Optional[IndexInfo] = None
+
+    def __repr__(self) -> str:
+        key = "<redacted>" if self._key is not None else None
+        return (
+            f"{type(self).__name__}({self.nodes!r}, protocol={self.protocol!r}, "
+            f"index={self.index!r}, api_key={key})"
+        )
 
     @property
     def token(self) -> ConsistencyToken:
@@ -152,7 +163,7 @@ class _Base:
     def _failed(self, cur: int, e: errors.KindexError, attempt: int, started: float) -> float:
         """After attempt ``attempt`` on node ``cur`` failed: the pause before the
         next one, having moved to the next node; raises when giving up."""
-        if not e.retryable:
+        if not retryable(e):
             raise e
         delay = self.retry.delay(attempt)
         if self.retry.give_up(attempt, time.monotonic() - started, delay):
@@ -172,6 +183,13 @@ class Client(_Base):
 
     >>> c = Client("127.0.0.1:7070")                       # gRPC (default)
     >>> c = Client("http://127.0.0.1:7080", protocol="http")
+    >>> c = Client("127.0.0.1:7070", api_key=key)          # a node with API keys on
+
+    ``api_key``: sent as ``authorization: Bearer <key>`` on every call. When
+    not given, ``KINDEX_API_KEY`` is used if set; ``api_key=""`` sends no key
+    even then. A key the node refuses raises
+    :class:`~kindex.errors.UnauthenticatedError`; a read-only key writing,
+    :class:`~kindex.errors.PermissionDeniedError` (neither is retried).
     """
 
     def __init__(
@@ -182,10 +200,11 @@ class Client(_Base):
         index: Optional[str] = None,
         timeout: float = 30.0,
         retry: RetryPolicy = RetryPolicy(),
+        api_key: Optional[str] = None,
     ) -> None:
-        super().__init__(addrs, protocol, index, timeout, retry)
+        super().__init__(addrs, protocol, index, timeout, retry, api_key)
         cls = GrpcTransport if protocol == "grpc" else HttpTransport
-        self._t: list[Any] = [cls(a, timeout) for a in self.nodes]
+        self._t: list[Any] = [cls(a, timeout, self._key) for a in self.nodes]
 
     def __enter__(self) -> "Client":
         return self
@@ -367,7 +386,7 @@ class Client(_Base):
 
 
 class AsyncClient(_Base):
-    """asyncio client; the same methods as :class:`Client`, awaited.
+    """asyncio client; the same methods (and ``api_key``) as :class:`Client`, awaited.
 
     Connections belong to the event loop that first uses them; a client used
     from another loop later (as pytest-asyncio does per test) opens new ones.
@@ -381,8 +400,9 @@ class AsyncClient(_Base):
         index: Optional[str] = None,
         timeout: float = 30.0,
         retry: RetryPolicy = RetryPolicy(),
+        api_key: Optional[str] = None,
     ) -> None:
-        super().__init__(addrs, protocol, index, timeout, retry)
+        super().__init__(addrs, protocol, index, timeout, retry, api_key)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._t: list[Any] = []
 
@@ -390,7 +410,7 @@ class AsyncClient(_Base):
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             cls = AsyncGrpcTransport if self.protocol == "grpc" else AsyncHttpTransport
-            self._t = [cls(a, self.timeout) for a in self.nodes]
+            self._t = [cls(a, self.timeout, self._key) for a in self.nodes]
             self._loop = loop
         return self._t
 

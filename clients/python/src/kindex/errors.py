@@ -81,6 +81,26 @@ class FailedPreconditionError(KindexError):
     pass
 
 
+class UnauthenticatedError(KindexError):
+    """The node requires an API key and the call carried none, or one the node
+    does not hold (gRPC ``UNAUTHENTICATED``, HTTP 401). Give the key with
+    ``api_key=`` or ``KINDEX_API_KEY``. Not retried: the same call would get
+    the same answer."""
+
+    retryable = False
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} (pass the node's API key as api_key= or in KINDEX_API_KEY)"
+
+
+class PermissionDeniedError(KindexError):
+    """The key is valid but may not do this: a read-only key writing (upsert,
+    delete) (gRPC ``PERMISSION_DENIED``, HTTP 403). Nothing was changed. Not
+    retried."""
+
+    retryable = False
+
+
 class InternalError(KindexError):
     pass
 
@@ -116,6 +136,8 @@ _BY_CODE: dict[str, type[KindexError]] = {
     "resource_exhausted": ResourceExhaustedError,
     "failed_precondition": FailedPreconditionError,
     "internal": InternalError,
+    "unauthenticated": UnauthenticatedError,
+    "permission_denied": PermissionDeniedError,
 }
 
 
@@ -138,6 +160,8 @@ def from_code(
 # HTTP status -> code, for bodies that are not the node's JSON error (a proxy's 502).
 _HTTP_STATUS: dict[int, str] = {
     400: "invalid_argument",
+    401: "unauthenticated",
+    403: "permission_denied",
     404: "not_found",
     409: "already_exists",
     502: "unavailable",

@@ -51,6 +51,11 @@ class KindexVectorStore(VectorStore):
     >>> store = KindexVectorStore(embeddings, addrs="127.0.0.1:7070")
     >>> store.add_texts(["kindex is a vector index"], metadatas=[{"lang": "en"}])
     >>> store.similarity_search("vector index", k=1, filter={"lang": "en"})
+
+    ``api_key`` (default: ``KINDEX_API_KEY``, as for :class:`~kindex.Client`)
+    is used by the clients the store makes; ``client=`` / ``async_client=``
+    bring their own. An async client the store makes carries the sync
+    client's key.
     """
 
     def __init__(
@@ -65,16 +70,22 @@ class KindexVectorStore(VectorStore):
         text_key: str = "page_content",
         consistency: ConsistencyLike = None,
         batch_size: int = 256,
+        api_key: Optional[str] = None,
     ) -> None:
         self._embedding = embedding
-        self.client = client or Client(addrs, protocol=protocol, index=index)
-        self.async_client = async_client or AsyncClient(
-            self.client.nodes,
-            protocol=self.client.protocol,
-            index=self.client.index,
-            timeout=self.client.timeout,
-            retry=self.client.retry,
-        )
+        self.client = client or Client(addrs, protocol=protocol, index=index, api_key=api_key)
+        if async_client is None:
+            async_client = AsyncClient(
+                self.client.nodes,
+                protocol=self.client.protocol,
+                index=self.client.index,
+                timeout=self.client.timeout,
+                retry=self.client.retry,
+                api_key="",
+            )
+            # The sync client's key, however it was given (argument, environment, none).
+            async_client._key = self.client._key
+        self.async_client = async_client
         self.text_key = text_key
         self.consistency = consistency
         self.batch_size = batch_size
