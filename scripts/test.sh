@@ -37,6 +37,11 @@ if has unit || has cluster; then
   cargo build --workspace --bins --locked
   # Unit tests, property tests and the process-level cluster tests (real
   # kindex-node processes on 127.0.0.1) all run under nextest, in parallel.
+  # The release v0.1.0 of kindex-node, for the mixed-version tests (cached per tag; the first
+  # run on a machine builds it, about 10 minutes on 2 cores).
+  step "kindex-node v0.1.0 (mixed-version tests)"
+  KINDEX_NODE_V010_BIN="$(bash scripts/compat-node.sh v0.1.0)"
+  export KINDEX_NODE_V010_BIN
   step "cargo nextest (unit + cluster tiers)"
   cargo nextest run --workspace --locked --no-fail-fast --profile ci
   # No crate has doc tests (nextest does not run them); add

@@ -136,6 +136,84 @@ pub enum Command {
     Info,
     /// Take a snapshot now on each node (each --addr, or each pod).
     Snapshot,
+    /// Show and change the policies of each shard (quota; docs/policies.md).
+    Policy(PolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Every policy each node applied: newest version, content, counters, store checksum.
+    List,
+    /// One policy on each node.
+    Get { name: String },
+    /// The kept versions of a policy (the last 10) with their audit fields.
+    History { name: String },
+    /// Create or update a policy on every shard, e.g. --json '{"kind":"quota","maxVectors":1000}'.
+    Set {
+        name: String,
+        /// The policy as JSON.
+        #[arg(long, conflicts_with = "file")]
+        json: Option<String>,
+        /// A file holding the policy as JSON.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        change: PolicyChangeArgs,
+    },
+    /// Delete a policy on every shard (soft: `restore` brings a version back).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        change: PolicyChangeArgs,
+    },
+    /// Make a kept version's content the newest version, on every shard.
+    Restore {
+        name: String,
+        version: u64,
+        #[command(flatten)]
+        change: PolicyChangeArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PolicyChangeArgs {
+    /// Apply only if the policy's newest version is this one (0: it must not exist yet).
+    #[arg(long)]
+    pub expected_version: Option<u64>,
+    /// Recorded as who made the version (default: $USER).
+    #[arg(
+        long,
+        env = "USER",
+        hide_env_values = true,
+        default_value = "kindex-cli"
+    )]
+    pub actor: String,
+}
+
+impl PolicyChangeArgs {
+    pub fn request(
+        &self,
+        name: &str,
+        change: kindex_proto::PolicyChange,
+        policy_json: String,
+        restore_version: u64,
+    ) -> kindex_proto::PolicyWriteRequest {
+        kindex_proto::PolicyWriteRequest {
+            name: name.to_string(),
+            change: change as i32,
+            policy_json,
+            restore_version,
+            expected_version: self.expected_version,
+            actor: self.actor.clone(),
+            from_resource: false,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -294,7 +372,9 @@ fn dispatch(cli: Cli, flavor: Flavor) -> anyhow::Result<ExitCode> {
     rt.block_on(async {
         // `status` and `snapshot` are Admin RPCs: every pod, on its admin port.
         let (want, plane) = match cli.command {
-            Command::Status | Command::Snapshot => (k8s::Want::Every, k8s::Plane::Admin),
+            Command::Status | Command::Snapshot | Command::Policy(_) => {
+                (k8s::Want::Every, k8s::Plane::Admin)
+            }
             _ => (k8s::Want::Ready, k8s::Plane::Data),
         };
         let ctx = if cli.global.use_kube(flavor) {
@@ -312,6 +392,7 @@ fn dispatch(cli: Cli, flavor: Flavor) -> anyhow::Result<ExitCode> {
             Command::Count => commands::points::count(&ctx).await,
             Command::Info => commands::points::info(&ctx).await,
             Command::Snapshot => commands::snapshot::run(&ctx).await,
+            Command::Policy(a) => commands::policy::run(&ctx, &a).await,
         }
     })
 }

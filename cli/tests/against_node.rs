@@ -393,3 +393,90 @@ fn api_key_flag_and_env_reach_a_node_that_requires_keys() {
     let o = kindex(&["--addr", &addr, "status"]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// `kindex policy`: set a quota, see a write over it refused naming the policy, list,
+/// history, delete and restore, all against a real node.
+#[test]
+fn policy_commands_set_list_delete_restore_and_the_quota_refuses_the_cli_upsert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start_node(&tmp.path().join("data"));
+    let addr = node.grpc_addr();
+    let set = json(
+        &addr,
+        &[
+            "policy",
+            "set",
+            "cap",
+            "--json",
+            r#"{"kind":"quota","maxVectors":3}"#,
+            "--actor",
+            "ops",
+        ],
+    );
+    assert_eq!(set["changes"][0]["version"], 1, "{set}");
+
+    let jsonl = tmp.path().join("points.jsonl");
+    let lines: Vec<String> = (0..5)
+        .map(|i| format!(r#"{{"id": "p{i}", "vector": [{i}, 0, 0, 1]}}"#))
+        .collect();
+    std::fs::write(&jsonl, lines[..3].join("\n")).unwrap();
+    json(&addr, &["upsert", "--file", jsonl.to_str().unwrap()]);
+    std::fs::write(&jsonl, lines[3..].join("\n")).unwrap();
+    let o = kindex(&["--addr", &addr, "upsert", "--file", jsonl.to_str().unwrap()]);
+    let out = text(&o);
+    assert!(!o.status.success() && !out.contains("retrying"), "{out}");
+    assert!(
+        out.contains(r#"quota policy "cap""#) && out.contains("at most 3"),
+        "{out}"
+    );
+
+    let list = json(&addr, &["policy", "list"]);
+    let h = &list["nodes"][0]["store"]["policies"]["cap"];
+    assert_eq!(h["latest"], 1, "{list}");
+    // The refused write never reached the log (the leader's pre-check): the replicated
+    // counters saw only the allowed one.
+    assert_eq!(h["counters"]["allowed"], 1, "{list}");
+    let table = kindex(&["--addr", &addr, "policy", "list"]);
+    assert!(
+        text(&table).contains(r#"{"kind":"quota","maxVectors":3}"#),
+        "{}",
+        text(&table)
+    );
+
+    json(&addr, &["policy", "delete", "cap"]);
+    let restored = json(&addr, &["policy", "restore", "cap", "1"]);
+    assert_eq!(restored["changes"][0]["version"], 3, "{restored}");
+    let stale = kindex(&[
+        "--addr",
+        &addr,
+        "policy",
+        "set",
+        "cap",
+        "--json",
+        r#"{"kind":"quota","maxVectors":9}"#,
+        "--expected-version",
+        "2",
+    ]);
+    assert!(
+        !stale.status.success() && text(&stale).contains("expected version 2"),
+        "{}",
+        text(&stale)
+    );
+    let history = json(&addr, &["policy", "history", "cap"]);
+    let versions = history["nodes"][0]["store"]["policies"]["cap"]["versions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let ops: Vec<&str> = versions.iter().map(|v| v["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["put", "delete", "restore"], "{history}");
+    assert_eq!(versions[0]["actor"], "ops");
+    let table = kindex(&["--addr", &addr, "policy", "history", "cap"]);
+    assert!(text(&table).contains("(deleted)"), "{}", text(&table));
+    let missing = kindex(&["--addr", &addr, "policy", "get", "nope"]);
+    assert!(
+        !missing.status.success() && text(&missing).contains("no policy \"nope\""),
+        "{}",
+        text(&missing)
+    );
+    drop(node);
+}

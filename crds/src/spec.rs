@@ -185,7 +185,7 @@ pub struct VectorIndexSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
 
-    /// Retention and quota policies. Validated and stored, but not enforced yet: the nodes do not apply them (planned: replicated through Raft).
+    /// Retention and quota policies. Validated and stored, but not synced to the nodes yet: the operator does not apply them. Nodes enforce quota policies set through the Admin API (`kindex policy`, docs/policies.md); retention is not enforced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]

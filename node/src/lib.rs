@@ -10,6 +10,7 @@ pub mod engine;
 pub mod fsutil;
 pub mod metrics;
 pub mod node;
+pub mod policy;
 pub mod raft;
 pub mod server;
 pub mod snapshot;

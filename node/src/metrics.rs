@@ -92,6 +92,11 @@ pub struct Metrics {
     pub digest_checks: IntCounterVec,
     /// 1 once this replica found it applied something else than the leader (not ready then).
     pub diverged: IntGauge,
+    /// Writes this node refused before proposing them because a quota was reached (node-local).
+    pub policy_precheck_rejections: IntCounter,
+    /// The replicated counters of each policy (`evaluated`, `allowed`, `rejected`) and its
+    /// newest version (`version`), as applied by this replica.
+    policy_state: IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -177,8 +182,25 @@ impl Metrics {
             )
             .expect("valid counter"),
         );
+        let policy_state = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "kindex_policy",
+                    "Replicated policy counters (evaluated, allowed, rejected writes) and newest version, by policy",
+                ),
+                &["policy", "value"],
+            )
+            .expect("valid gauge vec"),
+        );
         Metrics {
             digest_checks,
+            policy_state,
+            policy_precheck_rejections: counter(
+                r,
+                "kindex_policy_precheck_rejections_total",
+                "Writes refused by this node before proposing them because a quota was reached",
+            ),
             diverged: gauge(
                 r,
                 "kindex_raft_diverged",
@@ -275,6 +297,25 @@ impl Metrics {
             requests,
             snapshot_duration,
             registry,
+        }
+    }
+
+    /// Sets the policy gauges from the store this replica applied.
+    pub fn set_policies(&self, store: &crate::policy::PolicyStore) {
+        self.policy_state.reset();
+        for (name, h) in &store.policies {
+            let c = &h.counters;
+            for (value, n) in [
+                ("evaluated", c.evaluated),
+                ("allowed", c.allowed),
+                ("rejected", c.rejected),
+                ("version", h.latest),
+                ("active", u64::from(h.active().is_some())),
+            ] {
+                self.policy_state
+                    .with_label_values(&[name.as_str(), value])
+                    .set(n as i64);
+            }
         }
     }
 

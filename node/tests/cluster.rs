@@ -379,7 +379,7 @@ async fn whole_cluster_restarts_from_disk_and_rejections_are_replicated() {
         .unwrap();
         let resp = lr.client_write(upsert(999)).await.unwrap();
         assert_eq!(
-            resp.data.rejected.as_deref(),
+            resp.data.rejected.as_ref().map(|r| r.message.as_str()),
             Some("quota: too many points")
         );
         let del = lr

@@ -10,7 +10,10 @@
 //!   is lost and the replicas converge;
 //! - a partitioned leader never acknowledges and rejoins;
 //! - a replica whose data dir was wiped rejoins by snapshot after snapshot + log purge;
-//! - a fourth node is added as a learner, promoted, leads, and is removed again (`membership`).
+//! - a fourth node is added as a learner, promoted, leads, and is removed again (`membership`);
+//! - a quota holds exactly under concurrent writers on every path, a quota change racing writes
+//!   is settled by log order, policy versions survive restarts and snapshot installs, policy
+//!   changes wait for a member of an older build (`policies`).
 //!
 //! The tests of this file run one at a time, also under nextest (each starts 3–4 processes).
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
@@ -21,6 +24,8 @@ use std::time::{Duration, Instant};
 
 #[path = "cluster_process/membership.rs"]
 mod membership;
+#[path = "cluster_process/policies.rs"]
+mod policies;
 mod procs;
 #[path = "cluster_process/replication.rs"]
 mod replication;

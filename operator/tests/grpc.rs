@@ -92,6 +92,18 @@ impl Admin for FakeAdmin {
     ) -> Result<Response<SnapshotResponse>, Status> {
         Err(Status::unimplemented("not used by the operator"))
     }
+    async fn change_policy(
+        &self,
+        _: Request<kindex_proto::PolicyWriteRequest>,
+    ) -> Result<Response<kindex_proto::PolicyWriteResponse>, Status> {
+        Err(Status::unimplemented("not used by the operator yet"))
+    }
+    async fn list_policies(
+        &self,
+        _: Request<kindex_proto::ListPoliciesRequest>,
+    ) -> Result<Response<kindex_proto::ListPoliciesResponse>, Status> {
+        Err(Status::unimplemented("not used by the operator yet"))
+    }
 }
 
 /// Every pod is the one local server; Raft addresses stay symbolic.

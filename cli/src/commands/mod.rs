@@ -3,6 +3,7 @@
 
 pub mod inspect;
 pub mod points;
+pub mod policy;
 pub mod search;
 pub mod snapshot;
 pub mod status;
@@ -294,6 +295,13 @@ pub fn code_name(c: tonic::Code) -> &'static str {
 pub fn is_transient(s: &tonic::Status) -> bool {
     use tonic::Code::*;
     match s.code() {
+        // A quota policy: the same answer until someone deletes points or raises it.
+        ResourceExhausted
+            if s.metadata()
+                .contains_key(kindex_node::node::QUOTA_EXCEEDED_HEADER) =>
+        {
+            false
+        }
         Unavailable | DeadlineExceeded | Aborted | ResourceExhausted | Cancelled => true,
         FailedPrecondition => s
             .metadata()
@@ -359,6 +367,12 @@ mod tests {
         assert!(is_transient(&tonic::Status::resource_exhausted(
             "queue full"
         )));
+        let mut quota = tonic::Status::resource_exhausted("quota policy \"cap\"");
+        quota.metadata_mut().insert(
+            kindex_node::node::QUOTA_EXCEEDED_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        assert!(!is_transient(&quota));
         assert!(!is_transient(&tonic::Status::invalid_argument(
             "wrong dimension"
         )));

@@ -168,6 +168,11 @@ def test_grpc_errors_map_to_classes() -> None:
         (grpc.StatusCode.INTERNAL, kindex.InternalError),
     ]:
         assert type(grpc_error(FakeRpcError(code, "m", []), "n")) is cls  # type: ignore[arg-type]
+    quota = grpc_error(
+        FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, 'quota policy "cap"', [("kindex-quota-exceeded", "1")]),  # type: ignore[arg-type]
+        "n",
+    )
+    assert type(quota) is kindex.QuotaExceededError and not quota.retryable
     broken = grpc_error(FakeRpcError(grpc.StatusCode.UNKNOWN, "transport error", []), "n")  # type: ignore[arg-type]
     assert isinstance(broken, kindex.UnavailableError)
 
@@ -179,6 +184,9 @@ def test_http_errors_map_to_classes() -> None:
     assert isinstance(errors.from_http(503, {"error": {"code": "unavailable", "message": "x"}}), kindex.UnavailableError)
     assert isinstance(errors.from_http(502, "bad gateway"), kindex.UnavailableError)
     assert isinstance(errors.from_http(507, None), kindex.ResourceExhaustedError)
+    quota = errors.from_http(429, {"error": {"code": "quota_exceeded", "message": 'quota policy "cap"'}})
+    assert type(quota) is kindex.QuotaExceededError and not quota.retryable
+    assert type(errors.from_http(429, None)) is kindex.QuotaExceededError
     assert isinstance(errors.from_http(404, {"error": {"code": "not_found", "message": "x"}}), kindex.NotFoundError)
 
 

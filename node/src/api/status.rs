@@ -10,6 +10,7 @@ use crate::node::LEADER_ID_HEADER;
 use crate::node::Node;
 use crate::node::NodeError;
 use crate::node::QUORUM_LOST_HEADER;
+use crate::node::QUOTA_EXCEEDED_HEADER;
 
 /// Invalid input, as every API answers it.
 pub fn invalid(e: InputError) -> Status {
@@ -33,6 +34,16 @@ pub fn status_of(e: NodeError) -> Status {
             s
         }
         NodeError::Engine(EngineError::Full(_)) => Status::resource_exhausted(e.to_string()),
+        NodeError::QuotaExceeded(_) => {
+            let mut s = Status::resource_exhausted(e.to_string());
+            s.metadata_mut().insert(
+                QUOTA_EXCEEDED_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            s
+        }
+        NodeError::NotFound(_) => Status::not_found(e.to_string()),
+        NodeError::Conflict(_) => Status::aborted(e.to_string()),
         NodeError::NotLeader {
             leader_id: Some(id),
             ref leader_grpc,

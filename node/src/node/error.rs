@@ -33,6 +33,14 @@ pub enum NodeError {
     /// The state machine refused the command (same on every replica); nothing changed.
     #[error("write rejected: {0}")]
     Rejected(String),
+    /// A quota policy refused the write (at the leader's pre-check or when applied).
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A policy change with a stale `expectedVersion`, or to a policy of the other source.
+    #[error("{0}")]
+    Conflict(String),
     #[error("raft: {0}")]
     Raft(String),
     #[error("{0}")]
@@ -46,6 +54,18 @@ pub enum NodeError {
     /// The leader's answer to a request this node forwarded.
     #[error("{}", .0.message())]
     Forwarded(tonic::Status),
+}
+
+impl From<crate::raft::Refusal> for NodeError {
+    fn from(r: crate::raft::Refusal) -> NodeError {
+        use crate::raft::RefusalKind;
+        match r.kind {
+            RefusalKind::Invalid => NodeError::Rejected(r.message),
+            RefusalKind::Quota => NodeError::QuotaExceeded(r.message),
+            RefusalKind::NotFound => NodeError::NotFound(r.message),
+            RefusalKind::Conflict => NodeError::Conflict(r.message),
+        }
+    }
 }
 
 fn not_leader_message(id: Option<NodeId>, grpc: Option<&str>) -> String {

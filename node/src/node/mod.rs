@@ -21,6 +21,7 @@ mod data_dir;
 mod error;
 mod forward;
 mod open;
+mod policy;
 mod read;
 mod shutdown;
 mod tasks;
@@ -34,6 +35,8 @@ pub use self::forward::with_port;
 pub use self::open::Bootstrap;
 pub use self::open::NodeConfig;
 pub use self::open::RaftTuning;
+pub use self::policy::PolicyChange;
+pub use self::policy::PolicyWritten;
 pub use self::shutdown::role_name;
 pub use self::tasks::spawn_maintenance;
 pub use self::tasks::spawn_runtime_reload;
@@ -77,6 +80,9 @@ pub const FORWARDED_HEADER: &str = "kindex-forwarded";
 pub const LEADER_HEADER: &str = "kindex-leader";
 /// Response metadata on a write refused by a leader that has lost its quorum (value `1`).
 pub const QUORUM_LOST_HEADER: &str = "kindex-quorum-lost";
+/// Response metadata on a write a quota policy refused (value `1`): HTTP answers 429, not the
+/// 507 of a full shard.
+pub const QUOTA_EXCEEDED_HEADER: &str = "kindex-quota-exceeded";
 /// Response metadata on "not the leader" errors: the leader's node id.
 pub const LEADER_ID_HEADER: &str = "kindex-leader-id";
 
@@ -151,6 +157,8 @@ pub struct Node {
     state_machine: ShardStateMachine<EngineState>,
     /// What the divergence guard found (see [`crate::divergence`]).
     pub divergence: crate::divergence::Guard,
+    /// What each member last reported it supports, and when (see [`crate::policy`]).
+    member_features: Mutex<std::collections::HashMap<NodeId, (Vec<String>, std::time::Instant)>>,
     pub metrics: Arc<Metrics>,
 }
 

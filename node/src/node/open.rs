@@ -163,6 +163,7 @@ impl Node {
             channels: Arc::default(),
             state_machine,
             divergence: crate::divergence::Guard::default(),
+            member_features: Mutex::new(std::collections::HashMap::new()),
             metrics,
         });
         node.form_group(&cfg.bootstrap).await?;

@@ -45,6 +45,7 @@ impl Node {
 
     pub fn render_metrics(&self) -> String {
         let gauges = self.raft_gauges();
+        self.metrics.set_policies(&self.state.policies());
         self.metrics.render(&self.engine(), Some(&gauges))
     }
 

@@ -19,7 +19,7 @@ use super::*;
 impl Node {
     // ---------------------------------------------------------------- writes
 
-    fn check_writable(&self) -> Result<(), NodeError> {
+    pub(super) fn check_writable(&self) -> Result<(), NodeError> {
         if self.accepting_writes.load(Ordering::Acquire) {
             Ok(())
         } else {
@@ -59,7 +59,7 @@ impl Node {
 
     /// Propose one command on this node (which must lead); waits out an election in progress
     /// (bounded), returns NotLeader when another node leads.
-    async fn propose(&self, cmd: &Command) -> Result<CommandResult, NodeError> {
+    pub(super) async fn propose(&self, cmd: &Command) -> Result<CommandResult, NodeError> {
         self.check_quorum()?;
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
@@ -73,7 +73,7 @@ impl Node {
             match res {
                 Ok(resp) => {
                     return match resp.data.rejected {
-                        Some(reason) => Err(NodeError::Rejected(reason)),
+                        Some(refusal) => Err(refusal.into()),
                         None => Ok(resp.data),
                     };
                 }
@@ -123,7 +123,20 @@ impl Node {
             let cmd = Command::Upsert {
                 points: chunk.clone(),
             };
-            match self.propose(&cmd).await {
+            // The fast error of a quota, on the leader (a follower's view may be behind; apply
+            // decides either way).
+            let prechecked = match self.is_leader() {
+                true => self.state.check_quota(chunk).map_err(|e| {
+                    self.metrics.policy_precheck_rejections.inc();
+                    NodeError::QuotaExceeded(e.to_string())
+                }),
+                false => Ok(()),
+            };
+            let proposed = match prechecked {
+                Ok(()) => self.propose(&cmd).await,
+                Err(e) => Err(e),
+            };
+            match proposed {
                 Ok(r) => {
                     out.affected += r.affected;
                     out.applied_index = r.applied_index;

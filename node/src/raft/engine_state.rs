@@ -9,6 +9,9 @@
 //!   applies, written while later entries are applied. The Raft layer adds its `RAFT_META`.
 //! - Installing a snapshot builds a new engine with `snapshot::load` and swaps it in; readers
 //!   holding the previous `Arc<Engine>` finish on it.
+//! - The shard's [`PolicyStore`] lives next to the engine: policy commands change it, quotas
+//!   are checked in it when an upsert is applied, and snapshots carry it (format 3; a snapshot
+//!   of a shard without policies stays format 2, readable by older builds).
 
 use std::collections::HashMap;
 use std::io;
@@ -23,6 +26,8 @@ use super::ApplyOutcome;
 use super::Command;
 use super::LogId;
 use super::PointRecord;
+use super::Refusal;
+use super::RefusalKind;
 use super::ShardState;
 use super::SnapshotWriter;
 use super::state_machine::refuse;
@@ -36,12 +41,18 @@ use crate::engine::PointInput;
 use crate::engine::filter::Payload;
 use crate::engine::limits;
 use crate::metrics::Metrics;
+use crate::policy::PolicyCommand;
+use crate::policy::PolicyRefusal;
+use crate::policy::PolicyStore;
+use crate::policy::QuotaExceeded;
 use crate::snapshot;
 use crate::snapshot::Capture;
 
 /// The engine of one shard replica, replaceable by a snapshot install.
 pub struct EngineState {
     engine: RwLock<Arc<Engine>>,
+    /// Replaced together with the engine by a snapshot install; locked after `engine` when both.
+    policies: Mutex<PolicyStore>,
     structural: StructuralConfig,
     /// Knobs for engines built later (snapshot installs).
     knobs: Mutex<EngineKnobs>,
@@ -61,6 +72,7 @@ impl EngineState {
         let engine = Engine::new(structural.clone(), knobs);
         Self {
             engine: RwLock::new(Arc::new(engine)),
+            policies: Mutex::new(PolicyStore::default()),
             structural,
             knobs: Mutex::new(knobs),
             metrics,
@@ -76,6 +88,22 @@ impl EngineState {
 
     pub fn structural(&self) -> &StructuralConfig {
         &self.structural
+    }
+
+    /// A copy of the policy store as applied so far.
+    pub fn policies(&self) -> PolicyStore {
+        self.policies.lock().clone()
+    }
+
+    /// The leader's pre-check of an upsert against the quotas in force (the fast error; apply
+    /// decides). `Ok` when no quota is set.
+    pub fn check_quota(&self, records: &[PointRecord]) -> Result<(), QuotaExceeded> {
+        let policies = self.policies.lock();
+        if !policies.has_quota() {
+            return Ok(());
+        }
+        let engine = self.engine();
+        policies.check(engine.count(), new_points(&engine, records))
     }
 
     /// New runtime knobs, for the current engine and for engines built later.
@@ -144,6 +172,25 @@ impl EngineState {
     }
 }
 
+/// Distinct ids of `records` that the engine does not hold: what an upsert adds to the count.
+fn new_points(engine: &Engine, records: &[PointRecord]) -> u64 {
+    let mut ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter()
+        .filter(|id| engine.get(id).is_none())
+        .count() as u64
+}
+
+fn refusal_of(e: PolicyRefusal) -> Refusal {
+    let kind = match e {
+        PolicyRefusal::NotFound(_) => RefusalKind::NotFound,
+        PolicyRefusal::Conflict(_) => RefusalKind::Conflict,
+        PolicyRefusal::Invalid(_) => RefusalKind::Invalid,
+    };
+    Refusal::new(kind, e.to_string())
+}
+
 fn applied_log(l: &LogId) -> AppliedLog {
     AppliedLog {
         term: l.leader_id.term,
@@ -157,10 +204,26 @@ fn outcome(r: Result<u64, EngineError>) -> io::Result<ApplyOutcome> {
         Ok(affected) => Ok(ApplyOutcome::Applied { affected }),
         // Deterministic refusals: every replica refuses the same entry the same way.
         Err(e @ (EngineError::Input(_) | EngineError::Full(_))) => {
-            Ok(ApplyOutcome::Rejected(e.to_string()))
+            Ok(ApplyOutcome::Rejected(Refusal::invalid(e.to_string())))
         }
         // Only while stopping: this replica cannot apply any more.
         Err(e @ EngineError::ShuttingDown) => Err(io::Error::other(e.to_string())),
+    }
+}
+
+impl EngineState {
+    /// The quota check of an upsert at apply time (counted in the policies' counters).
+    fn admit(
+        &self,
+        engine: &Engine,
+        records: &[PointRecord],
+        index: u64,
+    ) -> Result<(), QuotaExceeded> {
+        let mut policies = self.policies.lock();
+        if !policies.has_quota() {
+            return Ok(());
+        }
+        policies.admit(engine.count(), new_points(engine, records), index)
     }
 }
 
@@ -169,12 +232,25 @@ impl ShardState for EngineState {
         let engine = self.engine();
         let out = match cmd {
             Command::Upsert { points } => match self.inputs_of(points) {
-                Ok(inputs) => outcome(engine.upsert(&inputs))?,
-                Err(e) => ApplyOutcome::Rejected(e.to_string()),
+                Ok(inputs) => match self.admit(&engine, points, log_id.index) {
+                    Ok(()) => outcome(engine.upsert(&inputs))?,
+                    Err(e) => {
+                        ApplyOutcome::Rejected(Refusal::new(RefusalKind::Quota, e.to_string()))
+                    }
+                },
+                Err(e) => ApplyOutcome::Rejected(Refusal::invalid(e.to_string())),
             },
             Command::Delete { ids } => outcome(engine.delete(ids))?,
-            Command::Policy { .. } => {
-                ApplyOutcome::Rejected("policies are not supported by this node version".into())
+            Command::Policy { json } => {
+                // A command this build cannot read was proposed by a newer leader: stop rather
+                // than apply something else than the peers (the leader waits for every member
+                // to report support, so this is a bug or a downgrade).
+                let cmd = PolicyCommand::decode(json)
+                    .map_err(|e| io::Error::other(format!("log index {}: {e}", log_id.index)))?;
+                match self.policies.lock().apply(&cmd, log_id.index) {
+                    Ok(version) => ApplyOutcome::Applied { affected: version },
+                    Err(e) => ApplyOutcome::Rejected(refusal_of(e)),
+                }
             }
         };
         engine.set_applied(applied_log(log_id));
@@ -192,8 +268,12 @@ impl ShardState for EngineState {
             engine.set_applied(applied_log(l));
         }
         let capture = Capture::take(&engine);
+        // Between two applies, like the engine's capture: both are at the same log id.
+        let policies = self.policies.lock();
+        let policies = (!policies.is_empty()).then(|| policies.to_bytes());
         Ok(Box::new(EngineSnapshotWriter {
             capture,
+            policies,
             metrics: self.metrics.clone(),
         }))
     }
@@ -216,7 +296,19 @@ impl ShardState for EngineState {
             millis = loaded.duration.as_millis() as u64,
             "engine loaded from snapshot"
         );
-        let previous = std::mem::replace(&mut *self.engine.write(), Arc::new(loaded.engine));
+        let policies = match &loaded.policies {
+            Some(bytes) => PolicyStore::from_bytes(bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", dir.display()),
+                )
+            })?,
+            None => PolicyStore::default(),
+        };
+        let mut engine = self.engine.write();
+        let previous = std::mem::replace(&mut *engine, Arc::new(loaded.engine));
+        *self.policies.lock() = policies;
+        drop(engine);
         // Stops its indexing workers once the last reader lets go.
         drop(previous);
         Ok(())
@@ -225,6 +317,8 @@ impl ShardState for EngineState {
 
 struct EngineSnapshotWriter {
     capture: Capture,
+    /// The policy section, if the shard has policies.
+    policies: Option<Vec<u8>>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -233,7 +327,15 @@ impl SnapshotWriter for EngineSnapshotWriter {
         let started = Instant::now();
         let manifest = self
             .capture
-            .write_into(dir, snapshot::FORMAT_VERSION, &[])
+            .write_into(
+                dir,
+                match self.policies {
+                    Some(_) => snapshot::FORMAT_VERSION,
+                    None => snapshot::FORMAT_WITHOUT_POLICIES,
+                },
+                &[],
+                self.policies.as_deref(),
+            )
             .map_err(|e| io::Error::other(e.to_string()))?;
         if let Some(m) = &self.metrics {
             m.snapshot_duration.observe(started.elapsed().as_secs_f64());

@@ -137,10 +137,42 @@ impl fmt::Display for Command {
 pub struct CommandResult {
     /// Log index at which the command was applied (the client's "session" token).
     pub applied_index: u64,
-    /// Points inserted/replaced/deleted.
+    /// Points inserted/replaced/deleted; for a policy command, the policy's newest version.
     pub affected: u64,
     /// Set when the state deterministically refused the command (e.g. quota); nothing changed.
-    pub rejected: Option<String>,
+    pub rejected: Option<Refusal>,
+}
+
+/// Why the state machine refused a command: the same on every replica, nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalKind {
+    /// Input the state cannot store (it passed an older leader's validation).
+    Invalid,
+    /// A quota policy.
+    Quota,
+    /// A policy change that names nothing to change.
+    NotFound,
+    /// A policy change with a stale `expectedVersion`, or to a policy of the other source.
+    Conflict,
+}
+
+impl Refusal {
+    pub fn new(kind: RefusalKind, message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Refusal {
+        Refusal::new(RefusalKind::Invalid, message)
+    }
 }
 
 /// A stable wire/log representation size estimate for a command, used by the log cache and to

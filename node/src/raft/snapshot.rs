@@ -167,7 +167,7 @@ pub fn save_engine(
     let digest = ApplyDigest::restarted_at(meta.last_log_id.map_or(0, |l| l.index));
     let tmp = store.new_build_dir()?;
     let res = capture
-        .write_into(&tmp, format_version, &[])
+        .write_into(&tmp, format_version, &[], None)
         .map_err(|e| io::Error::other(e.to_string()))
         .and_then(|m| Ok((commit(store, &tmp, &meta, Some(&digest))?, m)));
     if res.is_err() {

@@ -48,7 +48,7 @@ pub enum ApplyOutcome {
     /// Applied; `affected` points were inserted, replaced or deleted.
     Applied { affected: u64 },
     /// Deterministically refused (e.g. over quota): nothing changed, the client gets the reason.
-    Rejected(String),
+    Rejected(super::Refusal),
 }
 
 /// The shard's state as the Raft layer sees it. Implemented by the engine.

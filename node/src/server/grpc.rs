@@ -42,6 +42,10 @@ use crate::coordinator::merge;
 use crate::node::FORWARDED_HEADER;
 use crate::node::LEADER_HEADER;
 use crate::node::Node;
+use crate::node::NodeError;
+use crate::node::PolicyChange;
+use crate::policy::PolicyOp;
+use crate::policy::Source;
 use crate::raft::LogId;
 use crate::raft::NodeId;
 
@@ -379,6 +383,18 @@ pub async fn status(node: &Node) -> pb::StatusResponse {
     }
 }
 
+/// This replica's policy store (Admin `ListPolicies`, HTTP `GET .../policies`).
+pub fn policies_of(node: &Node) -> pb::ListPoliciesResponse {
+    // Read the index first: the store is at least as new.
+    let applied_index = node.applied_index();
+    let store = node.policies();
+    pb::ListPoliciesResponse {
+        store_json: String::from_utf8(store.to_bytes()).unwrap_or_default(),
+        checksum: store.checksum(),
+        applied_index,
+    }
+}
+
 fn admin(message: String, l: Option<LogId>) -> Response<pb::AdminResponse> {
     Response::new(pb::AdminResponse {
         message,
@@ -476,6 +492,7 @@ impl pb::admin_server::Admin for AdminService {
         let req = request.into_inner();
         let index = req.digest.map_or(0, |d| d.index);
         let node = &self.node;
+        node.record_features(req.node_id, req.features);
         Ok(Response::new(pb::ApplyDigestResponse {
             node_id: node.node_id,
             is_leader: node.raft_metrics().current_leader == Some(node.node_id),
@@ -484,6 +501,74 @@ impl pb::admin_server::Admin for AdminService {
                 .map(crate::divergence::digest_to_pb),
             current: Some(crate::divergence::digest_to_pb(node.apply_digest())),
         }))
+    }
+
+    /// A policy change, proposed by the shard leader (a follower forwards it there once).
+    async fn change_policy(
+        &self,
+        request: Request<pb::PolicyWriteRequest>,
+    ) -> Result<Response<pb::PolicyWriteResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let op = match pb::PolicyChange::try_from(req.change) {
+            Ok(pb::PolicyChange::Put) => PolicyOp::Put,
+            Ok(pb::PolicyChange::Delete) => PolicyOp::Delete,
+            Ok(pb::PolicyChange::Restore) => PolicyOp::Restore,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "change must be PUT, DELETE or RESTORE",
+                ));
+            }
+        };
+        let change = PolicyChange {
+            op,
+            name: req.name.clone(),
+            policy_json: req.policy_json.clone(),
+            restore: req.restore_version,
+            expected_version: req.expected_version,
+            actor: if req.actor.is_empty() {
+                "unknown".into()
+            } else {
+                req.actor.clone()
+            },
+            source: if req.from_resource {
+                Source::Resource
+            } else {
+                Source::Api
+            },
+        };
+        let name = req.name.clone();
+        match self.node.change_policy(change).await {
+            Ok(w) => Ok(Response::new(pb::PolicyWriteResponse {
+                name,
+                version: w.version,
+                applied_index: w.applied_index,
+            })),
+            Err(NodeError::NotLeader {
+                leader_id: Some(id),
+                ..
+            }) if !forwarded => {
+                let addr = self
+                    .node
+                    .leader()
+                    .filter(|l| l.id == id)
+                    .and_then(|l| l.admin)
+                    .ok_or_else(|| {
+                        Status::unavailable("the shard leader's address is unknown; retry")
+                    })?;
+                let mut client = self.node.admin_client(&addr).map_err(status_of)?;
+                let fwd = self.node.forwarded_request(req, Duration::from_secs(35));
+                client.change_policy(fwd).await
+            }
+            Err(e) => Err(status_of(e)),
+        }
+    }
+
+    async fn list_policies(
+        &self,
+        _: Request<pb::ListPoliciesRequest>,
+    ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
+        Ok(Response::new(policies_of(&self.node)))
     }
 
     /// Builds a snapshot covering everything applied so far (unless one exists) and waits for it.

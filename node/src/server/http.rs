@@ -29,7 +29,7 @@ use crate::auth::{self, Access, ApiKeys, AuthError};
 use crate::coordinator::Coordinator;
 use crate::engine::InputError;
 use crate::engine::filter::Filter;
-use crate::node::{Node, NodeError};
+use crate::node::{Node, NodeError, QUOTA_EXCEEDED_HEADER};
 
 /// The HTTP API; `keys`: require API keys on `/v1` (None: open, the default).
 pub fn router(coordinator: Arc<Coordinator>, keys: Option<Arc<ApiKeys>>) -> Router {
@@ -47,6 +47,7 @@ pub fn router(coordinator: Arc<Coordinator>, keys: Option<Arc<ApiKeys>>) -> Rout
         .route("/v1/indexes/{index}/points/delete", post(delete))
         .route("/v1/indexes/{index}/search", post(search))
         .route("/v1/indexes/{index}/count", get(count))
+        .route("/v1/indexes/{index}/policies", get(policies))
         .fallback(no_route)
         .layer(axum::middleware::from_fn_with_state(keys, require_key))
         // Bulk JSON batches are large (10k × 384 floats is ~40 MB of text).
@@ -203,7 +204,11 @@ impl From<tonic::Status> for ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
             Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            Code::ResourceExhausted if s.metadata().contains_key(QUOTA_EXCEEDED_HEADER) => {
+                (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+            }
             Code::ResourceExhausted => (StatusCode::INSUFFICIENT_STORAGE, "resource_exhausted"),
+            Code::Aborted => (StatusCode::CONFLICT, "conflict"),
             // From another node checking the caller's key (forwarding, fan-out).
             Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
@@ -569,6 +574,22 @@ async fn count(
         })
         .await?;
     Ok(Json(json!({"count": r.count})))
+}
+
+/// The policy store of the shard this node serves, as it applied it (changes go through the
+/// Admin API: `kindex policy`).
+async fn policies(
+    State(c): State<Arc<Coordinator>>,
+    Path(index): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let node = &c.local().node;
+    node.check_index(&index)?;
+    let r = super::grpc::policies_of(node);
+    let store: Value = serde_json::from_str(&r.store_json).unwrap_or(Value::Null);
+    Ok(Json(json!({
+        "shard": node.shard, "node": node.node_id, "appliedIndex": r.applied_index,
+        "checksum": format!("{:016x}", r.checksum), "store": store,
+    })))
 }
 
 async fn info(

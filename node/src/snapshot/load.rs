@@ -149,9 +149,24 @@ pub fn load(
             "content checksum of the loaded points does not match the manifest",
         ));
     }
+    let listed = manifest
+        .sections
+        .iter()
+        .any(|s| s.file == Kind::Policies.file_name());
+    let policies = match (listed, version >= 3) {
+        (true, true) => Some(read(Kind::Policies)?.payload().to_vec()),
+        (true, false) => {
+            return Err(invalid(
+                dir,
+                format!("format {version} cannot have a policy section"),
+            ));
+        }
+        (false, _) => None,
+    };
     Ok(Loaded {
         engine,
         manifest,
+        policies,
         raft_meta,
         dir: dir.to_path_buf(),
         duration: started.elapsed(),

@@ -25,9 +25,14 @@ use section::{Kind, SectionError};
 pub use load::load;
 pub use write::Capture;
 
+/// Format 3: format 2 and, when the shard has policies, a `Policies` section (listed in the
+/// manifest). Written only with policies, so older builds keep reading snapshots of shards
+/// without any (see [`FORMAT_WITHOUT_POLICIES`]).
 /// Format 2: per-slot state section (live / deleted / purged).
 /// Format 1: a deleted-slot bitset; migrated on load.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// The format a replica writes when its shard has no policies.
+pub const FORMAT_WITHOUT_POLICIES: u32 = 2;
 pub const OLDEST_READABLE: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +122,8 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, SnapshotError> {
 pub struct Loaded {
     pub engine: Engine,
     pub manifest: Manifest,
+    /// The `Policies` section's payload, if the snapshot has one.
+    pub policies: Option<Vec<u8>>,
     pub raft_meta: Vec<u8>,
     pub dir: PathBuf,
     pub duration: Duration,

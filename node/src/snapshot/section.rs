@@ -26,10 +26,12 @@ pub enum Kind {
     Raft = 7,
     /// Format 1 only: a bitset of deleted slots (replaced by `States`).
     TombstonesV1 = 8,
+    /// Format 3: the shard's policy store (JSON), when it has policies.
+    Policies = 9,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Manifest,
         Kind::Ids,
         Kind::Vectors,
@@ -38,6 +40,7 @@ impl Kind {
         Kind::Graph,
         Kind::Raft,
         Kind::TombstonesV1,
+        Kind::Policies,
     ];
 
     pub fn from_file_name(name: &str) -> Option<Kind> {
@@ -54,6 +57,7 @@ impl Kind {
             Kind::Graph => "graph.sect",
             Kind::Raft => "raft.sect",
             Kind::TombstonesV1 => "tombstones.sect",
+            Kind::Policies => "policies.sect",
         }
     }
 }

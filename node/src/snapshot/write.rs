@@ -116,7 +116,14 @@ impl Capture {
         dir: &Path,
         format_version: u32,
         raft_meta: &[u8],
+        policies: Option<&[u8]>,
     ) -> Result<Manifest, SnapshotError> {
+        if policies.is_some() && format_version < 3 {
+            return Err(SnapshotError::Invalid {
+                path: dir.to_path_buf(),
+                reason: format!("format {format_version} has no policy section (format 3 has)"),
+            });
+        }
         let inner = &*self.inner;
         let len = self.len;
         let mut w = Writer {
@@ -215,6 +222,9 @@ impl Capture {
             },
         );
 
+        if let Some(p) = policies {
+            w.section(Kind::Policies, |s| s.write(p))?;
+        }
         let count = |st: u8| self.states.iter().filter(|&&x| x == st).count() as u64;
         let manifest = Manifest {
             format_version,

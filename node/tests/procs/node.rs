@@ -36,6 +36,8 @@ pub struct Proc {
     pub args: Vec<String>,
     /// Changes to the inherited environment: `(name, Some(value))` sets, `(name, None)` removes.
     pub env: Vec<(String, Option<String>)>,
+    /// Another `kindex-node` build to run (mixed-version tests); None: this build's.
+    pub binary: Option<PathBuf>,
     child: Option<Child>,
     /// A standalone node's own temp dir (log, runtime config, default data dir), removed
     /// after the process (fields drop after `Drop::drop` killed it).
@@ -61,6 +63,7 @@ impl Proc {
             runtime: None,
             args: vec![],
             env: vec![],
+            binary: None,
             child: None,
             own: None,
         }
@@ -74,7 +77,7 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(node_binary());
+        let mut cmd = Command::new(self.binary.clone().unwrap_or_else(node_binary));
         cmd.args(&self.args);
         for (name, value) in &self.env {
             match value {

@@ -33,6 +33,8 @@ from .v1 import points_pb2_grpc as pb_grpc
 
 LEADER_HEADER = "kindex-leader"
 LEADER_ID_HEADER = "kindex-leader-id"
+# On a write a quota policy refused (docs/policies.md).
+QUOTA_EXCEEDED_HEADER = "kindex-quota-exceeded"
 #: Large enough for a batch of 10,000 vectors of a few thousand dimensions.
 MAX_MESSAGE = 256 << 20
 GRPC_OPTIONS = [
@@ -90,6 +92,8 @@ def grpc_error(e: grpc.RpcError, node: str) -> errors.KindexError:
                 md[k] = v if isinstance(v, str) else v.decode(errors="replace")
         except Exception:  # noqa: BLE001 - metadata is best effort (not all errors carry it)
             pass
+    if code == "resource_exhausted" and QUOTA_EXCEEDED_HEADER in md:
+        code = "quota_exceeded"
     if code in ("unknown", "internal") and "transport error" in details:
         # The connection broke mid-request (how tonic reports it): like unavailable.
         code = "unavailable"

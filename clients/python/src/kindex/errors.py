@@ -72,9 +72,19 @@ class DeadlineExceededError(KindexError):
 
 
 class ResourceExhaustedError(KindexError):
-    """Back-pressure (the indexing queue is full) or a quota. Retried with backoff."""
+    """Back-pressure: the indexing queue or the shard is full. Retried with backoff."""
 
     retryable = True
+
+
+class QuotaExceededError(ResourceExhaustedError):
+    """A quota policy refused the write (gRPC ``RESOURCE_EXHAUSTED`` with
+    ``kindex-quota-exceeded`` metadata, HTTP 429); the message names the policy,
+    its limit and the shard's usage (docs/policies.md). Nothing was written. Not
+    retried: the answer stays the same until points are deleted or the quota
+    raised."""
+
+    retryable = False
 
 
 class FailedPreconditionError(KindexError):
@@ -134,6 +144,7 @@ _BY_CODE: dict[str, type[KindexError]] = {
     "aborted": UnavailableError,
     "deadline_exceeded": DeadlineExceededError,
     "resource_exhausted": ResourceExhaustedError,
+    "quota_exceeded": QuotaExceededError,
     "failed_precondition": FailedPreconditionError,
     "internal": InternalError,
     "unauthenticated": UnauthenticatedError,
@@ -164,6 +175,7 @@ _HTTP_STATUS: dict[int, str] = {
     403: "permission_denied",
     404: "not_found",
     409: "already_exists",
+    429: "quota_exceeded",
     502: "unavailable",
     503: "unavailable",
     504: "deadline_exceeded",

@@ -70,7 +70,10 @@ impl ShardState for MemState {
                     .filter(|p| !d.points.contains_key(&p.id))
                     .count();
                 if d.max_points.is_some_and(|m| d.points.len() + new > m) {
-                    return Ok(ApplyOutcome::Rejected("quota: too many points".into()));
+                    return Ok(ApplyOutcome::Rejected(crate::raft::Refusal::new(
+                        crate::raft::RefusalKind::Quota,
+                        "quota: too many points",
+                    )));
                 }
                 for p in points {
                     d.points
@@ -93,7 +96,9 @@ impl ShardState for MemState {
                     max_points: Option<usize>,
                 }
                 let Ok(q) = serde_json::from_str::<Quota>(json) else {
-                    return Ok(ApplyOutcome::Rejected("malformed policy".into()));
+                    return Ok(ApplyOutcome::Rejected(crate::raft::Refusal::invalid(
+                        "malformed policy",
+                    )));
                 };
                 d.max_points = q.max_points;
                 Ok(ApplyOutcome::Applied { affected: 0 })

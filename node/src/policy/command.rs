@@ -1,0 +1,210 @@
+//! A policy change as it is written in the Raft log: JSON text in `Command::Policy`, so the
+//! log format (postcard) does not change with the policy kinds.
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// The policy command format this build writes and reads (the `v` field).
+pub const COMMAND_VERSION: u32 = 1;
+
+/// What a member reports to its leader when it applies policy commands of [`COMMAND_VERSION`].
+pub const FEATURE: &str = "policy-v1";
+
+/// Longest policy name (an RFC 1123 label, like the CRD's `spec.policies[].name`).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// The kinds of policy this build enforces. Internally tagged by `kind`, camelCase fields,
+/// unknown fields refused: a misspelt limit must not be silently ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum PolicyBody {
+    Quota(Quota),
+}
+
+/// A cap on the points a shard stores, checked when each upsert is applied (log order settles
+/// a write racing a quota change) and before it is proposed (a fast error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Quota {
+    /// Most live points in the shard. An upsert that would go above it is refused whole;
+    /// replacing existing points adds nothing and is always allowed.
+    pub max_vectors: u64,
+}
+
+/// Kinds described in docs/policies.md that this build does not enforce yet: refused with a
+/// clear error instead of being stored and ignored.
+const PLANNED_KINDS: [&str; 3] = ["retention", "schema", "searchDefaults"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PolicyOp {
+    Put,
+    Delete,
+    Restore,
+}
+
+/// Who made a version: the `VectorIndex` resource (through the operator) or the Admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Source {
+    Resource,
+    Api,
+}
+
+/// One policy change. Stamped by the leader that proposes it (`stamp_ms`, its wall clock):
+/// apply never reads a clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyCommand {
+    /// [`COMMAND_VERSION`] when written by this build.
+    pub v: u32,
+    pub op: PolicyOp,
+    pub name: String,
+    /// `Put`: the new content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyBody>,
+    /// `Restore`: the version whose content becomes the newest version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<u64>,
+    /// Compare-and-swap: the change applies only if the policy's newest version is this one
+    /// (0: the policy must not exist yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u64>,
+    pub source: Source,
+    pub actor: String,
+    pub stamp_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// Written by a newer build: this replica cannot apply it like its peers do.
+    #[error(
+        "policy command format {found} is newer than this build reads ({COMMAND_VERSION}); upgrade this replica"
+    )]
+    Newer { found: u32 },
+    #[error("policy command is not valid: {0}")]
+    Malformed(String),
+}
+
+impl PolicyCommand {
+    /// Reads a command from the log. Any error is fatal for the replica: the leader validated
+    /// the command with the same code, so only a build that differs from it fails here.
+    pub fn decode(json: &str) -> Result<PolicyCommand, CommandError> {
+        #[derive(Deserialize)]
+        struct Head {
+            v: u32,
+        }
+        let head: Head =
+            serde_json::from_str(json).map_err(|e| CommandError::Malformed(e.to_string()))?;
+        if head.v > COMMAND_VERSION {
+            return Err(CommandError::Newer { found: head.v });
+        }
+        serde_json::from_str(json).map_err(|e| CommandError::Malformed(e.to_string()))
+    }
+
+    pub fn encode(&self) -> String {
+        // A struct of strings, integers and enums always serializes.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Checks a policy name (RFC 1123 label, as the CRD requires).
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "policy name {name:?} is not valid: use 1-{MAX_NAME_LEN} lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// Parses and checks a policy given by a user (Admin API, CLI, operator), naming what is wrong.
+pub fn parse_policy(json: &str) -> Result<PolicyBody, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("policy is not valid JSON: {e}"))?;
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .ok_or("policy needs a \"kind\" (this build enforces: quota)")?;
+    if PLANNED_KINDS.contains(&kind) {
+        return Err(format!(
+            "policy kind {kind:?} is not enforced by this build yet (it enforces: quota); see docs/policies.md"
+        ));
+    }
+    let body: PolicyBody = serde_json::from_value(value).map_err(|e| {
+        format!(
+            "policy is not valid: {e} (a quota policy is {{\"kind\":\"quota\",\"maxVectors\":N}})"
+        )
+    })?;
+    match &body {
+        PolicyBody::Quota(q) if q.max_vectors == 0 => {
+            Err("quota maxVectors must be at least 1".into())
+        }
+        PolicyBody::Quota(_) => Ok(body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_names_what_is_wrong() {
+        assert!(parse_policy(r#"{"kind":"quota","maxVectors":250}"#).is_ok());
+        let e = parse_policy(r#"{"kind":"quota","maxVector":250}"#).unwrap_err();
+        assert!(e.contains("maxVector"), "{e}");
+        let e = parse_policy(r#"{"kind":"retention","maxAgeSeconds":60}"#).unwrap_err();
+        assert!(e.contains("not enforced"), "{e}");
+        let e = parse_policy(r#"{"kind":"quota","maxVectors":0}"#).unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
+        assert!(
+            parse_policy(r#"{"maxVectors":1}"#)
+                .unwrap_err()
+                .contains("kind")
+        );
+        assert!(parse_policy("[").is_err());
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert!(validate_name("per-shard-cap2").is_ok());
+        for bad in ["", "-a", "a-", "A", "a_b", &"x".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_newer_command_format_is_not_applied() {
+        let cmd = PolicyCommand {
+            v: COMMAND_VERSION,
+            op: PolicyOp::Put,
+            name: "q".into(),
+            policy: Some(PolicyBody::Quota(Quota { max_vectors: 3 })),
+            restore: None,
+            expected_version: None,
+            source: Source::Api,
+            actor: "t".into(),
+            stamp_ms: 5,
+        };
+        assert_eq!(PolicyCommand::decode(&cmd.encode()), Ok(cmd.clone()));
+        let newer = cmd.encode().replace("\"v\":1", "\"v\":2");
+        assert_eq!(
+            PolicyCommand::decode(&newer),
+            Err(CommandError::Newer { found: 2 })
+        );
+        // Same format, a kind this build does not know: a build older than the leader.
+        let unknown = cmd.encode().replace("\"quota\"", "\"retention\"");
+        assert!(matches!(
+            PolicyCommand::decode(&unknown),
+            Err(CommandError::Malformed(_))
+        ));
+    }
+}

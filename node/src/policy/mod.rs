@@ -1,0 +1,28 @@
+//! Policy state of a shard, replicated through Raft (issue 16; docs/policies.md).
+//!
+//! - [`command`]: what a policy change looks like in the log (`Command::Policy { json }`): a
+//!   versioned, leader-stamped [`PolicyCommand`], and the policy kinds this build enforces.
+//! - [`store`]: the [`PolicyStore`] kept next to the engine in every replica's state machine:
+//!   named policies, each with its last [`store::KEEP_VERSIONS`] versions (never reused; delete
+//!   is soft and restorable), audit fields, and counters. Applied deterministically: nothing in
+//!   here reads a clock (the leader's stamps are the only time) and it is carried in snapshots.
+//!
+//! Mixed versions: a replica reports [`FEATURE`] to its leader (Admin `ApplyDigest`, once a
+//! second); the leader proposes policy commands only once every member reported it, so a
+//! replica of an older build never meets one. A replica that meets a command of a newer
+//! format stops with an error instead of applying something else than its peers.
+
+pub mod command;
+pub mod store;
+
+pub use command::COMMAND_VERSION;
+pub use command::CommandError;
+pub use command::FEATURE;
+pub use command::PolicyBody;
+pub use command::PolicyCommand;
+pub use command::PolicyOp;
+pub use command::Quota;
+pub use command::Source;
+pub use store::PolicyRefusal;
+pub use store::PolicyStore;
+pub use store::QuotaExceeded;

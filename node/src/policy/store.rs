@@ -1,0 +1,262 @@
+//! The policy store of one shard replica: applied in log order, the same on every replica.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use super::command::PolicyBody;
+use super::command::PolicyCommand;
+use super::command::PolicyOp;
+use super::command::Quota;
+use super::command::Source;
+
+/// Versions kept per policy (older ones are dropped; their numbers are never reused).
+pub const KEEP_VERSIONS: usize = 10;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStore {
+    /// The shard's clock: the highest leader stamp applied (ms since the Unix epoch). Never goes
+    /// back, even when a leader with a slower clock takes over.
+    pub clock_ms: u64,
+    pub policies: BTreeMap<String, PolicyHistory>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyHistory {
+    /// The newest version's number (versions count from 1).
+    pub latest: u64,
+    /// The last [`KEEP_VERSIONS`] versions, oldest first.
+    pub versions: Vec<PolicyVersion>,
+    pub counters: Counters,
+}
+
+/// One version of a policy, with its audit fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyVersion {
+    pub version: u64,
+    pub op: PolicyOp,
+    /// The content; `None`: deleted (restorable while an older version is kept).
+    pub policy: Option<PolicyBody>,
+    /// `Restore`: the version whose content this is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<u64>,
+    pub source: Source,
+    pub actor: String,
+    /// The proposing leader's stamp.
+    pub stamp_ms: u64,
+    pub log_index: u64,
+}
+
+/// Replicated counters: every replica counts the same applies, and snapshots carry them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    /// Writes checked against the policy.
+    pub evaluated: u64,
+    pub allowed: u64,
+    pub rejected: u64,
+    /// Log index of the last write the policy refused (0: none).
+    pub last_fired_index: u64,
+}
+
+/// Why a policy command changed nothing (the same on every replica).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyRefusal {
+    #[error("{0}")]
+    NotFound(String),
+    /// `expectedVersion` did not match, or the policy belongs to the other source.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// An upsert a quota refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "quota policy {name:?} (version {version}) allows at most {limit} vectors in this shard; it holds {live} and the write adds {adds}"
+)]
+pub struct QuotaExceeded {
+    pub name: String,
+    pub version: u64,
+    pub limit: u64,
+    pub live: u64,
+    pub adds: u64,
+}
+
+impl PolicyHistory {
+    pub fn current(&self) -> Option<&PolicyVersion> {
+        self.versions.last()
+    }
+
+    /// The live content: the newest version unless it is a deletion.
+    pub fn active(&self) -> Option<&PolicyBody> {
+        self.current().and_then(|v| v.policy.as_ref())
+    }
+
+    fn push(&mut self, mut v: PolicyVersion) -> u64 {
+        self.latest += 1;
+        v.version = self.latest;
+        self.versions.push(v);
+        if self.versions.len() > KEEP_VERSIONS {
+            let drop = self.versions.len() - KEEP_VERSIONS;
+            self.versions.drain(..drop);
+        }
+        self.latest
+    }
+}
+
+impl PolicyStore {
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Applies one committed policy command at `log_index`: `Ok(version)` is the newest version
+    /// of the policy afterwards. Deterministic: no clock, no I/O.
+    pub fn apply(&mut self, cmd: &PolicyCommand, log_index: u64) -> Result<u64, PolicyRefusal> {
+        self.clock_ms = self.clock_ms.max(cmd.stamp_ms);
+        let name = &cmd.name;
+        let h = self.policies.get(name);
+        let latest = h.map_or(0, |h| h.latest);
+        if let Some(expected) = cmd.expected_version
+            && expected != latest
+        {
+            return Err(PolicyRefusal::Conflict(format!(
+                "policy {name:?}: expected version {expected}, but the newest is {latest}; read it again and retry"
+            )));
+        }
+        let current = h.and_then(PolicyHistory::current);
+        if let Some(cur) = current.filter(|c| c.policy.is_some() && c.source != cmd.source) {
+            return Err(PolicyRefusal::Conflict(match cur.source {
+                Source::Resource => format!(
+                    "policy {name:?} is managed by the VectorIndex resource (spec.policies); change it there"
+                ),
+                Source::Api => format!(
+                    "policy {name:?} was made through the Admin API; the VectorIndex resource cannot change it (delete it through the API first, or use another name)"
+                ),
+            }));
+        }
+        let active = current.and_then(|c| c.policy.clone());
+        let content = match cmd.op {
+            PolicyOp::Put => {
+                let Some(p) = cmd.policy.clone() else {
+                    return Err(PolicyRefusal::Invalid(format!(
+                        "policy {name:?}: put without a policy"
+                    )));
+                };
+                // Re-applying what is in force makes no version (an operator re-sync, a retry).
+                if active.as_ref() == Some(&p) {
+                    return Ok(latest);
+                }
+                Some((Some(p), None))
+            }
+            PolicyOp::Delete => {
+                if active.is_none() {
+                    return Err(PolicyRefusal::NotFound(format!(
+                        "no policy {name:?} to delete"
+                    )));
+                }
+                Some((None, None))
+            }
+            PolicyOp::Restore => {
+                let v = cmd.restore.unwrap_or(0);
+                let kept = h
+                    .and_then(|h| h.versions.iter().find(|x| x.version == v))
+                    .and_then(|x| x.policy.clone());
+                let Some(p) = kept else {
+                    return Err(PolicyRefusal::NotFound(format!(
+                        "policy {name:?} has no version {v} with content to restore (the last {KEEP_VERSIONS} versions are kept; a deletion has none)"
+                    )));
+                };
+                Some((Some(p), Some(v)))
+            }
+        };
+        let Some((policy, restored_from)) = content else {
+            return Ok(latest);
+        };
+        let version = PolicyVersion {
+            version: 0,
+            op: cmd.op,
+            policy,
+            restored_from,
+            source: cmd.source,
+            actor: cmd.actor.clone(),
+            stamp_ms: cmd.stamp_ms,
+            log_index,
+        };
+        Ok(self.policies.entry(name.clone()).or_default().push(version))
+    }
+
+    /// The quotas in force, by name.
+    fn quotas(&self) -> impl Iterator<Item = (&String, &PolicyHistory, &Quota)> {
+        // Becomes a filter once there are other kinds.
+        self.policies
+            .iter()
+            .filter_map(|(n, h)| h.active().map(|PolicyBody::Quota(q)| (n, h, q)))
+    }
+
+    pub fn has_quota(&self) -> bool {
+        self.quotas().next().is_some()
+    }
+
+    /// Whether a write that adds `adds` points to a shard holding `live` is within every quota
+    /// (the first one it breaks, by name). Pure: the leader's pre-check.
+    pub fn check(&self, live: u64, adds: u64) -> Result<(), QuotaExceeded> {
+        for (name, h, q) in self.quotas() {
+            if adds > 0 && live.saturating_add(adds) > q.max_vectors {
+                return Err(QuotaExceeded {
+                    name: name.clone(),
+                    version: h.latest,
+                    limit: q.max_vectors,
+                    live,
+                    adds,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::check`] at apply time, counting the outcome in every quota's counters.
+    pub fn admit(&mut self, live: u64, adds: u64, log_index: u64) -> Result<(), QuotaExceeded> {
+        let verdict = self.check(live, adds);
+        let refused_by = verdict.as_ref().err().map(|e| e.name.clone());
+        let names: Vec<String> = self.quotas().map(|(n, _, _)| n.clone()).collect();
+        for name in names {
+            let Some(h) = self.policies.get_mut(&name) else {
+                continue;
+            };
+            let c = &mut h.counters;
+            c.evaluated += 1;
+            if refused_by.as_deref() == Some(name.as_str()) {
+                c.rejected += 1;
+                c.last_fired_index = log_index;
+            } else if refused_by.is_none() {
+                c.allowed += 1;
+            }
+        }
+        verdict
+    }
+
+    /// A checksum of the whole store (policies, versions, audit fields, counters, clock), equal
+    /// on replicas that applied the same log.
+    pub fn checksum(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&self.to_bytes())
+    }
+
+    /// The snapshot section's payload (JSON: small, and readable with `kindex inspect`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Maps with string keys, integers and strings always serialize.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<PolicyStore, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("policy section is not valid: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests;
