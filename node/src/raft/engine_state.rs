@@ -213,6 +213,7 @@ fn outcome(r: Result<u64, EngineError>) -> io::Result<ApplyOutcome> {
 
 impl EngineState {
     /// The quota check of an upsert at apply time (counted in the policies' counters).
+    #[deny(clippy::disallowed_methods)]
     fn admit(
         &self,
         engine: &Engine,
@@ -228,6 +229,8 @@ impl EngineState {
 }
 
 impl ShardState for EngineState {
+    // Deterministic on every replica: no clock reads (clippy.toml).
+    #[deny(clippy::disallowed_methods)]
     fn apply(&self, log_id: &LogId, cmd: &Command) -> io::Result<ApplyOutcome> {
         let engine = self.engine();
         let out = match cmd {

@@ -3,6 +3,8 @@
 //! versions survive restarts and a snapshot install onto a wiped replica, and the leader holds
 //! policy changes back until every member reports it applies them (an older build does not).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::*;
@@ -576,6 +578,107 @@ async fn policy_changes_wait_for_a_replica_of_an_older_build() {
             assert_eq!(c.node(0, id).metric("kindex_raft_diverged"), Some(0.0), "node {id}");
         }
         eprintln!("mixed versions: writes served, policy refused until the upgrade; data checksum {sum:016x}");
+    })
+    .await;
+}
+
+/// kill -9 of the shard leader while policy changes flow (and points are written): every
+/// acknowledged version is on every replica with the content it was acknowledged with, and
+/// the replicas' stores are identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_leader_mid_policy_updates_loses_no_acknowledged_version() {
+    let _serial = serial().await;
+    let mut c = cluster(3, 3, &[]);
+    with_timeout(Duration::from_secs(240), async {
+        wait_answering(&c, &[0, 1, 2]).await;
+        initialize(&c, 0, &[0, 1, 2]).await;
+        let mut leader = wait_leader(&c, None).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<parking_lot::Mutex<Vec<(u64, u64)>>> = Arc::default();
+        let admins: Vec<String> = c.nodes.iter().map(Proc::admin_url).collect();
+        let updater = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                let (mut i, mut at, mut failed) = (0u64, 0usize, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let mut client = pb::admin_client::AdminClient::new(
+                        tonic::transport::Endpoint::from_shared(admins[at % 3].clone())
+                            .unwrap()
+                            .connect_timeout(Duration::from_millis(500))
+                            .connect_lazy(),
+                    );
+                    let mut req = tonic::Request::new(put("q", &quota(1000 + i)));
+                    req.set_timeout(Duration::from_secs(5));
+                    match client.change_policy(req).await {
+                        Ok(r) => {
+                            acked.lock().push((r.into_inner().version, 1000 + i));
+                            i += 1;
+                        }
+                        // Unknown outcome or refused: try the same content elsewhere (a
+                        // repeated put makes no version, so a retry cannot double it).
+                        Err(_) => {
+                            failed += 1;
+                            at += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                failed
+            })
+        };
+        let writer = spawn_writer(
+            c.nodes.iter().map(Proc::grpc_url).collect(),
+            stop.clone(),
+            Arc::default(),
+        );
+        for cycle in 0..3 {
+            let before = acked.lock().len();
+            wait_for("policy updates flowing", WAIT, || async {
+                (acked.lock().len() >= before + 10).then_some(())
+            })
+            .await;
+            c.kill(0, leader);
+            let next = wait_leader(&c, Some(leader)).await;
+            c.restart(0, leader);
+            eprintln!("cycle {cycle}: killed leader {leader}, new leader {next}");
+            leader = next;
+        }
+        let before = acked.lock().len();
+        wait_for("policy updates after the last kill", WAIT, || async {
+            (acked.lock().len() >= before + 10).then_some(())
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        let failed = updater.await.unwrap();
+        writer.await.unwrap();
+        wait_answering(&c, &[0, 1, 2]).await;
+        let leader = wait_leader(&c, None).await;
+        let w = upsert(c.node(0, leader), batch("end", 0, 1)).await.unwrap();
+        let store = policies_converge(&c, token_index(&w)).await;
+        let h = &store["policies"]["q"];
+        let kept: std::collections::HashMap<u64, u64> = h["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["version"].as_u64().unwrap(), v["policy"]["maxVectors"].as_u64().unwrap()))
+            .collect();
+        let acked = acked.lock().clone();
+        let newest = acked.iter().map(|a| a.0).max().unwrap();
+        assert!(h["latest"].as_u64().unwrap() >= newest, "{h}");
+        let mut checked = 0;
+        for (version, max) in &acked {
+            if let Some(kept_max) = kept.get(version) {
+                assert_eq!(kept_max, max, "version {version} was acknowledged with {max}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5, "{checked} acknowledged versions still kept");
+        // Acknowledged versions are increasing in the order they were acknowledged.
+        assert!(acked.windows(2).all(|w| w[0].0 < w[1].0), "{acked:?}");
+        eprintln!(
+            "{} policy versions acknowledged across 3 leader kills ({failed} attempts failed), newest {newest}; stores equal",
+            acked.len()
+        );
     })
     .await;
 }
