@@ -185,7 +185,7 @@ pub struct VectorIndexSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
 
-    /// Retention and quota policies. Validated and stored, but not synced to the nodes yet: the operator does not apply them. Nodes enforce quota policies set through the Admin API (`kindex policy`, docs/policies.md); retention is not enforced.
+    /// Retention and quota policies, synced by the operator into every shard's Raft state machine (condition PoliciesSynced; docs/policies.md). Enforced: quota maxVectors, index-wide, split over the shards. Not enforced yet (PoliciesSynced False, reason Unsupported): retention and quota maxPayloadBytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]

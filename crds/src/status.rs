@@ -17,6 +17,8 @@ pub mod condition_types {
     pub const CONFIG_DRIFT: &str = "ConfigDrift";
     /// Reconciliation is paused by the `kindex.dev/paused: "true"` annotation.
     pub const PAUSED: &str = "Paused";
+    /// Every shard applies the policies of `spec.policies` (docs/policies.md).
+    pub const POLICIES_SYNCED: &str = "PoliciesSynced";
 }
 
 /// Observed state of a `VectorIndex`.
@@ -26,8 +28,8 @@ pub struct VectorIndexStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
-    /// Standard conditions, one per type: Ready, Progressing, Degraded, ConfigDrift, and
-    /// Paused while the `kindex.dev/paused: "true"` annotation is set.
+    /// Standard conditions, one per type: Ready, Progressing, Degraded, ConfigDrift,
+    /// PoliciesSynced, and Paused while the `kindex.dev/paused: "true"` annotation is set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

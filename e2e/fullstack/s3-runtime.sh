@@ -18,3 +18,37 @@ s3_efsearch() {
 }
 
 check 3.1 "efSearch change reaches every node without a restart" s3_efsearch
+
+# spec.policies reaches every shard's Raft state machine (issue 16): the operator
+# sends the quota (split over the 2 shards) to each shard leader, PoliciesSynced
+# turns True, `kubectl kindex policy list` on every pod shows the version made by
+# the resource; a reconcile of the unchanged resource makes no new version;
+# removing the policy from the spec soft-deletes it.
+s3_policies() {
+  local t polj
+  t=$(now)
+  k -n "$NS1" patch vidx demo --type merge \
+    -p '{"spec":{"policies":[{"name":"cap","kind":"quota","maxVectors":200000}]}}' >/dev/null
+  waitfor 120 bash -c "[[ \$($KUBECTL --kubeconfig $KC -n $NS1 get vidx demo -o 'jsonpath={.status.conditions[?(@.type==\"PoliciesSynced\")].status}') == True ]]" ||
+    fail "PoliciesSynced not True: $(k -n "$NS1" get vidx demo -o 'jsonpath={.status.conditions[?(@.type=="PoliciesSynced")]}')"
+  echo "PoliciesSynced True $(since "$t")s after the change: $(k -n "$NS1" get vidx demo -o 'jsonpath={.status.conditions[?(@.type=="PoliciesSynced")].message}')"
+  polj="$RUN/policies.json"
+  # Followers apply the change shortly after the leader: poll until all 6 agree.
+  waitfor 60 bash -c "PATH=$RUN/bin:\$PATH $KUBECTL kindex policy list -n $NS1 --index demo -o json >$polj 2>$RUN/policies.err &&
+    python3 e2e/fullstack/py/policies_check.py $polj 6 cap 100000 1 >/dev/null" ||
+    fail "policy stores: $(cat "$RUN/policies.err"; python3 e2e/fullstack/py/policies_check.py "$polj" 6 cap 100000 1 2>&1 | tail -1)"
+  python3 e2e/fullstack/py/policies_check.py "$polj" 6 cap 100000 1
+  # An unchanged resource reconciled again (annotation bump) makes no version.
+  k -n "$NS1" annotate vidx demo kindex.dev/poke="$(date +%s)" --overwrite >/dev/null
+  sleep 5
+  PATH="$RUN/bin:$PATH" "$KUBECTL" kindex policy list -n "$NS1" --index demo -o json >"$polj"
+  python3 e2e/fullstack/py/policies_check.py "$polj" 6 cap 100000 1 >/dev/null ||
+    fail "a reconcile of the unchanged resource changed the stores: $(cat "$polj")"
+  k -n "$NS1" patch vidx demo --type merge -p '{"spec":{"policies":[]}}' >/dev/null
+  waitfor 60 bash -c "PATH=$RUN/bin:\$PATH $KUBECTL kindex policy list -n $NS1 --index demo -o json >$polj 2>$RUN/policies.err &&
+    python3 e2e/fullstack/py/policies_check.py $polj 6 cap deleted 2 >/dev/null" ||
+    fail "after removing the policy: $(cat "$RUN/policies.err"; python3 e2e/fullstack/py/policies_check.py "$polj" 6 cap deleted 2 2>&1 | tail -1)"
+  echo "removed from the spec: soft-deleted (version 2) on all 6 pods"
+}
+
+check 3.2 "spec.policies: PoliciesSynced, every pod's store has the resource's quota, no version on re-reconcile, removal soft-deletes" s3_policies

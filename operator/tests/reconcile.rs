@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{ApiServer, FakeNodes};
 use http::Method;
-use kindex_crds::{Metric, VectorIndex, VectorIndexSpec};
+use kindex_crds::{Metric, PolicyKind, PolicySpec, VectorIndex, VectorIndexSpec};
 use kindex_operator::controller::{Context, OperatorConfig};
 use kindex_operator::events::Events;
 use kindex_operator::metrics::Metrics;
@@ -593,4 +593,62 @@ async fn pausing_one_index_stops_its_reconciliation_until_resumed() {
     );
     assert_eq!(status["observedGeneration"], 2);
     assert!(events(&e.api).contains(&("Normal".into(), "Resumed".into())));
+}
+
+fn quota(name: &str, kind: PolicyKind, max_vectors: u64) -> PolicySpec {
+    PolicySpec {
+        name: name.into(),
+        kind,
+        max_age_seconds: None,
+        max_vectors: Some(max_vectors),
+        max_payload_bytes: None,
+    }
+}
+
+#[tokio::test]
+async fn spec_policies_go_to_the_shard_leader_and_are_reported_as_policies_synced() {
+    let mut vi = index(3);
+    vi.spec.policies = vec![quota("cap", PolicyKind::Quota, 100)];
+    let e = env(&vi);
+    seed_statefulset(&e.api, 3, "r1");
+    for o in 0..3 {
+        seed_pod(&e.api, o, "r1");
+        e.nodes.set(&format!("idx-s0-{o}"), Ok(member(o.into(), 3)));
+    }
+    reconcile(Arc::new(vi.clone()), e.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        e.nodes.actions(),
+        [r#"ChangePolicy idx-s0-0 1 cap {"kind":"quota","maxVectors":100} resource=true"#]
+    );
+    let synced = condition(&applied_status(&e.api), "PoliciesSynced");
+    assert_eq!(synced["status"], "True", "{synced}");
+    assert!(events(&e.api).contains(&("Normal".into(), "PolicyChanged".into())));
+
+    // A kind the nodes do not enforce yet is not sent, and the condition says so.
+    vi.spec
+        .policies
+        .push(quota("old", PolicyKind::Retention, 5));
+    let e = env(&vi);
+    seed_statefulset(&e.api, 3, "r1");
+    for o in 0..3 {
+        seed_pod(&e.api, o, "r1");
+        e.nodes.set(&format!("idx-s0-{o}"), Ok(member(o.into(), 3)));
+    }
+    reconcile(Arc::new(vi), e.ctx.clone()).await.unwrap();
+    assert_eq!(e.nodes.actions().len(), 1, "{:?}", e.nodes.actions());
+    let synced = condition(&applied_status(&e.api), "PoliciesSynced");
+    assert_eq!(
+        (&synced["status"], &synced["reason"]),
+        (&"False".into(), &"Unsupported".into()),
+        "{synced}"
+    );
+    assert!(
+        synced["message"]
+            .as_str()
+            .unwrap()
+            .contains("old: retention"),
+        "{synced}"
+    );
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use kindex_proto::admin_client::AdminClient;
 use kindex_proto::{
-    AddLearnerRequest, ChangeMembershipRequest, InitializeRequest, Member, StatusRequest,
+    AddLearnerRequest, ChangeMembershipRequest, InitializeRequest, ListPoliciesRequest,
+    ListPoliciesResponse, Member, PolicyWriteRequest, PolicyWriteResponse, StatusRequest,
     StatusResponse, TransferLeaderRequest,
 };
 
@@ -112,6 +113,17 @@ pub trait NodeClient: Send + Sync {
         pod: &'a PodRef,
         to: u64,
     ) -> BoxFuture<'a, Result<(), NodeError>>;
+    /// The shard's policy store as the node applied it.
+    fn list_policies<'a>(
+        &'a self,
+        pod: &'a PodRef,
+    ) -> BoxFuture<'a, Result<ListPoliciesResponse, NodeError>>;
+    /// A policy change (the node forwards it to its leader).
+    fn change_policy<'a>(
+        &'a self,
+        pod: &'a PodRef,
+        req: PolicyWriteRequest,
+    ) -> BoxFuture<'a, Result<PolicyWriteResponse, NodeError>>;
 }
 
 /// The real client: one short-lived connection per call (a handful of calls per
@@ -231,6 +243,30 @@ impl NodeClient for GrpcNodeClient {
                 .await
                 .map_err(rpc_err(ep))?;
             Ok(())
+        })
+    }
+    fn list_policies<'a>(
+        &'a self,
+        pod: &'a PodRef,
+    ) -> BoxFuture<'a, Result<ListPoliciesResponse, NodeError>> {
+        Box::pin(async move {
+            let (mut c, ep) = self.connect(pod).await?;
+            let r = c
+                .list_policies(ListPoliciesRequest {})
+                .await
+                .map_err(rpc_err(ep))?;
+            Ok(r.into_inner())
+        })
+    }
+    fn change_policy<'a>(
+        &'a self,
+        pod: &'a PodRef,
+        req: PolicyWriteRequest,
+    ) -> BoxFuture<'a, Result<PolicyWriteResponse, NodeError>> {
+        Box::pin(async move {
+            let (mut c, ep) = self.connect(pod).await?;
+            let r = c.change_policy(req).await.map_err(rpc_err(ep))?;
+            Ok(r.into_inner())
         })
     }
 }

@@ -12,7 +12,9 @@
 //! 5. **apply**: server-side apply (field manager `kindex-operator`, owner references);
 //! 6. **orphans**: delete owned objects that are no longer desired;
 //! 7. **act**: at most one membership or rollout step for the whole index;
-//! 8. **status**: server-side apply of the status subresource.
+//! 8. **policies**: `spec.policies` sent to every shard leader that does not apply them yet
+//!    (see [`crate::policies`]), reported as `PoliciesSynced`;
+//! 9. **status**: server-side apply of the status subresource.
 //!
 //! Each step fails with its own error type (see [`error`]), counted by step and variant.
 //!
@@ -24,6 +26,7 @@
 mod act;
 pub mod error;
 pub mod pause;
+mod policies;
 #[cfg(test)]
 mod tests;
 
@@ -166,7 +169,17 @@ async fn run(vi: &VectorIndex, ctx: &Context) -> Result<Requeue, ReconcileError>
         action: action.clone(),
         result: result.as_ref().map_err(ToString::to_string).copied(),
     });
-    let status = status::build(vi, &obs, &plans, step.as_ref(), &valid.structural_hash, now);
+    let synced = policies::sync(vi, ctx, &ns, &obs).await;
+    let mut status = status::build(vi, &obs, &plans, step.as_ref(), &valid.structural_hash, now);
+    status::set_condition(
+        vi,
+        &mut status,
+        policies::TYPE,
+        synced.status,
+        synced.reason,
+        synced.message,
+        now,
+    );
     transition_events(vi, ctx, &status).await;
     patch_status(ctx, vi, &ns, &status).await?;
 

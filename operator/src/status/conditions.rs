@@ -112,3 +112,18 @@ pub fn paused(vi: &VectorIndex, now: Timestamp) -> VectorIndexStatus {
     conditions.extend(merge_conditions(vi, vec![paused], now));
     VectorIndexStatus { conditions, ..prev }
 }
+
+/// Sets one condition of `status` (replacing one of its type), stamped like the others.
+pub fn set_condition(
+    vi: &VectorIndex,
+    status: &mut VectorIndexStatus,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) {
+    let c = merge_conditions(vi, vec![cond(type_, value, reason, message)], now);
+    status.conditions.retain(|c| c.type_ != type_);
+    status.conditions.extend(c);
+}

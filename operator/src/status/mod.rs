@@ -15,7 +15,7 @@ use crate::membership::{Action, Step};
 use crate::observe::{Observed, ShardObs, applied, voters};
 
 use conditions::{cond, merge_conditions};
-pub use conditions::{invalid, paused};
+pub use conditions::{invalid, paused, set_condition};
 
 /// What the reconciler decided for one shard.
 #[derive(Debug, Clone, PartialEq, Eq)]

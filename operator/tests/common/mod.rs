@@ -208,13 +208,14 @@ impl FakeNodes {
             .unwrap()
             .insert(pod.to_owned(), status.map_err(str::to_owned));
     }
-    /// Calls other than `Status`, e.g. `Initialize idx-s0-0 [0@addr, ...]`.
+    /// Calls that change something (not `Status`, `ListPolicies`), e.g.
+    /// `Initialize idx-s0-0 [0@addr, ...]`.
     pub fn actions(&self) -> Vec<String> {
         self.calls
             .lock()
             .unwrap()
             .iter()
-            .filter(|c| !c.starts_with("Status"))
+            .filter(|c| !c.starts_with("Status") && !c.starts_with("ListPolicies"))
             .cloned()
             .collect()
     }
@@ -286,5 +287,40 @@ impl NodeClient for FakeNodes {
     ) -> BoxFuture<'a, Result<(), NodeError>> {
         self.record(format!("TransferLeader {} to {to}", pod.pod_name()));
         Box::pin(async { Ok(()) })
+    }
+    /// An empty store: every shard applies no policy yet.
+    fn list_policies<'a>(
+        &'a self,
+        pod: &'a PodRef,
+    ) -> BoxFuture<'a, Result<kindex_proto::ListPoliciesResponse, NodeError>> {
+        self.record(format!("ListPolicies {}", pod.pod_name()));
+        Box::pin(async {
+            Ok(kindex_proto::ListPoliciesResponse {
+                store_json: r#"{"clockMs":0,"policies":{}}"#.into(),
+                checksum: 0,
+                applied_index: 0,
+            })
+        })
+    }
+    fn change_policy<'a>(
+        &'a self,
+        pod: &'a PodRef,
+        req: kindex_proto::PolicyWriteRequest,
+    ) -> BoxFuture<'a, Result<kindex_proto::PolicyWriteResponse, NodeError>> {
+        self.record(format!(
+            "ChangePolicy {} {} {} {} resource={}",
+            pod.pod_name(),
+            req.change,
+            req.name,
+            req.policy_json,
+            req.from_resource
+        ));
+        Box::pin(async move {
+            Ok(kindex_proto::PolicyWriteResponse {
+                name: req.name,
+                version: 1,
+                applied_index: 1,
+            })
+        })
     }
 }

@@ -1,0 +1,101 @@
+//! `spec.policies` → the policy store of every shard (issue 16, docs/policies.md).
+//!
+//! Pure: [`desired`] turns the spec into the policies each shard should apply (an index-wide
+//! `maxVectors` split over the shards), [`plan`] compares them with a shard's store (as its
+//! leader reports it, `ListPolicies`) and lists the changes. The reconciler sends them to the
+//! shard leader with `from_resource` set, so people cannot change these policies through the
+//! API, and the operator never touches policies made through the API. Content already in
+//! force makes no change: re-applying an unchanged resource or restarting the operator makes
+//! no new version.
+
+#[cfg(test)]
+mod tests;
+
+use kindex_crds::{PolicyKind, PolicySpec};
+use serde_json::{Value, json};
+
+/// A policy one shard should apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub name: String,
+    pub policy: Value,
+}
+
+/// A change to send to a shard leader.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Put { name: String, policy: Value },
+    Delete { name: String },
+}
+
+impl Change {
+    pub fn name(&self) -> &str {
+        match self {
+            Change::Put { name, .. } | Change::Delete { name } => name,
+        }
+    }
+}
+
+/// What each shard should apply, and the policies of the spec nodes cannot enforce yet (by
+/// name, with why): those are not sent, and `PoliciesSynced` says so.
+pub fn desired(spec: &[PolicySpec], shards: u32) -> (Vec<Desired>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut unsupported = Vec::new();
+    for p in spec {
+        match (p.kind, p.max_vectors, p.max_payload_bytes) {
+            (PolicyKind::Quota, Some(max), None) => out.push(Desired {
+                name: p.name.clone(),
+                // Index-wide: every shard gets its share, rounded up (docs/policies.md).
+                policy: json!({"kind": "quota", "maxVectors": max.div_ceil(u64::from(shards.max(1)))}),
+            }),
+            (PolicyKind::Quota, _, Some(_)) => unsupported.push(format!(
+                "{}: quota maxPayloadBytes is not enforced by the nodes yet",
+                p.name
+            )),
+            (PolicyKind::Quota, None, None) => {
+                unsupported.push(format!("{}: a quota needs maxVectors", p.name))
+            }
+            (PolicyKind::Retention, ..) => unsupported.push(format!(
+                "{}: retention policies are not enforced by the nodes yet",
+                p.name
+            )),
+        }
+    }
+    (out, unsupported)
+}
+
+/// The changes that make a shard's store (`ListPolicies`'s JSON) apply `desired`, or the
+/// names the resource cannot own because a policy of that name was made through the API.
+pub fn plan(desired: &[Desired], store: &Value) -> Result<Vec<Change>, Vec<String>> {
+    let policies = store["policies"].as_object();
+    let current =
+        |name: &str| -> Option<&Value> { policies?.get(name)?.get("versions")?.as_array()?.last() };
+    let mut changes = Vec::new();
+    let mut conflicts = Vec::new();
+    for d in desired {
+        match current(&d.name) {
+            Some(v) if !v["policy"].is_null() && v["source"] != "resource" => conflicts.push(format!(
+                "{}: a policy of this name was made through the Admin API; delete it there or rename the policy in spec.policies",
+                d.name
+            )),
+            Some(v) if v["policy"] == d.policy => {}
+            _ => changes.push(Change::Put {
+                name: d.name.clone(),
+                policy: d.policy.clone(),
+            }),
+        }
+    }
+    // Policies the resource made and no longer lists: soft-deleted (restorable).
+    for (name, _) in policies.into_iter().flatten() {
+        let Some(v) = current(name) else { continue };
+        let ours = v["source"] == "resource" && !v["policy"].is_null();
+        if ours && !desired.iter().any(|d| &d.name == name) {
+            changes.push(Change::Delete { name: name.clone() });
+        }
+    }
+    if conflicts.is_empty() {
+        Ok(changes)
+    } else {
+        Err(conflicts)
+    }
+}
