@@ -211,6 +211,27 @@ async fn keys_gate_grpc_and_http_and_leave_health_open() {
     .unwrap();
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("permission_denied"), "{body}");
+    // On a keep-alive connection a refusal says `Connection: close`: the refused body is not
+    // read, and a pooled client must not send its next request on that connection.
+    for key in ["Bearer wrong-key-0123456789", ro.as_str()] {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&node.http).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            conn,
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{upsert}",
+            upsert.len()
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.contains("connection: close"), "{head}");
+    }
     let (code, body) = http_with(
         &node.http,
         "POST",

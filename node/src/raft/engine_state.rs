@@ -98,11 +98,12 @@ impl EngineState {
     /// The leader's pre-check of an upsert against the quotas in force (the fast error; apply
     /// decides). `Ok` when no quota is set.
     pub fn check_quota(&self, records: &[PointRecord]) -> Result<(), QuotaExceeded> {
+        // The engine first: a snapshot install holds the engine lock while it takes this one.
+        let engine = self.engine();
         let policies = self.policies.lock();
         if !policies.has_quota() {
             return Ok(());
         }
-        let engine = self.engine();
         policies.check(engine.count(), new_points(&engine, records))
     }
 

@@ -106,6 +106,13 @@ fn auth_error(e: AuthError) -> Response {
             axum::http::HeaderValue::from_static("Bearer"),
         );
     }
+    // The refused request's body is never read, and the server may then drop the connection
+    // under the client's next request on it (seen as a spurious disconnect by pooled
+    // clients): tell the client not to reuse it.
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
     resp
 }
 
