@@ -37,7 +37,7 @@ if has unit || has cluster; then
   cargo build --workspace --bins --locked
   # Unit tests, property tests and the process-level cluster tests (real
   # kindex-node processes on 127.0.0.1) all run under nextest, in parallel.
-  # The release v0.1.0 of kindex-node, for the mixed-version tests (cached per tag; the first
+  # The release v0.1.0 of kindex-node, for the mixed-version tests (pinned in scripts/releases, cached; the first
   # run on a machine builds it, about 10 minutes on 2 cores).
   step "kindex-node v0.1.0 (mixed-version tests)"
   KINDEX_NODE_V010_BIN="$(bash scripts/compat-node.sh v0.1.0)"
