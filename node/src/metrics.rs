@@ -92,8 +92,11 @@ pub struct Metrics {
     pub digest_checks: IntCounterVec,
     /// 1 once this replica found it applied something else than the leader (not ready then).
     pub diverged: IntGauge,
-    /// Writes this node refused before proposing them because a quota was reached (node-local).
+    /// Writes this node refused before proposing them because a schema or quota policy
+    /// refuses them (node-local).
     pub policy_precheck_rejections: IntCounter,
+    /// Searches this node refused because of a searchDefaults policy (node-local).
+    pub policy_search_refusals: IntCounter,
     /// The replicated counters of each policy (`evaluated`, `allowed`, `rejected`) and its
     /// newest version (`version`), as applied by this replica.
     policy_state: IntGaugeVec,
@@ -199,7 +202,12 @@ impl Metrics {
             policy_precheck_rejections: counter(
                 r,
                 "kindex_policy_precheck_rejections_total",
-                "Writes refused by this node before proposing them because a quota was reached",
+                "Writes refused by this node before proposing them because a schema or quota policy refuses them",
+            ),
+            policy_search_refusals: counter(
+                r,
+                "kindex_policy_search_refusals_total",
+                "Searches this node refused because of a searchDefaults policy (k over its cap, a required filter field missing)",
             ),
             diverged: gauge(
                 r,

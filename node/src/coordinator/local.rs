@@ -213,13 +213,12 @@ impl LocalShard {
         let node = self.node.clone();
         tokio::task::spawn_blocking(move || {
             let filter = convert::filter_in(req.filter).map_err(invalid)?;
+            let k = req.k as usize;
+            let (ef, filter) = node
+                .search_under_policies(k, req.ef_search.map(|e| e as usize), filter)
+                .map_err(status_of)?;
             let (hits, engine) = node
-                .search(
-                    &req.vector,
-                    req.k as usize,
-                    req.ef_search.map(|e| e as usize),
-                    &filter,
-                )
+                .search(&req.vector, k, ef, &filter)
                 .map_err(status_of)?;
             Ok(pb::SearchResponse {
                 hits: hits

@@ -6,6 +6,7 @@ use std::time::Instant;
 use std::time::SystemTime;
 use std::time::UNIX_EPOCH;
 
+use crate::engine::filter::Filter;
 use crate::policy;
 use crate::policy::PolicyCommand;
 use crate::policy::PolicyOp;
@@ -126,6 +127,26 @@ impl Node {
         Ok(PolicyWritten {
             version: r.affected,
             applied_index: r.applied_index,
+        })
+    }
+
+    /// What a search runs with here under the searchDefaults policies this replica applied:
+    /// `ef` capped, the mandatory filter added; refused (and counted) over a cap or without a
+    /// required filter field.
+    pub fn search_under_policies(
+        &self,
+        k: usize,
+        ef: Option<usize>,
+        filter: Filter,
+    ) -> Result<(Option<usize>, Filter), NodeError> {
+        let rules = self.state.search_rules();
+        if rules.is_empty() {
+            return Ok((ef, filter));
+        }
+        let default_ef = self.engine().knobs().ef_search;
+        rules.apply(k, ef, default_ef, filter).map_err(|e| {
+            self.metrics.policy_search_refusals.inc();
+            NodeError::InvalidArgument(e.to_string())
         })
     }
 

@@ -9,6 +9,7 @@ use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
 
 use crate::api::validate::ValidPoint;
+use crate::policy::WriteRefused;
 use crate::raft::Command;
 use crate::raft::CommandResult;
 use crate::raft::EngineState;
@@ -123,12 +124,15 @@ impl Node {
             let cmd = Command::Upsert {
                 points: chunk.clone(),
             };
-            // The fast error of a quota, on the leader (a follower's view may be behind; apply
-            // decides either way).
+            // The fast error of a schema or quota, on the leader (a follower's view may be
+            // behind; apply decides either way).
             let prechecked = match self.is_leader() {
-                true => self.state.check_quota(chunk).map_err(|e| {
+                true => self.state.check_write(chunk).map_err(|e| {
                     self.metrics.policy_precheck_rejections.inc();
-                    NodeError::QuotaExceeded(e.to_string())
+                    match e {
+                        WriteRefused::Quota(_) => NodeError::QuotaExceeded(e.to_string()),
+                        WriteRefused::Schema(_) => NodeError::Rejected(e.to_string()),
+                    }
                 }),
                 false => Ok(()),
             };

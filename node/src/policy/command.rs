@@ -4,6 +4,9 @@
 use serde::Deserialize;
 use serde::Serialize;
 
+use super::schema::Schema;
+use super::search::SearchDefaults;
+
 /// The policy command format this build writes and reads (the `v` field).
 pub const COMMAND_VERSION: u32 = 1;
 
@@ -19,6 +22,8 @@ pub const MAX_NAME_LEN: usize = 63;
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum PolicyBody {
     Quota(Quota),
+    Schema(Schema),
+    SearchDefaults(SearchDefaults),
 }
 
 /// A cap on the points a shard stores, checked when each upsert is applied (log order settles
@@ -33,7 +38,10 @@ pub struct Quota {
 
 /// Kinds described in docs/policies.md that this build does not enforce yet: refused with a
 /// clear error instead of being stored and ignored.
-const PLANNED_KINDS: [&str; 3] = ["retention", "schema", "searchDefaults"];
+const PLANNED_KINDS: [&str; 1] = ["retention"];
+
+/// What `parse_policy` names when a policy is not valid.
+const KINDS_HINT: &str = "this build enforces: quota, schema, searchDefaults";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -133,23 +141,23 @@ pub fn parse_policy(json: &str) -> Result<PolicyBody, String> {
     let kind = value
         .get("kind")
         .and_then(|k| k.as_str())
-        .ok_or("policy needs a \"kind\" (this build enforces: quota)")?;
+        .ok_or_else(|| format!("policy needs a \"kind\" ({KINDS_HINT})"))?;
     if PLANNED_KINDS.contains(&kind) {
         return Err(format!(
-            "policy kind {kind:?} is not enforced by this build yet (it enforces: quota); see docs/policies.md"
+            "policy kind {kind:?} is not enforced by this build yet ({KINDS_HINT}); see docs/policies.md"
         ));
     }
-    let body: PolicyBody = serde_json::from_value(value).map_err(|e| {
-        format!(
-            "policy is not valid: {e} (a quota policy is {{\"kind\":\"quota\",\"maxVectors\":N}})"
-        )
-    })?;
+    let body: PolicyBody = serde_json::from_value(value)
+        .map_err(|e| format!("policy is not valid: {e} ({KINDS_HINT}; see docs/policies.md)"))?;
     match &body {
         PolicyBody::Quota(q) if q.max_vectors == 0 => {
             Err("quota maxVectors must be at least 1".into())
         }
-        PolicyBody::Quota(_) => Ok(body),
-    }
+        PolicyBody::Quota(_) => Ok(()),
+        PolicyBody::Schema(s) => s.validate(),
+        PolicyBody::SearchDefaults(d) => d.validate(),
+    }?;
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -163,6 +171,20 @@ mod tests {
         assert!(e.contains("maxVector"), "{e}");
         let e = parse_policy(r#"{"kind":"retention","maxAgeSeconds":60}"#).unwrap_err();
         assert!(e.contains("not enforced"), "{e}");
+        let e = parse_policy(r#"{"kind":"schema","fields":{}}"#).unwrap_err();
+        assert!(e.contains("fields and/or maxPayloadBytes"), "{e}");
+        let e = parse_policy(r#"{"kind":"searchDefaults","maxk":3}"#).unwrap_err();
+        assert!(e.contains("maxk"), "{e}");
+        assert!(
+            parse_policy(r#"{"kind":"searchDefaults","maxK":100,"requireMatch":["tenant"]}"#)
+                .is_ok()
+        );
+        assert!(
+            parse_policy(
+                r#"{"kind":"schema","fields":{"tenant":{"type":"string","required":true}}}"#
+            )
+            .is_ok()
+        );
         let e = parse_policy(r#"{"kind":"quota","maxVectors":0}"#).unwrap_err();
         assert!(e.contains("at least 1"), "{e}");
         assert!(

@@ -2,6 +2,7 @@
 //!
 //! - [`command`]: what a policy change looks like in the log (`Command::Policy { json }`): a
 //!   versioned, leader-stamped [`PolicyCommand`], and the policy kinds this build enforces.
+//! - [`schema`], [`search`]: the `schema` and `searchDefaults` kinds and their checks.
 //! - [`store`]: the [`PolicyStore`] kept next to the engine in every replica's state machine:
 //!   named policies, each with its last [`store::KEEP_VERSIONS`] versions (never reused; delete
 //!   is soft and restorable), audit fields, and counters. Applied deterministically: nothing in
@@ -16,6 +17,8 @@
 #![deny(clippy::disallowed_methods)]
 
 pub mod command;
+pub mod schema;
+pub mod search;
 pub mod store;
 
 pub use command::COMMAND_VERSION;
@@ -26,6 +29,9 @@ pub use command::PolicyCommand;
 pub use command::PolicyOp;
 pub use command::Quota;
 pub use command::Source;
+pub use search::SearchRefused;
+pub use search::SearchRules;
 pub use store::PolicyRefusal;
 pub use store::PolicyStore;
 pub use store::QuotaExceeded;
+pub use store::WriteRefused;

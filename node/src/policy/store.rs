@@ -10,6 +10,9 @@ use super::command::PolicyCommand;
 use super::command::PolicyOp;
 use super::command::Quota;
 use super::command::Source;
+use super::schema::Schema;
+use super::search::SearchRules;
+use crate::engine::filter::Payload;
 
 /// Versions kept per policy (older ones are dropped; their numbers are never reused).
 pub const KEEP_VERSIONS: usize = 10;
@@ -86,6 +89,33 @@ pub struct QuotaExceeded {
     pub limit: u64,
     pub live: u64,
     pub adds: u64,
+}
+
+/// An upsert a schema policy refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("schema policy {name:?} (version {version}): {reason}")]
+pub struct SchemaViolation {
+    pub name: String,
+    pub version: u64,
+    pub reason: String,
+}
+
+/// Why a policy refused an upsert (the whole entry; nothing of it is stored).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteRefused {
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
+    #[error(transparent)]
+    Schema(#[from] SchemaViolation),
+}
+
+/// One upserted point as the schema sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct WritePoint<'a> {
+    pub id: &'a str,
+    pub payload: Option<&'a Payload>,
+    /// Length of the payload's JSON text in the log entry.
+    pub payload_bytes: usize,
 }
 
 impl PolicyHistory {
@@ -193,10 +223,79 @@ impl PolicyStore {
 
     /// The quotas in force, by name.
     fn quotas(&self) -> impl Iterator<Item = (&String, &PolicyHistory, &Quota)> {
-        // Becomes a filter once there are other kinds.
-        self.policies
-            .iter()
-            .filter_map(|(n, h)| h.active().map(|PolicyBody::Quota(q)| (n, h, q)))
+        self.policies.iter().filter_map(|(n, h)| match h.active() {
+            Some(PolicyBody::Quota(q)) => Some((n, h, q)),
+            _ => None,
+        })
+    }
+
+    /// The schemas in force, by name.
+    fn schemas(&self) -> impl Iterator<Item = (&String, &PolicyHistory, &Schema)> {
+        self.policies.iter().filter_map(|(n, h)| match h.active() {
+            Some(PolicyBody::Schema(s)) => Some((n, h, s)),
+            _ => None,
+        })
+    }
+
+    pub fn has_schema(&self) -> bool {
+        self.schemas().next().is_some()
+    }
+
+    /// Whether every point of an upsert follows every schema in force (the first violation,
+    /// in policy name order, then point order). Pure: the leader's pre-check.
+    pub fn check_schema(&self, points: &[WritePoint<'_>]) -> Result<(), SchemaViolation> {
+        for (name, h, schema) in self.schemas() {
+            for p in points {
+                schema
+                    .check(p.id, p.payload, p.payload_bytes)
+                    .map_err(|reason| SchemaViolation {
+                        name: name.clone(),
+                        version: h.latest,
+                        reason,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::check_schema`] at apply time, counting the outcome in every schema's counters.
+    pub fn admit_schema(
+        &mut self,
+        points: &[WritePoint<'_>],
+        log_index: u64,
+    ) -> Result<(), SchemaViolation> {
+        let verdict = self.check_schema(points);
+        let names: Vec<String> = self.schemas().map(|(n, _, _)| n.clone()).collect();
+        self.count(names, verdict.as_ref().err().map(|e| &e.name), log_index);
+        verdict
+    }
+
+    /// Counts one evaluated write in the counters of `names`; `refused_by` refused it.
+    fn count(&mut self, names: Vec<String>, refused_by: Option<&String>, log_index: u64) {
+        for name in names {
+            let Some(h) = self.policies.get_mut(&name) else {
+                continue;
+            };
+            let c = &mut h.counters;
+            c.evaluated += 1;
+            if refused_by == Some(&name) {
+                c.rejected += 1;
+                c.last_fired_index = log_index;
+            } else if refused_by.is_none() {
+                c.allowed += 1;
+            }
+        }
+    }
+
+    /// The searchDefaults policies in force, combined.
+    pub fn search_rules(&self) -> SearchRules {
+        let mut rules = SearchRules::default();
+        for (name, h) in &self.policies {
+            if let Some(PolicyBody::SearchDefaults(d)) = h.active() {
+                rules.add(name, h.latest, d);
+            }
+        }
+        rules
     }
 
     pub fn has_quota(&self) -> bool {
@@ -223,21 +322,8 @@ impl PolicyStore {
     /// [`Self::check`] at apply time, counting the outcome in every quota's counters.
     pub fn admit(&mut self, live: u64, adds: u64, log_index: u64) -> Result<(), QuotaExceeded> {
         let verdict = self.check(live, adds);
-        let refused_by = verdict.as_ref().err().map(|e| e.name.clone());
         let names: Vec<String> = self.quotas().map(|(n, _, _)| n.clone()).collect();
-        for name in names {
-            let Some(h) = self.policies.get_mut(&name) else {
-                continue;
-            };
-            let c = &mut h.counters;
-            c.evaluated += 1;
-            if refused_by.as_deref() == Some(name.as_str()) {
-                c.rejected += 1;
-                c.last_fired_index = log_index;
-            } else if refused_by.is_none() {
-                c.allowed += 1;
-            }
-        }
+        self.count(names, verdict.as_ref().err().map(|e| &e.name), log_index);
         verdict
     }
 

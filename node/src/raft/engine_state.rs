@@ -9,8 +9,8 @@
 //!   applies, written while later entries are applied. The Raft layer adds its `RAFT_META`.
 //! - Installing a snapshot builds a new engine with `snapshot::load` and swaps it in; readers
 //!   holding the previous `Arc<Engine>` finish on it.
-//! - The shard's [`PolicyStore`] lives next to the engine: policy commands change it, quotas
-//!   are checked in it when an upsert is applied, and snapshots carry it (format 3; a snapshot
+//! - The shard's [`PolicyStore`] lives next to the engine: policy commands change it, schemas
+//!   and quotas are checked in it when an upsert is applied, and snapshots carry it (format 3; a snapshot
 //!   of a shard without policies stays format 2, readable by older builds).
 
 use std::collections::HashMap;
@@ -44,7 +44,9 @@ use crate::metrics::Metrics;
 use crate::policy::PolicyCommand;
 use crate::policy::PolicyRefusal;
 use crate::policy::PolicyStore;
-use crate::policy::QuotaExceeded;
+use crate::policy::SearchRules;
+use crate::policy::WriteRefused;
+use crate::policy::store::WritePoint;
 use crate::snapshot;
 use crate::snapshot::Capture;
 
@@ -95,16 +97,27 @@ impl EngineState {
         self.policies.lock().clone()
     }
 
-    /// The leader's pre-check of an upsert against the quotas in force (the fast error; apply
-    /// decides). `Ok` when no quota is set.
-    pub fn check_quota(&self, records: &[PointRecord]) -> Result<(), QuotaExceeded> {
+    /// The leader's pre-check of an upsert against the schemas and quotas in force (the fast
+    /// error; apply decides). `Ok` when none is set.
+    pub fn check_write(&self, records: &[PointRecord]) -> Result<(), WriteRefused> {
         // The engine first: a snapshot install holds the engine lock while it takes this one.
         let engine = self.engine();
         let policies = self.policies.lock();
-        if !policies.has_quota() {
-            return Ok(());
+        if policies.has_schema() {
+            // Unreadable payloads are refused by apply itself (`inputs_of`).
+            if let Ok(inputs) = self.inputs_of(records) {
+                policies.check_schema(&write_points(records, &inputs))?;
+            }
         }
-        policies.check(engine.count(), new_points(&engine, records))
+        if policies.has_quota() {
+            policies.check(engine.count(), new_points(&engine, records))?;
+        }
+        Ok(())
+    }
+
+    /// The searchDefaults policies this replica applied, combined.
+    pub fn search_rules(&self) -> SearchRules {
+        self.policies.lock().search_rules()
     }
 
     /// New runtime knobs, for the current engine and for engines built later.
@@ -173,6 +186,19 @@ impl EngineState {
     }
 }
 
+/// The points of an upsert as the schema policies see them (`inputs` parsed from `records`).
+fn write_points<'a>(records: &'a [PointRecord], inputs: &'a [PointInput]) -> Vec<WritePoint<'a>> {
+    records
+        .iter()
+        .zip(inputs)
+        .map(|(r, i)| WritePoint {
+            id: &r.id,
+            payload: i.payload.as_ref(),
+            payload_bytes: r.payload_json.as_ref().map_or(0, String::len),
+        })
+        .collect()
+}
+
 /// Distinct ids of `records` that the engine does not hold: what an upsert adds to the count.
 fn new_points(engine: &Engine, records: &[PointRecord]) -> u64 {
     let mut ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
@@ -213,19 +239,24 @@ fn outcome(r: Result<u64, EngineError>) -> io::Result<ApplyOutcome> {
 }
 
 impl EngineState {
-    /// The quota check of an upsert at apply time (counted in the policies' counters).
+    /// The schema and quota checks of an upsert at apply time (counted in the policies'
+    /// counters).
     #[deny(clippy::disallowed_methods)]
     fn admit(
         &self,
         engine: &Engine,
         records: &[PointRecord],
+        inputs: &[PointInput],
         index: u64,
-    ) -> Result<(), QuotaExceeded> {
+    ) -> Result<(), WriteRefused> {
         let mut policies = self.policies.lock();
-        if !policies.has_quota() {
-            return Ok(());
+        if policies.has_schema() {
+            policies.admit_schema(&write_points(records, inputs), index)?;
         }
-        policies.admit(engine.count(), new_points(engine, records), index)
+        if policies.has_quota() {
+            policies.admit(engine.count(), new_points(engine, records), index)?;
+        }
+        Ok(())
     }
 }
 
@@ -236,10 +267,13 @@ impl ShardState for EngineState {
         let engine = self.engine();
         let out = match cmd {
             Command::Upsert { points } => match self.inputs_of(points) {
-                Ok(inputs) => match self.admit(&engine, points, log_id.index) {
+                Ok(inputs) => match self.admit(&engine, points, &inputs, log_id.index) {
                     Ok(()) => outcome(engine.upsert(&inputs))?,
-                    Err(e) => {
+                    Err(e @ WriteRefused::Quota(_)) => {
                         ApplyOutcome::Rejected(Refusal::new(RefusalKind::Quota, e.to_string()))
+                    }
+                    Err(e @ WriteRefused::Schema(_)) => {
+                        ApplyOutcome::Rejected(Refusal::invalid(e.to_string()))
                     }
                 },
                 Err(e) => ApplyOutcome::Rejected(Refusal::invalid(e.to_string())),
