@@ -682,3 +682,119 @@ async fn kill_9_of_the_leader_mid_policy_updates_loses_no_acknowledged_version()
     })
     .await;
 }
+
+fn tenant_is(t: &str) -> Option<pb::Filter> {
+    Some(pb::Filter {
+        must: vec![pb::Condition {
+            field: "tenant".into(),
+            kind: Some(pb::condition::Kind::Match(pb::Match {
+                value: Some(pb::r#match::Value::Text(t.into())),
+            })),
+        }],
+        ..Default::default()
+    })
+}
+
+fn search(k: u32, filter: Option<pb::Filter>) -> pb::SearchRequest {
+    pb::SearchRequest {
+        vector: vec![1.0, 1.0, 1.0, 1.0],
+        k,
+        filter,
+        with_payload: true,
+        ..Default::default()
+    }
+}
+
+/// Schema and searchDefaults on a 3-replica shard: a write breaking the schema is refused
+/// naming the field, through a follower too, and no replica stores it; every replica enforces
+/// the search caps and the required tenant filter, so another tenant's points never come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schema_and_search_defaults_hold_on_every_replica() {
+    let _serial = serial().await;
+    let c = cluster(3, 3, &[]);
+    with_timeout(Duration::from_secs(120), async {
+        wait_answering(&c, &[0, 1, 2]).await;
+        initialize(&c, 0, &[0, 1, 2]).await;
+        let leader = wait_leader(&c, None).await;
+        let follower = (leader + 1) % 3;
+        let schema = r#"{"kind":"schema","maxPayloadBytes":200,"fields":{"tenant":{"type":"string","required":true}}}"#;
+        change(&c, follower, put("shape", schema)).await.unwrap();
+
+        let point = |id: &str, payload: Option<&str>| pb::Point {
+            id: id.into(),
+            vector: vec![1.0, 1.0, 1.0, 1.0],
+            payload_json: payload.map(str::to_string),
+        };
+        let upsert = |points| pb::UpsertRequest {
+            index: String::new(),
+            points,
+        };
+        for (bad, want) in [
+            (point("x1", Some(r#"{"other":1}"#)), "\"tenant\""),
+            (point("x2", Some(r#"{"tenant":7}"#)), "must be a string"),
+            (point("x3", None), "\"tenant\""),
+        ] {
+            for via in [leader, follower] {
+                let e = c
+                    .node(0, via)
+                    .points()
+                    .upsert(upsert(vec![point("ok0", Some(r#"{"tenant":"a"}"#)), bad.clone()]))
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+                assert!(
+                    e.message().contains(want) && e.message().contains("\"shape\""),
+                    "{e:?}"
+                );
+            }
+        }
+        let mut last = 0;
+        for i in 0..20 {
+            let t = if i % 2 == 0 { "a" } else { "b" };
+            let r = c
+                .node(0, i % 3)
+                .points()
+                .upsert(upsert(vec![point(
+                    &format!("p{i}"),
+                    Some(&format!(r#"{{"tenant":"{t}"}}"#)),
+                )]))
+                .await
+                .unwrap()
+                .into_inner();
+            last = last.max(token_index(&r));
+        }
+        let rules = r#"{"kind":"searchDefaults","maxK":5,"maxEfSearch":32,"requireMatch":["tenant"]}"#;
+        let v = change(&c, follower, put("isolation", rules)).await.unwrap();
+        let store = policies_converge(&c, last.max(v.applied_index)).await;
+        assert_eq!(
+            store["policies"]["shape"]["counters"]["rejected"].as_u64(),
+            Some(0),
+            "the leader's pre-check refused the bad writes before they were proposed"
+        );
+        for id in c.running(0) {
+            let n = c.node(0, id);
+            assert_eq!(n.status().await.unwrap().vectors_live, 20, "node {id}");
+            assert_eq!(present(n, &["ok0".to_string()]).await, 0, "node {id}");
+            let e = n.points().search(search(3, None)).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "node {id}: {e:?}");
+            assert!(e.message().contains("\"tenant\""), "{e:?}");
+            let e = n.points().search(search(6, tenant_is("a"))).await.unwrap_err();
+            assert!(e.message().contains("up to 5"), "node {id}: {e:?}");
+            for t in ["a", "b"] {
+                let hits = n
+                    .points()
+                    .search(search(5, tenant_is(t)))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .hits;
+                assert_eq!(hits.len(), 5, "node {id}");
+                for h in hits {
+                    let p = h.payload_json.unwrap_or_default();
+                    assert!(p.contains(&format!("\"{t}\"")), "node {id}: {p}");
+                }
+            }
+        }
+    })
+    .await;
+}
