@@ -10,8 +10,8 @@
 //! - Installing a snapshot builds a new engine with `snapshot::load` and swaps it in; readers
 //!   holding the previous `Arc<Engine>` finish on it.
 //! - The shard's [`PolicyStore`] lives next to the engine: policy commands change it, schemas
-//!   and quotas are checked in it when an upsert is applied, and snapshots carry it (format 3; a snapshot
-//!   of a shard without policies stays format 2, readable by older builds).
+//!   and quotas are checked in it when an upsert is applied, and snapshots carry it (format 3;
+//!   a snapshot of a shard without policies stays format 2, readable by older builds).
 
 use std::collections::HashMap;
 use std::io;
