@@ -120,7 +120,10 @@ pub async fn check_once(node: &Node) -> Comparison {
                 node_id: node.node_id,
                 digest: Some(digest_to_pb(ours)),
                 // Also how the leader learns what this build supports (mixed versions).
-                features: vec![crate::policy::FEATURE.to_string()],
+                features: vec![
+                    crate::policy::FEATURE.to_string(),
+                    crate::policy::RETENTION_FEATURE.to_string(),
+                ],
             });
             req.set_timeout(Duration::from_secs(2));
             client.apply_digest(req).await.map(|r| r.into_inner())

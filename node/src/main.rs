@@ -380,6 +380,7 @@ async fn run(
         node::spawn_runtime_reload(node.clone(), p, Duration::from_secs(2));
     }
     node::spawn_maintenance(node.clone());
+    node::spawn_retention_sweep(node.clone());
     let coordinator = Coordinator::new(node.clone(), shard_seeds)?;
     coordinator.spawn_refresh();
 

@@ -69,6 +69,9 @@ pub struct Metrics {
     vectors_live: IntGauge,
     tombstones: IntGauge,
     search_exact_fallbacks: IntCounter,
+    /// Points reads here did not return because a retention policy expired them (node-local;
+    /// the replicated `pruned` counter is in `kindex_policy`).
+    retention_hidden: IntCounter,
     queue_depth: IntGauge,
     queue_capacity: IntGauge,
     indexing_lag_ms: IntGauge,
@@ -190,7 +193,7 @@ impl Metrics {
             IntGaugeVec::new(
                 Opts::new(
                     "kindex_policy",
-                    "Replicated policy counters (evaluated, allowed, rejected writes) and newest version, by policy",
+                    "Replicated policy counters (evaluated, allowed, rejected writes; pruned points) and newest version, by policy",
                 ),
                 &["policy", "value"],
             )
@@ -232,6 +235,11 @@ impl Metrics {
                 "Snapshots fetched from a peer at start because the local log was purged past the newest snapshot that loads",
             ),
             vectors_live: gauge(r, "kindex_vectors", "Live vectors on this replica"),
+            retention_hidden: counter(
+                r,
+                "kindex_retention_hidden_total",
+                "Points reads on this node did not return (search candidates, gets) because a retention policy expired them; the sweep removes them",
+            ),
             search_exact_fallbacks: counter(
                 r,
                 "kindex_search_exact_fallbacks_total",
@@ -317,6 +325,7 @@ impl Metrics {
                 ("evaluated", c.evaluated),
                 ("allowed", c.allowed),
                 ("rejected", c.rejected),
+                ("pruned", c.pruned),
                 ("version", h.latest),
                 ("active", u64::from(h.active().is_some())),
             ] {
@@ -333,6 +342,8 @@ impl Metrics {
         self.vectors_live.set(s.live as i64);
         self.tombstones.set(s.tombstoned as i64);
         // The engine keeps the total; the counter catches up to it.
+        let seen = self.retention_hidden.get();
+        self.retention_hidden.inc_by(s.hidden.saturating_sub(seen));
         let seen = self.search_exact_fallbacks.get();
         self.search_exact_fallbacks
             .inc_by(s.exact_fallbacks.saturating_sub(seen));

@@ -89,6 +89,7 @@ fn recall_with(e: &Engine, queries: &[Vec<f32>], ef: usize, rescore: usize) -> f
         let opts = SearchOpts {
             ef: Some(ef),
             rescore: Some(rescore),
+            ..SearchOpts::default()
         };
         let got = e.search_with(q, 10, opts, &Filter::default()).unwrap();
         total += exact.len();

@@ -8,6 +8,7 @@
 pub mod arena;
 pub mod compact;
 pub mod distance;
+pub mod expiry;
 pub mod filter;
 pub mod hnsw;
 pub mod hugebuf;
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{RuntimeConfig, StructuralConfig};
 use arena::{ArenaFull, Chunked, VectorArena};
 use distance::DistanceFn;
+pub use expiry::{Expiry, ExpiryRule};
 use filter::{Filter, Payload};
 use hnsw::{Exact, Hnsw, HnswParams, Space};
 use kindex_common::Quantization;
@@ -97,6 +99,8 @@ pub struct EngineStats {
     pub last_batch_size: u64,
     /// Searches answered by an exact scan (see `Engine::search`).
     pub exact_fallbacks: u64,
+    /// Points reads did not return because a retention policy expired them.
+    pub hidden: u64,
     pub checksum: u64,
 }
 
@@ -134,6 +138,10 @@ pub struct Inner {
     pub(crate) quant: RwLock<Option<Arc<QuantState>>>,
     pub(crate) slot_ids: Chunked<OnceLock<Box<str>>>,
     pub(crate) payloads: Chunked<OnceLock<Payload>>,
+    /// Ingest stamp of each slot (ms since the Unix epoch, the proposing leader's clock as the
+    /// state machine applied it; 0: written before stamps existed). Set before the slot is
+    /// published and never changed: a re-upsert makes a new slot.
+    pub(crate) stamps: Chunked<AtomicU64>,
     pub(crate) state: Chunked<AtomicU8>,
     pub(crate) ids: RwLock<HashMap<Box<str>, u32>>,
     pub(crate) live: AtomicU64,
@@ -153,6 +161,8 @@ pub struct Inner {
     last_batch_size: AtomicU64,
     /// Searches answered by an exact scan because the graph gave fewer than k.
     exact_fallbacks: AtomicU64,
+    /// Points reads did not return because a retention policy expired them.
+    pub(crate) hidden: AtomicU64,
     target_workers: AtomicUsize,
 }
 
@@ -209,6 +219,7 @@ impl Engine {
             quant: RwLock::new(None),
             slot_ids: Chunked::new(1),
             payloads: Chunked::new(1),
+            stamps: Chunked::new(1),
             state: Chunked::new(1),
             ids: RwLock::new(HashMap::new()),
             live: AtomicU64::new(0),
@@ -224,6 +235,7 @@ impl Engine {
             last_batch_ms: AtomicU64::new(0),
             last_batch_size: AtomicU64::new(0),
             exact_fallbacks: AtomicU64::new(0),
+            hidden: AtomicU64::new(0),
             target_workers: AtomicUsize::new(0),
             structural,
         });
@@ -281,8 +293,13 @@ impl Engine {
     }
 
     /// Validates a whole batch, waits for queue space, then stores it. Either
-    /// every point is stored or (on invalid input) none is.
+    /// every point is stored or (on invalid input) none is. The points get no ingest stamp.
     pub fn upsert(&self, points: &[PointInput]) -> Result<u64, EngineError> {
+        self.upsert_stamped(points, 0)
+    }
+
+    /// [`Self::upsert`] with an ingest stamp for every point (ms since the Unix epoch).
+    pub fn upsert_stamped(&self, points: &[PointInput], stamp_ms: u64) -> Result<u64, EngineError> {
         let inner = &*self.inner;
         let dim = inner.vectors.dim();
         limits::check_points(dim, points)?;
@@ -308,6 +325,7 @@ impl Engine {
             if let Some(pl) = &p.payload {
                 let _ = inner.payloads.first(slot).set(pl.clone());
             }
+            inner.stamps.first(slot).store(stamp_ms, Ordering::Relaxed);
             let v = &flat[k * dim..(k + 1) * dim];
             added = added.wrapping_add(point_hash(&p.id, v, p.payload.as_ref()));
         }
@@ -383,6 +401,69 @@ impl Engine {
         Some(self.stored(slot))
     }
 
+    /// The ingest stamp of a slot (0: unstamped).
+    pub fn stamp(&self, slot: u32) -> u64 {
+        self.inner.stamps.first(slot).load(Ordering::Relaxed)
+    }
+
+    /// The live slot of `id`.
+    pub fn slot_of(&self, id: &str) -> Option<u32> {
+        self.inner.ids.read().get(id).copied()
+    }
+
+    /// `get`, unless the point is expired under `expiry`.
+    pub fn get_unexpired(&self, id: &str, expiry: &Expiry) -> Option<StoredPoint> {
+        let slot = self.slot_of(id)?;
+        if !expiry.is_empty() && expiry.expired(self.stamp(slot), self.payload(slot)) {
+            self.inner.hidden.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.stored(slot))
+    }
+
+    /// Live points expired under `rule` (ids with their ingest stamps), at most `limit`, and
+    /// whether there were more. For the retention sweep.
+    pub fn expired_points(
+        &self,
+        rule: &ExpiryRule,
+        unstamped_ms: u64,
+        limit: usize,
+    ) -> (Vec<(String, u64)>, bool) {
+        let inner = &*self.inner;
+        let ids = inner.ids.read();
+        let mut out = Vec::new();
+        for (id, &slot) in ids.iter() {
+            if rule.expired(self.stamp(slot), unstamped_ms, self.payload(slot)) {
+                if out.len() == limit {
+                    return (out, true);
+                }
+                out.push((id.to_string(), self.stamp(slot)));
+            }
+        }
+        (out, false)
+    }
+
+    /// The `n` live points with the oldest ingest stamps (ties by id), oldest first, each with
+    /// its stamp (unstamped ones at `unstamped_ms`). For a retention count limit.
+    pub fn oldest_points(&self, n: usize, unstamped_ms: u64) -> Vec<(String, u64)> {
+        let ids = self.inner.ids.read();
+        let mut all: Vec<(u64, &str)> = ids
+            .iter()
+            .map(|(id, &slot)| {
+                let s = self.stamp(slot);
+                (if s == 0 { unstamped_ms } else { s }, &**id)
+            })
+            .collect();
+        let n = n.min(all.len());
+        if n == 0 {
+            return Vec::new();
+        }
+        all.select_nth_unstable(n - 1);
+        all.truncate(n);
+        all.sort_unstable();
+        all.into_iter().map(|(s, id)| (id.to_string(), s)).collect()
+    }
+
     pub fn payload(&self, slot: u32) -> Option<&Payload> {
         self.inner.payloads.first(slot).get()
     }
@@ -420,6 +501,7 @@ impl Engine {
             last_batch_ms: inner.last_batch_ms.load(Ordering::Relaxed),
             last_batch_size: inner.last_batch_size.load(Ordering::Relaxed),
             exact_fallbacks: inner.exact_fallbacks.load(Ordering::Relaxed),
+            hidden: inner.hidden.load(Ordering::Relaxed),
             checksum: inner.checksum.load(Ordering::Relaxed),
         }
     }
@@ -437,7 +519,7 @@ impl Engine {
             Quantization::None => 0,
             Quantization::Int8 => quant::Codes::new(self.dimension()).bytes_per_slot(),
         };
-        self.dimension() * 4 + codes + (1 + p.m0()) * 4 + 8 + 24 + 24 + 2
+        self.dimension() * 4 + codes + (1 + p.m0()) * 4 + 8 + 24 + 24 + 2 + 8
     }
 
     /// Whether int8 ranges are trained (always false with `quantization: none`).

@@ -4,11 +4,13 @@
 use super::*;
 
 /// Per-query overrides of the runtime knobs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SearchOpts {
     pub ef: Option<usize>,
     /// int8 only; at least 1 (0 is taken as 1).
     pub rescore: Option<usize>,
+    /// Points a retention policy expired are never returned (they are traversed).
+    pub hide: Option<Arc<Expiry>>,
 }
 
 impl Engine {
@@ -20,7 +22,11 @@ impl Engine {
         ef: Option<usize>,
         filter: &Filter,
     ) -> Result<Vec<Hit>, EngineError> {
-        self.search_with(query, k, SearchOpts { ef, rescore: None }, filter)
+        let opts = SearchOpts {
+            ef,
+            ..SearchOpts::default()
+        };
+        self.search_with(query, k, opts, filter)
     }
 
     /// `search` with per-query knobs. With int8 codes, the graph is searched on
@@ -53,9 +59,20 @@ impl Engine {
         // delete racing with this search may or may not be seen either way.)
         let all_live = inner.tombstoned.load(Ordering::Acquire) == 0
             && inner.purged.load(Ordering::Acquire) == 0;
+        let hide = opts.hide.as_deref().filter(|h| !h.is_empty());
         let accept = |slot: u32| {
             (all_live || inner.state.first(slot).load(Ordering::Relaxed) == LIVE)
                 && (filter.is_empty() || filter.matches(inner.payloads.first(slot).get()))
+                && hide.is_none_or(|h| {
+                    let expired = h.expired(
+                        inner.stamps.first(slot).load(Ordering::Relaxed),
+                        inner.payloads.first(slot).get(),
+                    );
+                    if expired {
+                        inner.hidden.fetch_add(1, Ordering::Relaxed);
+                    }
+                    !expired
+                })
         };
 
         let len = inner.vectors.len();

@@ -23,6 +23,7 @@ mod forward;
 mod open;
 mod policy;
 mod read;
+mod retention;
 mod shutdown;
 mod tasks;
 mod write;
@@ -37,6 +38,8 @@ pub use self::open::NodeConfig;
 pub use self::open::RaftTuning;
 pub use self::policy::PolicyChange;
 pub use self::policy::PolicyWritten;
+pub use self::retention::SweepOutcome;
+pub use self::retention::spawn_retention_sweep;
 pub use self::shutdown::role_name;
 pub use self::tasks::spawn_maintenance;
 pub use self::tasks::spawn_runtime_reload;
@@ -159,6 +162,8 @@ pub struct Node {
     pub divergence: crate::divergence::Guard,
     /// What each member last reported it supports, and when (see [`crate::policy`]).
     member_features: Mutex<std::collections::HashMap<NodeId, (Vec<String>, std::time::Instant)>>,
+    /// Test faults (`--raft-fault-file`); here for the clock skew of [`Node::now_ms`].
+    faults: crate::raft::fault::FaultSwitch,
     pub metrics: Arc<Metrics>,
 }
 

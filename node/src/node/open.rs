@@ -130,6 +130,7 @@ impl Node {
             rc.raft.enable_leader_restore = Some(true);
         }
         rc.state_machine.keep_snapshots = cfg.runtime.snapshot_keep.max(1) as usize;
+        let faults = rc.faults.clone();
         let shard = RaftShard::start(rc, state.clone(), cfg.raft_listener)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -164,6 +165,7 @@ impl Node {
             state_machine,
             divergence: crate::divergence::Guard::default(),
             member_features: Mutex::new(std::collections::HashMap::new()),
+            faults,
             metrics,
         });
         node.form_group(&cfg.bootstrap).await?;

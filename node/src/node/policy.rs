@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 use std::time::Instant;
-use std::time::SystemTime;
-use std::time::UNIX_EPOCH;
 
 use crate::engine::filter::Filter;
 use crate::policy;
@@ -56,7 +54,7 @@ impl Node {
 
     /// Refuses unless every other member (voters and learners) recently reported `feature`: an
     /// entry only newer builds apply must not reach a replica of an older build.
-    fn check_members_support(&self, feature: &str) -> Result<(), NodeError> {
+    pub(super) fn check_members_support(&self, feature: &str) -> Result<(), NodeError> {
         let m = self.raft_metrics();
         let reports = self.member_features.lock();
         let missing: Vec<String> = m
@@ -96,6 +94,11 @@ impl Node {
                     .map_err(NodeError::InvalidArgument)?,
             ),
             PolicyOp::Delete | PolicyOp::Restore => None,
+            PolicyOp::Prune => {
+                return Err(NodeError::InvalidArgument(
+                    "prunes are made by the retention sweep, not asked for".into(),
+                ));
+            }
         };
         if c.op == PolicyOp::Restore && c.restore == 0 {
             return Err(NodeError::InvalidArgument(
@@ -107,19 +110,21 @@ impl Node {
             return Err(self.not_leader(leader.filter(|id| *id != self.node_id), None));
         }
         self.check_members_support(policy::FEATURE)?;
+        if matches!(body, Some(policy::PolicyBody::Retention(_))) {
+            self.check_members_support(policy::RETENTION_FEATURE)?;
+        }
         let cmd = PolicyCommand {
             v: policy::COMMAND_VERSION,
             op: c.op,
             name: c.name,
             policy: body,
             restore: (c.op == PolicyOp::Restore).then_some(c.restore),
+            prune: None,
             expected_version: c.expected_version,
             source: c.source,
             actor: c.actor,
             // The leader's clock is the only time a policy sees (apply reads none).
-            stamp_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            stamp_ms: self.now_ms(),
         };
         let r = self
             .propose(&Command::Policy { json: cmd.encode() })

@@ -141,7 +141,11 @@ impl Node {
     pub fn get(&self, ids: &[String]) -> Result<Vec<StoredPoint>, NodeError> {
         crate::engine::limits::check_batch_len(ids.len()).map_err(EngineError::from)?;
         let engine = self.engine();
-        Ok(ids.iter().filter_map(|id| engine.get(id)).collect())
+        let expiry = self.expiry_now();
+        Ok(ids
+            .iter()
+            .filter_map(|id| engine.get_unexpired(id, &expiry))
+            .collect())
     }
 
     /// Search; returns the engine the hits' slots refer to.
@@ -153,7 +157,13 @@ impl Node {
         filter: &Filter,
     ) -> Result<(Vec<Hit>, Arc<Engine>), NodeError> {
         let engine = self.engine();
-        let hits = engine.search(vector, k, ef, filter)?;
+        let expiry = self.expiry_now();
+        let opts = crate::engine::SearchOpts {
+            ef,
+            hide: (!expiry.is_empty()).then(|| Arc::new(expiry)),
+            ..Default::default()
+        };
+        let hits = engine.search_with(vector, k, opts, filter)?;
         Ok((hits, engine))
     }
 }

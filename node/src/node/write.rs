@@ -121,9 +121,7 @@ impl Node {
         let mut out = WriteOutcome::default();
         let mut written = 0usize;
         for (i, chunk) in chunks.iter().enumerate() {
-            let cmd = Command::Upsert {
-                points: chunk.clone(),
-            };
+            let cmd = self.upsert_command(chunk.clone());
             // The fast error of a schema or quota, on the leader (a follower's view may be
             // behind; apply decides either way).
             let prechecked = match self.is_leader() {

@@ -4,6 +4,8 @@
 use serde::Deserialize;
 use serde::Serialize;
 
+use super::retention::Prune;
+use super::retention::Retention;
 use super::schema::Schema;
 use super::search::SearchDefaults;
 
@@ -12,6 +14,11 @@ pub const COMMAND_VERSION: u32 = 1;
 
 /// What a member reports to its leader when it applies policy commands of [`COMMAND_VERSION`].
 pub const FEATURE: &str = "policy-v1";
+
+/// What a member reports when it applies stamped upserts, `retention` policies and `prune`
+/// commands, and reads snapshot format 4. The leader proposes none of them before every
+/// member reported it (an upsert then goes unstamped, as older builds write it).
+pub const RETENTION_FEATURE: &str = "retention-v1";
 
 /// Longest policy name (an RFC 1123 label, like the CRD's `spec.policies[].name`).
 pub const MAX_NAME_LEN: usize = 63;
@@ -24,6 +31,7 @@ pub enum PolicyBody {
     Quota(Quota),
     Schema(Schema),
     SearchDefaults(SearchDefaults),
+    Retention(Retention),
 }
 
 /// A cap on the points a shard stores, checked when each upsert is applied (log order settles
@@ -36,12 +44,8 @@ pub struct Quota {
     pub max_vectors: u64,
 }
 
-/// Kinds described in docs/policies.md that this build does not enforce yet: refused with a
-/// clear error instead of being stored and ignored.
-const PLANNED_KINDS: [&str; 1] = ["retention"];
-
 /// What `parse_policy` names when a policy is not valid.
-const KINDS_HINT: &str = "this build enforces: quota, schema, searchDefaults";
+const KINDS_HINT: &str = "this build enforces: quota, schema, searchDefaults, retention";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -49,6 +53,9 @@ pub enum PolicyOp {
     Put,
     Delete,
     Restore,
+    /// The retention sweep removing expired points (makes no version; counted in the policy's
+    /// counters).
+    Prune,
 }
 
 /// Who made a version: the `VectorIndex` resource (through the operator) or the Admin API.
@@ -74,6 +81,9 @@ pub struct PolicyCommand {
     /// `Restore`: the version whose content becomes the newest version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<u64>,
+    /// `Prune`: what the sweep removes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<Prune>,
     /// Compare-and-swap: the change applies only if the policy's newest version is this one
     /// (0: the policy must not exist yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,9 +152,9 @@ pub fn parse_policy(json: &str) -> Result<PolicyBody, String> {
         .get("kind")
         .and_then(|k| k.as_str())
         .ok_or_else(|| format!("policy needs a \"kind\" ({KINDS_HINT})"))?;
-    if PLANNED_KINDS.contains(&kind) {
+    if !["quota", "schema", "searchDefaults", "retention"].contains(&kind) {
         return Err(format!(
-            "policy kind {kind:?} is not enforced by this build yet ({KINDS_HINT}); see docs/policies.md"
+            "policy kind {kind:?} is not known ({KINDS_HINT}); see docs/policies.md"
         ));
     }
     let body: PolicyBody = serde_json::from_value(value)
@@ -156,6 +166,7 @@ pub fn parse_policy(json: &str) -> Result<PolicyBody, String> {
         PolicyBody::Quota(_) => Ok(()),
         PolicyBody::Schema(s) => s.validate(),
         PolicyBody::SearchDefaults(d) => d.validate(),
+        PolicyBody::Retention(r) => r.validate(),
     }?;
     Ok(body)
 }
@@ -169,8 +180,11 @@ mod tests {
         assert!(parse_policy(r#"{"kind":"quota","maxVectors":250}"#).is_ok());
         let e = parse_policy(r#"{"kind":"quota","maxVector":250}"#).unwrap_err();
         assert!(e.contains("maxVector"), "{e}");
-        let e = parse_policy(r#"{"kind":"retention","maxAgeSeconds":60}"#).unwrap_err();
-        assert!(e.contains("not enforced"), "{e}");
+        assert!(parse_policy(r#"{"kind":"retention","maxAgeSeconds":60}"#).is_ok());
+        let e = parse_policy(r#"{"kind":"retention"}"#).unwrap_err();
+        assert!(e.contains("maxAgeSeconds and/or maxVectors"), "{e}");
+        let e = parse_policy(r#"{"kind":"ttl","maxAgeSeconds":60}"#).unwrap_err();
+        assert!(e.contains("not known"), "{e}");
         let e = parse_policy(r#"{"kind":"schema","fields":{}}"#).unwrap_err();
         assert!(e.contains("fields and/or maxPayloadBytes"), "{e}");
         let e = parse_policy(r#"{"kind":"searchDefaults","maxk":3}"#).unwrap_err();
@@ -211,6 +225,7 @@ mod tests {
             name: "q".into(),
             policy: Some(PolicyBody::Quota(Quota { max_vectors: 3 })),
             restore: None,
+            prune: None,
             expected_version: None,
             source: Source::Api,
             actor: "t".into(),
@@ -223,7 +238,7 @@ mod tests {
             Err(CommandError::Newer { found: 2 })
         );
         // Same format, a kind this build does not know: a build older than the leader.
-        let unknown = cmd.encode().replace("\"quota\"", "\"retention\"");
+        let unknown = cmd.encode().replace("\"quota\"", "\"ttl\"");
         assert!(matches!(
             PolicyCommand::decode(&unknown),
             Err(CommandError::Malformed(_))

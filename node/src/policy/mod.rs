@@ -2,7 +2,7 @@
 //!
 //! - [`command`]: what a policy change looks like in the log (`Command::Policy { json }`): a
 //!   versioned, leader-stamped [`PolicyCommand`], and the policy kinds this build enforces.
-//! - [`schema`], [`search`]: the `schema` and `searchDefaults` kinds and their checks.
+//! - [`schema`], [`search`], [`retention`]: the `schema`, `searchDefaults` and `retention` kinds.
 //! - [`store`]: the [`PolicyStore`] kept next to the engine in every replica's state machine:
 //!   named policies, each with its last [`store::KEEP_VERSIONS`] versions (never reused; delete
 //!   is soft and restorable), audit fields, and counters. Applied deterministically: nothing in
@@ -17,6 +17,7 @@
 #![deny(clippy::disallowed_methods)]
 
 pub mod command;
+pub mod retention;
 pub mod schema;
 pub mod search;
 pub mod store;
@@ -28,7 +29,10 @@ pub use command::PolicyBody;
 pub use command::PolicyCommand;
 pub use command::PolicyOp;
 pub use command::Quota;
+pub use command::RETENTION_FEATURE;
 pub use command::Source;
+pub use retention::Prune;
+pub use retention::Retention;
 pub use search::SearchRefused;
 pub use search::SearchRules;
 pub use store::PolicyRefusal;

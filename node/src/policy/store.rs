@@ -10,8 +10,11 @@ use super::command::PolicyCommand;
 use super::command::PolicyOp;
 use super::command::Quota;
 use super::command::Source;
+use super::retention::Retention;
 use super::schema::Schema;
 use super::search::SearchRules;
+use crate::engine::Expiry;
+use crate::engine::ExpiryRule;
 use crate::engine::filter::Payload;
 
 /// Versions kept per policy (older ones are dropped; their numbers are never reused).
@@ -23,6 +26,11 @@ pub struct PolicyStore {
     /// The shard's clock: the highest leader stamp applied (ms since the Unix epoch). Never goes
     /// back, even when a leader with a slower clock takes over.
     pub clock_ms: u64,
+    /// The ingest time of points stored without a stamp (by an older build): the clock when
+    /// the shard applied its first stamped entry (0: none yet; such points never expire by
+    /// age until then).
+    #[serde(default)]
+    pub unstamped_ms: u64,
     pub policies: BTreeMap<String, PolicyHistory>,
 }
 
@@ -62,8 +70,12 @@ pub struct Counters {
     pub evaluated: u64,
     pub allowed: u64,
     pub rejected: u64,
-    /// Log index of the last write the policy refused (0: none).
+    /// Log index of the last write the policy refused, or of its last prune that removed
+    /// points (0: none).
     pub last_fired_index: u64,
+    /// retention: points its prunes removed.
+    #[serde(default)]
+    pub pruned: u64,
 }
 
 /// Why a policy command changed nothing (the same on every replica).
@@ -145,10 +157,95 @@ impl PolicyStore {
         self.policies.is_empty()
     }
 
+    /// Moves the shard's clock to a leader stamp (never back). Every stamped entry goes through
+    /// here before it is applied; the first one also dates the unstamped points.
+    pub fn observe(&mut self, stamp_ms: u64) -> u64 {
+        self.clock_ms = self.clock_ms.max(stamp_ms);
+        if self.unstamped_ms == 0 {
+            self.unstamped_ms = self.clock_ms;
+        }
+        self.clock_ms
+    }
+
+    /// Whether the store holds nothing a snapshot must carry.
+    pub fn is_blank(&self) -> bool {
+        self.policies.is_empty() && self.clock_ms == 0
+    }
+
+    /// The retention policies in force, by name.
+    pub fn retentions(&self) -> impl Iterator<Item = (&String, &PolicyHistory, &Retention)> {
+        self.policies.iter().filter_map(|(n, h)| match h.active() {
+            Some(PolicyBody::Retention(r)) => Some((n, h, r)),
+            _ => None,
+        })
+    }
+
+    pub fn has_retention(&self) -> bool {
+        self.retentions().next().is_some()
+    }
+
+    /// What reads hide at `now_ms` (the reading replica's clock).
+    pub fn expiry_at(&self, now_ms: u64) -> Expiry {
+        Expiry {
+            rules: self
+                .retentions()
+                .filter_map(|(_, _, r)| r.rule_at(now_ms))
+                .collect(),
+            unstamped_ms: self.unstamped_ms,
+        }
+    }
+
+    /// Checks a prune command against the policy in force when it is applied (log order: a
+    /// policy changed since the sweep picked the points wins). Returns the rule each listed
+    /// point is re-checked with, and how many points at most may go (`live`: points in the
+    /// shard). Deterministic: the command's stamp is the only time.
+    pub fn plan_prune(
+        &mut self,
+        cmd: &PolicyCommand,
+        live: u64,
+    ) -> Result<(ExpiryRule, u64), PolicyRefusal> {
+        let stamp = self.observe(cmd.stamp_ms);
+        let name = &cmd.name;
+        let Some(prune) = &cmd.prune else {
+            return Err(PolicyRefusal::Invalid(format!(
+                "policy {name:?}: prune without points"
+            )));
+        };
+        let Some((_, _, r)) = self.retentions().find(|(n, _, _)| *n == name) else {
+            return Err(PolicyRefusal::NotFound(format!(
+                "no retention policy {name:?} in force to prune for"
+            )));
+        };
+        let mut rule = prune.rule();
+        let limit = match (&prune.field, r.rule_at(stamp)) {
+            // By count: only what is beyond the limit now.
+            _ if prune.by_count => live.saturating_sub(r.max_vectors.unwrap_or(u64::MAX)),
+            // By age: never past the policy's cutoff at the command's stamp.
+            (field, Some(now)) if *field == now.field => {
+                rule.before_ms = rule.before_ms.min(now.before_ms);
+                u64::MAX
+            }
+            // The policy changed its measure since: prune nothing.
+            _ => 0,
+        };
+        Ok((rule, limit))
+    }
+
+    /// Counts a prune of `name` that listed `listed` points and removed `removed`.
+    pub fn count_pruned(&mut self, name: &str, listed: u64, removed: u64, log_index: u64) {
+        if let Some(h) = self.policies.get_mut(name) {
+            h.counters.evaluated += listed;
+            h.counters.pruned += removed;
+            if removed > 0 {
+                h.counters.last_fired_index = log_index;
+            }
+        }
+    }
+
     /// Applies one committed policy command at `log_index`: `Ok(version)` is the newest version
     /// of the policy afterwards. Deterministic: no clock, no I/O.
     pub fn apply(&mut self, cmd: &PolicyCommand, log_index: u64) -> Result<u64, PolicyRefusal> {
-        self.clock_ms = self.clock_ms.max(cmd.stamp_ms);
+        self.observe(cmd.stamp_ms);
         let name = &cmd.name;
         let h = self.policies.get(name);
         let latest = h.map_or(0, |h| h.latest);
@@ -203,6 +300,12 @@ impl PolicyStore {
                     )));
                 };
                 Some((Some(p), Some(v)))
+            }
+            // The state machine applies prunes (`plan_prune`): they touch points, not versions.
+            PolicyOp::Prune => {
+                return Err(PolicyRefusal::Invalid(format!(
+                    "policy {name:?}: a prune is not a policy change"
+                )));
             }
         };
         let Some((policy, restored_from)) = content else {

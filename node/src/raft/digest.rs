@@ -92,22 +92,12 @@ fn hash_command(h: &mut Xxh3, cmd: &Command) {
     match cmd {
         Command::Upsert { points } => {
             h.update(b"u");
-            h.update(&(points.len() as u64).to_le_bytes());
-            for p in points {
-                h.update(&(p.id.len() as u64).to_le_bytes());
-                h.update(p.id.as_bytes());
-                h.update(&(p.vector.len() as u64).to_le_bytes());
-                for x in &p.vector {
-                    h.update(&x.to_bits().to_le_bytes());
-                }
-                match &p.payload_json {
-                    None => h.update(b"-"),
-                    Some(j) => {
-                        h.update(&(j.len() as u64).to_le_bytes());
-                        h.update(j.as_bytes());
-                    }
-                }
-            }
+            hash_points(h, points);
+        }
+        Command::StampedUpsert { stamp_ms, points } => {
+            h.update(b"s");
+            h.update(&stamp_ms.to_le_bytes());
+            hash_points(h, points);
         }
         Command::Delete { ids } => {
             h.update(b"d");
@@ -121,6 +111,25 @@ fn hash_command(h: &mut Xxh3, cmd: &Command) {
             h.update(b"p");
             h.update(&(json.len() as u64).to_le_bytes());
             h.update(json.as_bytes());
+        }
+    }
+}
+
+fn hash_points(h: &mut Xxh3, points: &[super::PointRecord]) {
+    h.update(&(points.len() as u64).to_le_bytes());
+    for p in points {
+        h.update(&(p.id.len() as u64).to_le_bytes());
+        h.update(p.id.as_bytes());
+        h.update(&(p.vector.len() as u64).to_le_bytes());
+        for x in &p.vector {
+            h.update(&x.to_bits().to_le_bytes());
+        }
+        match &p.payload_json {
+            None => h.update(b"-"),
+            Some(j) => {
+                h.update(&(j.len() as u64).to_le_bytes());
+                h.update(j.as_bytes());
+            }
         }
     }
 }

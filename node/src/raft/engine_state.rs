@@ -42,6 +42,7 @@ use crate::engine::filter::Payload;
 use crate::engine::limits;
 use crate::metrics::Metrics;
 use crate::policy::PolicyCommand;
+use crate::policy::PolicyOp;
 use crate::policy::PolicyRefusal;
 use crate::policy::PolicyStore;
 use crate::policy::SearchRules;
@@ -113,6 +114,12 @@ impl EngineState {
             policies.check(engine.count(), new_points(&engine, records))?;
         }
         Ok(())
+    }
+
+    /// What reads hide at `now_ms` (this replica's clock) under the retention policies it
+    /// applied.
+    pub fn expiry_at(&self, now_ms: u64) -> crate::engine::Expiry {
+        self.policies.lock().expiry_at(now_ms)
     }
 
     /// The searchDefaults policies this replica applied, combined.
@@ -260,24 +267,91 @@ impl EngineState {
     }
 }
 
+impl EngineState {
+    /// An upsert entry: parsed, admitted by the schemas and quotas, stored with its ingest
+    /// stamp (the shard clock after a stamped entry; an unstamped one, from an older leader,
+    /// gets the clock as it is).
+    #[deny(clippy::disallowed_methods)]
+    fn apply_upsert(
+        &self,
+        engine: &Engine,
+        points: &[PointRecord],
+        stamp: Option<u64>,
+        log_id: &LogId,
+    ) -> io::Result<ApplyOutcome> {
+        let stamp_ms = {
+            let mut policies = self.policies.lock();
+            match stamp {
+                Some(s) => policies.observe(s),
+                None => policies.clock_ms,
+            }
+        };
+        let inputs = match self.inputs_of(points) {
+            Ok(inputs) => inputs,
+            Err(e) => return Ok(ApplyOutcome::Rejected(Refusal::invalid(e.to_string()))),
+        };
+        Ok(match self.admit(engine, points, &inputs, log_id.index) {
+            Ok(()) => outcome(engine.upsert_stamped(&inputs, stamp_ms))?,
+            Err(e @ WriteRefused::Quota(_)) => {
+                ApplyOutcome::Rejected(Refusal::new(RefusalKind::Quota, e.to_string()))
+            }
+            Err(e @ WriteRefused::Schema(_)) => {
+                ApplyOutcome::Rejected(Refusal::invalid(e.to_string()))
+            }
+        })
+    }
+
+    /// A retention sweep's prune: each listed point is re-checked against the command's cutoff
+    /// (capped by the policy in force), so a point re-upserted since it was picked survives.
+    #[deny(clippy::disallowed_methods)]
+    fn apply_prune(
+        &self,
+        engine: &Engine,
+        cmd: &PolicyCommand,
+        index: u64,
+    ) -> io::Result<ApplyOutcome> {
+        let (rule, limit, unstamped) = {
+            let mut policies = self.policies.lock();
+            match policies.plan_prune(cmd, engine.count()) {
+                Ok((rule, limit)) => (rule, limit, policies.unstamped_ms),
+                Err(e) => return Ok(ApplyOutcome::Rejected(refusal_of(e))),
+            }
+        };
+        let listed = cmd.prune.as_ref().map_or(&[][..], |p| &p.ids[..]);
+        let expired: Vec<String> = listed
+            .iter()
+            .filter(|id| {
+                engine
+                    .slot_of(id)
+                    .is_some_and(|s| rule.expired(engine.stamp(s), unstamped, engine.payload(s)))
+            })
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .cloned()
+            .collect();
+        let removed = match expired.is_empty() {
+            true => 0,
+            false => match engine.delete(&expired) {
+                Ok(n) => n,
+                Err(e) => return outcome(Err(e)),
+            },
+        };
+        self.policies
+            .lock()
+            .count_pruned(&cmd.name, listed.len() as u64, removed, index);
+        Ok(ApplyOutcome::Applied { affected: removed })
+    }
+}
+
 impl ShardState for EngineState {
     // Deterministic on every replica: no clock reads (clippy.toml).
     #[deny(clippy::disallowed_methods)]
     fn apply(&self, log_id: &LogId, cmd: &Command) -> io::Result<ApplyOutcome> {
         let engine = self.engine();
         let out = match cmd {
-            Command::Upsert { points } => match self.inputs_of(points) {
-                Ok(inputs) => match self.admit(&engine, points, &inputs, log_id.index) {
-                    Ok(()) => outcome(engine.upsert(&inputs))?,
-                    Err(e @ WriteRefused::Quota(_)) => {
-                        ApplyOutcome::Rejected(Refusal::new(RefusalKind::Quota, e.to_string()))
-                    }
-                    Err(e @ WriteRefused::Schema(_)) => {
-                        ApplyOutcome::Rejected(Refusal::invalid(e.to_string()))
-                    }
-                },
-                Err(e) => ApplyOutcome::Rejected(Refusal::invalid(e.to_string())),
-            },
+            Command::Upsert { points } => self.apply_upsert(&engine, points, None, log_id)?,
+            Command::StampedUpsert { stamp_ms, points } => {
+                self.apply_upsert(&engine, points, Some(*stamp_ms), log_id)?
+            }
             Command::Delete { ids } => outcome(engine.delete(ids))?,
             Command::Policy { json } => {
                 // A command this build cannot read was proposed by a newer leader: stop rather
@@ -285,9 +359,13 @@ impl ShardState for EngineState {
                 // to report support, so this is a bug or a downgrade).
                 let cmd = PolicyCommand::decode(json)
                     .map_err(|e| io::Error::other(format!("log index {}: {e}", log_id.index)))?;
-                match self.policies.lock().apply(&cmd, log_id.index) {
-                    Ok(version) => ApplyOutcome::Applied { affected: version },
-                    Err(e) => ApplyOutcome::Rejected(refusal_of(e)),
+                if cmd.op == PolicyOp::Prune {
+                    self.apply_prune(&engine, &cmd, log_id.index)?
+                } else {
+                    match self.policies.lock().apply(&cmd, log_id.index) {
+                        Ok(version) => ApplyOutcome::Applied { affected: version },
+                        Err(e) => ApplyOutcome::Rejected(refusal_of(e)),
+                    }
                 }
             }
         };
@@ -308,7 +386,7 @@ impl ShardState for EngineState {
         let capture = Capture::take(&engine);
         // Between two applies, like the engine's capture: both are at the same log id.
         let policies = self.policies.lock();
-        let policies = (!policies.is_empty()).then(|| policies.to_bytes());
+        let policies = (!policies.is_blank()).then(|| policies.to_bytes());
         Ok(Box::new(EngineSnapshotWriter {
             capture,
             policies,
@@ -367,10 +445,7 @@ impl SnapshotWriter for EngineSnapshotWriter {
             .capture
             .write_into(
                 dir,
-                match self.policies {
-                    Some(_) => snapshot::FORMAT_VERSION,
-                    None => snapshot::FORMAT_WITHOUT_POLICIES,
-                },
+                snapshot::format_for(self.policies.is_some(), self.capture.has_stamps()),
                 &[],
                 self.policies.as_deref(),
             )
@@ -389,3 +464,6 @@ impl SnapshotWriter for EngineSnapshotWriter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

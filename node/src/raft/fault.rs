@@ -17,6 +17,9 @@
 //! - `apply-delay-ms=<n>`: this member's state machine waits `n` ms before applying each batch
 //!   of committed entries: a replica that knows its leader but lags in apply (a new learner's
 //!   window before its first entry is applied, for the divergence guard's tests).
+//! - `clock-skew-ms=<n>` (may be negative): this member's wall clock, as the node reads it for
+//!   stamps (leader), retention cutoffs (sweep, reads), is moved by `n` ms: leaders with
+//!   different clocks, and data that looks old without waiting for it to age.
 //! - `diverge-at=<index>`: when this member applies the entry at that log index, it applies a
 //!   different command (the first point's vector negated, or the first id of a delete
 //!   dropped): a replica that silently disagrees, for the divergence guard's tests.
@@ -43,6 +46,8 @@ pub struct Faults {
     pub apply_delay: Option<Duration>,
     /// Apply a different command at this log index.
     pub diverge_at: Option<u64>,
+    /// Move this member's wall clock by this many ms.
+    pub clock_skew_ms: Option<i64>,
 }
 
 impl Faults {
@@ -85,6 +90,11 @@ impl FaultSwitch {
     /// Whether the entry at `index` is to be applied differently on this member.
     pub fn diverges_at(&self, index: u64) -> bool {
         self.faults.read().diverge_at == Some(index)
+    }
+
+    /// How far this member's wall clock is moved (0: not at all).
+    pub fn clock_skew_ms(&self) -> i64 {
+        self.faults.read().clock_skew_ms.unwrap_or(0)
     }
 
     pub fn set(&self, faults: Faults) {
@@ -137,7 +147,7 @@ impl FaultSwitch {
 pub fn diverged(cmd: &super::Command) -> super::Command {
     let mut cmd = cmd.clone();
     match &mut cmd {
-        super::Command::Upsert { points } => {
+        super::Command::Upsert { points } | super::Command::StampedUpsert { points, .. } => {
             if let Some(p) = points.first_mut() {
                 p.vector.iter_mut().for_each(|x| *x = -*x - 1.0);
             }
@@ -175,6 +185,10 @@ pub fn parse_fault_file(text: &str) -> Result<Faults, FaultFileError> {
                 faults.apply_delay = (ms > 0).then(|| Duration::from_millis(ms));
             }
             Some(("diverge-at", v)) => faults.diverge_at = Some(v.parse().map_err(|_| bad())?),
+            Some(("clock-skew-ms", v)) => {
+                let ms: i64 = v.parse().map_err(|_| bad())?;
+                faults.clock_skew_ms = (ms != 0).then_some(ms);
+            }
             Some(_) => return Err(bad()),
         }
     }
@@ -193,12 +207,15 @@ mod tests {
             Ok(BTreeSet::from([1, 2, 3]))
         );
         assert_eq!(
-            parse_fault_file("1 flush-delay-ms=250 apply-delay-ms=40 diverge-at=17"),
+            parse_fault_file(
+                "1 flush-delay-ms=250 apply-delay-ms=40 diverge-at=17 clock-skew-ms=-3600000"
+            ),
             Ok(Faults {
                 cut: BTreeSet::from([1]),
                 flush_delay: Some(Duration::from_millis(250)),
                 apply_delay: Some(Duration::from_millis(40)),
                 diverge_at: Some(17),
+                clock_skew_ms: Some(-3_600_000),
             })
         );
         assert_eq!(

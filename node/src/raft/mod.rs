@@ -120,12 +120,33 @@ pub enum Command {
     Policy {
         json: String,
     },
+    /// An upsert with the proposing leader's clock (ms since the Unix epoch): the points' ingest
+    /// stamp, for retention (the state machine keeps the highest stamp seen, so time never
+    /// goes back across leaders). Proposed only once every member reports
+    /// [`crate::policy::RETENTION_FEATURE`]: older builds cannot decode it.
+    StampedUpsert {
+        stamp_ms: u64,
+        points: Vec<PointRecord>,
+    },
+}
+
+impl Command {
+    /// The points of an upsert, stamped or not.
+    pub fn upserted(&self) -> Option<&[PointRecord]> {
+        match self {
+            Command::Upsert { points } | Command::StampedUpsert { points, .. } => Some(points),
+            Command::Delete { .. } | Command::Policy { .. } => None,
+        }
+    }
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::Upsert { points } => write!(f, "upsert({} points)", points.len()),
+            Command::StampedUpsert { stamp_ms, points } => {
+                write!(f, "upsert({} points, stamp {stamp_ms})", points.len())
+            }
             Command::Delete { ids } => write!(f, "delete({} ids)", ids.len()),
             Command::Policy { json } => write!(f, "policy({} bytes)", json.len()),
         }
@@ -179,7 +200,7 @@ impl Refusal {
 /// bound AppendEntries batches.
 pub(crate) fn command_size(cmd: &Command) -> u64 {
     match cmd {
-        Command::Upsert { points } => points
+        Command::Upsert { points } | Command::StampedUpsert { points, .. } => points
             .iter()
             .map(|p| {
                 (p.id.len()

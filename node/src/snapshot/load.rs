@@ -163,6 +163,39 @@ pub fn load(
         }
         (false, _) => None,
     };
+    let stamped = manifest
+        .sections
+        .iter()
+        .any(|s| s.file == Kind::Stamps.file_name());
+    match (stamped, version >= 4) {
+        (true, true) => {
+            let sect = read(Kind::Stamps)?;
+            let raw = sect.payload();
+            if raw.len() != len * 8 {
+                return Err(invalid(
+                    dir,
+                    format!("stamps section has {} bytes for {len} slots", raw.len()),
+                ));
+            }
+            for (slot, b) in raw.chunks_exact(8).enumerate() {
+                let stamp = u64::from_le_bytes(b.try_into().unwrap_or_default());
+                engine
+                    .inner
+                    .stamps
+                    .first(slot as u32)
+                    .store(stamp, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        (true, false) => {
+            return Err(invalid(
+                dir,
+                format!("format {version} cannot have a stamps section"),
+            ));
+        }
+        // Older formats: every point is unstamped (the policy store's `unstampedMs` gives it
+        // an ingest time once the shard has one).
+        (false, _) => {}
+    }
     Ok(Loaded {
         engine,
         manifest,

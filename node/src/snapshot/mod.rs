@@ -25,14 +25,29 @@ use section::{Kind, SectionError};
 pub use load::load;
 pub use write::Capture;
 
+/// Format 4: format 3 and a `Stamps` section (every slot's ingest stamp). Written only when a
+/// point has a stamp, which happens only once every replica of the shard runs a build that
+/// reads format 4 (the `retention-v1` gate); otherwise 3 or 2 (see [`format_for`]).
 /// Format 3: format 2 and, when the shard has policies, a `Policies` section (listed in the
 /// manifest). Written only with policies, so older builds keep reading snapshots of shards
 /// without any (see [`FORMAT_WITHOUT_POLICIES`]).
 /// Format 2: per-slot state section (live / deleted / purged).
 /// Format 1: a deleted-slot bitset; migrated on load.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The format a replica writes when its shard has no policies.
 pub const FORMAT_WITHOUT_POLICIES: u32 = 2;
+/// The format a replica writes when its shard has policies but no stamped point.
+pub const FORMAT_WITHOUT_STAMPS: u32 = 3;
+
+/// The oldest format that holds what a snapshot has: older builds keep reading snapshots of
+/// shards that do not use what they lack.
+pub fn format_for(has_policies: bool, has_stamps: bool) -> u32 {
+    match (has_policies, has_stamps) {
+        (_, true) => FORMAT_VERSION,
+        (true, false) => FORMAT_WITHOUT_STAMPS,
+        (false, false) => FORMAT_WITHOUT_POLICIES,
+    }
+}
 pub const OLDEST_READABLE: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]

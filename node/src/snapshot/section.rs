@@ -28,10 +28,13 @@ pub enum Kind {
     TombstonesV1 = 8,
     /// Format 3: the shard's policy store (JSON), when it has policies.
     Policies = 9,
+    /// Format 4: the ingest stamp of every slot (u64 LE, ms since the Unix epoch; 0:
+    /// unstamped), when any slot has one.
+    Stamps = 10,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Manifest,
         Kind::Ids,
         Kind::Vectors,
@@ -41,6 +44,7 @@ impl Kind {
         Kind::Raft,
         Kind::TombstonesV1,
         Kind::Policies,
+        Kind::Stamps,
     ];
 
     pub fn from_file_name(name: &str) -> Option<Kind> {
@@ -58,6 +62,7 @@ impl Kind {
             Kind::Raft => "raft.sect",
             Kind::TombstonesV1 => "tombstones.sect",
             Kind::Policies => "policies.sect",
+            Kind::Stamps => "stamps.sect",
         }
     }
 }

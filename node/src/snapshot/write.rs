@@ -109,6 +109,11 @@ impl Capture {
         self.applied
     }
 
+    /// Whether a captured slot has an ingest stamp (then the snapshot needs format 4).
+    pub fn has_stamps(&self) -> bool {
+        (0..self.len as u32).any(|s| self.inner.stamps.first(s).load(Ordering::Relaxed) != 0)
+    }
+
     /// Writes every section (each fsynced) into the existing, empty `dir`.
     /// Indexing pauses only while the graph section is written.
     pub fn write_into(
@@ -224,6 +229,21 @@ impl Capture {
 
         if let Some(p) = policies {
             w.section(Kind::Policies, |s| s.write(p))?;
+        }
+        if format_version >= 4 {
+            // Stamps are set before a slot is published and never change: no lock needed.
+            w.section(Kind::Stamps, |s| {
+                let mut buf = Vec::with_capacity(64 * 1024);
+                for slot in 0..len as u32 {
+                    let stamp = inner.stamps.first(slot).load(Ordering::Relaxed);
+                    buf.extend_from_slice(&stamp.to_le_bytes());
+                    if buf.len() >= 60 * 1024 {
+                        s.write(&buf)?;
+                        buf.clear();
+                    }
+                }
+                s.write(&buf)
+            })?;
         }
         let count = |st: u8| self.states.iter().filter(|&&x| x == st).count() as u64;
         let manifest = Manifest {

@@ -9,6 +9,7 @@ fn cmd(op: PolicyOp, name: &str, max: Option<u64>) -> PolicyCommand {
         name: name.into(),
         policy: max.map(|m| PolicyBody::Quota(Quota { max_vectors: m })),
         restore: None,
+        prune: None,
         expected_version: None,
         source: Source::Api,
         actor: "alice".into(),

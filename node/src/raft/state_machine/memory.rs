@@ -64,7 +64,7 @@ impl ShardState for MemState {
         let mut d = self.data.write();
         d.last_index = log_id.index;
         match cmd {
-            Command::Upsert { points } => {
+            Command::Upsert { points } | Command::StampedUpsert { points, .. } => {
                 let new = points
                     .iter()
                     .filter(|p| !d.points.contains_key(&p.id))

@@ -1,0 +1,158 @@
+//! Retention (issue 16, docs/policies.md): the leader stamps upserts with its clock, reads
+//! hide expired points with the reading replica's clock, and the leader's sweep removes them
+//! through Raft in bounded prune commands (one in flight per shard) that apply re-checks.
+
+use std::time::Duration;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
+
+use crate::engine::Expiry;
+use crate::policy;
+use crate::policy::PolicyCommand;
+use crate::policy::PolicyOp;
+use crate::policy::Prune;
+use crate::policy::Source;
+use crate::policy::retention::MAX_PRUNE_POINTS;
+use crate::raft::Command;
+
+use super::*;
+
+/// Prune commands one sweep proposes at most (then it waits for the next interval): a mass
+/// expiry of 1M points takes 100 commands, and a sweep never runs unbounded.
+const MAX_PRUNES_PER_SWEEP: usize = 1_000;
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepOutcome {
+    pub commands: u64,
+    pub pruned: u64,
+}
+
+impl Node {
+    /// This node's wall clock in ms since the Unix epoch (moved by a `clock-skew-ms` test
+    /// fault). The only clock stamps and retention cutoffs come from.
+    pub fn now_ms(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        now.saturating_add_signed(self.faults.clock_skew_ms())
+    }
+
+    /// The upsert entry for `points`: stamped once every member applies stamped upserts,
+    /// unstamped (as older builds write it) before.
+    pub(super) fn upsert_command(&self, points: Vec<crate::raft::PointRecord>) -> Command {
+        match self.check_members_support(policy::RETENTION_FEATURE) {
+            Ok(()) => Command::StampedUpsert {
+                stamp_ms: self.now_ms(),
+                points,
+            },
+            Err(_) => Command::Upsert { points },
+        }
+    }
+
+    /// What reads hide now on this replica (empty without retention policies).
+    pub fn expiry_now(&self) -> Expiry {
+        self.state.expiry_at(self.now_ms())
+    }
+
+    /// One retention sweep on the leader: for every retention policy in force, prune commands
+    /// of at most [`MAX_PRUNE_POINTS`] points, one at a time, until nothing is expired or
+    /// [`MAX_PRUNES_PER_SWEEP`] were proposed. Does nothing on a follower, or while a member
+    /// does not apply prunes yet.
+    pub async fn sweep_retention(&self) -> Result<SweepOutcome, NodeError> {
+        let mut out = SweepOutcome::default();
+        if !self.is_leader() || !self.state.policies().has_retention() {
+            return Ok(out);
+        }
+        self.check_members_support(policy::RETENTION_FEATURE)?;
+        while (out.commands as usize) < MAX_PRUNES_PER_SWEEP {
+            let Some(cmd) = self.next_prune() else {
+                break;
+            };
+            let r = self
+                .propose(&Command::Policy { json: cmd.encode() })
+                .await?;
+            out.commands += 1;
+            out.pruned += r.affected;
+            // A prune that removed nothing (the policy changed, points were re-upserted) would
+            // be picked again: stop until the next interval.
+            if r.affected == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next prune the sweep proposes, if any point is expired or over a count limit.
+    fn next_prune(&self) -> Option<PolicyCommand> {
+        let policies = self.state.policies();
+        let engine = self.engine();
+        let now = self.now_ms();
+        let live = engine.count();
+        for (name, _, r) in policies.retentions() {
+            let prune = if let Some(rule) = r.rule_at(now) {
+                let (picked, _) =
+                    engine.expired_points(&rule, policies.unstamped_ms, MAX_PRUNE_POINTS);
+                (!picked.is_empty()).then(|| Prune {
+                    before_ms: rule.before_ms,
+                    field: rule.field.clone(),
+                    by_count: false,
+                    ids: picked.into_iter().map(|(id, _)| id).collect(),
+                })
+            } else {
+                None
+            };
+            let prune = prune.or_else(|| {
+                let over = live.saturating_sub(r.max_vectors?) as usize;
+                let picked =
+                    engine.oldest_points(over.min(MAX_PRUNE_POINTS), policies.unstamped_ms);
+                let newest = picked.last()?.1;
+                Some(Prune {
+                    // Points re-upserted since are newer than every picked one.
+                    before_ms: newest.saturating_add(1),
+                    field: None,
+                    by_count: true,
+                    ids: picked.into_iter().map(|(id, _)| id).collect(),
+                })
+            });
+            if let Some(prune) = prune {
+                return Some(PolicyCommand {
+                    v: policy::COMMAND_VERSION,
+                    op: PolicyOp::Prune,
+                    name: name.clone(),
+                    policy: None,
+                    restore: None,
+                    prune: Some(prune),
+                    expected_version: None,
+                    source: Source::Api,
+                    actor: "retention-sweep".into(),
+                    stamp_ms: now,
+                });
+            }
+        }
+        None
+    }
+}
+
+/// The retention sweep of this node's shard: every `retentionSweepIntervalSecs` (runtime
+/// config, read each round), on the leader only.
+pub fn spawn_retention_sweep(node: Arc<Node>) {
+    tokio::spawn(async move {
+        loop {
+            let every = node.runtime().retention_sweep_interval_secs.max(1);
+            tokio::time::sleep(Duration::from_secs(every)).await;
+            if node.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            match node.sweep_retention().await {
+                Ok(o) if o.commands > 0 => {
+                    tracing::info!(commands = o.commands, pruned = o.pruned, "retention sweep");
+                }
+                Ok(_) => {}
+                // Not leading any more, a member without retention support, no quorum: the
+                // next round tries again.
+                Err(e) => tracing::info!(error = %e, "retention sweep stopped early"),
+            }
+        }
+    });
+}
