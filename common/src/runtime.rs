@@ -41,8 +41,8 @@ pub struct RuntimeConfig {
     pub snapshot_log_entries: u64,
     /// Complete snapshots kept on disk; applied live at the next snapshot.
     pub snapshot_keep: u32,
-    /// Reserved for the retention policy's sweep (`spec.policies.retention`). Policies are
-    /// validated and stored but not enforced yet (issue 16), so no node reads this key today.
+    /// How often a shard leader sweeps points its retention policies expired (read at each
+    /// sweep).
     pub retention_sweep_interval_secs: u64,
     /// A tracing filter: a level (`debug`) or directives (`info,kindex_node::raft=debug`).
     /// Applied live. Unless it names `openraft`, openraft logs at warn.

@@ -13,7 +13,9 @@
 //! - a fourth node is added as a learner, promoted, leads, and is removed again (`membership`);
 //! - a quota holds exactly under concurrent writers on every path, a quota change racing writes
 //!   is settled by log order, policy versions survive restarts and snapshot installs, policy
-//!   changes wait for a member of an older build (`policies`).
+//!   changes wait for a member of an older build (`policies`);
+//! - retention hides expired points on every replica before the sweep, the sweep removes
+//!   exactly them, and a leader killed mid-sweep loses no acknowledged write (`retention`).
 //!
 //! The tests of this file run one at a time, also under nextest (each starts 3–4 processes).
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
@@ -29,6 +31,8 @@ mod policies;
 mod procs;
 #[path = "cluster_process/replication.rs"]
 mod replication;
+#[path = "cluster_process/retention.rs"]
+mod retention;
 
 use kindex_proto as pb;
 use pb::points_client::PointsClient;

@@ -145,7 +145,11 @@ fn corrupt_newest_falls_back_to_previous_for_every_file() {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 8, "7 sections and RAFT_META: {files:?}");
+    assert_eq!(
+        files.len(),
+        9,
+        "8 sections (stamps: format 4) and RAFT_META: {files:?}"
+    );
     let corrupt = dir.path().join(format!(
         "corrupt-{}",
         new.file_name().unwrap().to_string_lossy()

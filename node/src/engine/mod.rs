@@ -401,6 +401,11 @@ impl Engine {
         Some(self.stored(slot))
     }
 
+    /// The slots of every live point (unordered).
+    pub fn live_slots(&self) -> Vec<u32> {
+        self.inner.ids.read().values().copied().collect()
+    }
+
     /// The ingest stamp of a slot (0: unstamped).
     pub fn stamp(&self, slot: u32) -> u64 {
         self.inner.stamps.first(slot).load(Ordering::Relaxed)

@@ -135,15 +135,20 @@ impl Node {
 }
 
 /// The retention sweep of this node's shard: every `retentionSweepIntervalSecs` (runtime
-/// config, read each round), on the leader only.
+/// config, checked every second, so a changed interval applies at once), on the leader only.
 pub fn spawn_retention_sweep(node: Arc<Node>) {
     tokio::spawn(async move {
+        let mut last = std::time::Instant::now();
         loop {
-            let every = node.runtime().retention_sweep_interval_secs.max(1);
-            tokio::time::sleep(Duration::from_secs(every)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
             if node.stopping.load(Ordering::Acquire) {
                 return;
             }
+            let every = Duration::from_secs(node.runtime().retention_sweep_interval_secs.max(1));
+            if last.elapsed() < every {
+                continue;
+            }
+            last = std::time::Instant::now();
             match node.sweep_retention().await {
                 Ok(o) if o.commands > 0 => {
                     tracing::info!(commands = o.commands, pruned = o.pruned, "retention sweep");

@@ -39,9 +39,47 @@ pub enum PolicyBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Quota {
-    /// Most live points in the shard. An upsert that would go above it is refused whole;
-    /// replacing existing points adds nothing and is always allowed.
-    pub max_vectors: u64,
+    /// Most live points in the shard (or per tenant). An upsert that would go above it is
+    /// refused whole; replacing existing points adds nothing and is always allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vectors: Option<u64>,
+    /// Most payload bytes of live points (their payloads as stored: compact JSON) in the
+    /// shard (or per tenant). An upsert that would go above it is refused whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_payload_bytes: Option<u64>,
+    /// The limits hold per value of this payload field (e.g. `tenant`) instead of for the
+    /// whole shard; points without the field are not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_field: Option<String>,
+}
+
+impl Quota {
+    /// A shard-wide cap on points (what the operator's `maxVectors` becomes).
+    pub fn max_vectors(n: u64) -> Quota {
+        Quota {
+            max_vectors: Some(n),
+            max_payload_bytes: None,
+            tenant_field: None,
+        }
+    }
+
+    /// Whether checking it needs the payload usage of the shard (bytes, or per tenant).
+    pub fn needs_usage(&self) -> bool {
+        self.max_payload_bytes.is_some() || self.tenant_field.is_some()
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_vectors.is_none() && self.max_payload_bytes.is_none() {
+            return Err("a quota needs maxVectors and/or maxPayloadBytes".into());
+        }
+        if self.max_vectors == Some(0) || self.max_payload_bytes == Some(0) {
+            return Err("quota maxVectors and maxPayloadBytes must be at least 1".into());
+        }
+        if self.tenant_field.as_deref() == Some("") {
+            return Err("quota tenantField is empty".into());
+        }
+        Ok(())
+    }
 }
 
 /// What `parse_policy` names when a policy is not valid.
@@ -160,10 +198,7 @@ pub fn parse_policy(json: &str) -> Result<PolicyBody, String> {
     let body: PolicyBody = serde_json::from_value(value)
         .map_err(|e| format!("policy is not valid: {e} ({KINDS_HINT}; see docs/policies.md)"))?;
     match &body {
-        PolicyBody::Quota(q) if q.max_vectors == 0 => {
-            Err("quota maxVectors must be at least 1".into())
-        }
-        PolicyBody::Quota(_) => Ok(()),
+        PolicyBody::Quota(q) => q.validate(),
         PolicyBody::Schema(s) => s.validate(),
         PolicyBody::SearchDefaults(d) => d.validate(),
         PolicyBody::Retention(r) => r.validate(),
@@ -201,6 +236,9 @@ mod tests {
         );
         let e = parse_policy(r#"{"kind":"quota","maxVectors":0}"#).unwrap_err();
         assert!(e.contains("at least 1"), "{e}");
+        let e = parse_policy(r#"{"kind":"quota","tenantField":"t"}"#).unwrap_err();
+        assert!(e.contains("maxVectors and/or maxPayloadBytes"), "{e}");
+        assert!(parse_policy(r#"{"kind":"quota","maxPayloadBytes":10,"tenantField":"t"}"#).is_ok());
         assert!(
             parse_policy(r#"{"maxVectors":1}"#)
                 .unwrap_err()
@@ -223,7 +261,7 @@ mod tests {
             v: COMMAND_VERSION,
             op: PolicyOp::Put,
             name: "q".into(),
-            policy: Some(PolicyBody::Quota(Quota { max_vectors: 3 })),
+            policy: Some(PolicyBody::Quota(Quota::max_vectors(3))),
             restore: None,
             prune: None,
             expected_version: None,

@@ -93,7 +93,7 @@ pub enum PolicyRefusal {
 /// An upsert a quota refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "quota policy {name:?} (version {version}) allows at most {limit} vectors in this shard; it holds {live} and the write adds {adds}"
+    "quota policy {name:?} (version {version}) allows at most {limit} {unit} {scope}; it holds {live} and the write adds {adds}"
 )]
 pub struct QuotaExceeded {
     pub name: String,
@@ -101,6 +101,55 @@ pub struct QuotaExceeded {
     pub limit: u64,
     pub live: u64,
     pub adds: u64,
+    /// `vectors` or `payload bytes`.
+    pub unit: &'static str,
+    /// `in this shard`, or `for tenant "a" (field "tenant") in this shard`.
+    pub scope: String,
+}
+
+/// What one quota counts in one bucket (the shard, or one tenant), and what a write changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaLoad {
+    /// `(field, value)` of the tenant; `None`: the whole shard.
+    pub tenant: Option<(String, String)>,
+    pub points: u64,
+    /// New points the write adds to the bucket (replacing a point in it adds none).
+    pub add_points: u64,
+    pub bytes: u64,
+    /// Payload bytes the write adds to the bucket (negative: it frees some).
+    pub add_bytes: i64,
+}
+
+impl QuotaLoad {
+    /// The first limit of `q` this load breaks.
+    fn exceeds(&self, name: &str, version: u64, q: &Quota) -> Option<QuotaExceeded> {
+        let scope = match &self.tenant {
+            None => "in this shard".to_string(),
+            Some((f, v)) => format!("for tenant {v:?} (field {f:?}) in this shard"),
+        };
+        let err = |limit, live, adds, unit| QuotaExceeded {
+            name: name.to_string(),
+            version,
+            limit,
+            live,
+            adds,
+            unit,
+            scope: scope.clone(),
+        };
+        if let Some(max) = q.max_vectors
+            && self.add_points > 0
+            && self.points.saturating_add(self.add_points) > max
+        {
+            return Some(err(max, self.points, self.add_points, "vectors"));
+        }
+        if let Some(max) = q.max_payload_bytes
+            && self.add_bytes > 0
+            && self.bytes.saturating_add(self.add_bytes as u64) > max
+        {
+            return Some(err(max, self.bytes, self.add_bytes as u64, "payload bytes"));
+        }
+        None
+    }
 }
 
 /// An upsert a schema policy refused.
@@ -405,26 +454,36 @@ impl PolicyStore {
         self.quotas().next().is_some()
     }
 
-    /// Whether a write that adds `adds` points to a shard holding `live` is within every quota
-    /// (the first one it breaks, by name). Pure: the leader's pre-check.
-    pub fn check(&self, live: u64, adds: u64) -> Result<(), QuotaExceeded> {
+    /// Whether some quota in force needs the shard's payload usage (bytes, per tenant).
+    pub fn quotas_need_usage(&self) -> bool {
+        self.quotas().any(|(_, _, q)| q.needs_usage())
+    }
+
+    /// The tenant fields of the quotas in force.
+    pub fn tenant_fields(&self) -> std::collections::BTreeSet<String> {
+        self.quotas()
+            .filter_map(|(_, _, q)| q.tenant_field.clone())
+            .collect()
+    }
+
+    /// Whether a write is within every quota (the first one it breaks, by name): `loads` gives
+    /// what each quota counts in the buckets the write touches. Pure: the leader's pre-check.
+    pub fn check(&self, loads: &dyn Fn(&Quota) -> Vec<QuotaLoad>) -> Result<(), QuotaExceeded> {
         for (name, h, q) in self.quotas() {
-            if adds > 0 && live.saturating_add(adds) > q.max_vectors {
-                return Err(QuotaExceeded {
-                    name: name.clone(),
-                    version: h.latest,
-                    limit: q.max_vectors,
-                    live,
-                    adds,
-                });
+            if let Some(e) = loads(q).iter().find_map(|l| l.exceeds(name, h.latest, q)) {
+                return Err(e);
             }
         }
         Ok(())
     }
 
     /// [`Self::check`] at apply time, counting the outcome in every quota's counters.
-    pub fn admit(&mut self, live: u64, adds: u64, log_index: u64) -> Result<(), QuotaExceeded> {
-        let verdict = self.check(live, adds);
+    pub fn admit(
+        &mut self,
+        loads: &dyn Fn(&Quota) -> Vec<QuotaLoad>,
+        log_index: u64,
+    ) -> Result<(), QuotaExceeded> {
+        let verdict = self.check(loads);
         let names: Vec<String> = self.quotas().map(|(n, _, _)| n.clone()).collect();
         self.count(names, verdict.as_ref().err().map(|e| &e.name), log_index);
         verdict

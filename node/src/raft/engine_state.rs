@@ -31,6 +31,8 @@ use super::RefusalKind;
 use super::ShardState;
 use super::SnapshotWriter;
 use super::state_machine::refuse;
+use super::usage::Share;
+use super::usage::Usage;
 use crate::config::StructuralConfig;
 use crate::engine::AppliedLog;
 use crate::engine::Engine;
@@ -47,6 +49,7 @@ use crate::policy::PolicyRefusal;
 use crate::policy::PolicyStore;
 use crate::policy::SearchRules;
 use crate::policy::WriteRefused;
+use crate::policy::store::QuotaLoad;
 use crate::policy::store::WritePoint;
 use crate::snapshot;
 use crate::snapshot::Capture;
@@ -56,6 +59,8 @@ pub struct EngineState {
     engine: RwLock<Arc<Engine>>,
     /// Replaced together with the engine by a snapshot install; locked after `engine` when both.
     policies: Mutex<PolicyStore>,
+    /// Payload usage, while a quota needs it (see [`super::usage`]); locked after `policies`.
+    usage: Mutex<Option<Usage>>,
     structural: StructuralConfig,
     /// Knobs for engines built later (snapshot installs).
     knobs: Mutex<EngineKnobs>,
@@ -76,6 +81,7 @@ impl EngineState {
         Self {
             engine: RwLock::new(Arc::new(engine)),
             policies: Mutex::new(PolicyStore::default()),
+            usage: Mutex::new(None),
             structural,
             knobs: Mutex::new(knobs),
             metrics,
@@ -111,9 +117,59 @@ impl EngineState {
             }
         }
         if policies.has_quota() {
-            policies.check(engine.count(), new_points(&engine, records))?;
+            let Ok(inputs) = self.inputs_of(records) else {
+                return Ok(());
+            };
+            let usage = self.usage.lock();
+            let changes = usage
+                .as_ref()
+                .map(|u| changes_of(&engine, u, records, &inputs));
+            if policies.quotas_need_usage() && usage.is_none() {
+                // Being rebuilt (a snapshot install): apply decides.
+                return Ok(());
+            }
+            let loads = quota_loads(&engine, records, usage.as_ref(), changes.as_deref());
+            policies.check(&loads)?;
         }
         Ok(())
+    }
+
+    /// Starts, stops or rebuilds the payload usage to match the quotas in force (after a policy
+    /// change or a snapshot install): a scan of `engine` at this log index.
+    fn refresh_usage(&self, engine: &Engine) {
+        let (needed, fields) = {
+            let p = self.policies.lock();
+            (p.quotas_need_usage(), p.tenant_fields())
+        };
+        let mut usage = self.usage.lock();
+        match (needed, usage.as_ref()) {
+            (false, _) => *usage = None,
+            (true, Some(u)) if *u.fields() == fields => {}
+            (true, _) => *usage = Some(Usage::scan(engine, fields)),
+        }
+    }
+
+    /// Removes the shares of the live points among `ids` from the usage (before they are
+    /// deleted); returns what to subtract.
+    fn shares_of(&self, engine: &Engine, ids: &[String]) -> Vec<Share> {
+        let usage = self.usage.lock();
+        let Some(u) = usage.as_ref() else {
+            return Vec::new();
+        };
+        let mut seen = std::collections::HashSet::new();
+        ids.iter()
+            .filter(|id| seen.insert(id.as_str()))
+            .filter_map(|id| engine.slot_of(id))
+            .map(|slot| u.share(engine.payload(slot)))
+            .collect()
+    }
+
+    fn subtract(&self, shares: &[Share]) {
+        if let Some(u) = self.usage.lock().as_mut() {
+            for s in shares {
+                u.add(s, -1);
+            }
+        }
     }
 
     /// What reads hide at `now_ms` (this replica's clock) under the retention policies it
@@ -206,6 +262,50 @@ fn write_points<'a>(records: &'a [PointRecord], inputs: &'a [PointInput]) -> Vec
         .collect()
 }
 
+/// The distinct points of an upsert (the last of each id wins, as in the engine), each with the
+/// share of the point it replaces (None: a new id) and its own.
+fn changes_of(
+    engine: &Engine,
+    usage: &Usage,
+    records: &[PointRecord],
+    inputs: &[PointInput],
+) -> Vec<(Option<Share>, Share)> {
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        last.insert(r.id.as_str(), i);
+    }
+    let mut order: Vec<usize> = last.into_values().collect();
+    order.sort_unstable();
+    order
+        .into_iter()
+        .map(|i| {
+            let old = engine
+                .slot_of(&records[i].id)
+                .map(|slot| usage.share(engine.payload(slot)));
+            (old, usage.share(inputs[i].payload.as_ref()))
+        })
+        .collect()
+}
+
+/// What each quota counts in the buckets an upsert touches.
+fn quota_loads<'a>(
+    engine: &'a Engine,
+    records: &'a [PointRecord],
+    usage: Option<&'a Usage>,
+    changes: Option<&'a [(Option<Share>, Share)]>,
+) -> impl Fn(&crate::policy::Quota) -> Vec<QuotaLoad> + 'a {
+    move |q| match (q.needs_usage(), usage, changes) {
+        (true, Some(u), Some(c)) => u.loads(q, engine.count(), c),
+        // Usage not kept (cannot happen at apply: it is refreshed with every policy change).
+        (true, _, _) => Vec::new(),
+        (false, _, _) => vec![QuotaLoad {
+            points: engine.count(),
+            add_points: new_points(engine, records),
+            ..QuotaLoad::default()
+        }],
+    }
+}
+
 /// Distinct ids of `records` that the engine does not hold: what an upsert adds to the count.
 fn new_points(engine: &Engine, records: &[PointRecord]) -> u64 {
     let mut ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
@@ -254,6 +354,7 @@ impl EngineState {
         engine: &Engine,
         records: &[PointRecord],
         inputs: &[PointInput],
+        changes: Option<&[(Option<Share>, Share)]>,
         index: u64,
     ) -> Result<(), WriteRefused> {
         let mut policies = self.policies.lock();
@@ -261,7 +362,9 @@ impl EngineState {
             policies.admit_schema(&write_points(records, inputs), index)?;
         }
         if policies.has_quota() {
-            policies.admit(engine.count(), new_points(engine, records), index)?;
+            let usage = self.usage.lock();
+            let loads = quota_loads(engine, records, usage.as_ref(), changes);
+            policies.admit(&loads, index)?;
         }
         Ok(())
     }
@@ -290,15 +393,35 @@ impl EngineState {
             Ok(inputs) => inputs,
             Err(e) => return Ok(ApplyOutcome::Rejected(Refusal::invalid(e.to_string()))),
         };
-        Ok(match self.admit(engine, points, &inputs, log_id.index) {
-            Ok(()) => outcome(engine.upsert_stamped(&inputs, stamp_ms))?,
-            Err(e @ WriteRefused::Quota(_)) => {
-                ApplyOutcome::Rejected(Refusal::new(RefusalKind::Quota, e.to_string()))
-            }
-            Err(e @ WriteRefused::Schema(_)) => {
-                ApplyOutcome::Rejected(Refusal::invalid(e.to_string()))
-            }
-        })
+        let changes = self
+            .usage
+            .lock()
+            .as_ref()
+            .map(|u| changes_of(engine, u, points, &inputs));
+        Ok(
+            match self.admit(engine, points, &inputs, changes.as_deref(), log_id.index) {
+                Ok(()) => {
+                    let out = outcome(engine.upsert_stamped(&inputs, stamp_ms))?;
+                    if let (ApplyOutcome::Applied { .. }, Some(changes)) = (&out, &changes)
+                        && let Some(u) = self.usage.lock().as_mut()
+                    {
+                        for (old, new) in changes {
+                            if let Some(old) = old {
+                                u.add(old, -1);
+                            }
+                            u.add(new, 1);
+                        }
+                    }
+                    out
+                }
+                Err(e @ WriteRefused::Quota(_)) => {
+                    ApplyOutcome::Rejected(Refusal::new(RefusalKind::Quota, e.to_string()))
+                }
+                Err(e @ WriteRefused::Schema(_)) => {
+                    ApplyOutcome::Rejected(Refusal::invalid(e.to_string()))
+                }
+            },
+        )
     }
 
     /// A retention sweep's prune: each listed point is re-checked against the command's cutoff
@@ -330,10 +453,16 @@ impl EngineState {
             .collect();
         let removed = match expired.is_empty() {
             true => 0,
-            false => match engine.delete(&expired) {
-                Ok(n) => n,
-                Err(e) => return outcome(Err(e)),
-            },
+            false => {
+                let shares = self.shares_of(engine, &expired);
+                match engine.delete(&expired) {
+                    Ok(n) => {
+                        self.subtract(&shares);
+                        n
+                    }
+                    Err(e) => return outcome(Err(e)),
+                }
+            }
         };
         self.policies
             .lock()
@@ -352,7 +481,14 @@ impl ShardState for EngineState {
             Command::StampedUpsert { stamp_ms, points } => {
                 self.apply_upsert(&engine, points, Some(*stamp_ms), log_id)?
             }
-            Command::Delete { ids } => outcome(engine.delete(ids))?,
+            Command::Delete { ids } => {
+                let shares = self.shares_of(&engine, ids);
+                let out = outcome(engine.delete(ids))?;
+                if let ApplyOutcome::Applied { .. } = out {
+                    self.subtract(&shares);
+                }
+                out
+            }
             Command::Policy { json } => {
                 // A command this build cannot read was proposed by a newer leader: stop rather
                 // than apply something else than the peers (the leader waits for every member
@@ -362,7 +498,9 @@ impl ShardState for EngineState {
                 if cmd.op == PolicyOp::Prune {
                     self.apply_prune(&engine, &cmd, log_id.index)?
                 } else {
-                    match self.policies.lock().apply(&cmd, log_id.index) {
+                    let r = self.policies.lock().apply(&cmd, log_id.index);
+                    self.refresh_usage(&engine);
+                    match r {
                         Ok(version) => ApplyOutcome::Applied { affected: version },
                         Err(e) => ApplyOutcome::Rejected(refusal_of(e)),
                     }
@@ -424,6 +562,9 @@ impl ShardState for EngineState {
         let mut engine = self.engine.write();
         let previous = std::mem::replace(&mut *engine, Arc::new(loaded.engine));
         *self.policies.lock() = policies;
+        // Rebuilt from the new engine before any apply or pre-check sees it.
+        *self.usage.lock() = None;
+        self.refresh_usage(&engine);
         drop(engine);
         // Stops its indexing workers once the last reader lets go.
         drop(previous);

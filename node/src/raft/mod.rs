@@ -23,6 +23,7 @@ pub mod shard;
 pub mod snapshot;
 pub mod state_machine;
 pub mod transfer;
+pub mod usage;
 pub mod wire;
 
 use std::fmt;

@@ -12,7 +12,7 @@ use procs::http_post;
 
 const QUOTA: &str = "cap";
 
-fn put(name: &str, json: &str) -> pb::PolicyWriteRequest {
+pub(super) fn put(name: &str, json: &str) -> pb::PolicyWriteRequest {
     pb::PolicyWriteRequest {
         name: name.into(),
         change: pb::PolicyChange::Put as i32,
@@ -28,7 +28,7 @@ fn quota(n: u64) -> String {
 
 /// A policy change through node `via`, retried while the leader waits for members' feature
 /// reports (the first second after an election) or an election runs.
-async fn change(
+pub(super) async fn change(
     c: &Cluster,
     via: u64,
     req: pb::PolicyWriteRequest,
@@ -49,7 +49,7 @@ async fn change(
     }
 }
 
-async fn policies(p: &Proc) -> (serde_json::Value, u64) {
+pub(super) async fn policies(p: &Proc) -> (serde_json::Value, u64) {
     let r = p
         .admin()
         .list_policies(pb::ListPoliciesRequest {})
@@ -60,7 +60,7 @@ async fn policies(p: &Proc) -> (serde_json::Value, u64) {
 }
 
 /// Every running replica reports the same policy checksum (after applying `at_least`).
-async fn policies_converge(c: &Cluster, at_least: u64) -> serde_json::Value {
+pub(super) async fn policies_converge(c: &Cluster, at_least: u64) -> serde_json::Value {
     converge(c, at_least).await;
     let mut seen: Option<(serde_json::Value, u64)> = None;
     for id in c.running(0) {
@@ -320,14 +320,10 @@ async fn policy_versions_survive_restarts_and_a_snapshot_install() {
             bad.code() == tonic::Code::InvalidArgument && bad.message().contains("maxVector"),
             "{bad:?}"
         );
-        let unbuilt = change(
-            &c,
-            leader,
-            put("r", r#"{"kind":"retention","maxAgeSeconds":60}"#),
-        )
-        .await
-        .unwrap_err();
-        assert!(unbuilt.message().contains("not enforced"), "{unbuilt:?}");
+        let unknown = change(&c, leader, put("r", r#"{"kind":"ttl","maxAgeSeconds":60}"#))
+            .await
+            .unwrap_err();
+        assert!(unknown.message().contains("not known"), "{unknown:?}");
 
         let w = upsert(c.node(0, leader), batch("p", 0, 10)).await.unwrap();
         let before = policies_converge(&c, token_index(&w)).await;

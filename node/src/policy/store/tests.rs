@@ -7,13 +7,24 @@ fn cmd(op: PolicyOp, name: &str, max: Option<u64>) -> PolicyCommand {
         v: super::super::COMMAND_VERSION,
         op,
         name: name.into(),
-        policy: max.map(|m| PolicyBody::Quota(Quota { max_vectors: m })),
+        policy: max.map(|m| PolicyBody::Quota(Quota::max_vectors(m))),
         restore: None,
         prune: None,
         expected_version: None,
         source: Source::Api,
         actor: "alice".into(),
         stamp_ms: 1_000,
+    }
+}
+
+/// A shard-wide load: `live` points held, `adds` new ones.
+fn shard(live: u64, adds: u64) -> impl Fn(&Quota) -> Vec<QuotaLoad> {
+    move |_| {
+        vec![QuotaLoad {
+            points: live,
+            add_points: adds,
+            ..QuotaLoad::default()
+        }]
     }
 }
 
@@ -39,7 +50,7 @@ fn twelve_updates_keep_versions_3_to_12_with_audit_fields() {
     );
     assert_eq!(
         h.active(),
-        Some(&PolicyBody::Quota(Quota { max_vectors: 112 }))
+        Some(&PolicyBody::Quota(Quota::max_vectors(112)))
     );
     assert_eq!(s.clock_ms, 1_012);
 }
@@ -60,10 +71,7 @@ fn delete_and_restore_make_versions_and_stale_versions_conflict() {
     assert_eq!(s.apply(&restore, 5), Ok(4));
     let v4 = s.policies["q"].current().unwrap().clone();
     assert_eq!(v4.restored_from, Some(1));
-    assert_eq!(
-        v4.policy,
-        Some(PolicyBody::Quota(Quota { max_vectors: 10 }))
-    );
+    assert_eq!(v4.policy, Some(PolicyBody::Quota(Quota::max_vectors(10))));
     // Restoring a deletion, or a version that never was: nothing to restore.
     for v in [3, 99] {
         restore.restore = Some(v);
@@ -116,13 +124,13 @@ fn the_resource_and_the_api_do_not_change_each_others_policies() {
 fn quotas_count_every_write_they_check() {
     let mut s = PolicyStore::default();
     // No quota: nothing is counted.
-    assert_eq!(s.admit(1_000, 5, 1), Ok(()));
+    assert_eq!(s.admit(&shard(1_000, 5), 1), Ok(()));
     s.apply(&put("small", 10), 2).unwrap();
     s.apply(&put("big", 100), 3).unwrap();
-    assert_eq!(s.admit(8, 2, 4), Ok(()));
+    assert_eq!(s.admit(&shard(8, 2), 4), Ok(()));
     // Replacing points adds nothing: always allowed.
-    assert_eq!(s.admit(10, 0, 5), Ok(()));
-    let e = s.admit(10, 1, 6).unwrap_err();
+    assert_eq!(s.admit(&shard(10, 0), 5), Ok(()));
+    let e = s.admit(&shard(10, 1), 6).unwrap_err();
     assert_eq!(
         (e.name.as_str(), e.limit, e.live, e.adds),
         ("small", 10, 10, 1)
@@ -146,7 +154,7 @@ fn quotas_count_every_write_they_check() {
 fn the_store_round_trips_through_its_snapshot_bytes() {
     let mut s = PolicyStore::default();
     s.apply(&put("q", 10), 1).unwrap();
-    s.admit(9, 2, 2).unwrap_err();
+    s.admit(&shard(9, 2), 2).unwrap_err();
     let back = PolicyStore::from_bytes(&s.to_bytes()).unwrap();
     assert_eq!(back, s);
     assert_eq!(back.checksum(), s.checksum());
@@ -202,7 +210,7 @@ proptest! {
             for s in [&mut a, &mut b, &mut c] {
                 let r = s.apply(cmd, index);
                 if let Some((live, adds)) = write {
-                    let _ = s.admit(*live, *adds, index);
+                    let _ = s.admit(&shard(*live, *adds), index);
                 }
                 let _ = r;
             }
