@@ -19,7 +19,7 @@ use kindex_node::raft::NodeId;
 use kindex_node::raft::PointRecord;
 use kindex_node::raft::RaftShard;
 use kindex_node::raft::RaftShardConfig;
-use kindex_node::raft::state_machine::memory::MemState;
+use mem_state::MemState;
 use openraft::ReadPolicy;
 use openraft::SnapshotPolicy;
 use openraft::async_runtime::WatchReceiver;
@@ -27,6 +27,14 @@ use tokio::net::TcpListener;
 
 #[path = "procs/loopback.rs"]
 mod loopback;
+#[path = "support/mem_state.rs"]
+mod mem_state;
+use kindex_node::raft::ApplyOutcome;
+use kindex_node::raft::LogId;
+use kindex_node::raft::Refusal;
+use kindex_node::raft::RefusalKind;
+use kindex_node::raft::ShardState;
+use kindex_node::raft::SnapshotWriter;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 const WAIT: Duration = Duration::from_secs(20);

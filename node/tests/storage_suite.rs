@@ -4,18 +4,28 @@
 
 use std::sync::Arc;
 
+use kindex_node::raft::ApplyOutcome;
+use kindex_node::raft::Command;
+use kindex_node::raft::LogId;
 use kindex_node::raft::LogStore;
 use kindex_node::raft::LogStoreConfig;
+use kindex_node::raft::Refusal;
+use kindex_node::raft::RefusalKind;
+use kindex_node::raft::ShardState;
 use kindex_node::raft::ShardStateMachine;
+use kindex_node::raft::SnapshotWriter;
 use kindex_node::raft::TypeConfig;
 use kindex_node::raft::state_machine::StateMachineConfig;
-use kindex_node::raft::state_machine::memory::MemState;
+use mem_state::MemState;
 use openraft::ErrorSubject;
 use openraft::ErrorVerb;
 use openraft::StorageError;
 use openraft::testing::log::StoreBuilder;
 use openraft::testing::log::Suite;
 use tempfile::TempDir;
+
+#[path = "support/mem_state.rs"]
+mod mem_state;
 
 struct Builder;
 

@@ -576,7 +576,5 @@ impl<S: ShardState> RaftStateMachine<TypeConfig> for ShardStateMachine<S> {
     }
 }
 
-pub mod memory;
-
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,14 @@
 use openraft::RaftSnapshotBuilder;
 use openraft::storage::RaftStateMachine;
 
-use super::memory::MemState;
 use super::*;
 use crate::raft::PointRecord;
+use crate::raft::Refusal;
+use crate::raft::RefusalKind;
+use memory::MemState;
+
+#[path = "../../../tests/support/mem_state.rs"]
+mod memory;
 
 fn ent(index: u64) -> Entry {
     Entry {

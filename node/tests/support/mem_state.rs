@@ -1,4 +1,8 @@
-//! An in-memory [`ShardState`] for tests: id → (vector, payload). Snapshot = one JSON file.
+//! An in-memory `ShardState` for tests of the Raft layer: id → (vector, payload). Snapshot =
+//! one JSON file. A test double, so it lives with the tests: included by `node/tests/cluster.rs`
+//! and by the state machine's unit tests, each bringing the kindex names it uses into scope
+//! (`ApplyOutcome`, `Command`, `LogId`, `Refusal`, `RefusalKind`, `ShardState`,
+//! `SnapshotWriter`).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -9,9 +13,12 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use super::ApplyOutcome;
+use super::Command;
+use super::LogId;
+use super::Refusal;
+use super::RefusalKind;
 use super::ShardState;
 use super::SnapshotWriter;
-use crate::raft::Command;
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemData {
@@ -26,6 +33,8 @@ pub struct MemState {
     data: RwLock<MemData>,
 }
 
+// Each including test uses its own part of it.
+#[allow(dead_code)]
 impl MemState {
     pub fn new() -> Self {
         Self::default()
@@ -60,7 +69,7 @@ impl SnapshotWriter for MemWriter {
 }
 
 impl ShardState for MemState {
-    fn apply(&self, log_id: &crate::raft::LogId, cmd: &Command) -> io::Result<ApplyOutcome> {
+    fn apply(&self, log_id: &LogId, cmd: &Command) -> io::Result<ApplyOutcome> {
         let mut d = self.data.write();
         d.last_index = log_id.index;
         match cmd {
@@ -70,8 +79,8 @@ impl ShardState for MemState {
                     .filter(|p| !d.points.contains_key(&p.id))
                     .count();
                 if d.max_points.is_some_and(|m| d.points.len() + new > m) {
-                    return Ok(ApplyOutcome::Rejected(crate::raft::Refusal::new(
-                        crate::raft::RefusalKind::Quota,
+                    return Ok(ApplyOutcome::Rejected(Refusal::new(
+                        RefusalKind::Quota,
                         "quota: too many points",
                     )));
                 }
@@ -96,9 +105,7 @@ impl ShardState for MemState {
                     max_points: Option<usize>,
                 }
                 let Ok(q) = serde_json::from_str::<Quota>(json) else {
-                    return Ok(ApplyOutcome::Rejected(crate::raft::Refusal::invalid(
-                        "malformed policy",
-                    )));
+                    return Ok(ApplyOutcome::Rejected(Refusal::invalid("malformed policy")));
                 };
                 d.max_points = q.max_points;
                 Ok(ApplyOutcome::Applied { affected: 0 })
@@ -106,10 +113,7 @@ impl ShardState for MemState {
         }
     }
 
-    fn begin_snapshot(
-        &self,
-        _last_applied: Option<&crate::raft::LogId>,
-    ) -> io::Result<Box<dyn SnapshotWriter>> {
+    fn begin_snapshot(&self, _last_applied: Option<&LogId>) -> io::Result<Box<dyn SnapshotWriter>> {
         Ok(Box::new(MemWriter(self.data.read().clone())))
     }
 
