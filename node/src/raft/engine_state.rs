@@ -61,6 +61,9 @@ pub struct EngineState {
     policies: Mutex<PolicyStore>,
     /// Payload usage, while a quota needs it (see [`super::usage`]); locked after `policies`.
     usage: Mutex<Option<Usage>>,
+    /// The searchDefaults policies combined (filters parsed once), rebuilt whenever the policy
+    /// store changes; locked after `policies`.
+    search_rules: Mutex<Arc<SearchRules>>,
     structural: StructuralConfig,
     /// Knobs for engines built later (snapshot installs).
     knobs: Mutex<EngineKnobs>,
@@ -82,6 +85,7 @@ impl EngineState {
             engine: RwLock::new(Arc::new(engine)),
             policies: Mutex::new(PolicyStore::default()),
             usage: Mutex::new(None),
+            search_rules: Mutex::new(Arc::new(SearchRules::default())),
             structural,
             knobs: Mutex::new(knobs),
             metrics,
@@ -179,8 +183,16 @@ impl EngineState {
     }
 
     /// The searchDefaults policies this replica applied, combined.
-    pub fn search_rules(&self) -> SearchRules {
-        self.policies.lock().search_rules()
+    pub fn search_rules(&self) -> Arc<SearchRules> {
+        self.search_rules.lock().clone()
+    }
+
+    /// Rebuilds what is derived from the policy store: the combined search rules and the
+    /// payload usage (after a policy change or a snapshot install).
+    fn policies_changed(&self, engine: &Engine) {
+        let rules = Arc::new(self.policies.lock().search_rules());
+        *self.search_rules.lock() = rules;
+        self.refresh_usage(engine);
     }
 
     /// New runtime knobs, for the current engine and for engines built later.
@@ -499,7 +511,7 @@ impl ShardState for EngineState {
                     self.apply_prune(&engine, &cmd, log_id.index)?
                 } else {
                     let r = self.policies.lock().apply(&cmd, log_id.index);
-                    self.refresh_usage(&engine);
+                    self.policies_changed(&engine);
                     match r {
                         Ok(version) => ApplyOutcome::Applied { affected: version },
                         Err(e) => ApplyOutcome::Rejected(refusal_of(e)),
@@ -564,7 +576,7 @@ impl ShardState for EngineState {
         *self.policies.lock() = policies;
         // Rebuilt from the new engine before any apply or pre-check sees it.
         *self.usage.lock() = None;
-        self.refresh_usage(&engine);
+        self.policies_changed(&engine);
         drop(engine);
         // Stops its indexing workers once the last reader lets go.
         drop(previous);
