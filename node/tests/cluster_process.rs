@@ -14,6 +14,8 @@
 //! - a quota holds exactly under concurrent writers on every path, a quota change racing writes
 //!   is settled by log order, policy versions survive restarts and snapshot installs, policy
 //!   changes wait for a member of an older build (`policies`);
+//! - a per-tenant quota holds per tenant under writers racing through every replica
+//!   (`tenants`);
 //! - retention hides expired points on every replica before the sweep, the sweep removes
 //!   exactly them, and a leader killed mid-sweep loses no acknowledged write (`retention`).
 //!
@@ -33,6 +35,8 @@ mod procs;
 mod replication;
 #[path = "cluster_process/retention.rs"]
 mod retention;
+#[path = "cluster_process/tenants.rs"]
+mod tenants;
 
 use kindex_proto as pb;
 use pb::points_client::PointsClient;
