@@ -185,7 +185,7 @@ pub struct VectorIndexSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
 
-    /// Policies synced by the operator into every shard's Raft state machine (condition PoliciesSynced; docs/policies.md). Enforced: quota maxVectors (index-wide, split over the shards), schema and searchDefaults (each shard gets them unchanged). Not enforced yet (PoliciesSynced False, reason Unsupported): retention and quota maxPayloadBytes.
+    /// Policies synced by the operator into every shard's Raft state machine (condition PoliciesSynced, status.shards[].policiesSynced; docs/policies.md). Enforced: quota maxVectors (index-wide, split over the shards), schema and searchDefaults (each shard gets them unchanged). Not enforced yet (PoliciesSynced False, reason Unsupported): retention and quota maxPayloadBytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]

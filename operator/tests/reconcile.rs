@@ -750,6 +750,7 @@ async fn schema_and_search_defaults_reach_the_leader_and_a_restarted_operator_ma
             .contains("the 3 policies"),
         "{synced}"
     );
+    assert_eq!(status["shards"][0]["policiesSynced"], true, "{status}");
 
     // The same resource again, by a restarted operator: nothing is sent, no version.
     let again = env_with(&vi, e.nodes.clone());
@@ -767,9 +768,10 @@ async fn schema_and_search_defaults_reach_the_leader_and_a_restarted_operator_ma
         "True",
         "{status}"
     );
+    assert_eq!(status["shards"][0]["policiesSynced"], true, "{status}");
 
-    // A changed limit the leader cannot take yet (a replica of an older build): the
-    // condition says so; once it can, one new version.
+    // A changed limit the leader cannot take yet (a replica of an older build): the shard
+    // and the condition say so; once it can, one new version.
     vi.spec.policies[2].max_k = Some(50);
     e.nodes.policy_errors.lock().unwrap().insert(
         "idx-s0-0".into(),
@@ -794,6 +796,7 @@ async fn schema_and_search_defaults_reach_the_leader_and_a_restarted_operator_ma
             .contains("shard 0: search: "),
         "{synced}"
     );
+    assert_eq!(status["shards"][0]["policiesSynced"], false, "{status}");
     assert_eq!(in_force(&e.nodes, "search").0, 1);
 
     e.nodes.policy_errors.lock().unwrap().clear();
@@ -815,4 +818,5 @@ async fn schema_and_search_defaults_reach_the_leader_and_a_restarted_operator_ma
         "True",
         "{status}"
     );
+    assert_eq!(status["shards"][0]["policiesSynced"], true, "{status}");
 }
