@@ -565,13 +565,12 @@ pub struct PolicyFilter {
     pub must_not: Vec<FilterCondition>,
 }
 
-/// A condition on one top-level payload field: an equality (`match`) or a numeric `range`.
-/// A point without the field meets no condition.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(
-    validation = Rule::new("has(self.match) != has(self.range)")
-        .message("a filter condition needs exactly one of match and range")
-)]
+/// A condition on one top-level payload field: an equality (`match`) or a numeric `range`,
+/// exactly one of them. A point without the field meets no condition.
+// No CEL rule for "exactly one": the API server's CEL does not see `match` (a field without
+// a type), so `has(self.match)` does not compile there; the operator's validation refuses
+// such a condition (InvalidSpec).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct FilterCondition {
     /// Payload field name.
@@ -733,8 +732,9 @@ fn storage_size_schema(_: &mut SchemaGenerator) -> Schema {
 }
 
 /// A filter's `match` value: a string, an integer or a boolean. A structural schema cannot
-/// say "one of these scalar types", so the API server keeps any value and the operator's
-/// validation refuses the others, naming the condition.
+/// say "one of these scalar types", so the API server keeps any value (and its CEL rules
+/// cannot see the field); the operator's validation refuses the others, naming the
+/// condition.
 fn match_value_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "description": "Equal to this string, integer (64-bit) or boolean.",

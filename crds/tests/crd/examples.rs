@@ -98,8 +98,8 @@ fn invalid_objects_are_rejected() {
             true,
         ),
         (
-            "policy-condition-match-and-range.yaml",
-            "a filter condition needs exactly one of match and range",
+            "policy-filter-empty-range.yaml",
+            "a range needs at least one of gt, gte, lt, lte",
             true,
         ),
     ];
