@@ -15,8 +15,9 @@ pub mod validate;
 
 pub use kube::CustomResourceExt;
 pub use spec::{
-    ApiKeySecretRef, AuthSpec, HnswSpec, IndexingSpec, Metric, PodTemplateOverrides, PolicyKind,
-    PolicySpec, SnapshotSpec, StorageSpec, StructuralConfig, VectorIndex, VectorIndexSpec,
+    ApiKeySecretRef, AuthSpec, FilterCondition, FilterRange, HnswSpec, IndexingSpec, Metric,
+    PodTemplateOverrides, PolicyFilter, PolicyKind, PolicySpec, SchemaFieldSpec, SchemaFieldType,
+    SnapshotSpec, StorageSpec, StructuralConfig, VectorIndex, VectorIndexSpec,
 };
 pub use status::{Phase, ShardStatus, VectorIndexStatus, condition_types};
 pub use validate::{SpecError, SpecWarning, parse_duration, validate, validate_update, warnings};

@@ -185,7 +185,7 @@ pub struct VectorIndexSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
 
-    /// Retention and quota policies, synced by the operator into every shard's Raft state machine (condition PoliciesSynced; docs/policies.md). Enforced: quota maxVectors, index-wide, split over the shards. Not enforced yet (PoliciesSynced False, reason Unsupported): retention and quota maxPayloadBytes.
+    /// Policies synced by the operator into every shard's Raft state machine (condition PoliciesSynced, status.shards[].policiesSynced; docs/policies.md). Enforced: quota maxVectors (index-wide, split over the shards), schema and searchDefaults (each shard gets them unchanged). Not enforced yet (PoliciesSynced False, reason Unsupported): retention and quota maxPayloadBytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
@@ -393,44 +393,213 @@ pub struct PodTemplateOverrides {
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
 }
 
-/// A named policy kept in each shard's Raft state machine.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// Most payload fields one `schema` policy lists (the nodes' limit).
+pub const MAX_SCHEMA_FIELDS: usize = 64;
+/// Most conditions of one `searchDefaults` filter, `must` and `mustNot` together (the
+/// nodes' limit).
+pub const MAX_FILTER_CONDITIONS: usize = 16;
+/// Most fields one `searchDefaults` policy lists in `requireMatch`.
+pub const MAX_REQUIRE_MATCH: usize = 16;
+/// Longest payload field name in a policy (bounds the API server's CEL cost estimate).
+pub const MAX_FIELD_NAME: usize = 256;
+
+/// A named policy kept in each shard's Raft state machine (docs/policies.md). Which fields
+/// apply depends on `kind`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
     validation = Rule::new("self.kind != 'retention' || has(self.maxAgeSeconds) || has(self.maxVectors)")
         .message("a retention policy needs maxAgeSeconds and/or maxVectors"),
-    validation = Rule::new("self.kind != 'retention' || !has(self.maxPayloadBytes)")
-        .message("maxPayloadBytes applies to quota policies only"),
     validation = Rule::new("self.kind != 'quota' || has(self.maxVectors) || has(self.maxPayloadBytes)")
         .message("a quota policy needs maxVectors and/or maxPayloadBytes"),
-    validation = Rule::new("self.kind != 'quota' || !has(self.maxAgeSeconds)")
-        .message("maxAgeSeconds applies to retention policies only")
+    validation = Rule::new("self.kind != 'schema' || has(self.fields) || has(self.maxPayloadBytes)")
+        .message("a schema policy needs fields and/or maxPayloadBytes"),
+    validation = Rule::new("self.kind != 'searchDefaults' || has(self.maxK) || has(self.maxEfSearch) || has(self.filter) || has(self.requireMatch)")
+        .message("a searchDefaults policy needs maxK, maxEfSearch, filter and/or requireMatch"),
+    validation = Rule::new("self.kind == 'retention' || !has(self.maxAgeSeconds)")
+        .message("maxAgeSeconds applies to retention policies only"),
+    validation = Rule::new("self.kind == 'quota' || self.kind == 'retention' || !has(self.maxVectors)")
+        .message("maxVectors applies to quota and retention policies only"),
+    validation = Rule::new("self.kind == 'quota' || self.kind == 'schema' || !has(self.maxPayloadBytes)")
+        .message("maxPayloadBytes applies to quota and schema policies only"),
+    validation = Rule::new("self.kind == 'schema' || !has(self.fields)")
+        .message("fields applies to schema policies only"),
+    validation = Rule::new("self.kind == 'searchDefaults' || !(has(self.maxK) || has(self.maxEfSearch) || has(self.filter) || has(self.requireMatch))")
+        .message("maxK, maxEfSearch, filter and requireMatch apply to searchDefaults policies only")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PolicySpec {
     /// Unique name within the index (a DNS label).
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub name: String,
+    // maxLength bounds the API server's CEL cost estimate for the rules above.
     #[schemars(extend("maxLength" = 16))]
     pub kind: PolicyKind,
-    /// retention: prune points older than this.
+    /// retention (not enforced yet): prune points older than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_age_seconds: Option<u64>,
-    /// retention: prune the oldest points beyond this count; quota: reject writes beyond it.
+    /// quota: refuse writes that would take the index above this many vectors (index-wide:
+    /// each shard gets ceil(maxVectors / shards)). retention (not enforced yet): prune the
+    /// oldest points beyond this count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_vectors: Option<u64>,
-    /// quota: reject writes once payloads reach this many bytes.
+    /// schema: refuse an upserted point whose payload's JSON text is longer than this many
+    /// bytes. quota (not enforced yet): total payload bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_payload_bytes: Option<u64>,
+    /// schema: top-level payload fields by name. A listed field that is present must have
+    /// its type; a `required` one must be present and not null in every upserted point.
+    /// Points stored before the policy are not re-checked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("minProperties" = 1, "maxProperties" = MAX_SCHEMA_FIELDS))]
+    pub fields: BTreeMap<String, SchemaFieldSpec>,
+    /// searchDefaults: a search asking for more hits than this is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = u32::MAX))]
+    pub max_k: Option<u32>,
+    /// searchDefaults: a search's efSearch (or the index's `hnsw.efSearch` when it gives
+    /// none) is lowered to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = u32::MAX))]
+    pub max_ef_search: Option<u32>,
+    /// searchDefaults: conditions added (ANDed) to every search's filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<PolicyFilter>,
+    /// searchDefaults: payload fields every search must constrain with a `must` equality
+    /// (`match`) condition, e.g. `[tenant]`; other searches are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = MAX_REQUIRE_MATCH))]
+    #[schemars(inner(length(min = 1, max = MAX_FIELD_NAME)))]
+    pub require_match: Vec<String>,
+}
+
+impl PolicySpec {
+    /// A policy of `kind` without any limit set.
+    pub fn new(name: impl Into<String>, kind: PolicyKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            max_age_seconds: None,
+            max_vectors: None,
+            max_payload_bytes: None,
+            fields: BTreeMap::new(),
+            max_k: None,
+            max_ef_search: None,
+            filter: None,
+            require_match: Vec::new(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "camelCase")]
 pub enum PolicyKind {
+    /// Not enforced yet: the operator does not send it (PoliciesSynced reason Unsupported).
     Retention,
     Quota,
+    Schema,
+    SearchDefaults,
+}
+
+/// One payload field of a `schema` policy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaFieldSpec {
+    /// The JSON type a present value must have: string, number (any JSON number), integer
+    /// (a number without a fraction that fits 64 bits), boolean, array or object.
+    #[serde(rename = "type")]
+    pub type_: SchemaFieldType,
+    /// The field must be present and not null in every upserted point.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// JSON types a `schema` policy checks.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaFieldType {
+    String,
+    /// Any JSON number.
+    Number,
+    /// A number without a fraction that fits 64 bits.
+    Integer,
+    Boolean,
+    Array,
+    Object,
+}
+
+impl SchemaFieldType {
+    /// The name the nodes use (and the CRD).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchemaFieldType::String => "string",
+            SchemaFieldType::Number => "number",
+            SchemaFieldType::Integer => "integer",
+            SchemaFieldType::Boolean => "boolean",
+            SchemaFieldType::Array => "array",
+            SchemaFieldType::Object => "object",
+        }
+    }
+}
+
+/// The mandatory filter of a `searchDefaults` policy: the search API's filter grammar
+/// without `should` (the conditions are ANDed with each search's own filter).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("has(self.must) || has(self.mustNot)")
+        .message("a searchDefaults filter needs must and/or mustNot conditions"),
+    validation = Rule::new(format!("(has(self.must) ? size(self.must) : 0) + (has(self.mustNot) ? size(self.mustNot) : 0) <= {MAX_FILTER_CONDITIONS}"))
+        .message(kube::core::Message::Message(format!("a searchDefaults filter has at most {MAX_FILTER_CONDITIONS} conditions (must and mustNot together)")))
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyFilter {
+    /// Conditions every hit must meet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = MAX_FILTER_CONDITIONS))]
+    pub must: Vec<FilterCondition>,
+    /// Conditions no hit may meet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = MAX_FILTER_CONDITIONS))]
+    pub must_not: Vec<FilterCondition>,
+}
+
+/// A condition on one top-level payload field: an equality (`match`) or a numeric `range`,
+/// exactly one of them. A point without the field meets no condition.
+// No CEL rule for "exactly one": the API server's CEL does not see `match` (a field without
+// a type), so `has(self.match)` does not compile there; the operator's validation refuses
+// such a condition (InvalidSpec).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FilterCondition {
+    /// Payload field name.
+    #[schemars(length(min = 1, max = MAX_FIELD_NAME))]
+    pub field: String,
+    /// Equal to this string, integer (64-bit) or boolean.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "match_value_schema")]
+    pub match_: Option<serde_json::Value>,
+    /// A number within these bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<FilterRange>,
+}
+
+/// Numeric bounds; at least one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("has(self.gt) || has(self.gte) || has(self.lt) || has(self.lte)")
+        .message("a range needs at least one of gt, gte, lt, lte")
+)]
+pub struct FilterRange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gt: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gte: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lt: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lte: Option<f64>,
 }
 
 /// The fields the data on disk is built with. The node persists them (and their hash)
@@ -559,5 +728,16 @@ fn storage_size_schema(_: &mut SchemaGenerator) -> Schema {
         "type": "string",
         "maxLength": 32,
         "pattern": STORAGE_SIZE_PATTERN,
+    })
+}
+
+/// A filter's `match` value: a string, an integer or a boolean. A structural schema cannot
+/// say "one of these scalar types", so the API server keeps any value (and its CEL rules
+/// cannot see the field); the operator's validation refuses the others, naming the
+/// condition.
+fn match_value_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Equal to this string, integer (64-bit) or boolean.",
+        "x-kubernetes-preserve-unknown-fields": true,
     })
 }

@@ -120,4 +120,9 @@ pub struct ShardStatus {
     /// When the newest snapshot was taken (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_snapshot: Option<String>,
+    /// Whether the shard's leader applies every policy of `spec.policies` that the operator
+    /// sends (at the last reconcile). Kinds the nodes do not enforce yet are not sent, so they
+    /// do not count here; the `PoliciesSynced` condition names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies_synced: Option<bool>,
 }

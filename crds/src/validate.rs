@@ -8,7 +8,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::spec::{MAX_POLICIES, PolicyKind, STRUCTURAL_FIELDS, VectorIndexSpec};
+use crate::spec::{
+    FilterCondition, MAX_FIELD_NAME, MAX_FILTER_CONDITIONS, MAX_POLICIES, MAX_REQUIRE_MATCH,
+    MAX_SCHEMA_FIELDS, PolicyFilter, PolicyKind, PolicySpec, STRUCTURAL_FIELDS, VectorIndexSpec,
+};
 
 /// Why a spec is invalid. `field` is the YAML path below `spec`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +35,13 @@ pub enum SpecError {
     DuplicatePolicy { name: String },
     #[error("spec.policies[{name}]: {reason}")]
     InvalidPolicy { name: String, reason: &'static str },
+    /// `field` is the path below the policy, e.g. `filter.must[0].match`.
+    #[error("spec.policies[{name}].{field}: {reason}")]
+    InvalidPolicyField {
+        name: String,
+        field: String,
+        reason: String,
+    },
     #[error(
         "spec.{field} is immutable (structural field): {old} -> {new}; create a new VectorIndex to change it"
     )]
@@ -198,43 +208,177 @@ fn validate_policies(spec: &VectorIndexSpec, errors: &mut Vec<SpecError>) {
     }
     let mut seen = BTreeSet::new();
     for p in &spec.policies {
-        let mut bad = |reason| {
-            errors.push(SpecError::InvalidPolicy {
-                name: p.name.clone(),
-                reason,
-            });
-        };
-        if !is_dns_label(&p.name) {
-            bad(
-                "name must be a DNS label (lowercase alphanumerics and '-', at most 63 characters)",
-            );
-        }
-        let limits = [p.max_age_seconds, p.max_vectors, p.max_payload_bytes];
-        if limits.contains(&Some(0)) {
-            bad("limits must be at least 1");
-        }
-        match p.kind {
-            PolicyKind::Retention => {
-                if p.max_age_seconds.is_none() && p.max_vectors.is_none() {
-                    bad("a retention policy needs maxAgeSeconds and/or maxVectors");
-                }
-                if p.max_payload_bytes.is_some() {
-                    bad("maxPayloadBytes applies to quota policies only");
-                }
-            }
-            PolicyKind::Quota => {
-                if p.max_vectors.is_none() && p.max_payload_bytes.is_none() {
-                    bad("a quota policy needs maxVectors and/or maxPayloadBytes");
-                }
-                if p.max_age_seconds.is_some() {
-                    bad("maxAgeSeconds applies to retention policies only");
-                }
-            }
-        }
+        validate_policy(p, errors);
         if !seen.insert(p.name.as_str()) {
             errors.push(SpecError::DuplicatePolicy {
                 name: p.name.clone(),
             });
+        }
+    }
+}
+
+/// One policy: the same rules as the CRD's CEL rules and schema, and what the schema cannot
+/// say (filter `match` values), with the field named.
+fn validate_policy(p: &PolicySpec, errors: &mut Vec<SpecError>) {
+    let mut bad = |reason| {
+        errors.push(SpecError::InvalidPolicy {
+            name: p.name.clone(),
+            reason,
+        });
+    };
+    if !is_dns_label(&p.name) {
+        bad("name must be a DNS label (lowercase alphanumerics and '-', at most 63 characters)");
+    }
+    let limits = [
+        p.max_age_seconds,
+        p.max_vectors,
+        p.max_payload_bytes,
+        p.max_k.map(u64::from),
+        p.max_ef_search.map(u64::from),
+    ];
+    if limits.contains(&Some(0)) {
+        bad("limits must be at least 1");
+    }
+    let kind = p.kind;
+    let search_fields = p.max_k.is_some()
+        || p.max_ef_search.is_some()
+        || p.filter.is_some()
+        || !p.require_match.is_empty();
+    match kind {
+        PolicyKind::Retention if p.max_age_seconds.is_none() && p.max_vectors.is_none() => {
+            bad("a retention policy needs maxAgeSeconds and/or maxVectors");
+        }
+        PolicyKind::Quota if p.max_vectors.is_none() && p.max_payload_bytes.is_none() => {
+            bad("a quota policy needs maxVectors and/or maxPayloadBytes");
+        }
+        PolicyKind::Schema if p.fields.is_empty() && p.max_payload_bytes.is_none() => {
+            bad("a schema policy needs fields and/or maxPayloadBytes");
+        }
+        PolicyKind::SearchDefaults if !search_fields => {
+            bad("a searchDefaults policy needs maxK, maxEfSearch, filter and/or requireMatch");
+        }
+        _ => {}
+    }
+    if kind != PolicyKind::Retention && p.max_age_seconds.is_some() {
+        bad("maxAgeSeconds applies to retention policies only");
+    }
+    if !matches!(kind, PolicyKind::Quota | PolicyKind::Retention) && p.max_vectors.is_some() {
+        bad("maxVectors applies to quota and retention policies only");
+    }
+    if !matches!(kind, PolicyKind::Quota | PolicyKind::Schema) && p.max_payload_bytes.is_some() {
+        bad("maxPayloadBytes applies to quota and schema policies only");
+    }
+    if kind != PolicyKind::Schema && !p.fields.is_empty() {
+        bad("fields applies to schema policies only");
+    }
+    if kind != PolicyKind::SearchDefaults && search_fields {
+        bad("maxK, maxEfSearch, filter and requireMatch apply to searchDefaults policies only");
+    }
+
+    let mut field = |field: String, reason: String| {
+        errors.push(SpecError::InvalidPolicyField {
+            name: p.name.clone(),
+            field,
+            reason,
+        });
+    };
+    if p.fields.len() > MAX_SCHEMA_FIELDS {
+        field(
+            "fields".into(),
+            format!(
+                "lists {} fields; at most {MAX_SCHEMA_FIELDS}",
+                p.fields.len()
+            ),
+        );
+    }
+    for name in p.fields.keys() {
+        if name.is_empty() || name.len() > MAX_FIELD_NAME {
+            field(
+                format!("fields[{name:?}]"),
+                format!("a payload field name has 1 to {MAX_FIELD_NAME} characters"),
+            );
+        }
+    }
+    if p.require_match.len() > MAX_REQUIRE_MATCH {
+        field(
+            "requireMatch".into(),
+            format!(
+                "lists {} fields; at most {MAX_REQUIRE_MATCH}",
+                p.require_match.len()
+            ),
+        );
+    }
+    for (i, name) in p.require_match.iter().enumerate() {
+        if name.is_empty() || name.len() > MAX_FIELD_NAME {
+            field(
+                format!("requireMatch[{i}]"),
+                format!("a payload field name has 1 to {MAX_FIELD_NAME} characters"),
+            );
+        }
+    }
+    if let Some(f) = &p.filter {
+        for (path, reason) in filter_problems(f) {
+            field(path, reason);
+        }
+    }
+}
+
+/// What is wrong with a `searchDefaults` filter, as (path below the policy, reason).
+fn filter_problems(f: &PolicyFilter) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if f.must.is_empty() && f.must_not.is_empty() {
+        out.push((
+            "filter".into(),
+            "needs must and/or mustNot conditions".into(),
+        ));
+    }
+    let total = f.must.len() + f.must_not.len();
+    if total > MAX_FILTER_CONDITIONS {
+        out.push((
+            "filter".into(),
+            format!("has {total} conditions; at most {MAX_FILTER_CONDITIONS} (must and mustNot together)"),
+        ));
+    }
+    for (clause, list) in [("must", &f.must), ("mustNot", &f.must_not)] {
+        for (i, c) in list.iter().enumerate() {
+            let at = format!("filter.{clause}[{i}]");
+            out.extend(condition_problem(c).map(|(sub, reason)| (format!("{at}{sub}"), reason)));
+        }
+    }
+    out
+}
+
+fn condition_problem(c: &FilterCondition) -> Option<(&'static str, String)> {
+    if c.field.is_empty() || c.field.len() > MAX_FIELD_NAME {
+        return Some((
+            ".field",
+            format!("a payload field name has 1 to {MAX_FIELD_NAME} characters"),
+        ));
+    }
+    match (&c.match_, &c.range) {
+        (Some(_), Some(_)) | (None, None) => {
+            Some(("", "needs exactly one of match and range".into()))
+        }
+        (Some(v), None) => {
+            let ok = v.is_string() || v.is_boolean() || v.is_i64();
+            (!ok).then(|| {
+                (
+                    ".match",
+                    format!(
+                        "{v} is not a string, an integer (64-bit) or a boolean; use a range for other numbers"
+                    ),
+                )
+            })
+        }
+        (None, Some(r)) => {
+            let bounds = [r.gt, r.gte, r.lt, r.lte];
+            if bounds.iter().all(Option::is_none) {
+                Some((".range", "needs at least one of gt, gte, lt, lte".into()))
+            } else if bounds.iter().flatten().any(|b| !b.is_finite()) {
+                Some((".range", "bounds must be finite numbers".into()))
+            } else {
+                None
+            }
         }
     }
 }
@@ -367,7 +511,10 @@ fn is_dns_subdomain(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Metric, PolicySpec};
+    use crate::spec::{
+        FilterCondition, FilterRange, Metric, PolicyFilter, PolicySpec, SchemaFieldSpec,
+        SchemaFieldType,
+    };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn good() -> VectorIndexSpec {
@@ -393,11 +540,8 @@ mod tests {
 
     fn policy(name: &str, kind: PolicyKind) -> PolicySpec {
         PolicySpec {
-            name: name.into(),
-            kind,
-            max_age_seconds: None,
             max_vectors: Some(1000),
-            max_payload_bytes: None,
+            ..PolicySpec::new(name, kind)
         }
     }
 
@@ -493,7 +637,7 @@ mod tests {
                     ..policy("keep", PolicyKind::Retention)
                 })
             }),
-            ("quota policies only", |p| {
+            ("quota and schema policies only", |p| {
                 p.push(PolicySpec {
                     max_payload_bytes: Some(10),
                     ..policy("keep", PolicyKind::Retention)
@@ -539,6 +683,200 @@ mod tests {
                 "{needle}: got {errors:?}"
             );
         }
+    }
+
+    fn schema_policy() -> PolicySpec {
+        let mut p = PolicySpec::new("shape", PolicyKind::Schema);
+        p.fields.insert(
+            "tenant".into(),
+            SchemaFieldSpec {
+                type_: SchemaFieldType::String,
+                required: true,
+            },
+        );
+        p
+    }
+
+    fn condition(field: &str, m: serde_json::Value) -> FilterCondition {
+        FilterCondition {
+            field: field.into(),
+            match_: Some(m),
+            range: None,
+        }
+    }
+
+    fn search_policy() -> PolicySpec {
+        PolicySpec {
+            max_k: Some(100),
+            filter: Some(PolicyFilter {
+                must: vec![],
+                must_not: vec![condition("hidden", true.into())],
+            }),
+            require_match: vec!["tenant".into()],
+            ..PolicySpec::new("search", PolicyKind::SearchDefaults)
+        }
+    }
+
+    #[test]
+    fn schema_and_search_defaults_policies_are_checked_naming_the_field() {
+        let mut spec = good();
+        spec.policies = vec![schema_policy(), search_policy()];
+        assert_eq!(validate(&spec), Ok(()));
+
+        type Edit = fn(&mut PolicySpec);
+        // (policy to edit: 0 schema / 1 searchDefaults, edit, the start of the error)
+        let table: &[(usize, Edit, &str)] = &[
+            (
+                0,
+                |p| p.fields.clear(),
+                "spec.policies[shape]: a schema policy needs fields and/or maxPayloadBytes",
+            ),
+            (
+                0,
+                |p| p.max_vectors = Some(5),
+                "spec.policies[shape]: maxVectors applies to quota and retention",
+            ),
+            (
+                0,
+                |p| p.max_k = Some(5),
+                "spec.policies[shape]: maxK, maxEfSearch, filter and requireMatch apply to searchDefaults",
+            ),
+            (
+                0,
+                |p| p.max_payload_bytes = Some(0),
+                "spec.policies[shape]: limits must be at least 1",
+            ),
+            (
+                0,
+                |p| {
+                    p.fields.insert(
+                        String::new(),
+                        SchemaFieldSpec {
+                            type_: SchemaFieldType::Integer,
+                            required: false,
+                        },
+                    );
+                },
+                "spec.policies[shape].fields[\"\"]: a payload field name",
+            ),
+            (
+                0,
+                |p| {
+                    for i in 0..65 {
+                        p.fields.insert(
+                            format!("f{i}"),
+                            SchemaFieldSpec {
+                                type_: SchemaFieldType::Number,
+                                required: false,
+                            },
+                        );
+                    }
+                },
+                "spec.policies[shape].fields: lists 66 fields; at most 64",
+            ),
+            (
+                1,
+                |p| *p = PolicySpec::new("search", PolicyKind::SearchDefaults),
+                "spec.policies[search]: a searchDefaults policy needs maxK",
+            ),
+            (
+                1,
+                |p| p.max_ef_search = Some(0),
+                "spec.policies[search]: limits must be at least 1",
+            ),
+            (
+                1,
+                |p| p.max_payload_bytes = Some(10),
+                "spec.policies[search]: maxPayloadBytes applies to quota and schema",
+            ),
+            (
+                1,
+                |p| p.require_match.push(String::new()),
+                "spec.policies[search].requireMatch[1]: a payload field name",
+            ),
+            (
+                1,
+                |p| p.filter = Some(PolicyFilter::default()),
+                "spec.policies[search].filter: needs must and/or mustNot",
+            ),
+            (
+                1,
+                |p| {
+                    p.filter.as_mut().unwrap().must = vec![condition("a", 1.into()); 16];
+                },
+                "spec.policies[search].filter: has 17 conditions; at most 16",
+            ),
+            (
+                1,
+                |p| {
+                    p.filter.as_mut().unwrap().must = vec![condition("tenant", 1.5.into())];
+                },
+                "spec.policies[search].filter.must[0].match: 1.5 is not a string, an integer",
+            ),
+            (
+                1,
+                |p| {
+                    p.filter.as_mut().unwrap().must_not[0].match_ =
+                        Some(serde_json::json!({"a": 1}));
+                },
+                "spec.policies[search].filter.mustNot[0].match: {\"a\":1} is not",
+            ),
+            (
+                1,
+                |p| {
+                    p.filter.as_mut().unwrap().must_not[0].field.clear();
+                },
+                "spec.policies[search].filter.mustNot[0].field: a payload field name",
+            ),
+            (
+                1,
+                |p| {
+                    p.filter.as_mut().unwrap().must_not[0].range = Some(FilterRange {
+                        gt: Some(1.0),
+                        ..FilterRange::default()
+                    });
+                },
+                "spec.policies[search].filter.mustNot[0]: needs exactly one of match and range",
+            ),
+            (
+                1,
+                |p| {
+                    let c = &mut p.filter.as_mut().unwrap().must_not[0];
+                    c.match_ = None;
+                    c.range = Some(FilterRange::default());
+                },
+                "spec.policies[search].filter.mustNot[0].range: needs at least one of gt",
+            ),
+        ];
+        for (i, (which, edit, expected)) in table.iter().enumerate() {
+            let mut spec = good();
+            spec.policies = vec![schema_policy(), search_policy()];
+            edit(&mut spec.policies[*which]);
+            let errors = validate(&spec).expect_err(expected);
+            assert!(
+                errors.iter().any(|e| e.to_string().starts_with(expected)),
+                "case {i}: expected {expected:?}, got {:?}",
+                errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+            );
+        }
+        // A range and integer, string and boolean matches are fine.
+        let mut spec = good();
+        let mut p = search_policy();
+        let f = p.filter.as_mut().unwrap();
+        f.must = vec![
+            condition("n", (-3).into()),
+            condition("s", "x".into()),
+            FilterCondition {
+                field: "year".into(),
+                match_: None,
+                range: Some(FilterRange {
+                    gte: Some(2020.0),
+                    ..FilterRange::default()
+                }),
+            },
+        ];
+        spec.policies = vec![p];
+        assert_eq!(validate(&spec), Ok(()));
     }
 
     #[test]

@@ -40,9 +40,14 @@ struct Env {
 }
 
 fn env(vi: &VectorIndex) -> Env {
+    env_with(vi, Arc::new(FakeNodes::default()))
+}
+
+/// An operator (API server, context) talking to `nodes`, e.g. nodes an earlier operator
+/// process already changed.
+fn env_with(vi: &VectorIndex, nodes: Arc<FakeNodes>) -> Env {
     let (client, api) = ApiServer::start();
     api.insert(VI_PATH, serde_json::to_value(vi).unwrap());
-    let nodes = Arc::new(FakeNodes::default());
     let ctx = Arc::new(Context::new(
         client.clone(),
         nodes.clone(),
@@ -597,11 +602,8 @@ async fn pausing_one_index_stops_its_reconciliation_until_resumed() {
 
 fn quota(name: &str, kind: PolicyKind, max_vectors: u64) -> PolicySpec {
     PolicySpec {
-        name: name.into(),
-        kind,
-        max_age_seconds: None,
         max_vectors: Some(max_vectors),
-        max_payload_bytes: None,
+        ..PolicySpec::new(name, kind)
     }
 }
 
@@ -651,4 +653,170 @@ async fn spec_policies_go_to_the_shard_leader_and_are_reported_as_policies_synce
             .contains("old: retention"),
         "{synced}"
     );
+}
+
+/// A spec policy of each enforced kind, as YAML in a VectorIndex would give them.
+fn enforced_policies() -> Vec<PolicySpec> {
+    serde_json::from_value(json!([
+        {"name": "cap", "kind": "quota", "maxVectors": 100},
+        {"name": "shape", "kind": "schema", "maxPayloadBytes": 4096,
+         "fields": {"tenant": {"type": "string", "required": true}, "year": {"type": "integer"}}},
+        {"name": "search", "kind": "searchDefaults", "maxK": 100, "maxEfSearch": 256,
+         "requireMatch": ["tenant"],
+         "filter": {"mustNot": [{"field": "hidden", "match": true}],
+                    "must": [{"field": "year", "range": {"gte": 2020}}]}},
+    ]))
+    .unwrap()
+}
+
+/// Shard 0 with three ready pods; `idx-s0-0` leads.
+fn seed_shard(e: &Env) {
+    seed_statefulset(&e.api, 3, "r1");
+    for o in 0..3 {
+        seed_pod(&e.api, o, "r1");
+        e.nodes.set(&format!("idx-s0-{o}"), Ok(member(o.into(), 3)));
+    }
+}
+
+/// The policy `name` in force in the leader's store: (version, content, source).
+fn in_force(nodes: &FakeNodes, name: &str) -> (u64, Value, String) {
+    let stores = nodes.policy_stores.lock().unwrap();
+    let store: Value = serde_json::from_slice(&stores["idx-s0-0"].to_bytes()).unwrap();
+    let v = store["policies"][name]["versions"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    (
+        v["version"].as_u64().unwrap(),
+        v["policy"].clone(),
+        v["source"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn schema_and_search_defaults_reach_the_leader_and_a_restarted_operator_makes_no_version() {
+    let mut vi = index(3);
+    vi.spec.policies = enforced_policies();
+    let e = env(&vi);
+    seed_shard(&e);
+    reconcile(Arc::new(vi.clone()), e.ctx.clone())
+        .await
+        .unwrap();
+    // The fake leader parses with the node's parser: each put was accepted as sent.
+    let actions = e.nodes.actions();
+    assert_eq!(actions.len(), 3, "{actions:?}");
+    assert!(
+        actions
+            .iter()
+            .all(|a| a.starts_with("ChangePolicy idx-s0-0 1 ") && a.ends_with("resource=true")),
+        "{actions:?}"
+    );
+    assert_eq!(
+        in_force(&e.nodes, "shape"),
+        (
+            1,
+            json!({"kind": "schema", "maxPayloadBytes": 4096, "fields": {
+                "tenant": {"type": "string", "required": true},
+                "year": {"type": "integer", "required": false}}}),
+            "resource".into()
+        )
+    );
+    assert_eq!(
+        in_force(&e.nodes, "search"),
+        (
+            1,
+            json!({"kind": "searchDefaults", "maxK": 100, "maxEfSearch": 256,
+                   "requireMatch": ["tenant"],
+                   "filter": {"must": [{"field": "year", "range": {"gte": 2020.0}}],
+                              "mustNot": [{"field": "hidden", "match": true}]}}),
+            "resource".into()
+        )
+    );
+    // Not split: per point and per search, every shard gets the same.
+    assert_eq!(in_force(&e.nodes, "cap").1["maxVectors"], 100);
+    let status = applied_status(&e.api);
+    let synced = condition(&status, "PoliciesSynced");
+    assert_eq!(
+        (&synced["status"], &synced["reason"]),
+        (&"True".into(), &"Synced".into()),
+        "{synced}"
+    );
+    assert!(
+        synced["message"]
+            .as_str()
+            .unwrap()
+            .contains("the 3 policies"),
+        "{synced}"
+    );
+    assert_eq!(status["shards"][0]["policiesSynced"], true, "{status}");
+
+    // The same resource again, by a restarted operator: nothing is sent, no version.
+    let again = env_with(&vi, e.nodes.clone());
+    seed_shard(&again);
+    reconcile(Arc::new(vi.clone()), again.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(e.nodes.actions().len(), 3, "{:?}", e.nodes.actions());
+    for name in ["cap", "shape", "search"] {
+        assert_eq!(in_force(&e.nodes, name).0, 1, "{name}");
+    }
+    let status = applied_status(&again.api);
+    assert_eq!(
+        condition(&status, "PoliciesSynced")["status"],
+        "True",
+        "{status}"
+    );
+    assert_eq!(status["shards"][0]["policiesSynced"], true, "{status}");
+
+    // A changed limit the leader cannot take yet (a replica of an older build): the shard
+    // and the condition say so; once it can, one new version.
+    vi.spec.policies[2].max_k = Some(50);
+    e.nodes.policy_errors.lock().unwrap().insert(
+        "idx-s0-0".into(),
+        "FAILED_PRECONDITION: policy changes wait until every replica runs a kindex that applies them".into(),
+    );
+    let blocked = env_with(&vi, e.nodes.clone());
+    seed_shard(&blocked);
+    reconcile(Arc::new(vi.clone()), blocked.ctx.clone())
+        .await
+        .unwrap();
+    let status = applied_status(&blocked.api);
+    let synced = condition(&status, "PoliciesSynced");
+    assert_eq!(
+        (&synced["status"], &synced["reason"]),
+        (&"False".into(), &"Pending".into()),
+        "{synced}"
+    );
+    assert!(
+        synced["message"]
+            .as_str()
+            .unwrap()
+            .contains("shard 0: search: "),
+        "{synced}"
+    );
+    assert_eq!(status["shards"][0]["policiesSynced"], false, "{status}");
+    assert_eq!(in_force(&e.nodes, "search").0, 1);
+
+    e.nodes.policy_errors.lock().unwrap().clear();
+    let unblocked = env_with(&vi, e.nodes.clone());
+    seed_shard(&unblocked);
+    reconcile(Arc::new(vi), unblocked.ctx.clone())
+        .await
+        .unwrap();
+    let (version, policy, _) = in_force(&e.nodes, "search");
+    assert_eq!((version, &policy["maxK"]), (2, &json!(50)));
+    assert_eq!(
+        in_force(&e.nodes, "shape").0,
+        1,
+        "the others are left alone"
+    );
+    let status = applied_status(&unblocked.api);
+    assert_eq!(
+        condition(&status, "PoliciesSynced")["status"],
+        "True",
+        "{status}"
+    );
+    assert_eq!(status["shards"][0]["policiesSynced"], true, "{status}");
 }

@@ -48,7 +48,7 @@ fn production_is_valid_and_warning_free() {
         pod.topology_spread_constraints.as_ref().map(Vec::len),
         Some(1)
     );
-    assert_eq!(s.policies.len(), 2);
+    assert_eq!(s.policies.len(), 4);
     assert_eq!(validate(s), Ok(()));
     assert!(warnings(s).is_empty(), "{:?}", warnings(s));
     validate_cel(&vi).expect("CEL");
@@ -95,6 +95,11 @@ fn invalid_objects_are_rejected() {
         (
             "resources-not-quantity.yaml",
             "resources.limits must be a quantity",
+            true,
+        ),
+        (
+            "policy-filter-empty-range.yaml",
+            "a range needs at least one of gt, gte, lt, lte",
             true,
         ),
     ];

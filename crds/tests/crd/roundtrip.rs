@@ -58,6 +58,7 @@ fn status_round_trips() {
             applied_index: 42,
             vectors: 40,
             last_snapshot: Some("2025-01-01T00:00:00Z".into()),
+            policies_synced: Some(true),
         }],
         vectors: Some(40),
         replicas: Some(1),
@@ -69,6 +70,7 @@ fn status_round_trips() {
     let json = serde_json::to_value(&vi).expect("to json");
     assert_eq!(json["status"]["phase"], "Ready");
     assert_eq!(json["status"]["shards"][0]["appliedIndex"], 42);
+    assert_eq!(json["status"]["shards"][0]["policiesSynced"], true);
     assert_eq!(json["status"]["ready"], "1/1");
     let back: VectorIndex = serde_json::from_value(json).expect("from json");
     assert_eq!(back, vi);

@@ -1,18 +1,21 @@
 //! `spec.policies` → the policy store of every shard (issue 16, docs/policies.md).
 //!
 //! Pure: [`desired`] turns the spec into the policies each shard should apply (an index-wide
-//! `maxVectors` split over the shards), [`plan`] compares them with a shard's store (as its
-//! leader reports it, `ListPolicies`) and lists the changes. The reconciler sends them to the
+//! `maxVectors` split over the shards; `schema` and `searchDefaults` unchanged on every
+//! shard), [`plan`] compares them with a shard's store (as its leader reports it,
+//! `ListPolicies`) and lists the changes. The reconciler sends them to the
 //! shard leader with `from_resource` set, so people cannot change these policies through the
 //! API, and the operator never touches policies made through the API. Content already in
 //! force makes no change: re-applying an unchanged resource or restarting the operator makes
-//! no new version.
+//! no new version. For that the JSON sent is exactly what the node reports back for it (its
+//! `PolicyBody` serialized: `schema` always has `fields`, every field rule its `required`),
+//! or the operator would send it again on every reconcile.
 
 #[cfg(test)]
 mod tests;
 
-use kindex_crds::{PolicyKind, PolicySpec};
-use serde_json::{Value, json};
+use kindex_crds::{FilterCondition, PolicyFilter, PolicyKind, PolicySpec};
+use serde_json::{Map, Value, json};
 
 /// A policy one shard should apply.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,9 +62,86 @@ pub fn desired(spec: &[PolicySpec], shards: u32) -> (Vec<Desired>, Vec<String>) 
                 "{}: retention policies are not enforced by the nodes yet",
                 p.name
             )),
+            // Per point and per search: every shard gets the same policy.
+            (PolicyKind::Schema, ..) => out.push(Desired {
+                name: p.name.clone(),
+                policy: schema_json(p),
+            }),
+            (PolicyKind::SearchDefaults, ..) => out.push(Desired {
+                name: p.name.clone(),
+                policy: search_defaults_json(p),
+            }),
         }
     }
     (out, unsupported)
+}
+
+/// A `schema` policy as the node's `PolicyBody` reads and reports it.
+fn schema_json(p: &PolicySpec) -> Value {
+    let fields: Map<String, Value> = p
+        .fields
+        .iter()
+        .map(|(name, rule)| {
+            let rule = json!({"type": rule.type_.as_str(), "required": rule.required});
+            (name.clone(), rule)
+        })
+        .collect();
+    let mut body = json!({"kind": "schema", "fields": fields});
+    if let Some(max) = p.max_payload_bytes {
+        body["maxPayloadBytes"] = max.into();
+    }
+    body
+}
+
+/// A `searchDefaults` policy as the node's `PolicyBody` reads and reports it (absent
+/// settings left out; the node keeps the filter as sent).
+fn search_defaults_json(p: &PolicySpec) -> Value {
+    let mut body = json!({"kind": "searchDefaults"});
+    if let Some(k) = p.max_k {
+        body["maxK"] = k.into();
+    }
+    if let Some(ef) = p.max_ef_search {
+        body["maxEfSearch"] = ef.into();
+    }
+    if let Some(f) = &p.filter {
+        body["filter"] = filter_json(f);
+    }
+    if !p.require_match.is_empty() {
+        body["requireMatch"] = p.require_match.clone().into();
+    }
+    body
+}
+
+/// The search API's filter grammar (`{"must": [{"field": ..., "match": ...}], ...}`).
+fn filter_json(f: &PolicyFilter) -> Value {
+    let list = |conditions: &[FilterCondition]| -> Value {
+        conditions.iter().map(condition_json).collect()
+    };
+    let mut out = Map::new();
+    if !f.must.is_empty() {
+        out.insert("must".into(), list(&f.must));
+    }
+    if !f.must_not.is_empty() {
+        out.insert("mustNot".into(), list(&f.must_not));
+    }
+    Value::Object(out)
+}
+
+fn condition_json(c: &FilterCondition) -> Value {
+    let mut out = json!({"field": c.field});
+    if let Some(m) = &c.match_ {
+        out["match"] = m.clone();
+    }
+    if let Some(r) = &c.range {
+        let mut bounds = Map::new();
+        for (name, bound) in [("gt", r.gt), ("gte", r.gte), ("lt", r.lt), ("lte", r.lte)] {
+            if let Some(b) = bound {
+                bounds.insert(name.into(), b.into());
+            }
+        }
+        out["range"] = Value::Object(bounds);
+    }
+    out
 }
 
 /// The changes that make a shard's store (`ListPolicies`'s JSON) apply `desired`, or the

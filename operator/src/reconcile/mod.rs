@@ -171,6 +171,9 @@ async fn run(vi: &VectorIndex, ctx: &Context) -> Result<Requeue, ReconcileError>
     });
     let synced = policies::sync(vi, ctx, &ns, &obs).await;
     let mut status = status::build(vi, &obs, &plans, step.as_ref(), &valid.structural_hash, now);
+    for shard in &mut status.shards {
+        shard.policies_synced = synced.shards.get(shard.shard as usize).copied();
+    }
     status::set_condition(
         vi,
         &mut status,

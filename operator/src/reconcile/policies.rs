@@ -12,16 +12,20 @@ use crate::policies::{self, Change};
 /// Who the versions made by the operator name as their actor.
 const ACTOR: &str = "kindex-operator";
 
-/// `PoliciesSynced` as (status, reason, message).
+/// `PoliciesSynced` as (status, reason, message), and per shard whether its leader applies
+/// every policy the operator sends (`status.shards[].policiesSynced`).
 pub struct Synced {
     pub status: bool,
     pub reason: &'static str,
     pub message: String,
+    /// Indexed by shard.
+    pub shards: Vec<bool>,
 }
 
 pub async fn sync(vi: &VectorIndex, ctx: &Context, ns: &str, obs: &Observed) -> Synced {
     let (desired, unsupported) = policies::desired(&vi.spec.policies, vi.spec.shards);
     let (mut pending, mut conflicts) = (Vec::new(), Vec::new());
+    let mut shards = vec![false; vi.spec.shards as usize];
     for shard in 0..vi.spec.shards {
         let Some((leader, _)) = obs.shards.get(shard as usize).and_then(|s| s.leader()) else {
             pending.push(format!("shard {shard}: no leader yet"));
@@ -47,6 +51,7 @@ pub async fn sync(vi: &VectorIndex, ctx: &Context, ns: &str, obs: &Observed) -> 
                 continue;
             }
         };
+        let mut all_applied = true;
         for change in changes {
             let (kind, policy_json) = match &change {
                 Change::Put { policy, .. } => (PolicyChange::Put, policy.to_string()),
@@ -75,9 +80,13 @@ pub async fn sync(vi: &VectorIndex, ctx: &Context, ns: &str, obs: &Observed) -> 
                         .await;
                 }
                 // E.g. a replica of an older build: the leader holds policy changes back.
-                Err(e) => pending.push(format!("shard {shard}: {}: {e}", change.name())),
+                Err(e) => {
+                    all_applied = false;
+                    pending.push(format!("shard {shard}: {}: {e}", change.name()));
+                }
             }
         }
+        shards[shard as usize] = all_applied;
     }
     let (status, reason, problems) = if !conflicts.is_empty() {
         (false, "Conflict", conflicts)
@@ -94,12 +103,14 @@ pub async fn sync(vi: &VectorIndex, ctx: &Context, ns: &str, obs: &Observed) -> 
                 "every shard applies the {n} polic{} of spec.policies",
                 if n == 1 { "y" } else { "ies" }
             ),
+            shards,
         };
     };
     Synced {
         status,
         reason,
         message: problems.join("; "),
+        shards,
     }
 }
 

@@ -118,6 +118,8 @@ fn shard_status(vi: &VectorIndex, s: &ShardObs) -> ShardStatus {
             .filter(|b| b.last_snapshot_unix_ms > 0)
             .and_then(|b| Timestamp::from_millisecond(b.last_snapshot_unix_ms).ok())
             .map(|t| t.to_string()),
+        // Set by the policy step ([`crate::reconcile`]), which talks to the leaders.
+        policies_synced: None,
     }
 }
 

@@ -194,11 +194,16 @@ fn not_found(path: &str) -> (StatusCode, Value) {
     )
 }
 
-/// Fake nodes: a status (or an error) per pod name; records every call.
+/// Fake nodes: a status (or an error) per pod name; records every call. Policy changes go
+/// through the node's own parser into the node's own `PolicyStore` (one per pod that is
+/// sent them), which `ListPolicies` then reports, as a shard leader does.
 #[derive(Default)]
 pub struct FakeNodes {
     pub statuses: Mutex<HashMap<String, Result<StatusResponse, String>>>,
     pub calls: Mutex<Vec<String>>,
+    pub policy_stores: Mutex<HashMap<String, kindex_node::policy::PolicyStore>>,
+    /// Pods whose `ChangePolicy` fails with this status (e.g. a replica of an older build).
+    pub policy_errors: Mutex<HashMap<String, String>>,
 }
 
 impl FakeNodes {
@@ -288,16 +293,24 @@ impl NodeClient for FakeNodes {
         self.record(format!("TransferLeader {} to {to}", pod.pod_name()));
         Box::pin(async { Ok(()) })
     }
-    /// An empty store: every shard applies no policy yet.
+    /// The pod's store (empty until it is sent a change).
     fn list_policies<'a>(
         &'a self,
         pod: &'a PodRef,
     ) -> BoxFuture<'a, Result<kindex_proto::ListPoliciesResponse, NodeError>> {
-        self.record(format!("ListPolicies {}", pod.pod_name()));
-        Box::pin(async {
+        let name = pod.pod_name();
+        self.record(format!("ListPolicies {name}"));
+        let store = self
+            .policy_stores
+            .lock()
+            .unwrap()
+            .get(&name)
+            .cloned()
+            .unwrap_or_default();
+        Box::pin(async move {
             Ok(kindex_proto::ListPoliciesResponse {
-                store_json: r#"{"clockMs":0,"policies":{}}"#.into(),
-                checksum: 0,
+                store_json: String::from_utf8(store.to_bytes()).unwrap(),
+                checksum: store.checksum(),
                 applied_index: 0,
             })
         })
@@ -315,12 +328,61 @@ impl NodeClient for FakeNodes {
             req.policy_json,
             req.from_resource
         ));
+        let result = self.apply_policy(&pod.pod_name(), &req);
         Box::pin(async move {
+            let version = result.map_err(|status| NodeError::Rpc {
+                endpoint: pod.pod_name(),
+                status,
+            })?;
             Ok(kindex_proto::PolicyWriteResponse {
                 name: req.name,
-                version: 1,
-                applied_index: 1,
+                version,
+                applied_index: version,
             })
         })
+    }
+}
+
+impl FakeNodes {
+    /// What a shard leader does with `ChangePolicy`: the Admin API's checks, then the change
+    /// applied to its store (`Ok(version)`), or the error status.
+    fn apply_policy(
+        &self,
+        pod: &str,
+        req: &kindex_proto::PolicyWriteRequest,
+    ) -> Result<u64, String> {
+        use kindex_node::policy::command::{PolicyCommand, PolicyOp, Source, parse_policy};
+        if let Some(e) = self.policy_errors.lock().unwrap().get(pod) {
+            return Err(e.clone());
+        }
+        let op = match kindex_proto::PolicyChange::try_from(req.change) {
+            Ok(kindex_proto::PolicyChange::Put) => PolicyOp::Put,
+            Ok(kindex_proto::PolicyChange::Delete) => PolicyOp::Delete,
+            other => return Err(format!("unexpected change {other:?}")),
+        };
+        let policy = match op {
+            PolicyOp::Put => Some(parse_policy(&req.policy_json)?),
+            _ => None,
+        };
+        let mut stores = self.policy_stores.lock().unwrap();
+        let store = stores.entry(pod.to_owned()).or_default();
+        // The leader's stamp and the log index: one more than the last change.
+        let next = store.clock_ms + 1;
+        let cmd = PolicyCommand {
+            v: kindex_node::policy::COMMAND_VERSION,
+            op,
+            name: req.name.clone(),
+            policy,
+            restore: None,
+            expected_version: None,
+            source: if req.from_resource {
+                Source::Resource
+            } else {
+                Source::Api
+            },
+            actor: req.actor.clone(),
+            stamp_ms: next,
+        };
+        store.apply(&cmd, next).map_err(|e| e.to_string())
     }
 }
