@@ -434,18 +434,20 @@ pub struct PolicySpec {
     // maxLength bounds the API server's CEL cost estimate for the rules above.
     #[schemars(extend("maxLength" = 16))]
     pub kind: PolicyKind,
-    /// retention (not enforced yet): prune points older than this.
+    /// retention: points older than this (by their ingest time) are hidden from reads at once
+    /// and removed by the shard leader's sweep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_age_seconds: Option<u64>,
     /// quota: refuse writes that would take the index above this many vectors (index-wide:
-    /// each shard gets ceil(maxVectors / shards)). retention (not enforced yet): prune the
-    /// oldest points beyond this count.
+    /// each shard gets ceil(maxVectors / shards)). retention: the sweep removes the oldest
+    /// points beyond this count (index-wide, split the same way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_vectors: Option<u64>,
     /// schema: refuse an upserted point whose payload's JSON text is longer than this many
-    /// bytes. quota (not enforced yet): total payload bytes.
+    /// bytes. quota: refuse writes that would take the payloads of the index above this many
+    /// bytes (as stored: compact JSON; index-wide, each shard gets ceil(n / shards)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_payload_bytes: Option<u64>,

@@ -72,7 +72,9 @@ async fn a_per_tenant_quota_holds_per_tenant_on_every_replica() {
         initialize(&c, 0, &[0, 1, 2]).await;
         let leader = wait_leader(&c, None).await;
         let quota = format!(r#"{{"kind":"quota","tenantField":"tenant","maxVectors":{LIMIT}}}"#);
-        change(&c, (leader + 1) % 3, put("per-tenant", &quota)).await.unwrap();
+        change(&c, (leader + 1) % 3, put("per-tenant", &quota))
+            .await
+            .unwrap();
         // Four writers per tenant, 20 ids each: 80 tries for 40 places per tenant.
         let c = Arc::new(c);
         let writers: Vec<_> = (0..8)
@@ -86,22 +88,33 @@ async fn a_per_tenant_quota_holds_per_tenant_on_every_replica() {
             refused += r;
         }
         for t in ["a", "b"] {
-            let n = acked.iter().filter(|id| id.starts_with(&format!("{t}-"))).count();
+            let n = acked
+                .iter()
+                .filter(|id| id.starts_with(&format!("{t}-")))
+                .count();
             assert_eq!(n as u64, LIMIT, "tenant {t}: acknowledged");
         }
         assert_eq!(refused, 160 - 2 * LIMIT);
         let leader = wait_leader(&c, None).await;
-        let w = upsert(c.node(0, leader), batch("free", 0, 5)).await.unwrap();
+        let w = upsert(c.node(0, leader), batch("free", 0, 5))
+            .await
+            .unwrap();
         let store = policies_converge(&c, token_index(&w)).await;
         let counters = &store["policies"]["per-tenant"]["counters"];
-        assert_eq!(counters["rejected"].as_u64(), Some(0).filter(|_| false).or(counters["rejected"].as_u64()));
         for id in c.running(0) {
             let p = c.node(0, id);
             assert_eq!(present(p, &acked).await, acked.len(), "node {id}");
             // Points without the tenant field are not counted: "free" went in.
-            assert_eq!(p.status().await.unwrap().vectors_live, 2 * LIMIT + 5, "node {id}");
+            assert_eq!(
+                p.status().await.unwrap().vectors_live,
+                2 * LIMIT + 5,
+                "node {id}"
+            );
         }
-        eprintln!("per-tenant quota: {} acknowledged, {refused} refused; counters {counters}", acked.len());
+        eprintln!(
+            "per-tenant quota: {} acknowledged, {refused} refused; counters {counters}",
+            acked.len()
+        );
     })
     .await;
 }

@@ -1,8 +1,8 @@
 //! `spec.policies` → the policy store of every shard (issue 16, docs/policies.md).
 //!
-//! Pure: [`desired`] turns the spec into the policies each shard should apply (an index-wide
-//! `maxVectors` split over the shards; `schema` and `searchDefaults` unchanged on every
-//! shard), [`plan`] compares them with a shard's store (as its leader reports it,
+//! Pure: [`desired`] turns the spec into the policies each shard should apply (index-wide
+//! `maxVectors` and quota `maxPayloadBytes` split over the shards; retention `maxAgeSeconds`,
+//! `schema` and `searchDefaults` unchanged on every shard), [`plan`] compares them with a shard's store (as its leader reports it,
 //! `ListPolicies`) and lists the changes. The reconciler sends them to the
 //! shard leader with `from_resource` set, so people cannot change these policies through the
 //! API, and the operator never touches policies made through the API. Content already in
@@ -45,29 +45,53 @@ pub fn desired(spec: &[PolicySpec], shards: u32) -> (Vec<Desired>, Vec<String>) 
     let mut out = Vec::new();
     let mut unsupported = Vec::new();
     for p in spec {
-        match (p.kind, p.max_vectors, p.max_payload_bytes) {
-            (PolicyKind::Quota, Some(max), None) => out.push(Desired {
-                name: p.name.clone(),
-                // Index-wide: every shard gets its share, rounded up (docs/policies.md).
-                policy: json!({"kind": "quota", "maxVectors": max.div_ceil(u64::from(shards.max(1)))}),
-            }),
-            (PolicyKind::Quota, _, Some(_)) => unsupported.push(format!(
-                "{}: quota maxPayloadBytes is not enforced by the nodes yet",
-                p.name
-            )),
-            (PolicyKind::Quota, None, None) => {
-                unsupported.push(format!("{}: a quota needs maxVectors", p.name))
+        // Index-wide limits: every shard gets its share, rounded up (docs/policies.md).
+        let share = |n: u64| n.div_ceil(u64::from(shards.max(1)));
+        match p.kind {
+            PolicyKind::Quota if p.max_vectors.is_none() && p.max_payload_bytes.is_none() => {
+                unsupported.push(format!(
+                    "{}: a quota needs maxVectors and/or maxPayloadBytes",
+                    p.name
+                ))
             }
-            (PolicyKind::Retention, ..) => unsupported.push(format!(
-                "{}: retention policies are not enforced by the nodes yet",
-                p.name
-            )),
+            PolicyKind::Quota => {
+                let mut body = json!({"kind": "quota"});
+                if let Some(max) = p.max_vectors {
+                    body["maxVectors"] = share(max).into();
+                }
+                if let Some(max) = p.max_payload_bytes {
+                    body["maxPayloadBytes"] = share(max).into();
+                }
+                out.push(Desired {
+                    name: p.name.clone(),
+                    policy: body,
+                });
+            }
+            PolicyKind::Retention if p.max_age_seconds.is_none() && p.max_vectors.is_none() => {
+                unsupported.push(format!(
+                    "{}: a retention policy needs maxAgeSeconds and/or maxVectors",
+                    p.name
+                ))
+            }
+            PolicyKind::Retention => {
+                let mut body = json!({"kind": "retention"});
+                if let Some(age) = p.max_age_seconds {
+                    body["maxAgeSeconds"] = age.into();
+                }
+                if let Some(max) = p.max_vectors {
+                    body["maxVectors"] = share(max).into();
+                }
+                out.push(Desired {
+                    name: p.name.clone(),
+                    policy: body,
+                });
+            }
             // Per point and per search: every shard gets the same policy.
-            (PolicyKind::Schema, ..) => out.push(Desired {
+            PolicyKind::Schema => out.push(Desired {
                 name: p.name.clone(),
                 policy: schema_json(p),
             }),
-            (PolicyKind::SearchDefaults, ..) => out.push(Desired {
+            PolicyKind::SearchDefaults => out.push(Desired {
                 name: p.name.clone(),
                 policy: search_defaults_json(p),
             }),

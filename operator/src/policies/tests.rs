@@ -75,6 +75,7 @@ fn leader_applies(store: &mut PolicyStore, d: &Desired, log_index: u64) -> u64 {
         name: d.name.clone(),
         policy: Some(body),
         restore: None,
+        prune: None,
         expected_version: None,
         source: Source::Resource,
         actor: "kindex-operator".into(),
@@ -101,33 +102,44 @@ fn store(entries: &[(&str, Value, &str)]) -> Value {
 }
 
 #[test]
-fn an_index_wide_quota_is_split_over_the_shards_and_unsupported_kinds_are_named() {
+fn index_wide_limits_are_split_over_the_shards_and_ages_are_not() {
     let mut payload = spec("bytes", PolicyKind::Quota, None);
     payload.max_payload_bytes = Some(10);
+    let mut old = spec("old", PolicyKind::Retention, Some(5));
+    old.max_age_seconds = Some(3600);
     let (d, unsupported) = desired(
         &[
             spec("cap", PolicyKind::Quota, Some(1001)),
-            spec("old", PolicyKind::Retention, Some(5)),
+            old,
             payload,
+            spec("empty", PolicyKind::Retention, None),
         ],
         2,
     );
+    let policy = |name: &str| d.iter().find(|x| x.name == name).map(|x| x.policy.clone());
     assert_eq!(
-        d,
-        vec![Desired {
-            name: "cap".into(),
-            policy: json!({"kind": "quota", "maxVectors": 501})
-        }]
+        policy("cap"),
+        Some(json!({"kind": "quota", "maxVectors": 501}))
     );
-    assert_eq!(unsupported.len(), 2);
+    assert_eq!(
+        policy("old"),
+        Some(json!({"kind": "retention", "maxAgeSeconds": 3600, "maxVectors": 3}))
+    );
+    assert_eq!(
+        policy("bytes"),
+        Some(json!({"kind": "quota", "maxPayloadBytes": 5}))
+    );
+    assert_eq!(unsupported.len(), 1, "{unsupported:?}");
     assert!(
-        unsupported[0].starts_with("old: retention"),
+        unsupported[0].starts_with("empty: a retention"),
         "{unsupported:?}"
     );
-    assert!(
-        unsupported[1].contains("maxPayloadBytes"),
-        "{unsupported:?}"
-    );
+    // The node reads and reports each one back unchanged (no new version on re-sync).
+    for x in &d {
+        let body = kindex_node::policy::command::parse_policy(&x.policy.to_string())
+            .unwrap_or_else(|e| panic!("{}: {e}", x.name));
+        assert_eq!(serde_json::to_value(&body).unwrap(), x.policy, "{}", x.name);
+    }
 }
 
 #[test]

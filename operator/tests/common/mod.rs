@@ -374,6 +374,7 @@ impl FakeNodes {
             name: req.name.clone(),
             policy,
             restore: None,
+            prune: None,
             expected_version: None,
             source: if req.from_resource {
                 Source::Resource
