@@ -12,13 +12,19 @@ use crate::policy::PolicyCommand;
 use crate::policy::PolicyOp;
 use crate::policy::Prune;
 use crate::policy::Source;
-use crate::policy::retention::MAX_PRUNE_POINTS;
 use crate::raft::Command;
 
 use super::*;
 
+/// Points one prune command of the sweep lists (the apply side accepts up to
+/// [`crate::policy::retention::MAX_PRUNE_POINTS`]): small enough that a write waits at most a few ms behind one.
+const SWEEP_BATCH: usize = 2_000;
+/// Points picked by one scan of the shard, proposed in commands of [`SWEEP_BATCH`].
+const SWEEP_PICK: usize = 50_000;
+/// Shortest pause between two prune commands.
+const MIN_PAUSE: Duration = Duration::from_millis(10);
 /// Prune commands one sweep proposes at most (then it waits for the next interval): a mass
-/// expiry of 1M points takes 100 commands, and a sweep never runs unbounded.
+/// expiry of 1M points takes 500 commands, and a sweep never runs unbounded.
 const MAX_PRUNES_PER_SWEEP: usize = 1_000;
 
 /// What one sweep did.
@@ -56,7 +62,9 @@ impl Node {
     }
 
     /// One retention sweep on the leader: for every retention policy in force, prune commands
-    /// of at most [`MAX_PRUNE_POINTS`] points, one at a time, until nothing is expired or
+    /// of at most [`SWEEP_BATCH`] points, one at a time and paced (after each, a pause twice as
+    /// long as it took, at least [`MIN_PAUSE`]: writes are applied in between, so a mass expiry
+    /// takes at most about a third of the apply path), until nothing is expired or
     /// [`MAX_PRUNES_PER_SWEEP`] were proposed. Does nothing on a follower, or while a member
     /// does not apply prunes yet.
     pub async fn sweep_retention(&self) -> Result<SweepOutcome, NodeError> {
@@ -66,71 +74,89 @@ impl Node {
         }
         self.check_members_support(policy::RETENTION_FEATURE)?;
         while (out.commands as usize) < MAX_PRUNES_PER_SWEEP {
-            let Some(cmd) = self.next_prune() else {
+            let cmds = self.next_prunes();
+            if cmds.is_empty() {
                 break;
-            };
-            let r = self
-                .propose(&Command::Policy { json: cmd.encode() })
-                .await?;
-            out.commands += 1;
-            out.pruned += r.affected;
-            // A prune that removed nothing (the policy changed, points were re-upserted) would
-            // be picked again: stop until the next interval.
-            if r.affected == 0 {
-                break;
+            }
+            for cmd in cmds {
+                let started = std::time::Instant::now();
+                let r = self
+                    .propose(&Command::Policy { json: cmd.encode() })
+                    .await?;
+                out.commands += 1;
+                out.pruned += r.affected;
+                // A prune that removed nothing (the policy changed, points were re-upserted)
+                // would be picked again: stop until the next interval.
+                if r.affected == 0 || out.commands as usize >= MAX_PRUNES_PER_SWEEP {
+                    return Ok(out);
+                }
+                tokio::time::sleep((started.elapsed() * 2).max(MIN_PAUSE)).await;
             }
         }
         Ok(out)
     }
 
-    /// The next prune the sweep proposes, if any point is expired or over a count limit.
-    fn next_prune(&self) -> Option<PolicyCommand> {
+    /// The next prunes the sweep proposes (one policy's, at most [`SWEEP_PICK`] points in
+    /// commands of [`SWEEP_BATCH`]), if any point is expired or over a count limit. Picked
+    /// once for several commands: a scan of the shard per command would cost more than the
+    /// prunes; apply re-checks every point anyway.
+    fn next_prunes(&self) -> Vec<PolicyCommand> {
         let policies = self.state.policies();
         let engine = self.engine();
         let now = self.now_ms();
         let live = engine.count();
+        let command = |name: &String, prune: Prune| PolicyCommand {
+            v: policy::COMMAND_VERSION,
+            op: PolicyOp::Prune,
+            name: name.clone(),
+            policy: None,
+            restore: None,
+            prune: Some(prune),
+            expected_version: None,
+            source: Source::Api,
+            actor: "retention-sweep".into(),
+            stamp_ms: now,
+        };
         for (name, _, r) in policies.retentions() {
-            let prune = if let Some(rule) = r.rule_at(now) {
-                let (picked, _) =
-                    engine.expired_points(&rule, policies.unstamped_ms, MAX_PRUNE_POINTS);
-                (!picked.is_empty()).then(|| Prune {
-                    before_ms: rule.before_ms,
-                    field: rule.field.clone(),
-                    by_count: false,
-                    ids: picked.into_iter().map(|(id, _)| id).collect(),
-                })
-            } else {
-                None
+            if let Some(rule) = r.rule_at(now) {
+                let (picked, _) = engine.expired_points(&rule, policies.unstamped_ms, SWEEP_PICK);
+                if !picked.is_empty() {
+                    return picked
+                        .chunks(SWEEP_BATCH)
+                        .map(|chunk| {
+                            let prune = Prune {
+                                before_ms: rule.before_ms,
+                                field: rule.field.clone(),
+                                by_count: false,
+                                ids: chunk.iter().map(|(id, _)| id.clone()).collect(),
+                            };
+                            command(name, prune)
+                        })
+                        .collect();
+                }
+            }
+            let Some(max) = r.max_vectors else {
+                continue;
             };
-            let prune = prune.or_else(|| {
-                let over = live.saturating_sub(r.max_vectors?) as usize;
-                let picked =
-                    engine.oldest_points(over.min(MAX_PRUNE_POINTS), policies.unstamped_ms);
-                let newest = picked.last()?.1;
-                Some(Prune {
-                    // Points re-upserted since are newer than every picked one.
-                    before_ms: newest.saturating_add(1),
-                    field: None,
-                    by_count: true,
-                    ids: picked.into_iter().map(|(id, _)| id).collect(),
-                })
-            });
-            if let Some(prune) = prune {
-                return Some(PolicyCommand {
-                    v: policy::COMMAND_VERSION,
-                    op: PolicyOp::Prune,
-                    name: name.clone(),
-                    policy: None,
-                    restore: None,
-                    prune: Some(prune),
-                    expected_version: None,
-                    source: Source::Api,
-                    actor: "retention-sweep".into(),
-                    stamp_ms: now,
-                });
+            let over = live.saturating_sub(max) as usize;
+            let picked = engine.oldest_points(over.min(SWEEP_PICK), policies.unstamped_ms);
+            if !picked.is_empty() {
+                return picked
+                    .chunks(SWEEP_BATCH)
+                    .map(|chunk| {
+                        let prune = Prune {
+                            // Points re-upserted since are newer than every picked one.
+                            before_ms: chunk.last().map_or(0, |p| p.1).saturating_add(1),
+                            field: None,
+                            by_count: true,
+                            ids: chunk.iter().map(|(id, _)| id.clone()).collect(),
+                        };
+                        command(name, prune)
+                    })
+                    .collect();
             }
         }
-        None
+        Vec::new()
     }
 }
 
