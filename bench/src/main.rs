@@ -8,6 +8,7 @@ mod failover;
 mod load;
 mod npy;
 mod replica;
+mod retention;
 mod search_load;
 
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ enum Cmd {
     Catchup(replica::CatchupArgs),
     /// Time until writes are acknowledged again after a leader kill (leader restore off vs on).
     Failover(failover::FailoverArgs),
+    /// Single-point upsert latency while the retention sweep removes N expired points, against
+    /// the same node idle (issue 16).
+    RetentionSweep(retention::RetentionArgs),
     /// Enqueue latency of single-vector writes (p50/p99).
     Enqueue {
         #[arg(long, default_value_t = 128)]
@@ -133,6 +137,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Restart(a) => tokio::runtime::Runtime::new()?.block_on(replica::restart(a)),
         Cmd::Catchup(a) => tokio::runtime::Runtime::new()?.block_on(replica::catchup(a)),
         Cmd::Failover(a) => tokio::runtime::Runtime::new()?.block_on(failover::failover(a)),
+        Cmd::RetentionSweep(a) => {
+            tokio::runtime::Runtime::new()?.block_on(retention::retention_sweep(a))
+        }
     }
 }
 

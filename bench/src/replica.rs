@@ -333,7 +333,7 @@ pub async fn fill(
 }
 
 /// Waits until the node's indexing queue is empty; prints progress.
-async fn wait_indexed(node: &NodeProc, limit: Duration) -> anyhow::Result<Duration> {
+pub async fn wait_indexed(node: &NodeProc, limit: Duration) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let mut last_print = Instant::now();
     loop {
@@ -370,7 +370,7 @@ pub fn node_bin(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn structural_args(dim: usize, ef_construction: u32) -> Vec<String> {
+pub fn structural_args(dim: usize, ef_construction: u32) -> Vec<String> {
     vec![
         "--dimension".into(),
         dim.to_string(),
