@@ -17,15 +17,16 @@ use crate::raft::Command;
 use super::*;
 
 /// Points one prune command of the sweep lists (the apply side accepts up to
-/// [`crate::policy::retention::MAX_PRUNE_POINTS`]): small enough that a write waits at most a few ms behind one.
-const SWEEP_BATCH: usize = 2_000;
+/// [`crate::policy::retention::MAX_PRUNE_POINTS`]): small enough that a write arriving
+/// behind one waits about as long as an idle write takes (bench/RESULTS.md, "Retention sweep").
+const SWEEP_BATCH: usize = 250;
 /// Points picked by one scan of the shard, proposed in commands of [`SWEEP_BATCH`].
 const SWEEP_PICK: usize = 50_000;
 /// Shortest pause between two prune commands.
 const MIN_PAUSE: Duration = Duration::from_millis(10);
 /// Prune commands one sweep proposes at most (then it waits for the next interval): a mass
-/// expiry of 1M points takes 500 commands, and a sweep never runs unbounded.
-const MAX_PRUNES_PER_SWEEP: usize = 1_000;
+/// expiry of 1M points takes 2,000 commands, and a sweep never runs unbounded.
+const MAX_PRUNES_PER_SWEEP: usize = 8_000;
 
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,7 +91,7 @@ impl Node {
                 if r.affected == 0 || out.commands as usize >= MAX_PRUNES_PER_SWEEP {
                     return Ok(out);
                 }
-                tokio::time::sleep((started.elapsed() * 2).max(MIN_PAUSE)).await;
+                tokio::time::sleep((started.elapsed() * 3).max(MIN_PAUSE)).await;
             }
         }
         Ok(out)
