@@ -153,8 +153,8 @@ impl EngineState {
         }
     }
 
-    /// Removes the shares of the live points among `ids` from the usage (before they are
-    /// deleted); returns what to subtract.
+    /// The usage shares of the live points among `ids`, taken before they are deleted (then
+    /// [`Self::subtract`]ed).
     fn shares_of(&self, engine: &Engine, ids: &[String]) -> Vec<Share> {
         let usage = self.usage.lock();
         let Some(u) = usage.as_ref() else {
