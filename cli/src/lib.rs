@@ -92,6 +92,15 @@ pub struct Global {
     /// data-plane calls; the environment variable keeps it out of shell history and `ps`).
     #[arg(long, global = true, env = "KINDEX_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Admin calls (`status`, `snapshot`) over peer mTLS, for nodes started with
+    /// `--peer-tls-dir`: a directory with `tls.crt`, `tls.key` (a certificate of the index's
+    /// CA) and `ca.crt`. See docs/security.md.
+    #[arg(long, global = true, env = "KINDEX_PEER_TLS_DIR", value_name = "DIR")]
+    pub peer_tls_dir: Option<PathBuf>,
+    /// With `--peer-tls-dir`: the name the nodes' certificates carry (default: the host
+    /// dialled).
+    #[arg(long, global = true, env = "KINDEX_PEER_TLS_SERVER_NAME")]
+    pub peer_tls_server_name: Option<String>,
     /// Index name; empty means the index the node serves (in Kubernetes mode:
     /// the VectorIndex name, empty meaning the only one in the namespace).
     #[arg(long, global = true, env = "KINDEX_INDEX", default_value = "")]

@@ -480,3 +480,65 @@ fn policy_commands_set_list_delete_restore_and_the_quota_refuses_the_cli_upsert(
     );
     drop(node);
 }
+
+/// `kindex status` against a node with peer mTLS: its admin port refuses a CLI without a
+/// certificate and answers one given `--peer-tls-dir` (a certificate of the node's CA);
+/// the data port is unchanged.
+#[test]
+fn status_reaches_a_peer_mtls_node_with_peer_tls_dir() {
+    use kindex_node::tls::issue::{Ca, Validity, write_dir};
+    const NAME: &str = "peers.kindex.test";
+    let tmp = tempfile::tempdir().unwrap();
+    let validity = Validity::from_now(Duration::from_secs(3600));
+    let ca = Ca::generate("cli test CA", validity).unwrap();
+    let names = vec![NAME.to_string()];
+    let (node_tls, cli_tls) = (tmp.path().join("node-tls"), tmp.path().join("cli-tls"));
+    write_dir(
+        &node_tls,
+        &ca.issue(&names, validity).unwrap(),
+        ca.cert_pem(),
+    )
+    .unwrap();
+    write_dir(
+        &cli_tls,
+        &ca.issue(&names, validity).unwrap(),
+        ca.cert_pem(),
+    )
+    .unwrap();
+    let mut node = Standalone::new(4, "l2")
+        .data_dir(tmp.path().join("data"))
+        .args(&[
+            "--peer-tls-dir",
+            node_tls.to_str().unwrap(),
+            "--peer-tls-server-name",
+            NAME,
+        ])
+        .env("RUST_LOG", "warn")
+        .start();
+    node.wait_http_ok("/readyz", Duration::from_secs(60));
+    let addr = node.grpc_addr();
+    let o = kindex(&["--addr", &addr, "count"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let o = kindex(&["--addr", &addr, "status", "-o", "json", "--timeout", "5"]);
+    let without = text(&o);
+    let o = kindex(&[
+        "--addr",
+        &addr,
+        "--peer-tls-dir",
+        cli_tls.to_str().unwrap(),
+        "--peer-tls-server-name",
+        NAME,
+        "status",
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let status: Value = serde_json::from_slice(&o.stdout).unwrap();
+    println!("without: {without}\nwith: {status}");
+    assert!(status.to_string().contains("leader"), "{status}");
+    assert!(
+        !without.contains("\"leader\"") && without.contains("--peer-tls-dir"),
+        "{without}"
+    );
+}

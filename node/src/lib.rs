@@ -14,3 +14,4 @@ pub mod policy;
 pub mod raft;
 pub mod server;
 pub mod snapshot;
+pub mod tls;

@@ -26,6 +26,7 @@ use kindex_node::node::{
     self, Bootstrap, DEFAULT_ADMIN_PORT, DEFAULT_RAFT_PORT, Node, NodeConfig, RaftTuning,
 };
 use kindex_node::server::{grpc, http};
+use kindex_node::tls::PeerTls;
 use kindex_proto as pb;
 
 #[derive(Debug, Parser)]
@@ -142,6 +143,18 @@ struct Args {
     /// `--api-keys-file`.
     #[arg(long, env = "KINDEX_READ_ONLY_API_KEYS_FILE")]
     read_only_api_keys_file: Option<PathBuf>,
+    /// Peer mTLS: a directory with `tls.crt`, `tls.key` and `ca.crt` (a mounted TLS Secret).
+    /// The Raft and admin ports then accept only connections presenting a certificate of a CA
+    /// in `ca.crt`, this node presents its own when calling other nodes, and calls between
+    /// nodes go to the admin port (the client port refuses them). Re-read every 2 s
+    /// (rotation without a restart; list two CAs in `ca.crt` while a CA is rotated). Off
+    /// when not given. See docs/security.md.
+    #[arg(long, env = "KINDEX_PEER_TLS_DIR")]
+    peer_tls_dir: Option<PathBuf>,
+    /// With `--peer-tls-dir`: the name every peer's certificate must carry (a DNS SAN), checked
+    /// instead of the host dialled. Default: the host dialled.
+    #[arg(long, env = "KINDEX_PEER_TLS_SERVER_NAME", requires = "peer_tls_dir")]
+    peer_tls_server_name: Option<String>,
     /// Runtime knobs as JSON (a mounted ConfigMap key); reloaded on change.
     #[arg(long, env = "KINDEX_RUNTIME_CONFIG")]
     runtime_config: Option<PathBuf>,
@@ -319,6 +332,18 @@ async fn run(
         None
     };
 
+    let peer_tls = match &args.peer_tls_dir {
+        Some(dir) => {
+            let tls = std::sync::Arc::new(
+                PeerTls::load(dir, args.peer_tls_server_name.clone())
+                    .context("loading --peer-tls-dir")?,
+            );
+            PeerTls::spawn_reload(&tls, kindex_node::tls::RELOAD_EVERY);
+            Some(tls)
+        }
+        None => None,
+    };
+
     // Bind everything first so a busy port fails start-up with a clear error.
     let grpc_addr = SocketAddr::new(args.listen, args.grpc_port);
     let http_addr = SocketAddr::new(args.listen, args.http_port);
@@ -351,6 +376,7 @@ async fn run(
             fault_file: args.raft_fault_file.clone(),
             unsafe_leader_restore: args.unsafe_raft_leader_restore,
         },
+        peer_tls: peer_tls.clone(),
     })
     .await
     .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
@@ -385,41 +411,50 @@ async fn run(
     coordinator.spawn_refresh();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let grpc = {
-        let mut stop = stop_rx.clone();
-        let mut service = grpc::PointsService::new(coordinator.clone());
+    let points = |internal: grpc::InternalCalls| {
+        let mut service =
+            grpc::PointsService::new(coordinator.clone()).with_internal_calls(internal);
         if let Some(keys) = &api_keys {
             service = service.with_api_keys(keys.clone());
         }
-        let points = pb::points_server::PointsServer::new(service)
+        pb::points_server::PointsServer::new(service)
             .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20);
+            .max_encoding_message_size(256 << 20)
+    };
+    let grpc = {
+        let mut stop = stop_rx.clone();
+        let internal = if peer_tls.is_some() {
+            grpc::InternalCalls::Refused
+        } else {
+            grpc::InternalCalls::Honoured
+        };
         // The data port serves `Points` only: Admin RPCs on it answer UNIMPLEMENTED.
-        let server = tonic::transport::Server::builder()
-            .add_service(points)
-            // Nodelay on every accepted socket (`Server::tcp_nodelay` does not apply to a
-            // caller-supplied listener): without it small replies wait ~40 ms for delayed ACKs.
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = stop.changed().await;
-                },
-            );
-        tokio::spawn(server)
+        let router = tonic::transport::Server::builder().add_service(points(internal));
+        tokio::spawn(kindex_node::tls::serve(
+            router,
+            grpc_listener,
+            None,
+            async move {
+                let _ = stop.changed().await;
+            },
+        ))
     };
     let admin = {
         let mut stop = stop_rx.clone();
         let admin = pb::admin_server::AdminServer::new(grpc::AdminService { node: node.clone() });
-        let server = tonic::transport::Server::builder()
-            .add_service(admin)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(admin_listener)
-                    .with_nodelay(Some(true)),
-                async move {
-                    let _ = stop.changed().await;
-                },
-            );
-        tokio::spawn(server)
+        let mut router = tonic::transport::Server::builder().add_service(admin);
+        if peer_tls.is_some() {
+            // Calls between nodes (forwarding, fan-out) arrive here, with a certificate.
+            router = router.add_service(points(grpc::InternalCalls::Peers));
+        }
+        tokio::spawn(kindex_node::tls::serve(
+            router,
+            admin_listener,
+            peer_tls.clone(),
+            async move {
+                let _ = stop.changed().await;
+            },
+        ))
     };
     let http = {
         let mut stop = stop_rx.clone();
@@ -437,6 +472,7 @@ async fn run(
         %http_addr,
         %admin_addr,
         api_keys = api_keys.is_some(),
+        peer_tls = peer_tls.is_some(),
         "serving"
     );
 

@@ -119,6 +119,44 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     register(r, IntCounter::new(name, help).expect("valid metric name"))
 }
 
+/// Peer mTLS counters (`crate::tls`): process-wide, because TLS is set up before any node
+/// (and its registry) exists; every node's registry exports them.
+struct PeerTlsCounters {
+    reloads: IntCounter,
+    refused: IntCounter,
+    handshake_failures: IntCounter,
+}
+
+static PEER_TLS: std::sync::LazyLock<PeerTlsCounters> = std::sync::LazyLock::new(|| {
+    let c = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric name");
+    PeerTlsCounters {
+        reloads: c(
+            "kindex_peer_tls_reloads_total",
+            "Times a changed peer TLS directory (certificate, key, CAs) was loaded without a restart",
+        ),
+        refused: c(
+            "kindex_peer_tls_refused_certificates_total",
+            "Peer client certificates refused (not from a trusted CA, expired, malformed)",
+        ),
+        handshake_failures: c(
+            "kindex_peer_tls_handshake_failures_total",
+            "Incoming peer TLS handshakes that failed or timed out (no, or a refused, client certificate; not TLS)",
+        ),
+    }
+});
+
+pub fn peer_tls_reloads() -> &'static IntCounter {
+    &PEER_TLS.reloads
+}
+
+pub fn peer_tls_refused() -> &'static IntCounter {
+    &PEER_TLS.refused
+}
+
+pub fn peer_tls_handshake_failures() -> &'static IntCounter {
+    &PEER_TLS.handshake_failures
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -129,6 +167,9 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let r = &registry;
+        register(r, PEER_TLS.reloads.clone());
+        register(r, PEER_TLS.refused.clone());
+        register(r, PEER_TLS.handshake_failures.clone());
         let requests = register(
             r,
             HistogramVec::new(

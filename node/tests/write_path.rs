@@ -39,6 +39,7 @@ async fn a_leader_parses_each_payload_once() {
         raft_listener: None,
         bootstrap: Bootstrap::Standalone,
         tuning: RaftTuning::default(),
+        peer_tls: None,
     })
     .await
     .unwrap();

@@ -74,6 +74,17 @@ pub struct Ctx {
     pub timeout: Duration,
     /// Sent with every data-plane call.
     pub api_key: ApiKey,
+    /// The identity of admin calls to nodes with peer mTLS (`--peer-tls-dir`).
+    pub peer_tls: Option<std::sync::Arc<kindex_node::tls::PeerTls>>,
+}
+
+fn peer_tls(g: &Global) -> anyhow::Result<Option<std::sync::Arc<kindex_node::tls::PeerTls>>> {
+    let Some(dir) = &g.peer_tls_dir else {
+        return Ok(None);
+    };
+    let tls = kindex_node::tls::PeerTls::load(dir, g.peer_tls_server_name.clone())
+        .context("--peer-tls-dir")?;
+    Ok(Some(std::sync::Arc::new(tls)))
 }
 
 /// What Kubernetes discovery found (for `status` and error hints).
@@ -122,6 +133,7 @@ impl Ctx {
             output: g.output,
             timeout: Duration::from_secs(g.timeout.max(1)),
             api_key: ApiKey::new(g.api_key.as_deref())?,
+            peer_tls: peer_tls(g)?,
         })
     }
 
@@ -145,6 +157,7 @@ impl Ctx {
             output: g.output,
             timeout: Duration::from_secs(g.timeout.max(1)),
             api_key: ApiKey::new(g.api_key.as_deref())?,
+            peer_tls: peer_tls(g)?,
         };
         for t in found.targets {
             match t.addr {
@@ -198,8 +211,18 @@ impl Ctx {
         )
     }
 
+    /// The Admin service of a node: over peer mTLS with `--peer-tls-dir`.
     pub fn admin(&self, addr: &str) -> anyhow::Result<AdminClient<Channel>> {
-        Ok(AdminClient::new(self.channel(addr)?))
+        let Some(tls) = &self.peer_tls else {
+            return Ok(AdminClient::new(self.channel(addr)?));
+        };
+        let ep = Endpoint::from_shared(addr.to_string())
+            .with_context(|| format!("invalid --admin-addr {addr:?}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(self.timeout);
+        Ok(AdminClient::new(ep.connect_with_connector_lazy(
+            kindex_node::tls::Connector::new(tls.clone()),
+        )))
     }
 
     /// The first address: data-plane commands talk to one node, which
@@ -249,6 +272,12 @@ pub fn rpc_error_on(addr: &str, forwarded: bool, what: &str, s: &tonic::Status) 
         }
         tonic::Code::Unauthenticated => {
             " (give the node's API key with --api-key or KINDEX_API_KEY)"
+        }
+        // What a plain client gets from a TLS-only listener (a node with peer mTLS).
+        tonic::Code::Internal | tonic::Code::Unknown
+            if s.message().contains("h2 protocol error") =>
+        {
+            " (a node started with --peer-tls-dir serves Admin over mTLS only: pass --peer-tls-dir with a certificate of its CA)"
         }
         tonic::Code::NotFound if what != "Get" => {
             " (check --index; empty means the node's own index)"

@@ -191,7 +191,7 @@ impl Coordinator {
             let mut last: Option<Status> = None;
             let leader_first = matches!(pick, Pick::Leader(_));
             for addr in self.topology.candidates(shard, leader_first) {
-                let client = PointsClient::new(self.topology.channel(&addr)?)
+                let client = PointsClient::new(self.topology.points_channel(&addr)?)
                     .max_decoding_message_size(256 << 20)
                     .max_encoding_message_size(256 << 20);
                 let mut r = Request::new(req.clone());

@@ -199,6 +199,16 @@ impl Topology {
         self.seeds.keys().copied()
     }
 
+    /// A channel for `Points` calls to the replica whose client address is `grpc`: that
+    /// address, or with peer mTLS on its internal (admin) port (see [`crate::tls`]).
+    pub fn points_channel(&self, grpc: &str) -> Result<Channel, tonic::Status> {
+        if self.channels.peer_tls() {
+            self.channel(&self.admin_addr(grpc))
+        } else {
+            self.channel(grpc)
+        }
+    }
+
     /// A lazily connecting, cached channel to `addr` (`host:port`).
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::Status> {
         self.channels

@@ -67,13 +67,30 @@ impl Node {
         &self.channels
     }
 
-    /// A client to another member's `Points` service.
+    /// Where to call another member's `Points` service known by its client address: that
+    /// address, or with peer mTLS on its internal (admin) port, where the call is known to
+    /// come from a node by its certificate (see [`crate::tls`]).
+    pub fn points_addr_of(&self, grpc_addr: &str) -> String {
+        if !self.channels.peer_tls() {
+            return grpc_addr.to_string();
+        }
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .find(|(_, n)| self.grpc_addr_of_member(&n.addr) == grpc_addr)
+            .map(|(_, n)| self.admin_addr_of_member(&n.addr))
+            .unwrap_or_else(|| with_port(grpc_addr, self.admin_port))
+    }
+
+    /// A client to another member's `Points` service (`grpc_addr`: its client address; see
+    /// [`Self::points_addr_of`]).
     pub fn points_client(
         &self,
         grpc_addr: &str,
     ) -> Result<pb::points_client::PointsClient<Channel>, NodeError> {
         Ok(
-            pb::points_client::PointsClient::new(self.channel(grpc_addr)?)
+            pb::points_client::PointsClient::new(self.channel(&self.points_addr_of(grpc_addr))?)
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
         )

@@ -85,6 +85,9 @@ pub struct NodeConfig {
     pub raft_listener: Option<TcpListener>,
     pub bootstrap: Bootstrap,
     pub tuning: RaftTuning,
+    /// Peer mTLS (`--peer-tls-dir`, see [`crate::tls`]): on the Raft port and on every call
+    /// this node makes to another node. None: plain TCP.
+    pub peer_tls: Option<Arc<crate::tls::PeerTls>>,
 }
 
 impl Node {
@@ -129,6 +132,7 @@ impl Node {
         if cfg.tuning.unsafe_leader_restore {
             rc.raft.enable_leader_restore = Some(true);
         }
+        rc.network.tls = cfg.peer_tls.clone();
         rc.state_machine.keep_snapshots = cfg.runtime.snapshot_keep.max(1) as usize;
         let faults = rc.faults.clone();
         let shard = RaftShard::start(rc, state.clone(), cfg.raft_listener)
@@ -161,7 +165,7 @@ impl Node {
             recovered: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             snapshot_cache: Mutex::new(None),
-            channels: Arc::default(),
+            channels: Arc::new(crate::channels::Channels::new(cfg.peer_tls.clone())),
             state_machine,
             divergence: crate::divergence::Guard::default(),
             member_features: Mutex::new(std::collections::HashMap::new()),

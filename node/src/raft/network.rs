@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kindex_proto::RaftReply;
@@ -76,6 +78,9 @@ pub struct NetworkConfig {
     pub fetch_deadline: Duration,
     /// Fault injection (tests): peers whose links are cut, both directions. Default: none.
     pub faults: FaultSwitch,
+    /// Peer mTLS (`--peer-tls-dir`): both ends of every Raft connection present a
+    /// certificate of the index's CA. None: plain TCP.
+    pub tls: Option<std::sync::Arc<crate::tls::PeerTls>>,
 }
 
 impl Default for NetworkConfig {
@@ -92,6 +97,7 @@ impl Default for NetworkConfig {
             fetch_serve_wait: Duration::from_secs(60),
             fetch_deadline: Duration::from_secs(120),
             faults: FaultSwitch::default(),
+            tls: None,
         }
     }
 }
@@ -110,6 +116,8 @@ pub struct RaftNetworkFactoryImpl {
     id: NodeId,
     cfg: Arc<NetworkConfig>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// The peer TLS generation the cached channels were made with.
+    tls_generation: Arc<AtomicU64>,
 }
 
 impl RaftNetworkFactoryImpl {
@@ -119,11 +127,18 @@ impl RaftNetworkFactoryImpl {
             id,
             cfg: Arc::new(cfg),
             channels: Arc::default(),
+            tls_generation: Arc::default(),
         }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock();
+        // New peer certificates: new connections (see `PeerTls::generation`).
+        if let Some(tls) = &self.cfg.tls
+            && tls.generation() != self.tls_generation.swap(tls.generation(), Ordering::AcqRel)
+        {
+            channels.clear();
+        }
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
@@ -140,14 +155,17 @@ pub(crate) fn connect_lazy(addr: &str, cfg: &NetworkConfig) -> Result<Channel, S
     } else {
         format!("http://{addr}")
     };
-    Ok(Endpoint::from_shared(uri)
+    let endpoint = Endpoint::from_shared(uri)
         .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
         .connect_timeout(cfg.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true);
+    Ok(match &cfg.tls {
+        None => endpoint.connect_lazy(),
+        Some(tls) => endpoint.connect_with_connector_lazy(crate::tls::Connector::new(tls.clone())),
+    })
 }
 
 /// A `kindex.v1.Raft` client with the message limits of `cfg`.
@@ -165,7 +183,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
             id: self.id,
             target,
             addr: node.addr.clone(),
-            channel: self.channel(super::raft_addr_of(&node.addr)),
+            factory: self.clone(),
             cfg: self.cfg.clone(),
         }
     }
@@ -176,7 +194,9 @@ pub struct PeerClient {
     id: NodeId,
     target: NodeId,
     addr: String,
-    channel: Result<Channel, String>,
+    /// Channels come from the factory's cache at each call (a lookup), so a peer
+    /// certificate reload reaches running replication streams too.
+    factory: RaftNetworkFactoryImpl,
     cfg: Arc<NetworkConfig>,
 }
 
@@ -185,7 +205,10 @@ impl PeerClient {
         if self.cfg.faults.is_cut(self.target) {
             return Err(self.unreachable("link cut by fault injection"));
         }
-        let ch = self.channel.clone().map_err(Unreachable::from_string)?;
+        let ch = self
+            .factory
+            .channel(super::raft_addr_of(&self.addr))
+            .map_err(Unreachable::from_string)?;
         Ok(raft_client(ch, &self.cfg))
     }
 

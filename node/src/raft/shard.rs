@@ -252,17 +252,15 @@ impl<S: ShardState> RaftShard<S> {
                 let svc = RaftGrpcService::new(raft.clone(), store.clone(), cfg.network.clone())
                     .into_server();
                 let (stop_tx, stop_rx) = oneshot::channel::<()>();
-                // `Server::tcp_nodelay` is ignored for a caller-supplied listener: set it on
-                // every accepted socket, or small Raft messages wait out Nagle + delayed ACK.
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-                let server = tokio::spawn(
-                    tonic::transport::Server::builder()
-                        .add_service(svc)
-                        .serve_with_incoming_shutdown(incoming, async {
-                            let _ = stop_rx.await;
-                        }),
-                );
+                let router = tonic::transport::Server::builder().add_service(svc);
+                let server = tokio::spawn(crate::tls::serve(
+                    router,
+                    listener,
+                    cfg.network.tls.clone(),
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                ));
                 (Some(local_addr), Some(stop_tx), Some(server))
             }
         };

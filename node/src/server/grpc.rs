@@ -74,6 +74,22 @@ fn shard_local<T>(r: &Request<T>) -> Result<Option<u32>, Status> {
 pub struct PointsService {
     pub coordinator: Arc<Coordinator>,
     pub keys: Option<Arc<ApiKeys>>,
+    pub internal: InternalCalls,
+}
+
+/// Whether this listener serves calls from other nodes (the `kindex-shard-local` and
+/// `kindex-forwarded` metadata, which make a replica answer for its own shard only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InternalCalls {
+    /// Peer mTLS off: the metadata is honoured wherever it arrives (the network is trusted;
+    /// nodes from before peer mTLS send it to the client port).
+    Honoured,
+    /// The client port with peer mTLS on: the metadata is refused — other nodes call the
+    /// internal port, with a certificate.
+    Refused,
+    /// The internal (admin) port with peer mTLS on: every connection presented a certificate
+    /// of the index's CA in its handshake.
+    Peers,
 }
 
 /// How a request reached this node.
@@ -90,7 +106,14 @@ impl PointsService {
         PointsService {
             coordinator,
             keys: None,
+            internal: InternalCalls::Honoured,
         }
+    }
+
+    /// See [`InternalCalls`].
+    pub fn with_internal_calls(mut self, internal: InternalCalls) -> PointsService {
+        self.internal = internal;
+        self
     }
 
     /// Requires API keys (see [`crate::auth`]).
@@ -120,7 +143,13 @@ impl PointsService {
 
     fn via<T>(&self, r: &Request<T>) -> Result<Via, Status> {
         let forwarded = is_forwarded(r);
-        match shard_local(r)? {
+        let local = shard_local(r)?;
+        if self.internal == InternalCalls::Refused && (forwarded || local.is_some()) {
+            return Err(Status::permission_denied(format!(
+                "{SHARD_LOCAL_HEADER} and {FORWARDED_HEADER} are calls between nodes: with peer mTLS on they are served on the internal port, to a peer certificate, not on the client port"
+            )));
+        }
+        match local {
             Some(shard) if shard != self.node().shard => Err(Status::failed_precondition(format!(
                 "this replica serves shard {}, not shard {shard}; the sender's shard addresses are wrong",
                 self.node().shard

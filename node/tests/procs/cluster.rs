@@ -32,6 +32,9 @@ pub struct Opts {
     pub runtime: Option<String>,
     /// `RUST_LOG` of every node.
     pub rust_log: String,
+    /// Every node runs with `--peer-tls-dir` [`Cluster::tls_dir`] (the test writes the
+    /// certificates there before it starts the nodes: use `started: Some(0)`).
+    pub peer_tls: bool,
 }
 
 impl Default for Opts {
@@ -44,6 +47,7 @@ impl Default for Opts {
             started: None,
             runtime: Some(r#"{"indexingThreads": 1, "snapshotIntervalSecs": 3600}"#.into()),
             rust_log: "info,openraft=warn".into(),
+            peer_tls: false,
         }
     }
 }
@@ -155,6 +159,12 @@ impl Cluster {
         if opts.bootstrap {
             args.push("--bootstrap".into());
         }
+        if opts.peer_tls {
+            args.extend([
+                "--peer-tls-dir".into(),
+                p.log.with_extension("tls").to_str().unwrap().into(),
+            ]);
+        }
         args.extend(opts.extra_args.iter().cloned());
         if let Some(runtime) = &p.runtime {
             args.extend(["--runtime-config".into(), runtime.to_str().unwrap().into()]);
@@ -167,6 +177,11 @@ impl Cluster {
 
     fn pos(&self, shard: u32, id: u64) -> usize {
         (shard as u64 * self.replicas + id) as usize
+    }
+
+    /// The `--peer-tls-dir` of a node (with [`Opts::peer_tls`]).
+    pub fn tls_dir(&self, shard: u32, id: u64) -> std::path::PathBuf {
+        self.node(shard, id).log.with_extension("tls")
     }
 
     pub fn node(&self, shard: u32, id: u64) -> &Proc {

@@ -38,6 +38,9 @@ pub struct Proc {
     pub env: Vec<(String, Option<String>)>,
     /// Another `kindex-node` build to run (mixed-version tests); None: this build's.
     pub binary: Option<PathBuf>,
+    /// Peer mTLS of the test's own calls to the admin port (the node runs with
+    /// `--peer-tls-dir`): the identity the harness presents. None: plain.
+    pub tls: Option<std::sync::Arc<kindex_node::tls::PeerTls>>,
     child: Option<Child>,
     /// A standalone node's own temp dir (log, runtime config, default data dir), removed
     /// after the process (fields drop after `Drop::drop` killed it).
@@ -64,6 +67,7 @@ impl Proc {
             args: vec![],
             env: vec![],
             binary: None,
+            tls: None,
             child: None,
             own: None,
         }
@@ -225,9 +229,16 @@ impl Proc {
         lazy_channel(self.grpc_url())
     }
 
-    /// A channel to the Admin port.
+    /// A channel to the Admin port (over mTLS when [`Proc::tls`] is set).
     pub fn admin_channel(&self) -> Channel {
-        lazy_channel(self.admin_url())
+        match &self.tls {
+            None => lazy_channel(self.admin_url()),
+            Some(tls) => tonic::transport::Endpoint::from_shared(self.admin_url())
+                .unwrap()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(30))
+                .connect_with_connector_lazy(kindex_node::tls::Connector::new(tls.clone())),
+        }
     }
 
     pub fn points(&self) -> PointsClient<Channel> {
@@ -275,7 +286,14 @@ impl Proc {
             });
             req.metadata_mut()
                 .insert("kindex-shard-local", "0".parse().unwrap());
-            let got = self.points().get(req).await.unwrap().into_inner();
+            // With peer mTLS, calls between nodes are served on the internal port only.
+            let mut client = match &self.tls {
+                None => self.points(),
+                Some(_) => {
+                    PointsClient::new(self.admin_channel()).max_decoding_message_size(256 << 20)
+                }
+            };
+            let got = client.get(req).await.unwrap().into_inner();
             for p in got.points {
                 out.insert(p.id, Some(p.vector[0] as u64));
             }

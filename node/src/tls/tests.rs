@@ -1,0 +1,107 @@
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use super::issue::{Ca, Validity, write_dir};
+use super::*;
+
+fn ca() -> Ca {
+    Ca::generate("test CA", Validity::from_now(Duration::from_secs(3600))).unwrap()
+}
+
+fn names() -> Vec<String> {
+    vec!["n.test".into()]
+}
+
+fn week() -> Validity {
+    Validity::from_now(Duration::from_secs(7 * 86_400))
+}
+
+#[test]
+fn a_missing_or_bad_directory_names_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = PeerTls::load(tmp.path(), None).unwrap_err().to_string();
+    assert!(e.contains("tls.crt"), "{e}");
+    std::fs::write(tmp.path().join(CERT_FILE), "not pem").unwrap();
+    std::fs::write(tmp.path().join(KEY_FILE), "not pem").unwrap();
+    std::fs::write(tmp.path().join(CA_FILE), "not pem").unwrap();
+    let e = PeerTls::load(tmp.path(), None).unwrap_err().to_string();
+    assert!(
+        e.contains("tls.crt") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+}
+
+#[test]
+fn reload_takes_a_new_set_and_keeps_the_old_one_when_the_new_one_is_broken() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = ca();
+    write_dir(
+        tmp.path(),
+        &ca.issue(&names(), week()).unwrap(),
+        ca.cert_pem(),
+    )
+    .unwrap();
+    let tls = PeerTls::load(tmp.path(), None).unwrap();
+    assert_eq!(tls.generation(), 0);
+    assert!(!tls.reload().unwrap(), "nothing changed");
+    let first = tls.material();
+
+    // A certificate whose key is another's (a rotation caught half-way): refused, the set in
+    // force stays.
+    let a = ca.issue(&names(), week()).unwrap();
+    let b = ca.issue(&names(), week()).unwrap();
+    std::fs::write(tmp.path().join(CERT_FILE), &a.cert_pem).unwrap();
+    std::fs::write(tmp.path().join(KEY_FILE), &b.key_pem).unwrap();
+    let e = tls.reload().unwrap_err();
+    assert!(matches!(e, TlsFileError::KeyMismatch { .. }), "{e}");
+    assert!(Arc::ptr_eq(&first, &tls.material()));
+    assert_eq!(tls.generation(), 0);
+
+    // The matching key arrives: the new set is in force, and channels know to reconnect.
+    std::fs::write(tmp.path().join(KEY_FILE), &a.key_pem).unwrap();
+    assert!(tls.reload().unwrap());
+    assert!(!Arc::ptr_eq(&first, &tls.material()));
+    assert_eq!(tls.generation(), 1);
+
+    // Two CAs (a CA rotation's overlap).
+    let other = super::issue::Ca::generate("second CA", week()).unwrap();
+    write_dir(
+        tmp.path(),
+        &a,
+        &format!("{}{}", ca.cert_pem(), other.cert_pem()),
+    )
+    .unwrap();
+    assert!(tls.reload().unwrap());
+    assert_eq!(tls.material().ca_count(), 2);
+}
+
+#[tokio::test]
+async fn channels_reconnect_after_a_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = ca();
+    write_dir(
+        tmp.path(),
+        &ca.issue(&names(), week()).unwrap(),
+        ca.cert_pem(),
+    )
+    .unwrap();
+    let tls = Arc::new(PeerTls::load(tmp.path(), None).unwrap());
+    let channels = crate::channels::Channels::new(Some(tls.clone()));
+    channels.get("127.0.0.1:1").unwrap();
+    channels.get("127.0.0.1:2").unwrap();
+    assert_eq!(channels.len(), 2);
+    write_dir(
+        tmp.path(),
+        &ca.issue(&names(), week()).unwrap(),
+        ca.cert_pem(),
+    )
+    .unwrap();
+    assert!(tls.reload().unwrap());
+    channels.get("127.0.0.1:1").unwrap();
+    assert_eq!(
+        channels.len(),
+        1,
+        "the channels made with the old set are dropped"
+    );
+}
