@@ -10,7 +10,7 @@ mod procs;
 use std::time::{Duration, Instant};
 
 use kindex_proto as pb;
-use procs::{Proc, Standalone, http_get, http_post};
+use procs::{Cluster, Opts, Proc, Standalone, http_post, serial, with_timeout};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use tonic::Code;
@@ -43,6 +43,22 @@ fn exact(base: &[Vec<f32>], q: &[f32]) -> Vec<String> {
         .collect()
 }
 
+/// Waits until node `p` has indexed everything it applied.
+async fn wait_indexed(p: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if p.metric("kindex_index_queue_depth") == Some(0.0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "indexing did not finish\n{}",
+            p.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An int8 node holding `base`, every point indexed (queue empty, so no search is
 /// answered by the exact scan of the queued tail) and the int8 ranges trained (trained
 /// as soon as the first batch is claimed with more than 1,000 points stored).
@@ -69,25 +85,7 @@ async fn int8_node(base: &[Vec<f32>]) -> Proc {
         .await
         .unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let metrics = http_get(&node.http, "/metrics").map(|(_, b)| b);
-        let depth = metrics.as_deref().and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("kindex_index_queue_depth "))
-                .map(str::trim)
-                .map(str::to_owned)
-        });
-        if depth.as_deref() == Some("0") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "indexing did not finish: queue depth {depth:?}\n{}",
-            node.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_indexed(&node).await;
     node
 }
 
@@ -183,6 +181,83 @@ async fn per_query_rescore_changes_the_search_over_grpc_and_http() {
         ids1 != ids_default,
         "rescore 1 gave the same hits as the runtime default: the field is ignored"
     );
+}
+
+/// Two int8 shards of one replica each: the coordinator (shard 0's node) sends the search
+/// on to shard 1's node over gRPC, and that shard must search with the query's own
+/// `rescore` too. If either shard ignored it, the merged top 10 of `rescore 100` would be
+/// short of the exact answer (the recall at the default, 3, is ~0.85 here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rescore_reaches_every_shard() {
+    let _serial = serial().await;
+    let c = Cluster::start_with(
+        2,
+        1,
+        DIM as u32,
+        Opts {
+            extra_args: vec!["--quantization".into(), "int8".into()],
+            ..Opts::default()
+        },
+    );
+    with_timeout(Duration::from_secs(240), async {
+        c.wait_leaders().await;
+        let base = rows(2 * N, 29);
+        let queries = rows(40, 2929);
+        let truth: Vec<Vec<String>> = queries.iter().map(|q| exact(&base, q)).collect();
+        let mut client = c.node(0, 0).points();
+        for (n, chunk) in base.chunks(2_000).enumerate() {
+            let points = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, v)| pb::Point {
+                    id: format!("p{}", n * 2_000 + i),
+                    vector: v.clone(),
+                    payload_json: None,
+                })
+                .collect();
+            client
+                .upsert(pb::UpsertRequest {
+                    index: String::new(),
+                    points,
+                })
+                .await
+                .unwrap();
+        }
+        for shard in 0..2 {
+            let p = c.node(shard, 0);
+            wait_indexed(p).await;
+            let live = p.status().await.unwrap().vectors_live;
+            assert!(
+                live > 3_000,
+                "shard {shard} holds {live}: too few to train int8"
+            );
+        }
+        let mut recalls = Vec::new();
+        for rescore in [Some(1), Some(100)] {
+            let mut got = Vec::new();
+            for q in &queries {
+                let r = client
+                    .search(grpc_request(q, rescore))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert!(r.failures.is_empty(), "{:?}", r.failures);
+                got.push(r.hits.into_iter().map(|h| h.id).collect::<Vec<_>>());
+            }
+            recalls.push(recall(&truth, &got));
+        }
+        eprintln!(
+            "two shards, recall@{K} at efSearch {K}: rescore 1 {:.3}, 100 {:.3}",
+            recalls[0], recalls[1]
+        );
+        assert!(
+            recalls[1] >= 0.97,
+            "rescore 100 over two shards: {}",
+            recalls[1]
+        );
+        assert!(recalls[1] >= recalls[0] + 0.1, "{recalls:?}");
+    })
+    .await;
 }
 
 /// A rescore outside 1..=100 is refused before any shard is asked, naming the field and
