@@ -290,6 +290,11 @@ pub struct SearchArgs {
     /// HNSW search beam width (default: the index's efSearch).
     #[arg(long)]
     pub ef: Option<u32>,
+    /// int8 indexes: re-rank the best N × k graph candidates with the f32 vectors
+    /// (1..=100; default: the index's runtime `rescore`). Ignored by an index without
+    /// quantization.
+    #[arg(long, value_name = "N")]
+    pub rescore: Option<u32>,
     /// Payload filter, e.g. '{"must":[{"field":"lang","match":"en"},{"field":"year","range":{"gte":2020}}]}'.
     #[arg(long)]
     pub filter: Option<String>,

@@ -142,6 +142,37 @@ fn load_search_snapshot_and_inspect() {
     );
     assert_eq!(s["hits"][0]["id"], "v7", "{s}");
 
+    // `--rescore` reaches the node: accepted (and ignored, this index has no quantization)
+    // in range, refused with the node's message outside it.
+    let s = json(
+        &addr,
+        &[
+            "search",
+            "--vector",
+            "[10, 5, 1, -10]",
+            "-k",
+            "1",
+            "--rescore",
+            "5",
+        ],
+    );
+    assert_eq!(s["hits"][0]["id"], "v10", "{s}");
+    let o = kindex(&[
+        "--addr",
+        &addr,
+        "search",
+        "--vector",
+        "[10, 5, 1, -10]",
+        "--rescore",
+        "0",
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("rescore must be in 1..=100, got 0"),
+        "{}",
+        text(&o)
+    );
+
     assert_eq!(json(&addr, &["count"])["count"], 202);
 
     // Resume after a complete load re-sends only the last batch.

@@ -12,6 +12,8 @@ pub const DEFAULT_EF_SEARCH: u32 = 64;
 /// re-ranked with the f32 vectors. 3 reaches recall@10 ≥ 0.95 on docs-minilm-30k at
 /// efSearch 64 (bench/RESULTS.md).
 pub const DEFAULT_RESCORE: u32 = 3;
+/// Largest rescoring factor, of the runtime knob and of a search's own `rescore`.
+pub const MAX_RESCORE: u32 = 100;
 /// 0 = one indexing thread per core.
 pub const DEFAULT_INDEXING_THREADS: u32 = 0;
 pub const DEFAULT_INDEXING_BATCH_SIZE: u32 = 1024;
@@ -91,8 +93,8 @@ impl RuntimeConfig {
         if !(1..=4096).contains(&self.ef_search) {
             return Err("efSearch must be in 1..=4096".into());
         }
-        if !(1..=100).contains(&self.rescore) {
-            return Err("rescore must be in 1..=100".into());
+        if !(1..=MAX_RESCORE).contains(&self.rescore) {
+            return Err(format!("rescore must be in 1..={MAX_RESCORE}"));
         }
         if self.indexing_threads > 256 {
             return Err("indexingThreads must be at most 256".into());

@@ -60,9 +60,10 @@ pub const DNS_SUBDOMAIN_PATTERN: &str =
 
 /// A sharded, replicated HNSW vector index.
 ///
-/// Structural fields (`dimension`, `metric`, `shards`, `hnsw.m`, `hnsw.efConstruction`)
-/// are fixed at creation: the data on disk is built with them, so the CRD rejects any
-/// change with a CEL `self == oldSelf` rule. Everything else is a runtime knob.
+/// Structural fields (`dimension`, `metric`, `shards`, `quantization`, `hnsw.m`,
+/// `hnsw.efConstruction`) are fixed at creation: the data on disk is built with them, so
+/// the CRD rejects any change with a CEL `self == oldSelf` rule. Everything else is a
+/// runtime knob.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 // clippy sees the repeated `type_ = ...` of separate printcolumns as duplicates.
 #[allow(clippy::duplicated_attributes)]
@@ -119,7 +120,9 @@ pub const DNS_SUBDOMAIN_PATTERN: &str =
     validation = Rule::new("!has(oldSelf.shards) || has(self.shards)")
         .message("shards cannot be removed once set"),
     validation = Rule::new("!has(oldSelf.hnsw) || has(self.hnsw)")
-        .message("hnsw cannot be removed once set")
+        .message("hnsw cannot be removed once set"),
+    validation = Rule::new("!has(oldSelf.quantization) || has(self.quantization)")
+        .message("quantization cannot be removed once set")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VectorIndexSpec {
@@ -145,6 +148,17 @@ pub struct VectorIndexSpec {
         "shards is immutable (structural field); create a new VectorIndex to change it"
     ))]
     pub shards: u32,
+
+    /// How the graph stores vectors besides the f32 originals (structural, immutable):
+    /// `none` (f32 only) or `int8` (scalar int8 codes for graph traversal, the best
+    /// `rescore × k` candidates re-ranked exactly with the f32 vectors).
+    #[serde(default)]
+    // maxLength bounds the API server's CEL cost estimate for the rule below.
+    #[schemars(extend("maxLength" = 16))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "quantization is immutable (structural field); create a new VectorIndex to change it"
+    ))]
+    pub quantization: Quantization,
 
     /// Replicas per shard (Raft voters). Odd numbers are recommended.
     #[serde(default = "default_replicas")]
@@ -238,6 +252,10 @@ fn default_read_write_key() -> String {
 /// Distance metric between vectors; shared with the node (kindex-common), the schema is
 /// derived from it.
 pub use kindex_common::Metric;
+
+/// Vector quantization (structural); shared with the node (kindex-common), the schema is
+/// derived from it.
+pub use kindex_common::Quantization;
 
 /// HNSW graph parameters. `m` and `efConstruction` shape the graph on disk (immutable);
 /// `efSearch` is a runtime knob.
@@ -610,10 +628,11 @@ pub use kindex_common::StructuralConfig;
 
 /// The structural fields in spec order: the name [`StructuralConfig::diff`] reports, and
 /// the YAML path under `spec`.
-pub const STRUCTURAL_FIELDS: [(&str, &str); 5] = [
+pub const STRUCTURAL_FIELDS: [(&str, &str); 6] = [
     ("dimension", "dimension"),
     ("metric", "metric"),
     ("shards", "shards"),
+    ("quantization", "quantization"),
     ("m", "hnsw.m"),
     ("efConstruction", "hnsw.efConstruction"),
 ];
@@ -625,6 +644,7 @@ impl VectorIndexSpec {
             dimension,
             metric,
             shards: default_shards(),
+            quantization: Quantization::None,
             replicas: default_replicas(),
             hnsw: HnswSpec::default(),
             indexing: IndexingSpec::default(),
@@ -646,9 +666,8 @@ impl VectorIndexSpec {
             m: self.hnsw.m,
             ef_construction: self.hnsw.ef_construction,
             shards: self.shards,
-            // No CRD field yet (issue 19's first slice is node-only): the operator
-            // renders `none`, which keeps every existing hash.
-            quantization: kindex_common::Quantization::None,
+            // `none` (the default) leaves the hash of every existing index unchanged.
+            quantization: self.quantization,
         }
     }
 }

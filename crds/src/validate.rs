@@ -928,6 +928,7 @@ mod tests {
         new.dimension = 768;
         new.metric = Metric::L2;
         new.shards = 2;
+        new.quantization = crate::Quantization::Int8;
         new.hnsw.m = 32;
         new.hnsw.ef_construction = 400;
         let errors = validate_update(&old, &new).unwrap_err();
@@ -944,6 +945,7 @@ mod tests {
                 "dimension",
                 "metric",
                 "shards",
+                "quantization",
                 "hnsw.m",
                 "hnsw.efConstruction"
             ]
@@ -951,6 +953,10 @@ mod tests {
         assert_eq!(
             errors[0].to_string(),
             "spec.dimension is immutable (structural field): 384 -> 768; create a new VectorIndex to change it"
+        );
+        assert_eq!(
+            errors[3].to_string(),
+            "spec.quantization is immutable (structural field): none -> int8; create a new VectorIndex to change it"
         );
     }
 

@@ -14,6 +14,9 @@
 //! - a quota holds exactly under concurrent writers on every path, a quota change racing writes
 //!   is settled by log order, policy versions survive restarts and snapshot installs, policy
 //!   changes wait for a member of an older build (`policies`);
+//! - an int8 shard (`--quantization int8`) survives a leader kill -9 under writers and a wiped
+//!   replica refilled by snapshot: every acknowledged write on every replica (history checker),
+//!   the same search hits on all three (`quant`);
 //! - a per-tenant quota holds per tenant under writers racing through every replica
 //!   (`tenants`);
 //! - retention hides expired points on every replica before the sweep, the sweep removes
@@ -31,6 +34,8 @@ mod membership;
 #[path = "cluster_process/policies.rs"]
 mod policies;
 mod procs;
+#[path = "cluster_process/quant.rs"]
+mod quant;
 #[path = "cluster_process/replication.rs"]
 mod replication;
 #[path = "cluster_process/retention.rs"]

@@ -97,6 +97,7 @@ pub fn structure_unchanged(vi: &VectorIndex, recorded: &StructuralDoc) -> Result
     let r = &recorded.structural;
     (old.dimension, old.metric, old.shards) = (r.dimension, r.metric, r.shards);
     (old.hnsw.m, old.hnsw.ef_construction) = (r.m, r.ef_construction);
+    old.quantization = r.quantization;
     kindex_crds::validate_update(&old, &vi.spec)
         .map_err(|errs| errs.iter().map(ToString::to_string).collect())
 }

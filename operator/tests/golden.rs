@@ -242,3 +242,40 @@ fn api_key_secret_is_mounted_and_required() {
     let text = serde_saphyr::to_string(&sts).unwrap();
     assert!(!text.contains("api-keys"), "{text}");
 }
+
+/// `spec.quantization` reaches the node as `KINDEX_QUANTIZATION` and is part of the
+/// structural config the ConfigMap records (and of the hash on the pod template). With
+/// `none`, the default, nothing of it appears: the minimal golden above has neither, so
+/// indexes created before the field existed keep a byte-identical pod template and hash.
+#[test]
+fn quantization_reaches_the_pods_only_when_set() {
+    use kindex_common::Quantization;
+    let env_of = |vi: &ValidIndex| -> Option<String> {
+        let params = StatefulSetParams::from_spec(vi, 3);
+        let sts = statefulset::build_statefulset(vi, 0, &params);
+        let c = sts.spec.unwrap().template.spec.unwrap().containers[0].clone();
+        c.env
+            .unwrap()
+            .into_iter()
+            .find(|e| e.name == "KINDEX_QUANTIZATION")
+            .and_then(|e| e.value)
+    };
+    let recorded = |vi: &ValidIndex| -> serde_json::Value {
+        let cm = configmap::build_configmap(vi);
+        serde_json::from_str(&cm.data.unwrap()[configmap::STRUCTURAL_KEY]).unwrap()
+    };
+
+    let raw = fixture("production");
+    assert_eq!(raw.spec.quantization, Quantization::Int8);
+    let int8 = valid(&raw, "unused");
+    assert_eq!(env_of(&int8).as_deref(), Some("int8"));
+    assert_eq!(recorded(&int8)["structural"]["quantization"], "int8");
+    assert_eq!(recorded(&int8)["hash"], int8.structural_hash.as_str());
+
+    let mut none = raw.clone();
+    none.spec.quantization = Quantization::None;
+    let none = valid(&none, "unused");
+    assert_eq!(env_of(&none), None);
+    assert!(recorded(&none)["structural"].get("quantization").is_none());
+    assert_ne!(int8.structural_hash, none.structural_hash);
+}

@@ -273,6 +273,37 @@ async fn structural_change_is_refused() {
     );
 }
 
+/// The ConfigMap records `quantization: int8` while the spec now says `none` (say, a CRD
+/// without the field pruned it, or the CEL rule was bypassed): refused like any structural
+/// change, naming the field, and nothing is applied.
+#[tokio::test]
+async fn quantization_change_is_refused() {
+    let vi = index(3);
+    assert_eq!(vi.spec.quantization, kindex_common::Quantization::None);
+    let e = env(&vi);
+    let mut old = vi.clone();
+    old.spec.quantization = kindex_common::Quantization::Int8;
+    let cm = kindex_operator::build::configmap::build_configmap(
+        &kindex_operator::validate::ValidIndex::new(&old, "unused").unwrap(),
+    );
+    e.api.insert(
+        "/api/v1/namespaces/ns/configmaps/idx-config",
+        serde_json::to_value(cm).unwrap(),
+    );
+    reconcile(Arc::new(vi), e.ctx.clone()).await.unwrap();
+    let writes = e.api.writes();
+    assert_eq!(writes.len(), 2, "only an event and the status: {writes:?}");
+    let status = applied_status(&e.api);
+    let message = condition(&status, "Ready")["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("spec.quantization is immutable (structural field): int8 -> none"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn initializes_when_all_pods_answer() {
     let vi = index(3);

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use clap::{CommandFactory, Parser};
-use kindex_common::Metric;
+use kindex_common::{Metric, Quantization};
 use kindex_crds::VectorIndex;
 use kindex_node::config::args::StructuralArgs;
 use kindex_operator::build::labels::STRUCTURAL_HASH;
@@ -84,20 +84,29 @@ fn operator_side(vi: &VectorIndex, shard: u32) -> (String, String) {
 #[test]
 fn operator_and_node_compute_the_same_hash() {
     let mut vi = fixture();
-    for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
+    let cases = [Metric::Cosine, Metric::L2, Metric::Dot]
+        .into_iter()
+        .flat_map(|m| [Quantization::Int8, Quantization::None].map(|q| (m, q)));
+    for (metric, quantization) in cases {
         vi.spec.metric = metric;
+        vi.spec.quantization = quantization;
         for shard in 0..vi.spec.shards {
             let node = node_side(&vi, shard);
-            // Every field differs from the node's defaults, so a value the operator does
-            // not pass (the node default takes over) is caught too.
+            // Every field differs from the node's defaults (quantization: in the int8
+            // cases), so a value the operator does not pass (the node default takes
+            // over) is caught too.
             assert_eq!(node, vi.spec.structural(), "shard {shard}");
             let (annotation, recorded) = operator_side(&vi, shard);
             assert_eq!(
                 node.hash(),
                 annotation,
-                "pod template, {metric} shard {shard}"
+                "pod template, {metric} {quantization} shard {shard}"
             );
-            assert_eq!(node.hash(), recorded, "ConfigMap, {metric} shard {shard}");
+            assert_eq!(
+                node.hash(),
+                recorded,
+                "ConfigMap, {metric} {quantization} shard {shard}"
+            );
         }
     }
 }

@@ -56,6 +56,7 @@ pub async fn run(ctx: &Ctx, args: &SearchArgs) -> anyhow::Result<ExitCode> {
         vector,
         k: args.k,
         ef_search: args.ef,
+        rescore: args.rescore,
         filter,
         with_vectors: args.with_vectors,
         with_payload: args.with_payload,

@@ -72,6 +72,12 @@ def test_errors_are_mapped(client: kindex.Client) -> None:
         client.search([1, 0, 0], k=1)
     with pytest.raises(kindex.InvalidArgumentError, match="k must be"):
         client.search([1, 0, 0, 0], k=0)
+    with pytest.raises(kindex.InvalidArgumentError, match=r"rescore must be in 1\.\.=100, got 0"):
+        client.search([1, 0, 0, 0], k=1, rescore=0)
+    with pytest.raises(kindex.InvalidArgumentError, match="got 101"):
+        client.search([1, 0, 0, 0], k=1, rescore=101)
+    # In range: accepted (and ignored: this index has no quantization).
+    client.search([1, 0, 0, 0], k=1, rescore=100)
     with pytest.raises(kindex.InvalidArgumentError) as e:
         client.upsert([("x", [1, 2, 3, 4, 5])])  # wrong dimension: refused by the node
     assert e.value.node is not None and e.value.code == "invalid_argument"

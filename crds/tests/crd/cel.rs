@@ -2,8 +2,8 @@
 //! applies schema defaults first as the API server does.
 
 use kindex_crds::{
-    FilterCondition, FilterRange, Metric, PolicyFilter, PolicyKind, PolicySpec, SchemaFieldSpec,
-    SchemaFieldType, VectorIndex, VectorIndexSpec,
+    FilterCondition, FilterRange, Metric, PolicyFilter, PolicyKind, PolicySpec, Quantization,
+    SchemaFieldSpec, SchemaFieldType, VectorIndex, VectorIndexSpec,
 };
 use kube::core::cel::{
     CompiledSchema, ScopeContext, Validator, analyze_rule, compile_schema, validate_cel,
@@ -20,6 +20,9 @@ const STRUCTURAL: &[(&str, Edit)] = &[
     ("dimension is immutable", |s| s.dimension = 768),
     ("metric is immutable", |s| s.metric = Metric::L2),
     ("shards is immutable", |s| s.shards = 2),
+    ("quantization is immutable", |s| {
+        s.quantization = Quantization::Int8
+    }),
     ("hnsw.m is immutable", |s| s.hnsw.m = 32),
     ("hnsw.efConstruction is immutable", |s| {
         s.hnsw.ef_construction = 400
@@ -57,10 +60,10 @@ fn all_rules_compile_and_fit_the_cost_budget() {
     let (mut problems, mut rules) = (Vec::new(), 0);
     walk(&compile_schema(&schema()), "", &mut problems, &mut rules);
     assert!(problems.is_empty(), "{problems:#?}");
-    // 5 immutability + 4 presence + 1 interval + 9 policy + 2 filter rules, a range rule in
+    // 6 immutability + 5 presence + 1 interval + 9 policy + 2 filter rules, a range rule in
     // each of must and mustNot, and the admission rules: 2 on metadata.name, image,
     // storage.size, resources.limits and .requests.
-    assert_eq!(rules, 29);
+    assert_eq!(rules, 31);
 }
 
 /// The API server's CEL does not see a property without a type (`x-kubernetes-preserve-
@@ -197,12 +200,14 @@ fn removing_a_structural_field_is_rejected() {
     old.spec.shards = 2;
     old.spec.hnsw.m = 32;
     old.spec.hnsw.ef_construction = 400;
+    old.spec.quantization = Quantization::Int8;
     let old = serde_json::to_value(&old).expect("json");
 
     let mut bare = schema();
     strip_defaults(&mut bare);
     let cases: &[(&[&str], &str)] = &[
         (&["spec", "shards"], "shards"),
+        (&["spec", "quantization"], "quantization"),
         (&["spec", "hnsw"], "hnsw"),
         (&["spec", "hnsw", "m"], "hnsw.m"),
         (&["spec", "hnsw", "efConstruction"], "hnsw.efConstruction"),

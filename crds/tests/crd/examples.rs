@@ -69,6 +69,7 @@ fn expect_line(text: &str) -> Option<&str> {
 fn invalid_objects_are_rejected() {
     let expected = [
         ("bad-metric.yaml", "manhattan", false),
+        ("bad-quantization.yaml", "binary", false),
         ("dimension-zero.yaml", "spec.dimension ", false),
         ("m-out-of-range.yaml", "spec.hnsw.m ", false),
         ("too-many-shards.yaml", "spec.shards ", false),
@@ -143,6 +144,7 @@ fn invalid_updates_are_rejected() {
         ("change-dimension.yaml", "dimension"),
         ("change-metric.yaml", "metric"),
         ("change-shards.yaml", "shards"),
+        ("change-quantization.yaml", "quantization"),
     ];
     let names: BTreeSet<String> = expected.iter().map(|(n, _)| n.to_string()).collect();
     assert_eq!(

@@ -217,8 +217,11 @@ impl LocalShard {
             let (ef, filter) = node
                 .search_under_policies(k, req.ef_search.map(|e| e as usize), filter)
                 .map_err(status_of)?;
+            // `rescore` is checked by the engine (INVALID_ARGUMENT), also when this
+            // replica is called directly; searchDefaults policies do not touch it.
+            let rescore = req.rescore.map(|r| r as usize);
             let (hits, engine) = node
-                .search(&req.vector, k, ef, &filter)
+                .search(&req.vector, k, ef, rescore, &filter)
                 .map_err(status_of)?;
             Ok(pb::SearchResponse {
                 hits: hits

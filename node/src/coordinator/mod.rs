@@ -435,6 +435,7 @@ impl Coordinator {
             req.ef_search.map(|e| e as usize),
             &filter,
         )
+        .and_then(|()| crate::engine::limits::check_rescore(req.rescore.map(|r| r as usize)))
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.check_token(req.token.as_ref())?;
         let pick = read_pick(req.consistency, req.token.as_ref());

@@ -11,6 +11,8 @@ pub const MAX_ID_BYTES: usize = 256;
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 pub const MAX_BATCH: usize = 10_000;
 pub const MAX_K: usize = 1_000;
+/// A search's own rescoring factor (int8 indexes; accepted and ignored with `none`).
+pub const MAX_RESCORE: usize = kindex_common::runtime::MAX_RESCORE as usize;
 
 /// Largest squared Euclidean norm of a vector (stored or query) for the `l2` and `dot`
 /// metrics, so that no distance overflows f32 (max ≈ 3.4e38): for l2, |a−b|² ≤
@@ -74,6 +76,8 @@ pub enum InputError {
     BadK(usize),
     #[error("efSearch must be in 1..=4096, got {0}")]
     BadEf(usize),
+    #[error("rescore must be in 1..={MAX_RESCORE}, got {0}")]
+    BadRescore(usize),
     #[error(transparent)]
     Filter(#[from] super::filter::FilterError),
 }
@@ -265,6 +269,15 @@ pub fn check_query(
     Ok(())
 }
 
+/// A search's own `rescore`, when it gives one: 1..=[`MAX_RESCORE`] (the runtime knob's
+/// range).
+pub fn check_rescore(rescore: Option<usize>) -> Result<(), InputError> {
+    match rescore {
+        Some(r) if !(1..=MAX_RESCORE).contains(&r) => Err(InputError::BadRescore(r)),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +354,18 @@ mod tests {
             Err(InputError::BadEf(0))
         );
         assert!(check_query(2, Metric::L2, &[1.0, 2.0], 10, Some(64), &f).is_ok());
+    }
+
+    #[test]
+    fn rescore_range() {
+        assert_eq!(check_rescore(None), Ok(()));
+        assert_eq!(check_rescore(Some(1)), Ok(()));
+        assert_eq!(check_rescore(Some(MAX_RESCORE)), Ok(()));
+        assert_eq!(check_rescore(Some(0)), Err(InputError::BadRescore(0)));
+        assert_eq!(
+            check_rescore(Some(MAX_RESCORE + 1)).map_err(|e| e.to_string()),
+            Err("rescore must be in 1..=100, got 101".into())
+        );
     }
 
     /// 3e38 is finite but was accepted before: l2/dot distances came back as JSON null and

@@ -7,7 +7,8 @@ use super::*;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SearchOpts {
     pub ef: Option<usize>,
-    /// int8 only; at least 1 (0 is taken as 1).
+    /// int8 only (ignored with `none`); 1..=`limits::MAX_RESCORE`, else the search
+    /// is refused. Overrides the runtime knob `rescore`.
     pub rescore: Option<usize>,
     /// Points a retention policy expired are never returned (they are traversed).
     pub hide: Option<Arc<Expiry>>,
@@ -49,6 +50,7 @@ impl Engine {
             ef,
             filter,
         )?;
+        limits::check_rescore(opts.rescore)?;
         let mut q = query.to_vec();
         inner.dist.prepare(&mut q);
         let knobs = self.knobs();

@@ -154,14 +154,15 @@ impl Node {
         vector: &[f32],
         k: usize,
         ef: Option<usize>,
+        rescore: Option<usize>,
         filter: &Filter,
     ) -> Result<(Vec<Hit>, Arc<Engine>), NodeError> {
         let engine = self.engine();
         let expiry = self.expiry_now();
         let opts = crate::engine::SearchOpts {
             ef,
+            rescore,
             hide: (!expiry.is_empty()).then(|| Arc::new(expiry)),
-            ..Default::default()
         };
         let hits = engine.search_with(vector, k, opts, filter)?;
         Ok((hits, engine))

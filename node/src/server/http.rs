@@ -509,6 +509,9 @@ struct SearchBody {
     k: u32,
     #[serde(default)]
     ef_search: Option<u32>,
+    /// int8 indexes: rescoring factor of this search (1..=100).
+    #[serde(default)]
+    rescore: Option<u32>,
     #[serde(default)]
     filter: Option<Filter>,
     #[serde(default)]
@@ -532,6 +535,7 @@ async fn search(
             vector: body.vector,
             k: body.k,
             ef_search: body.ef_search,
+            rescore: body.rescore,
             filter: body.filter.map(|f| convert::filter_out(&f)),
             with_vectors: body.with_vectors,
             with_payload: body.with_payload,

@@ -102,6 +102,8 @@ pub fn document() -> Value {
                 "vector": {"type": "array", "items": {"type": "number"}},
                 "k": {"type": "integer", "minimum": 1, "maximum": 1000},
                 "efSearch": {"type": "integer", "minimum": 1, "maximum": 4096},
+                "rescore": {"type": "integer", "minimum": 1, "maximum": 100,
+                    "description": "int8 indexes: re-rank the best rescore × k graph candidates with the f32 vectors (default: the runtime knob rescore); ignored without quantization."},
                 "filter": {"$ref": "#/components/schemas/Filter"},
                 "withVectors": {"type": "boolean"}, "withPayload": {"type": "boolean"},
                 "consistency": {"$ref": "#/components/schemas/Consistency"}, "token": {"$ref": "#/components/schemas/Token"}}},

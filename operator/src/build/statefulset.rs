@@ -249,12 +249,15 @@ fn container(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> Container {
         ("KINDEX_EF_CONSTRUCTION", s.ef_construction.to_string()),
         ("KINDEX_SHARDS", s.shards.to_string()),
     ]
+    .into_iter()
+    // Only when not `none` (the node's default): the pod template of every index
+    // created before the field existed stays byte-identical, so no rollout.
+    .chain((!s.quantization.is_none()).then(|| ("KINDEX_QUANTIZATION", s.quantization.to_string())))
     .map(|(name, value)| EnvVar {
         name: name.to_owned(),
         value: Some(value),
         ..EnvVar::default()
     })
-    .into_iter()
     .chain(
         [
             ("KINDEX_POD_NAME", "metadata.name"),

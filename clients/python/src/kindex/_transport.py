@@ -140,6 +140,8 @@ def _search_req(index: str, q: dict[str, Any]) -> Any:
     )
     if q["ef_search"] is not None:
         req.ef_search = q["ef_search"]
+    if q.get("rescore") is not None:
+        req.rescore = q["rescore"]
     f = filters.to_proto(q["filter"], pb)
     if f is not None:
         req.filter.CopyFrom(f)
@@ -334,6 +336,8 @@ def _http_search_body(q: dict[str, Any]) -> dict[str, Any]:
     body["k"] = q["k"]
     if q["ef_search"] is not None:
         body["efSearch"] = q["ef_search"]
+    if q.get("rescore") is not None:
+        body["rescore"] = q["rescore"]
     f = filters.normalize(q["filter"])
     if f is not None:
         body["filter"] = f

@@ -263,15 +263,18 @@ class Client(_Base):
         *,
         filter: Optional[Filter] = None,
         ef_search: Optional[int] = None,
+        rescore: Optional[int] = None,
         with_vectors: bool = False,
         with_payload: bool = True,
         consistency: ConsistencyLike = None,
         token: Optional[ConsistencyToken] = None,
     ) -> SearchResult:
         """The ``k`` nearest points, closest first; ``filter`` is a dict (see
-        :mod:`kindex.filters`)."""
+        :mod:`kindex.filters`). ``rescore`` (int8 indexes, 1..=100): re-rank the
+        best ``rescore × k`` graph candidates exactly instead of the index's
+        runtime default; ignored by an index without quantization."""
         q = self._read_args(consistency, token, with_vectors, with_payload)
-        q.update(vector=_vector(vector), k=k, ef_search=ef_search, filter=normalize(filter))
+        q.update(vector=_vector(vector), k=k, ef_search=ef_search, rescore=rescore, filter=normalize(filter))
         r: SearchResult = self._call(lambda t: t.search(self.index, q))
         return r
 
@@ -469,13 +472,14 @@ class AsyncClient(_Base):
         *,
         filter: Optional[Filter] = None,
         ef_search: Optional[int] = None,
+        rescore: Optional[int] = None,
         with_vectors: bool = False,
         with_payload: bool = True,
         consistency: ConsistencyLike = None,
         token: Optional[ConsistencyToken] = None,
     ) -> SearchResult:
         q = self._read_args(consistency, token, with_vectors, with_payload)
-        q.update(vector=_vector(vector), k=k, ef_search=ef_search, filter=normalize(filter))
+        q.update(vector=_vector(vector), k=k, ef_search=ef_search, rescore=rescore, filter=normalize(filter))
         return await self._call(lambda t: t.search(self.index, q))
 
     async def upsert(self, data: Any, *, ids: Optional[Iterable[Any]] = None, payloads: Optional[Iterable[Any]] = None) -> WriteResult:

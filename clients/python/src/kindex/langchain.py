@@ -179,7 +179,12 @@ class KindexVectorStore(VectorStore):
     ) -> list[tuple[Document, float]]:
         """Documents with their distance (smaller is closer)."""
         r = self.client.search(
-            embedding, k, filter=filter, ef_search=kwargs.get("ef_search"), consistency=self.consistency
+            embedding,
+            k,
+            filter=filter,
+            ef_search=kwargs.get("ef_search"),
+            rescore=kwargs.get("rescore"),
+            consistency=self.consistency,
         )
         return self._docs_scores(r.hits)
 
@@ -277,7 +282,12 @@ class KindexVectorStore(VectorStore):
         self, embedding: Sequence[float], k: int = 4, filter: Optional[Filter] = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         r = await self.async_client.search(
-            embedding, k, filter=filter, ef_search=kwargs.get("ef_search"), consistency=self.consistency
+            embedding,
+            k,
+            filter=filter,
+            ef_search=kwargs.get("ef_search"),
+            rescore=kwargs.get("rescore"),
+            consistency=self.consistency,
         )
         return self._docs_scores(r.hits)
 
