@@ -356,7 +356,7 @@ ct_granted "watch vectorindexes --all-namespaces" watch vectorindexes.kindex.dev
 for v in get patch update; do
   ct_granted "$v vectorindexes/status" "$v" vectorindexes.kindex.dev --subresource=status -n team-a
 done
-for r in configmaps services statefulsets.apps poddisruptionbudgets.policy; do
+for r in configmaps services statefulsets.apps poddisruptionbudgets.policy networkpolicies.networking.k8s.io; do
   for v in $ct_rw; do ct_granted "$v $r" "$v" "$r" -n team-a; done
 done
 for v in get list watch delete; do ct_granted "$v pods" "$v" pods -n team-a; done

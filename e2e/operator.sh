@@ -40,10 +40,16 @@ eq "StatefulSet demo-s0 uses OnDelete" OnDelete statefulset/demo-s0 '{.spec.upda
 eq "StatefulSet has a data volumeClaimTemplate" data statefulset/demo-s0 '{.spec.volumeClaimTemplates[0].metadata.name}'
 eq "StatefulSet probes /readyz" /readyz statefulset/demo-s0 '{.spec.template.spec.containers[0].readinessProbe.httpGet.path}'
 wait_for "PodDisruptionBudget demo-s0" 60 k get pdb demo-s0
-for obj in configmap/demo-config service/demo service/demo-s0-headless statefulset/demo-s0 poddisruptionbudget/demo-s0; do
+wait_for "NetworkPolicy demo-kindex" 60 k get networkpolicy demo-kindex
+eq "NetworkPolicy: Raft and admin from the index's pods" "7070 7071 7072 7080" networkpolicy/demo-kindex '{.spec.ingress[0].ports[*].port}'
+for obj in configmap/demo-config service/demo service/demo-s0-headless statefulset/demo-s0 poddisruptionbudget/demo-s0 networkpolicy/demo-kindex; do
   eq "owner reference on $obj" "VectorIndex/demo/true" "$obj" '{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}/{.metadata.ownerReferences[0].controller}'
   eq "field manager kindex-operator on $obj" kindex-operator "$obj" '{.metadata.managedFields[?(@.manager=="kindex-operator")].manager}'
 done
+k patch vidx demo --type merge -p '{"spec":{"network":{"policy":false}}}' >/dev/null
+wait_for "spec.network.policy false deletes the NetworkPolicy" 60 bash -c "! '$KUBECTL' --kubeconfig '$KC' get networkpolicy demo-kindex >/dev/null 2>&1"
+k patch vidx demo --type merge -p '{"spec":{"network":null}}' >/dev/null
+wait_for "the NetworkPolicy is back by default" 60 k get networkpolicy demo-kindex
 eq "status.phase Creating (no pods without a kubelet)" Creating vectorindex/demo '{.status.phase}'
 eq "condition Progressing=True" True vectorindex/demo '{.status.conditions[?(@.type=="Progressing")].status}'
 eq "condition Ready=False" False vectorindex/demo '{.status.conditions[?(@.type=="Ready")].status}'

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -208,6 +209,34 @@ pub struct VectorIndexSpec {
     /// Data-plane authentication (docs/security.md). Unset: the nodes accept every client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+
+    /// Who may reach the index's pods (docs/security.md). Unset: a NetworkPolicy lets only
+    /// the index's own pods and the operator reach the Raft (7071) and admin (7072) ports,
+    /// and anyone reach the client ports (7070, 7080).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
+}
+
+/// See [`VectorIndexSpec::network`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// Render the NetworkPolicy (default true). Set false when the cluster's policies are
+    /// managed elsewhere; the pods are then reachable as the cluster's own policies allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<bool>,
+    /// Peers allowed on the client ports 7070 (gRPC) and 7080 (HTTP, also `/metrics`): a
+    /// NetworkPolicy `from` list (pod and namespace selectors, IP blocks). Unset: anyone.
+    /// The index's own pods are always allowed (calls between nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_from: Option<Vec<NetworkPolicyPeer>>,
+}
+
+impl NetworkSpec {
+    /// Whether the NetworkPolicy is rendered (`policy` defaults to true).
+    pub fn policy_enabled(network: Option<&NetworkSpec>) -> bool {
+        network.and_then(|n| n.policy).unwrap_or(true)
+    }
 }
 
 /// Pattern of a Secret data key (also a file name in the mounted Secret).
@@ -655,6 +684,7 @@ impl VectorIndexSpec {
             pod_template: None,
             policies: Vec::new(),
             auth: None,
+            network: None,
         }
     }
 

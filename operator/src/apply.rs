@@ -8,6 +8,7 @@ use std::fmt::Debug;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -56,10 +57,14 @@ pub async fn apply_all(client: &kube::Client, d: &Desired) -> Result<(), ApplyEr
     let Desired {
         configmap,
         client_service,
+        network_policy,
         shards,
     } = d;
     apply(client, configmap).await?;
     apply(client, client_service).await?;
+    if let Some(np) = network_policy {
+        apply(client, np).await?;
+    }
     for ShardObjects {
         headless,
         pdb,
@@ -131,17 +136,21 @@ struct Keep {
     services: BTreeSet<String>,
     pdbs: BTreeSet<String>,
     statefulsets: BTreeSet<String>,
+    network_policies: BTreeSet<String>,
 }
 
 fn keep(d: &Desired) -> Keep {
     let Desired {
         configmap,
         client_service,
+        network_policy,
         shards,
     } = d;
     let mut k = Keep::default();
     k.config_maps.insert(configmap.name_any());
     k.services.insert(client_service.name_any());
+    k.network_policies
+        .extend(network_policy.iter().map(|np| np.name_any()));
     for ShardObjects {
         headless,
         pdb,
@@ -168,6 +177,7 @@ pub async fn delete_all_orphans(
         services,
         pdbs,
         statefulsets,
+        network_policies,
     } = keep(d);
     let mut deleted = Vec::new();
     deleted.extend(
@@ -182,6 +192,10 @@ pub async fn delete_all_orphans(
     );
     deleted.extend(
         delete_orphans::<StatefulSet>(client, namespace, selector, owner_uid, &statefulsets)
+            .await?,
+    );
+    deleted.extend(
+        delete_orphans::<NetworkPolicy>(client, namespace, selector, owner_uid, &network_policies)
             .await?,
     );
     Ok(deleted)

@@ -38,6 +38,8 @@ pub struct OperatorConfig {
     pub wait_requeue: Duration,
     /// Requeue of an invalid spec (a spec change triggers a reconcile anyway).
     pub invalid_requeue: Duration,
+    /// Where the operator runs: the admin-port rule of each index's NetworkPolicy.
+    pub operator_peer: crate::build::OperatorPeer,
 }
 
 impl Default for OperatorConfig {
@@ -50,6 +52,7 @@ impl Default for OperatorConfig {
             step_requeue: Duration::from_secs(3),
             wait_requeue: Duration::from_secs(10),
             invalid_requeue: Duration::from_secs(300),
+            operator_peer: crate::build::OperatorPeer::default(),
         }
     }
 }

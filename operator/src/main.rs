@@ -68,9 +68,28 @@ struct Args {
     /// Reconcile again this soon while waiting for pods or a learner to catch up.
     #[arg(long, default_value = "10s", value_parser = duration)]
     wait_requeue: Duration,
+    /// The operator's namespace: each index's NetworkPolicy lets the operator's pods there
+    /// reach the admin port (unset: only the index's own pods may).
+    #[arg(long, env = "POD_NAMESPACE")]
+    operator_namespace: Option<String>,
+    /// Labels of the operator's pods, `k=v,k=v` (the chart sets its selector labels); empty:
+    /// every pod of `--operator-namespace`.
+    #[arg(long, env = "KINDEX_OPERATOR_POD_LABELS", default_value = "", value_parser = pod_labels)]
+    operator_pod_labels: std::collections::BTreeMap<String, String>,
     /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
     #[arg(long, env = "KINDEX_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+fn pod_labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => Err(format!("{kv:?} is not key=value")),
+        })
+        .collect()
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -125,6 +144,10 @@ async fn main() -> anyhow::Result<()> {
             requeue: args.requeue,
             step_requeue: args.step_requeue,
             wait_requeue: args.wait_requeue,
+            operator_peer: kindex_operator::build::OperatorPeer {
+                namespace: args.operator_namespace.clone(),
+                pod_labels: args.operator_pod_labels.clone(),
+            },
             ..OperatorConfig::default()
         },
     ));

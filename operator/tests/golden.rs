@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 
 use kindex_crds::VectorIndex;
-use kindex_operator::build::{StatefulSetParams, configmap, pdb, service, statefulset};
+use kindex_operator::build::{
+    OperatorPeer, StatefulSetParams, configmap, network_policy, pdb, service, statefulset,
+};
 use kindex_operator::validate::ValidIndex;
 use serde::Serialize;
 
@@ -66,6 +68,24 @@ fn goldens(name: &str) {
         &format!("{name}-statefulset.yaml"),
         &statefulset::build_statefulset(&vi, shard, &params),
     );
+    check(
+        &format!("{name}-networkpolicy.yaml"),
+        &network_policy::build_network_policy(&vi, &chart_operator()).unwrap(),
+    );
+}
+
+/// The operator as the chart installs it (release `kindex` in `kindex-system`).
+fn chart_operator() -> OperatorPeer {
+    OperatorPeer {
+        namespace: Some("kindex-system".into()),
+        pod_labels: [
+            ("app.kubernetes.io/name", "kindex-operator"),
+            ("app.kubernetes.io/instance", "kindex"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    }
 }
 
 #[test]
@@ -278,4 +298,210 @@ fn quantization_reaches_the_pods_only_when_set() {
     assert_eq!(env_of(&none), None);
     assert!(recorded(&none)["structural"].get("quantization").is_none());
     assert_ne!(int8.structural_hash, none.structural_hash);
+}
+
+/// A pod that may send traffic: its namespace (with the namespace's labels) and labels.
+struct Source<'a> {
+    namespace: &'a str,
+    namespace_labels: &'a [(&'a str, &'a str)],
+    labels: &'a [(&'a str, &'a str)],
+}
+
+fn matches(
+    sel: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    labels: &[(&str, &str)],
+) -> bool {
+    let Some(sel) = sel else { return true };
+    assert!(
+        sel.match_expressions.is_none(),
+        "matchExpressions not evaluated here"
+    );
+    sel.match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.contains(&(k.as_str(), v.as_str())))
+}
+
+/// Whether `np` (in `np_namespace`) lets `src` reach `port` of the pods it selects: the
+/// NetworkPolicy semantics for pod and namespace selectors (IP blocks never match a pod
+/// here).
+fn allows(
+    np: &k8s_openapi::api::networking::v1::NetworkPolicy,
+    np_namespace: &str,
+    src: &Source<'_>,
+    port: i32,
+) -> bool {
+    let spec = np.spec.as_ref().unwrap();
+    let ns_labels: Vec<(&str, &str)> = src
+        .namespace_labels
+        .iter()
+        .copied()
+        .chain([("kubernetes.io/metadata.name", src.namespace)])
+        .collect();
+    spec.ingress.iter().flatten().any(|rule| {
+        let port_ok = rule.ports.as_ref().is_none_or(|ps| {
+            ps.iter().any(|p| {
+                p.port == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port))
+            })
+        });
+        let from_ok = match &rule.from {
+            None => true,
+            Some(peers) => peers.iter().any(|peer| {
+                if peer.ip_block.is_some() {
+                    return false;
+                }
+                let ns_ok = match &peer.namespace_selector {
+                    None => src.namespace == np_namespace,
+                    Some(_) => matches(&peer.namespace_selector, &ns_labels),
+                };
+                ns_ok && matches(&peer.pod_selector, src.labels)
+            }),
+        };
+        port_ok && from_ok
+    })
+}
+
+/// The rendered NetworkPolicy checked against the pods' real labels and ports: it selects
+/// every index pod (each shard's StatefulSet template); Raft and admin ports are reachable
+/// from the index's pods (any shard), the admin port from the operator's pods, nothing
+/// else; the client ports from `clientFrom` (production) or anyone (minimal).
+#[test]
+fn network_policy_admits_the_index_and_the_operator_to_raft_and_admin_only() {
+    let operator = chart_operator();
+    for name in ["minimal", "production"] {
+        let vi = valid(&fixture(name), "unused");
+        let np = network_policy::build_network_policy(&vi, &operator).unwrap();
+        let selected = &np.spec.as_ref().unwrap().pod_selector;
+        let mut pods = Vec::new();
+        for shard in 0..vi.spec.shards {
+            let params = StatefulSetParams::from_spec(&vi, 3);
+            let sts = statefulset::build_statefulset(&vi, shard, &params);
+            let labels = sts.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+            pods.push(labels);
+        }
+        for labels in &pods {
+            let l: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            assert!(
+                matches(selected, &l),
+                "{name}: the policy must select {labels:?}"
+            );
+        }
+        let ns = vi.namespace.as_str();
+        let own: Vec<(&str, &str)> = pods
+            .last()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let index_pod = Source {
+            namespace: ns,
+            namespace_labels: &[],
+            labels: &own,
+        };
+        let neighbour = Source {
+            namespace: ns,
+            namespace_labels: &[],
+            labels: &[("app", "web")],
+        };
+        let other_index = Source {
+            namespace: ns,
+            namespace_labels: &[],
+            labels: &[
+                ("app.kubernetes.io/name", "kindex"),
+                ("app.kubernetes.io/instance", "other"),
+            ],
+        };
+        let op = Source {
+            namespace: "kindex-system",
+            namespace_labels: &[],
+            labels: &[
+                ("app.kubernetes.io/name", "kindex-operator"),
+                ("app.kubernetes.io/instance", "kindex"),
+                ("app.kubernetes.io/component", "operator"),
+            ],
+        };
+        let op_lookalike = Source {
+            namespace: ns,
+            namespace_labels: &[],
+            labels: op.labels,
+        };
+        for port in [7070, 7071, 7072, 7080] {
+            assert!(
+                allows(&np, ns, &index_pod, port),
+                "{name}: index pod to {port}"
+            );
+        }
+        for (who, src) in [
+            ("a neighbour", &neighbour),
+            ("another index", &other_index),
+            ("the operator", &op),
+            ("operator labels in the index's namespace", &op_lookalike),
+        ] {
+            assert!(
+                !allows(&np, ns, src, 7071),
+                "{name}: {who} must not reach Raft"
+            );
+        }
+        assert!(
+            allows(&np, ns, &op, 7072),
+            "{name}: the operator reaches admin"
+        );
+        for (who, src) in [
+            ("a neighbour", &neighbour),
+            ("another index", &other_index),
+            ("operator labels in the index's namespace", &op_lookalike),
+        ] {
+            assert!(
+                !allows(&np, ns, src, 7072),
+                "{name}: {who} must not reach admin"
+            );
+        }
+        let app = Source {
+            namespace: "shop",
+            namespace_labels: &[("kindex.dev/client", "true")],
+            labels: &[("app", "shop")],
+        };
+        let prom = Source {
+            namespace: "monitoring",
+            namespace_labels: &[],
+            labels: &[("app", "prometheus")],
+        };
+        let stranger = Source {
+            namespace: "elsewhere",
+            namespace_labels: &[],
+            labels: &[("app", "x")],
+        };
+        for port in [7070, 7080] {
+            assert!(
+                allows(&np, ns, &app, port),
+                "{name}: a client namespace to {port}"
+            );
+            assert!(allows(&np, ns, &prom, port), "{name}: monitoring to {port}");
+            // minimal: no clientFrom, anyone; production: only the listed namespaces.
+            assert_eq!(
+                allows(&np, ns, &stranger, port),
+                name == "minimal",
+                "{name}: another namespace to {port}"
+            );
+        }
+    }
+    // `spec.network.policy: false`: none rendered.
+    let mut vi = fixture("minimal");
+    vi.spec.network = Some(kindex_crds::spec::NetworkSpec {
+        policy: Some(false),
+        client_from: None,
+    });
+    assert!(network_policy::build_network_policy(&valid(&vi, "unused"), &operator).is_none());
+    // The operator's namespace unknown: admin reachable from the index's pods only.
+    let vi = valid(&fixture("minimal"), "unused");
+    let np = network_policy::build_network_policy(&vi, &OperatorPeer::default()).unwrap();
+    let ops = Source {
+        namespace: "kindex-system",
+        namespace_labels: &[],
+        labels: &[("app.kubernetes.io/name", "kindex-operator")],
+    };
+    assert!(!allows(&np, vi.namespace.as_str(), &ops, 7072));
 }

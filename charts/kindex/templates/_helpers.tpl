@@ -114,6 +114,10 @@ e2e/chart-tests.sh).
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# One NetworkPolicy per index (Raft and admin ports: the index's pods and the operator).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 # Index pods: observed, and deleted one by one for rolling restarts (OnDelete StatefulSets).
 - apiGroups: [""]
   resources: ["pods"]

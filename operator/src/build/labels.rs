@@ -75,6 +75,9 @@ pub fn headless_name(index: &str, shard: u32) -> String {
 pub fn pdb_name(index: &str, shard: u32) -> String {
     format!("{index}-s{shard}")
 }
+pub fn network_policy_name(index: &str) -> String {
+    format!("{index}-kindex")
+}
 pub fn pod_name(index: &str, shard: u32, ordinal: u32) -> String {
     format!("{index}-s{shard}-{ordinal}")
 }

@@ -3,6 +3,7 @@
 
 pub mod configmap;
 pub mod labels;
+pub mod network_policy;
 pub mod pdb;
 pub mod service;
 pub mod statefulset;
@@ -11,9 +12,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+pub use network_policy::OperatorPeer;
 pub use statefulset::StatefulSetParams;
 
 use crate::validate::ValidIndex;
@@ -24,6 +27,8 @@ use crate::validate::ValidIndex;
 pub struct Desired {
     pub configmap: ConfigMap,
     pub client_service: Service,
+    /// None: `spec.network.policy: false` (an existing one is deleted as an orphan).
+    pub network_policy: Option<NetworkPolicy>,
     pub shards: Vec<ShardObjects>,
 }
 
@@ -43,10 +48,11 @@ pub struct ShardParams {
 }
 
 /// Build every object; `shards[i]` holds the parameters of shard `i`.
-pub fn build_all(vi: &ValidIndex, shards: &[ShardParams]) -> Desired {
+pub fn build_all(vi: &ValidIndex, shards: &[ShardParams], operator: &OperatorPeer) -> Desired {
     Desired {
         configmap: configmap::build_configmap(vi),
         client_service: service::build_client_service(vi),
+        network_policy: network_policy::build_network_policy(vi, operator),
         shards: shards
             .iter()
             .zip(0u32..)

@@ -129,7 +129,7 @@ async fn run(vi: &VectorIndex, ctx: &Context) -> Result<Requeue, ReconcileError>
     if new_generation {
         storage_warnings(vi, ctx, &params).await;
     }
-    let desired = build::build_all(&valid, &params);
+    let desired = build::build_all(&valid, &params, &ctx.config.operator_peer);
     crate::apply::apply_all(&ctx.client, &desired).await?;
     let deleted = crate::apply::delete_all_orphans(
         &ctx.client,
