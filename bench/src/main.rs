@@ -10,6 +10,7 @@ mod npy;
 mod replica;
 mod retention;
 mod search_load;
+mod security;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -51,6 +52,9 @@ enum Cmd {
     /// Single-point upsert latency while the retention sweep removes N expired points, against
     /// the same node idle (issue 16).
     RetentionSweep(retention::RetentionArgs),
+    /// Replicated upsert throughput and search QPS with peer mTLS and API keys on, against
+    /// both off, interleaved (issue 18).
+    Security(security::SecurityArgs),
     /// Enqueue latency of single-vector writes (p50/p99).
     Enqueue {
         #[arg(long, default_value_t = 128)]
@@ -137,6 +141,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Restart(a) => tokio::runtime::Runtime::new()?.block_on(replica::restart(a)),
         Cmd::Catchup(a) => tokio::runtime::Runtime::new()?.block_on(replica::catchup(a)),
         Cmd::Failover(a) => tokio::runtime::Runtime::new()?.block_on(failover::failover(a)),
+        Cmd::Security(a) => tokio::runtime::Runtime::new()?.block_on(security::security(a)),
         Cmd::RetentionSweep(a) => {
             tokio::runtime::Runtime::new()?.block_on(retention::retention_sweep(a))
         }

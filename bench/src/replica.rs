@@ -31,9 +31,11 @@ pub struct NodeProc {
     pub raft: u16,
     pub admin_port: u16,
     log: PathBuf,
-    args: Vec<String>,
+    pub args: Vec<String>,
     bin: PathBuf,
     child: Option<Child>,
+    /// Peer mTLS identity for calls to the admin port (nodes run with `--peer-tls-dir`).
+    pub tls: Option<std::sync::Arc<kindex_node::tls::PeerTls>>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -55,6 +57,7 @@ impl NodeProc {
             args: Vec::new(),
             bin,
             child: None,
+            tls: None,
         })
     }
 
@@ -145,10 +148,14 @@ impl NodeProc {
 
     /// The Admin service, on the node's own admin port.
     pub fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
-        Ok(AdminClient::new(Self::channel_to(format!(
-            "http://127.0.0.1:{}",
-            self.admin_port
-        ))?))
+        let url = format!("http://127.0.0.1:{}", self.admin_port);
+        let channel = match &self.tls {
+            None => Self::channel_to(url)?,
+            Some(tls) => tonic::transport::Endpoint::from_shared(url)?
+                .connect_timeout(Duration::from_secs(2))
+                .connect_with_connector_lazy(kindex_node::tls::Connector::new(tls.clone())),
+        };
+        Ok(AdminClient::new(channel))
     }
 
     pub fn points(&self) -> anyhow::Result<PointsClient<Channel>> {

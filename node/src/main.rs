@@ -143,6 +143,10 @@ struct Args {
     /// `--api-keys-file`.
     #[arg(long, env = "KINDEX_READ_ONLY_API_KEYS_FILE")]
     read_only_api_keys_file: Option<PathBuf>,
+    /// With API keys on, `/metrics` needs a key too (a read-only one suffices; give the
+    /// scraper its own). Default: `/metrics` is open.
+    #[arg(long, env = "KINDEX_METRICS_REQUIRE_KEY")]
+    metrics_require_key: bool,
     /// Peer mTLS: a directory with `tls.crt`, `tls.key` and `ca.crt` (a mounted TLS Secret).
     /// The Raft and admin ports then accept only connections presenting a certificate of a CA
     /// in `ca.crt`, this node presents its own when calling other nodes, and calls between
@@ -319,6 +323,14 @@ async fn run(
         );
     }
 
+    if args.metrics_require_key
+        && args.api_keys_file.is_none()
+        && args.read_only_api_keys_file.is_none()
+    {
+        bail!(
+            "--metrics-require-key needs API keys (--api-keys-file or --read-only-api-keys-file)"
+        );
+    }
     // Keys before anything listens: a node told to require keys never serves without them.
     let key_files = KeyFiles {
         read_write: args.api_keys_file.clone(),
@@ -458,7 +470,13 @@ async fn run(
     };
     let http = {
         let mut stop = stop_rx.clone();
-        let app = http::router(coordinator.clone(), api_keys.clone());
+        let app = http::router(
+            coordinator.clone(),
+            http::HttpAuth {
+                keys: api_keys.clone(),
+                metrics_need_key: args.metrics_require_key,
+            },
+        );
         tokio::spawn(async move {
             axum::serve(http_listener, app)
                 .with_graceful_shutdown(async move {

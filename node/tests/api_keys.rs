@@ -425,3 +425,39 @@ async fn forwarded_and_fanned_out_calls_carry_the_callers_key() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
 }
+
+/// `--metrics-require-key`: `/metrics` answers 401 without a key and 200 with a read-only
+/// one; the probes stay open. Without keys the flag is refused at start.
+#[test]
+fn metrics_can_require_a_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = key_files(tmp.path(), RW, RO);
+    args.push("--metrics-require-key".into());
+    let node = start(tmp.path(), &args);
+    assert_eq!(http_get(&node.http, "/metrics").unwrap().0, 401);
+    let ro = bearer(RO);
+    let (code, body) = http_with(
+        &node.http,
+        "GET",
+        "/metrics",
+        &[("Authorization", &ro)],
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("kindex_vectors"), "{body}");
+    for open in ["/healthz", "/readyz"] {
+        assert_eq!(http_get(&node.http, open).unwrap().0, 200, "{open}");
+    }
+
+    let mut alone = Standalone::new(4, "l2")
+        .data_dir(tmp.path().join("data2"))
+        .args(&["--metrics-require-key"])
+        .start();
+    assert!(!alone.wait_exit(STOP_WAIT).success());
+    assert!(
+        alone
+            .log_text()
+            .contains("--metrics-require-key needs API keys")
+    );
+}

@@ -186,6 +186,7 @@ async fn create_applies_every_object_then_status() {
         [
             "PATCH /api/v1/namespaces/ns/configmaps/idx-config",
             "PATCH /api/v1/namespaces/ns/services/idx",
+            "PATCH /apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/idx-kindex",
             "PATCH /api/v1/namespaces/ns/services/idx-s0-headless",
             "PATCH /apis/policy/v1/namespaces/ns/poddisruptionbudgets/idx-s0",
             "PATCH /apis/apps/v1/namespaces/ns/statefulsets/idx-s0",
@@ -195,7 +196,7 @@ async fn create_applies_every_object_then_status() {
     for c in &writes {
         assert!(c.is_apply(), "not a forced server-side apply: {c:?}");
     }
-    for c in &writes[..5] {
+    for c in &writes[..6] {
         let owner = &c.body["metadata"]["ownerReferences"][0];
         assert_eq!(owner["uid"], UID, "{}", c.path);
         assert_eq!(owner["kind"], "VectorIndex");
@@ -205,7 +206,7 @@ async fn create_applies_every_object_then_status() {
             "kindex-operator"
         );
     }
-    let sts = &writes[4].body;
+    let sts = &writes[5].body;
     assert_eq!(sts["spec"]["replicas"], 3);
     assert_eq!(
         sts["spec"]["template"]["spec"]["containers"][0]["image"],

@@ -4,7 +4,8 @@
 //!
 //! With API keys on (see [`crate::auth`]) every `/v1` route needs `Authorization: Bearer
 //! <key>` (401 without or with a wrong one, 403 for a read-only key on upsert or delete);
-//! `/healthz`, `/readyz`, `/metrics` and `/openapi.json` stay open.
+//! `/healthz`, `/readyz` and `/openapi.json` stay open, and so does `/metrics` unless
+//! `--metrics-require-key` (then a read-only key suffices: scrapers get one of their own).
 //!
 //! Every 4xx/5xx answer has one shape, `{"error": {"code": ..., "message": ...}}`: the
 //! handlers' own errors, and (through [`json_errors`]) axum's routing 404 and 405, path and
@@ -31,8 +32,17 @@ use crate::engine::InputError;
 use crate::engine::filter::Filter;
 use crate::node::{Node, NodeError, QUOTA_EXCEEDED_HEADER};
 
-/// The HTTP API; `keys`: require API keys on `/v1` (None: open, the default).
-pub fn router(coordinator: Arc<Coordinator>, keys: Option<Arc<ApiKeys>>) -> Router {
+/// Who may call what (see the module docs).
+#[derive(Clone, Default)]
+pub struct HttpAuth {
+    /// Require API keys on `/v1` (None: open, the default).
+    pub keys: Option<Arc<ApiKeys>>,
+    /// With keys on, `/metrics` needs one too (any key: it reads).
+    pub metrics_need_key: bool,
+}
+
+/// The HTTP API.
+pub fn router(coordinator: Arc<Coordinator>, auth: HttpAuth) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -49,7 +59,7 @@ pub fn router(coordinator: Arc<Coordinator>, keys: Option<Arc<ApiKeys>>) -> Rout
         .route("/v1/indexes/{index}/count", get(count))
         .route("/v1/indexes/{index}/policies", get(policies))
         .fallback(no_route)
-        .layer(axum::middleware::from_fn_with_state(keys, require_key))
+        .layer(axum::middleware::from_fn_with_state(auth, require_key))
         // Bulk JSON batches are large (10k × 384 floats is ~40 MB of text).
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(json_errors))
@@ -57,8 +67,9 @@ pub fn router(coordinator: Arc<Coordinator>, keys: Option<Arc<ApiKeys>>) -> Rout
 }
 
 /// The access a request needs: writes for the upsert and delete routes, reads for every
-/// other `/v1` path (unknown ones too), None (open) outside `/v1`.
-fn access_of(method: &axum::http::Method, path: &str) -> Option<Access> {
+/// other `/v1` path (unknown ones too) and for `/metrics` when `metrics_need_key`, None
+/// (open) otherwise.
+fn access_of(method: &axum::http::Method, path: &str, metrics_need_key: bool) -> Option<Access> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         ["v1", "indexes", _, "points"] | ["v1", "indexes", _, "points", "delete"]
@@ -67,17 +78,14 @@ fn access_of(method: &axum::http::Method, path: &str) -> Option<Access> {
             Some(Access::Write)
         }
         ["v1", ..] => Some(Access::Read),
+        ["metrics"] if metrics_need_key => Some(Access::Read),
         _ => None,
     }
 }
 
 /// Checks the API key of `/v1` requests (see [`crate::auth`]) and serves the request with
 /// its `Authorization` value in scope, so calls to other nodes made for it carry it.
-async fn require_key(
-    State(keys): State<Option<Arc<ApiKeys>>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn require_key(State(auth): State<HttpAuth>, req: Request, next: Next) -> Response {
     let value = match req.headers().get(header::AUTHORIZATION) {
         None => None,
         Some(v) => match v.to_str() {
@@ -85,8 +93,8 @@ async fn require_key(
             Err(_) => return auth_error(AuthError::Malformed),
         },
     };
-    if let Some(need) = access_of(req.method(), req.uri().path())
-        && let Err(e) = auth::check(keys.as_deref(), value.as_deref(), need)
+    if let Some(need) = access_of(req.method(), req.uri().path(), auth.metrics_need_key)
+        && let Err(e) = auth::check(auth.keys.as_deref(), value.as_deref(), need)
     {
         return auth_error(e);
     }
@@ -624,6 +632,7 @@ mod tests {
     fn routes_need_the_right_access() {
         let w = Some(Access::Write);
         let r = Some(Access::Read);
+        let access_of = |m: &Method, p: &str| access_of(m, p, false);
         assert_eq!(access_of(&Method::POST, "/v1/indexes/a/points"), w);
         assert_eq!(access_of(&Method::POST, "/v1/indexes/a/points/delete"), w);
         assert_eq!(access_of(&Method::POST, "/v1/indexes/a/points/get"), r);
@@ -635,6 +644,11 @@ mod tests {
         assert_eq!(access_of(&Method::GET, "/v1/unknown"), r);
         for open in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/nope"] {
             assert_eq!(access_of(&Method::GET, open), None, "{open}");
+        }
+        // `--metrics-require-key`: metrics read; probes stay open.
+        assert_eq!(super::access_of(&Method::GET, "/metrics", true), r);
+        for open in ["/healthz", "/readyz", "/openapi.json"] {
+            assert_eq!(super::access_of(&Method::GET, open, true), None, "{open}");
         }
     }
 }
