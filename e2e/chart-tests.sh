@@ -369,8 +369,11 @@ for v in get update patch; do
 done
 
 ct_denied "* * (no wildcard)" '*' '*' --all-namespaces
-ct_denied "get secrets" get secrets -n team-a
-ct_denied "get secrets in kindex-system" get secrets -n kindex-system
+# Secrets by name only (peer TLS of spec.peerTls): never listed, watched or deleted.
+for v in get create patch; do ct_granted "$v secrets" "$v" secrets -n team-a; done
+ct_denied "list secrets" list secrets -n team-a
+ct_denied "watch secrets" watch secrets -n team-a
+ct_denied "delete secrets" delete secrets -n team-a
 ct_denied "list secrets --all-namespaces" list secrets --all-namespaces
 ct_denied "delete persistentvolumeclaims" delete persistentvolumeclaims -n team-a
 ct_denied "create persistentvolumeclaims" create persistentvolumeclaims -n team-a
@@ -502,7 +505,8 @@ done
 ct_denied "list vectorindexes --all-namespaces" list vectorindexes.kindex.dev --all-namespaces
 ct_denied "create statefulsets in its own namespace" create statefulsets.apps -n kindex-chart-test
 ct_granted "create leases in its own namespace" create leases.coordination.k8s.io -n kindex-chart-test
-ct_denied "get secrets in team-b" get secrets -n team-b
+ct_granted "get secrets in the watched namespace team-b" get secrets -n team-b
+ct_denied "get secrets in team-a" get secrets -n team-a
 check "no ClusterRoleBinding for the operator in watchNamespace mode" bash -c \
   '! "$1" --kubeconfig "$2" get clusterrolebinding kx-ns-kindex-operator 2>/dev/null' _ "$KUBECTL" "$KC"
 ct_uninstall_ns() {

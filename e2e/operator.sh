@@ -67,6 +67,39 @@ wait_for "efSearch change reaches the ConfigMap" 60 bash -c "'$KUBECTL' --kubeco
 sleep 3
 check "runtime knob change leaves the StatefulSet template alone" test "$(jp statefulset/demo-s0 '{.metadata.generation}')" = "$sts_gen"
 
+step "operator: peer mTLS (spec.peerTls)"
+k apply -f - >/dev/null <<'YAML'
+apiVersion: kindex.dev/v1alpha1
+kind: VectorIndex
+metadata: {name: sec}
+spec: {dimension: 8, metric: l2, shards: 1, replicas: 1, peerTls: {enabled: true}}
+YAML
+wait_for "the operator creates the CA Secret sec-peer-ca" 60 k get secret sec-peer-ca
+eq "the pods' Secret sec-peer-tls is a TLS Secret" kubernetes.io/tls secret/sec-peer-tls '{.type}'
+for obj in secret/sec-peer-ca secret/sec-peer-tls; do
+  eq "owner reference on $obj" "VectorIndex/sec/true" "$obj" '{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}/{.metadata.ownerReferences[0].controller}'
+done
+peer_cert_ok() {
+  local d="$WORK/sec-tls"
+  mkdir -p "$d"
+  for f in tls.crt ca.crt; do
+    k get secret sec-peer-tls -o jsonpath="{.data.${f//./\\.}}" | base64 -d >"$d/$f" || return 1
+  done
+  openssl verify -CAfile "$d/ca.crt" "$d/tls.crt" &&
+    openssl x509 -in "$d/tls.crt" -noout -ext subjectAltName | grep -q 'DNS:sec.default.kindex-peer' &&
+    ! k get secret sec-peer-tls -o jsonpath='{.data}' | grep -q 'ca\.key'
+}
+check "the pods' certificate chains to the index CA, names sec.default.kindex-peer, no CA key in the pods' Secret" peer_cert_ok
+eq "the StatefulSet mounts the pods' Secret" sec-peer-tls statefulset/sec-s0 '{.spec.template.spec.volumes[?(@.name=="peer-tls")].secret.secretName}'
+check "the node is started with --peer-tls-dir and the index's peer name" bash -c \
+  "'$KUBECTL' --kubeconfig '$KC' get statefulset sec-s0 -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -q '\"--peer-tls-dir\",\"/etc/kindex-peer-tls\",\"--peer-tls-server-name\",\"sec.default.kindex-peer\"'"
+check_rejected "the API server refuses switching peer mTLS off on a running index" \
+  "peerTls.enabled is set when the index is created" k patch vidx sec --type merge -p '{"spec":{"peerTls":{"enabled":false}}}'
+check_rejected "the API server refuses switching peer mTLS on on a running index" \
+  "peerTls.enabled is set when the index is created" k patch vidx demo --type merge -p '{"spec":{"peerTls":{"enabled":true}}}'
+k delete vidx sec --wait=false >/dev/null
+wait_for "the peer TLS Secrets are garbage-collected with the index" 90 bash -c "! '$KUBECTL' --kubeconfig '$KC' get secret sec-peer-ca sec-peer-tls 2>/dev/null"
+
 step "operator: leader election and metrics"
 holder=$(jp lease/kindex-operator '{.spec.holderIdentity}')
 check "one operator holds the Lease ($holder)" bash -c "[ '$holder' = op-a ] || [ '$holder' = op-b ]"

@@ -16,8 +16,9 @@ pub mod validate;
 pub use kube::CustomResourceExt;
 pub use spec::{
     ApiKeySecretRef, AuthSpec, FilterCondition, FilterRange, HnswSpec, IndexingSpec, Metric,
-    PodTemplateOverrides, PolicyFilter, PolicyKind, PolicySpec, Quantization, SchemaFieldSpec,
-    SchemaFieldType, SnapshotSpec, StorageSpec, StructuralConfig, VectorIndex, VectorIndexSpec,
+    PeerTlsSpec, PodTemplateOverrides, PolicyFilter, PolicyKind, PolicySpec, Quantization,
+    SchemaFieldSpec, SchemaFieldType, SnapshotSpec, StorageSpec, StructuralConfig, VectorIndex,
+    VectorIndexSpec,
 };
 pub use status::{Phase, ShardStatus, VectorIndexStatus, condition_types};
 pub use validate::{SpecError, SpecWarning, parse_duration, validate, validate_update, warnings};

@@ -123,7 +123,15 @@ pub const DNS_SUBDOMAIN_PATTERN: &str =
     validation = Rule::new("!has(oldSelf.hnsw) || has(self.hnsw)")
         .message("hnsw cannot be removed once set"),
     validation = Rule::new("!has(oldSelf.quantization) || has(self.quantization)")
-        .message("quantization cannot be removed once set")
+        .message("quantization cannot be removed once set"),
+    validation = Rule::new(
+        "(has(oldSelf.peerTls) && has(oldSelf.peerTls.enabled) && oldSelf.peerTls.enabled) == \
+         (has(self.peerTls) && has(self.peerTls.enabled) && self.peerTls.enabled)"
+    )
+    .message(
+        "peerTls.enabled is set when the index is created: pods with and without peer mTLS \
+         cannot talk to each other, so a running index cannot switch; create a new VectorIndex"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VectorIndexSpec {
@@ -215,6 +223,48 @@ pub struct VectorIndexSpec {
     /// and anyone reach the client ports (7070, 7080).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkSpec>,
+
+    /// Peer mTLS between the index's pods (docs/security.md). Unset: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_tls: Option<PeerTlsSpec>,
+}
+
+/// See [`VectorIndexSpec::peer_tls`].
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerTlsSpec {
+    /// The operator keeps a CA for the index (Secret `<index>-peer-ca`) and a certificate
+    /// its pods share (Secret `<index>-peer-tls`, mounted), renews the certificate before it
+    /// expires and rotates the CA with an overlap; the Raft (7071) and admin (7072) ports
+    /// then accept only clients with a certificate of that CA, the operator included. Set
+    /// when the index is created: a running index cannot switch.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+impl PeerTlsSpec {
+    /// Whether peer mTLS is on (`peerTls` unset: off).
+    pub fn enabled(spec: Option<&PeerTlsSpec>) -> bool {
+        spec.is_some_and(|p| p.enabled)
+    }
+}
+
+/// Names the operator, the nodes and `kubectl kindex` agree on for peer mTLS.
+pub mod peer_tls {
+    /// The Secret holding the index's CA (`ca.crt`, `ca.key`); the operator only.
+    pub fn ca_secret(index: &str) -> String {
+        format!("{index}-peer-ca")
+    }
+    /// The TLS Secret every pod of the index mounts (`tls.crt`, `tls.key`, `ca.crt`).
+    pub fn node_secret(index: &str) -> String {
+        format!("{index}-peer-tls")
+    }
+    /// The DNS name in the index's certificate, which every peer checks
+    /// (`--peer-tls-server-name`): one name for all pods, so the certificate does not
+    /// depend on pod addresses.
+    pub fn server_name(index: &str, namespace: &str) -> String {
+        format!("{index}.{namespace}.kindex-peer")
+    }
 }
 
 /// See [`VectorIndexSpec::network`].
@@ -685,6 +735,7 @@ impl VectorIndexSpec {
             policies: Vec::new(),
             auth: None,
             network: None,
+            peer_tls: None,
         }
     }
 

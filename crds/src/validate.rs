@@ -50,6 +50,14 @@ pub enum SpecError {
         old: String,
         new: String,
     },
+    #[error(
+        "spec.{field} is set when the index is created: {old} -> {new}; create a new VectorIndex to change it"
+    )]
+    SetAtCreation {
+        field: &'static str,
+        old: String,
+        new: String,
+    },
 }
 
 /// Legal but questionable settings; the operator may surface them as Events.
@@ -386,7 +394,7 @@ fn condition_problem(c: &FilterCondition) -> Option<(&'static str, String)> {
 /// Check an update: the structural fields must not change (mirrors the CEL rules).
 pub fn validate_update(old: &VectorIndexSpec, new: &VectorIndexSpec) -> Result<(), Vec<SpecError>> {
     let diffs = old.structural().diff(&new.structural());
-    let errors: Vec<SpecError> = STRUCTURAL_FIELDS
+    let mut errors: Vec<SpecError> = STRUCTURAL_FIELDS
         .iter()
         .filter_map(|(name, path)| {
             let d = diffs.iter().find(|d| d.field == *name)?;
@@ -397,6 +405,19 @@ pub fn validate_update(old: &VectorIndexSpec, new: &VectorIndexSpec) -> Result<(
             })
         })
         .collect();
+    // Not structural (the data on disk does not depend on it), but pods with and without
+    // peer mTLS cannot talk to each other.
+    let (was, is) = (
+        crate::PeerTlsSpec::enabled(old.peer_tls.as_ref()),
+        crate::PeerTlsSpec::enabled(new.peer_tls.as_ref()),
+    );
+    if was != is {
+        errors.push(SpecError::SetAtCreation {
+            field: "peerTls.enabled",
+            old: was.to_string(),
+            new: is.to_string(),
+        });
+    }
     if errors.is_empty() {
         Ok(())
     } else {
@@ -958,6 +979,27 @@ mod tests {
             errors[3].to_string(),
             "spec.quantization is immutable (structural field): none -> int8; create a new VectorIndex to change it"
         );
+    }
+
+    #[test]
+    fn peer_tls_cannot_be_switched_on_a_running_index() {
+        let old = good();
+        let mut new = old.clone();
+        // Unset and explicitly off are the same.
+        new.peer_tls = Some(crate::PeerTlsSpec { enabled: false });
+        assert_eq!(validate_update(&old, &new), Ok(()));
+        new.peer_tls = Some(crate::PeerTlsSpec { enabled: true });
+        let errors = validate_update(&old, &new).unwrap_err();
+        assert_eq!(
+            errors,
+            [SpecError::SetAtCreation {
+                field: "peerTls.enabled",
+                old: "false".into(),
+                new: "true".into()
+            }]
+        );
+        assert!(validate_update(&new, &old).is_err(), "nor switched off");
+        assert_eq!(validate_update(&new, &new.clone()), Ok(()));
     }
 
     #[test]

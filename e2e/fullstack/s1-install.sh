@@ -4,7 +4,8 @@
 # holding the Lease -> a VectorIndex of 2
 # shards x 3 replicas -> phase Ready and condition Ready with 6 ready
 # kindex-node pods spread over the 3 Nodes and
-# a Raft leader per shard.
+# a Raft leader per shard. The index has peer mTLS on (spec.peerTls), so every
+# later scenario runs with the operator's certificates on the Raft and admin ports.
 NS1=s1
 
 s1_helm() {
@@ -47,6 +48,8 @@ spec:
   metric: cosine
   shards: 2
   replicas: 3
+  peerTls:
+    enabled: true
   storage:
     size: 64Mi
 EOF
@@ -75,6 +78,31 @@ s1_columns() {
   tail -1 <<<"$out" | grep -qE '^demo +2 +3 +6/6 +0 +Ready ' || fail "row"
 }
 
+# The Raft groups formed over mTLS with the operator's CA: the admin port of a pod
+# refuses a client without a certificate, answers one holding the index's
+# certificate (from the Secret the operator wrote), and kubectl kindex finds that
+# Secret by itself.
+s1_peer_tls() {
+  local ip dir out
+  ip=$(k -n $NS1 get pod demo-s0-0 -o jsonpath='{.status.podIP}')
+  [[ $ip == 10.244.* ]] || fail "pod IP '$ip'"
+  dir="$RUN/tmp/s1-peer-tls"
+  mkdir -p "$dir"
+  for f in tls.crt tls.key ca.crt; do
+    k -n $NS1 get secret demo-peer-tls -o jsonpath="{.data.${f//./\\.}}" | base64 -d >"$dir/$f"
+  done
+  if out=$("$RUN/bin/kindex" --admin-addr "http://$ip:7072" --timeout 5 status 2>&1); then
+    fail "the admin port answered a client without a certificate: $out"
+  fi
+  echo "without a certificate: $(tail -1 <<<"$out")"
+  out=$("$RUN/bin/kindex" --admin-addr "http://$ip:7072" --peer-tls-dir "$dir" \
+    --peer-tls-server-name demo.$NS1.kindex-peer --timeout 10 -o json status) ||
+    fail "the index's certificate was refused: $out"
+  grep -q '"role"' <<<"$out" || fail "no status: $out"
+  shards_agree 3
+}
+
 check 1.1 "helm install: operator pods Running, one holds the Lease (API server via the kubernetes Service)" s1_helm
 check 1.2 "VectorIndex 2x3: phase Ready, 6 ready pods on 3 nodes, a leader per shard" s1_index
 check 1.3 "kubectl get vidx columns" s1_columns
+check 1.4 "peer mTLS: admin port refuses a client without a certificate, answers the index's; kubectl kindex status reads the Secret" s1_peer_tls

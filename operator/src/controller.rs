@@ -40,6 +40,8 @@ pub struct OperatorConfig {
     pub invalid_requeue: Duration,
     /// Where the operator runs: the admin-port rule of each index's NetworkPolicy.
     pub operator_peer: crate::build::OperatorPeer,
+    /// Certificate and CA lifetimes of peer mTLS.
+    pub peer_lifetimes: crate::peer_tls::Lifetimes,
 }
 
 impl Default for OperatorConfig {
@@ -53,6 +55,7 @@ impl Default for OperatorConfig {
             wait_requeue: Duration::from_secs(10),
             invalid_requeue: Duration::from_secs(300),
             operator_peer: crate::build::OperatorPeer::default(),
+            peer_lifetimes: crate::peer_tls::Lifetimes::default(),
         }
     }
 }
@@ -66,6 +69,9 @@ pub struct Context {
     pub metrics: Metrics,
     pub config: OperatorConfig,
     pub deletions: DeletionTracker,
+    /// The operator's client certificates per index (peer mTLS), shared with the node
+    /// client.
+    pub identities: crate::peer_tls::PeerIdentities,
     /// Consecutive failures per object, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -87,6 +93,7 @@ impl Context {
             metrics,
             config,
             deletions: DeletionTracker::default(),
+            identities: crate::peer_tls::PeerIdentities::default(),
             failures: Mutex::default(),
         }
     }

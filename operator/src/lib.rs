@@ -14,6 +14,7 @@ pub mod events;
 pub mod membership;
 pub mod metrics;
 pub mod observe;
+pub mod peer_tls;
 pub mod policies;
 pub mod preflight;
 pub mod reconcile;

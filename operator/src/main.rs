@@ -76,6 +76,16 @@ struct Args {
     /// every pod of `--operator-namespace`.
     #[arg(long, env = "KINDEX_OPERATOR_POD_LABELS", default_value = "", value_parser = pod_labels)]
     operator_pod_labels: std::collections::BTreeMap<String, String>,
+    /// Peer mTLS (`spec.peerTls`): life of an index's CA; rotated once a third is left.
+    #[arg(long, default_value = "87600h", value_parser = duration)]
+    peer_ca_lifetime: Duration,
+    /// Peer mTLS: life of the pods' certificate; renewed once a third is left.
+    #[arg(long, default_value = "2160h", value_parser = duration)]
+    peer_cert_lifetime: Duration,
+    /// Peer mTLS: how long both CAs stay trusted in each phase of a CA rotation; must exceed
+    /// the time a Secret change takes to reach every pod (the kubelet's sync, about 1 min).
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    peer_ca_overlap: Duration,
     /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
     #[arg(long, env = "KINDEX_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -127,11 +137,13 @@ async fn main() -> anyhow::Result<()> {
     let http = serve_http(args.metrics_addr, metrics.clone(), stop_rx.clone()).await?;
 
     let addresses: Arc<dyn AddressBook> = Arc::new(ClusterDns);
+    let identities = kindex_operator::peer_tls::PeerIdentities::default();
     let nodes = Arc::new(GrpcNodeClient {
         addresses: addresses.clone(),
         timeout: args.node_timeout,
+        identities: identities.clone(),
     });
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         nodes,
         addresses,
@@ -148,9 +160,16 @@ async fn main() -> anyhow::Result<()> {
                 namespace: args.operator_namespace.clone(),
                 pod_labels: args.operator_pod_labels.clone(),
             },
+            peer_lifetimes: kindex_operator::peer_tls::Lifetimes {
+                ca: args.peer_ca_lifetime,
+                cert: args.peer_cert_lifetime,
+                overlap: args.peer_ca_overlap,
+            },
             ..OperatorConfig::default()
         },
-    ));
+    );
+    ctx.identities = identities;
+    let ctx = Arc::new(ctx);
 
     let result = if args.leader_election {
         run_as_leader(&args, client, ctx, stop_rx).await

@@ -160,6 +160,7 @@ async fn admin_calls_reach_the_node() {
     let client = GrpcNodeClient {
         addresses: Arc::new(Loopback(format!("127.0.0.1:{port}"))),
         timeout: Duration::from_secs(5),
+        identities: Default::default(),
     };
 
     let s = client.status(&pod(0)).await.unwrap();
@@ -203,6 +204,7 @@ async fn unreachable_node_is_an_error_not_a_hang() {
     let client = GrpcNodeClient {
         addresses: Arc::new(Loopback(nobody)),
         timeout: Duration::from_secs(2),
+        identities: Default::default(),
     };
     let started = std::time::Instant::now();
     let err = client.status(&pod(0)).await.unwrap_err();
@@ -229,6 +231,7 @@ async fn old_nodes_are_reached_on_their_data_port() {
     let old = GrpcNodeClient {
         addresses: Arc::new(PreAdminPort(nobody.clone(), format!("127.0.0.1:{port}"))),
         timeout: Duration::from_secs(2),
+        identities: Default::default(),
     };
     let s = old.status(&pod(0)).await.unwrap();
     assert_eq!(s.role, "leader");
@@ -239,10 +242,71 @@ async fn old_nodes_are_reached_on_their_data_port() {
     let none = GrpcNodeClient {
         addresses: Arc::new(PreAdminPort(nobody.clone(), nobody2)),
         timeout: Duration::from_secs(2),
+        identities: Default::default(),
     };
     let err = none.status(&pod(0)).await.unwrap_err();
     assert!(
         matches!(&err, NodeError::Connect { endpoint, .. } if endpoint.contains(&nobody)),
         "{err}"
     );
+}
+
+/// With an identity for the index, the admin port is dialled over mTLS: a node with peer
+/// TLS answers; without one (or with a certificate of another CA) it is not reached.
+#[tokio::test]
+async fn admin_calls_use_the_index_identity_over_mtls() {
+    use kindex_node::tls::issue::{Ca, Validity, write_dir};
+    use kindex_operator::peer_tls::{Identity, PeerIdentities};
+    let name = kindex_crds::spec::peer_tls::server_name("idx", "ns");
+    let week = || Validity::from_now(Duration::from_secs(7 * 86_400));
+    let ca = Ca::generate("index CA", week()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_dir(
+        dir.path(),
+        &ca.issue(std::slice::from_ref(&name), week()).unwrap(),
+        ca.cert_pem(),
+    )
+    .unwrap();
+    let tls = Arc::new(kindex_node::tls::PeerTls::load(dir.path(), None).unwrap());
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let router =
+        tonic::transport::Server::builder().add_service(AdminServer::new(FakeAdmin::default()));
+    tokio::spawn(kindex_node::tls::serve(
+        router,
+        listener,
+        Some(tls),
+        std::future::pending(),
+    ));
+
+    let client = |identities: PeerIdentities| GrpcNodeClient {
+        addresses: Arc::new(Loopback(format!("127.0.0.1:{port}"))),
+        timeout: Duration::from_secs(2),
+        identities,
+    };
+    let identity = |ca: &Ca| {
+        let me = ca.issue(&["kindex-operator".to_string()], week()).unwrap();
+        let config = kindex_node::tls::client_config_from_pem(
+            me.cert_pem.as_bytes(),
+            me.key_pem.as_bytes(),
+            ca.cert_pem().as_bytes(),
+        )
+        .unwrap();
+        Identity::new(config, name.clone())
+    };
+
+    let ids = PeerIdentities::default();
+    ids.set("ns", "idx", identity(&ca));
+    let s = client(ids.clone()).status(&pod(0)).await.unwrap();
+    assert_eq!(s.role, "leader");
+
+    let plain = client(PeerIdentities::default()).status(&pod(0)).await;
+    assert!(plain.is_err(), "a plain client reached the mTLS admin port");
+
+    let foreign = Ca::generate("another CA", week()).unwrap();
+    let other = PeerIdentities::default();
+    other.set("ns", "idx", identity(&foreign));
+    let err = client(other).status(&pod(0)).await.unwrap_err();
+    assert!(matches!(err, NodeError::Connect { .. }), "{err}");
 }

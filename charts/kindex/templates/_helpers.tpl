@@ -92,7 +92,9 @@ defaults to the chart's appVersion (which follows the workspace version).
 {{/*
 The rules the operator needs on the objects it manages, in every namespace it
 watches (a ClusterRole by default, a Role in `watchNamespace` otherwise).
-Least privilege: no secrets, no PVCs (the StatefulSet retention policy removes
+Least privilege: Secrets only read and written by name (the peer TLS CA and
+certificate of indexes with spec.peerTls; never listed, watched or deleted: owner
+references remove them), no PVCs (the StatefulSet retention policy removes
 them), no nodes, no wildcards. Keep in sync with deploy/rbac.yaml (checked by
 e2e/chart-tests.sh).
 */}}
@@ -118,6 +120,10 @@ e2e/chart-tests.sh).
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Peer mTLS (spec.peerTls): the index's CA and certificate Secrets, by name only.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
 # Index pods: observed, and deleted one by one for rolling restarts (OnDelete StatefulSets).
 - apiGroups: [""]
   resources: ["pods"]

@@ -74,17 +74,29 @@ pub struct Ctx {
     pub timeout: Duration,
     /// Sent with every data-plane call.
     pub api_key: ApiKey,
-    /// The identity of admin calls to nodes with peer mTLS (`--peer-tls-dir`).
-    pub peer_tls: Option<std::sync::Arc<kindex_node::tls::PeerTls>>,
+    /// How admin calls reach nodes with peer mTLS: `--peer-tls-dir`, or (Kubernetes mode)
+    /// the index's peer TLS Secret.
+    pub peer_tls: Option<kindex_node::tls::Connector>,
 }
 
-fn peer_tls(g: &Global) -> anyhow::Result<Option<std::sync::Arc<kindex_node::tls::PeerTls>>> {
+fn peer_tls(g: &Global) -> anyhow::Result<Option<kindex_node::tls::Connector>> {
     let Some(dir) = &g.peer_tls_dir else {
         return Ok(None);
     };
     let tls = kindex_node::tls::PeerTls::load(dir, g.peer_tls_server_name.clone())
         .context("--peer-tls-dir")?;
-    Ok(Some(std::sync::Arc::new(tls)))
+    Ok(Some(kindex_node::tls::Connector::new(std::sync::Arc::new(
+        tls,
+    ))))
+}
+
+fn peer_tls_of(id: &k8s::PeerIdentity) -> anyhow::Result<kindex_node::tls::Connector> {
+    let config = kindex_node::tls::client_config_from_pem(&id.cert_pem, &id.key_pem, &id.ca_pem)
+        .context("the index's peer TLS Secret")?;
+    Ok(kindex_node::tls::Connector::with_config(
+        config,
+        Some(id.server_name.clone()),
+    ))
 }
 
 /// What Kubernetes discovery found (for `status` and error hints).
@@ -146,6 +158,7 @@ impl Ctx {
             context: g.context.clone(),
             namespace: g.namespace.clone(),
             index: g.index.clone(),
+            peer_identity: g.peer_tls_dir.is_none(),
         };
         let found = k8s::discover(&opts, want, plane).await?;
         let mut ctx = Ctx {
@@ -157,7 +170,10 @@ impl Ctx {
             output: g.output,
             timeout: Duration::from_secs(g.timeout.max(1)),
             api_key: ApiKey::new(g.api_key.as_deref())?,
-            peer_tls: peer_tls(g)?,
+            peer_tls: match &found.peer_identity {
+                Some(id) => Some(peer_tls_of(id)?),
+                None => peer_tls(g)?,
+            },
         };
         for t in found.targets {
             match t.addr {
@@ -220,9 +236,9 @@ impl Ctx {
             .with_context(|| format!("invalid --admin-addr {addr:?}"))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(self.timeout);
-        Ok(AdminClient::new(ep.connect_with_connector_lazy(
-            kindex_node::tls::Connector::new(tls.clone()),
-        )))
+        Ok(AdminClient::new(
+            ep.connect_with_connector_lazy(tls.clone()),
+        ))
     }
 
     /// The first address: data-plane commands talk to one node, which

@@ -121,6 +121,9 @@ pub struct KubeOpts {
     pub namespace: Option<String>,
     /// VectorIndex name; empty: the only one in the namespace.
     pub index: String,
+    /// Read the index's peer TLS Secret when the index has `spec.peerTls` on (admin calls
+    /// without `--peer-tls-dir`).
+    pub peer_identity: bool,
 }
 
 /// Which pods a command talks to.
@@ -332,6 +335,53 @@ pub struct Found {
     /// The VectorIndex's `.status` (None when it could not be read).
     pub status: Option<kindex_crds::status::VectorIndexStatus>,
     pub targets: Vec<Target>,
+    /// The index's peer certificate (`spec.peerTls` on and [`KubeOpts::peer_identity`]).
+    pub peer_identity: Option<PeerIdentity>,
+}
+
+/// A client identity for an index's admin ports: the pods' own certificate, read from the
+/// Secret the operator keeps (`get` on it is needed, as it is for anything that may steer
+/// the index's Raft groups).
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub ca_pem: Vec<u8>,
+    pub server_name: String,
+}
+
+async fn peer_identity(
+    client: &Client,
+    namespace: &str,
+    index: &str,
+    url: &str,
+) -> Result<PeerIdentity, KubeError> {
+    let name = kindex_crds::spec::peer_tls::node_secret(index);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), namespace);
+    let missing = |what: &str| KubeError::Api {
+        what: format!("reading the peer TLS Secret {name}"),
+        message: format!(
+            "{what} (index {index:?} has spec.peerTls on; the operator writes this Secret)"
+        ),
+    };
+    let secret = secrets
+        .get_opt(&name)
+        .await
+        .map_err(|e| api_error(e, "get", "secrets", namespace, url))?
+        .ok_or_else(|| missing("not found"))?;
+    let data = secret.data.unwrap_or_default();
+    let part = |k: &str| {
+        data.get(k)
+            .map(|b| b.0.clone())
+            .ok_or_else(|| missing(&format!("no {k} in it")))
+    };
+    Ok(PeerIdentity {
+        cert_pem: part("tls.crt")?,
+        key_pem: part("tls.key")?,
+        ca_pem: part("ca.crt")?,
+        server_name: kindex_crds::spec::peer_tls::server_name(index, namespace),
+    })
 }
 
 async fn client(opts: &KubeOpts) -> Result<(Client, String, String), KubeError> {
@@ -372,6 +422,7 @@ pub async fn discover(opts: &KubeOpts, want: Want, plane: Plane) -> Result<Found
     let (client, namespace, url) = client(opts).await?;
     let vis: Api<VectorIndex> = Api::namespaced(client.clone(), &namespace);
     let mut status = None;
+    let mut peer_tls_on = false;
     let index = if opts.index.is_empty() {
         let list = vis
             .list(&ListParams::default())
@@ -386,6 +437,10 @@ pub async fn discover(opts: &KubeOpts, want: Want, plane: Plane) -> Result<Found
             [] => return Err(KubeError::NoIndex { namespace }),
             [one] => {
                 status = list.items.first().and_then(|v| v.status.clone());
+                peer_tls_on = list
+                    .items
+                    .first()
+                    .is_some_and(|v| kindex_crds::PeerTlsSpec::enabled(v.spec.peer_tls.as_ref()));
                 one.clone()
             }
             many => {
@@ -398,7 +453,10 @@ pub async fn discover(opts: &KubeOpts, want: Want, plane: Plane) -> Result<Found
         }
     } else {
         match vis.get_opt(&opts.index).await {
-            Ok(Some(v)) => status = v.status,
+            Ok(Some(v)) => {
+                peer_tls_on = kindex_crds::PeerTlsSpec::enabled(v.spec.peer_tls.as_ref());
+                status = v.status;
+            }
             Ok(None) => {
                 // Pods without a VectorIndex (installed another way) still work.
                 let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
@@ -442,6 +500,11 @@ pub async fn discover(opts: &KubeOpts, want: Want, plane: Plane) -> Result<Found
         opts.index.clone()
     };
 
+    let peer_identity = if opts.peer_identity && peer_tls_on && plane == Plane::Admin {
+        Some(peer_identity(&client, &namespace, &index, &url).await?)
+    } else {
+        None
+    };
     let pods: Api<Pod> = Api::namespaced(client, &namespace);
     let list = pods
         .list(&ListParams::default().labels(&pod_selector(&index)))
@@ -510,6 +573,7 @@ pub async fn discover(opts: &KubeOpts, want: Want, plane: Plane) -> Result<Found
         index,
         status,
         targets,
+        peer_identity,
     })
 }
 

@@ -61,9 +61,9 @@ fn all_rules_compile_and_fit_the_cost_budget() {
     walk(&compile_schema(&schema()), "", &mut problems, &mut rules);
     assert!(problems.is_empty(), "{problems:#?}");
     // 6 immutability + 5 presence + 1 interval + 9 policy + 2 filter rules, a range rule in
-    // each of must and mustNot, and the admission rules: 2 on metadata.name, image,
-    // storage.size, resources.limits and .requests.
-    assert_eq!(rules, 31);
+    // each of must and mustNot, the admission rules: 2 on metadata.name, image,
+    // storage.size, resources.limits and .requests; and peerTls set at creation.
+    assert_eq!(rules, 32);
 }
 
 /// The API server's CEL does not see a property without a type (`x-kubernetes-preserve-
@@ -148,6 +148,27 @@ fn updates_that_keep_a_structural_field_are_accepted_for_it() {
             "{kept}: {errors:?}"
         );
         assert_eq!(errors.len(), STRUCTURAL.len() - 1);
+    }
+}
+
+#[test]
+fn peer_tls_is_set_at_creation() {
+    const MESSAGE: &str = "peerTls.enabled is set when the index is created";
+    let on = |enabled: Option<bool>| {
+        let mut vi = demo();
+        vi.spec.peer_tls = enabled.map(|enabled| kindex_crds::PeerTlsSpec { enabled });
+        vi
+    };
+    // Unset and `enabled: false` are the same; an unchanged setting passes.
+    for (old, new) in [(None, Some(false)), (Some(false), None), (Some(true), Some(true))] {
+        validate_cel_update(&on(new), &on(old)).expect("no switch");
+    }
+    for (old, new) in [(None, Some(true)), (Some(true), Some(false)), (Some(true), None)] {
+        let errors = validate_cel_update(&on(new), &on(old)).expect_err("a switch");
+        assert!(
+            errors.iter().any(|e| e.message.contains(MESSAGE)),
+            "{old:?} -> {new:?}: {errors:?}"
+        );
     }
 }
 

@@ -89,7 +89,6 @@ pub(crate) fn digest(dir: &Path) -> Result<u64, TlsFileError> {
 
 /// Loads the set in `dir`, and the digest of what was read.
 pub(crate) fn load(dir: &Path) -> Result<(Material, u64), TlsFileError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let (cert_path, cert_pem) = read(dir.join(CERT_FILE))?;
     let (key_path, key_pem) = read(dir.join(KEY_FILE))?;
     let (ca_path, ca_pem) = read(dir.join(CA_FILE))?;
@@ -98,49 +97,56 @@ pub(crate) fn load(dir: &Path) -> Result<(Material, u64), TlsFileError> {
         h.update(&(b.len() as u64).to_le_bytes());
         h.update(b);
     }
-    let chain = certs(&cert_path, &cert_pem)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsFileError::Pem {
-        path: key_path.clone(),
+    let material = parse(
+        (&cert_path, &cert_pem),
+        (&key_path, &key_pem),
+        (&ca_path, &ca_pem),
+    )?;
+    Ok((material, h.digest()))
+}
+
+/// A set from PEM text; the paths only name the parts in errors.
+pub(crate) fn parse(
+    (cert_path, cert_pem): (&Path, &[u8]),
+    (key_path, key_pem): (&Path, &[u8]),
+    (ca_path, ca_pem): (&Path, &[u8]),
+) -> Result<Material, TlsFileError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certs(cert_path, cert_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsFileError::Pem {
+        path: key_path.to_path_buf(),
         reason: e.to_string(),
     })?;
     // `from_der` checks that the key matches the certificate: a rotation caught between
     // writing the two files is refused here and retried at the next reload.
     let key =
         CertifiedKey::from_der(chain, key, &provider).map_err(|e| TlsFileError::KeyMismatch {
-            path: key_path,
-            cert: cert_path.clone(),
+            path: key_path.to_path_buf(),
+            cert: cert_path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    let cas = certs(&ca_path, &ca_pem)?;
+    let roots_err = |e: String| TlsFileError::Roots {
+        path: ca_path.to_path_buf(),
+        reason: e,
+    };
+    let cas = certs(ca_path, ca_pem)?;
     let mut roots = RootCertStore::empty();
     let n = cas.len();
     for c in cas {
-        roots.add(c).map_err(|e| TlsFileError::Roots {
-            path: ca_path.clone(),
-            reason: e.to_string(),
-        })?;
+        roots.add(c).map_err(|e| roots_err(e.to_string()))?;
     }
     let roots = Arc::new(roots);
     let client_verifier =
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
-            .map_err(|e| TlsFileError::Roots {
-                path: ca_path.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| roots_err(e.to_string()))?;
     let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider)
         .build()
-        .map_err(|e| TlsFileError::Roots {
-            path: ca_path.clone(),
-            reason: e.to_string(),
-        })?;
-    Ok((
-        Material {
-            key: Arc::new(key),
-            client_verifier,
-            server_verifier,
-            cas: n,
-        },
-        h.digest(),
-    ))
+        .map_err(|e| roots_err(e.to_string()))?;
+    Ok(Material {
+        key: Arc::new(key),
+        client_verifier,
+        server_verifier,
+        cas: n,
+    })
 }

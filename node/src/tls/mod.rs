@@ -178,6 +178,25 @@ impl PeerTls {
     }
 }
 
+/// A client identity held in memory rather than in a directory (the operator and
+/// `kubectl kindex` read it from Secrets): `cert_pem` and `key_pem` present, `ca_pem` is
+/// trusted. Not reloaded: callers build a new one when the Secret changes.
+pub fn client_config_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    ca_pem: &[u8],
+) -> Result<Arc<ClientConfig>, TlsFileError> {
+    let material = files::parse(
+        (Path::new(CERT_FILE), cert_pem),
+        (Path::new(KEY_FILE), key_pem),
+        (Path::new(CA_FILE), ca_pem),
+    )?;
+    let shared = Arc::new(Shared {
+        current: RwLock::new(Arc::new(material)),
+    });
+    Ok(verify::client_config(shared))
+}
+
 /// Serves `router` on `listener`: over mTLS when `tls` is set, else plain TCP. Every accepted
 /// socket gets `TCP_NODELAY` (`Server::tcp_nodelay` does not apply to a caller-supplied
 /// listener): without it small replies wait out Nagle and delayed ACKs (~40 ms).

@@ -49,6 +49,10 @@ pub const CONFIG_DIR: &str = "/etc/kindex";
 /// restart).
 pub const API_KEYS_VOLUME: &str = "api-keys";
 pub const API_KEYS_DIR: &str = "/etc/kindex-api-keys";
+/// The index's peer TLS Secret (`spec.peerTls`), mounted whole so renewed certificates
+/// reach the pod (the node re-reads the directory).
+pub const PEER_TLS_VOLUME: &str = "peer-tls";
+pub const PEER_TLS_DIR: &str = "/etc/kindex-peer-tls";
 /// Long enough for the node to drain its indexing queue and write a snapshot.
 pub const TERMINATION_GRACE_SECS: i64 = 120;
 /// Let endpoint removal reach clients before the node stops serving.
@@ -116,6 +120,17 @@ pub fn build_statefulset(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> 
             secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
                 secret_name: Some(r.name.clone()),
                 // Owner and group (fsGroup) read only.
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    if peer_tls(vi) {
+        volumes.push(Volume {
+            name: PEER_TLS_VOLUME.to_owned(),
+            secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+                secret_name: Some(kindex_crds::spec::peer_tls::node_secret(&vi.name)),
                 default_mode: Some(0o440),
                 ..Default::default()
             }),
@@ -193,6 +208,10 @@ pub fn build_statefulset(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> 
     }
 }
 
+fn peer_tls(vi: &ValidIndex) -> bool {
+    kindex_crds::PeerTlsSpec::enabled(vi.spec.peer_tls.as_ref())
+}
+
 fn api_key_secret(vi: &ValidIndex) -> Option<&kindex_crds::ApiKeySecretRef> {
     vi.spec.auth.as_ref()?.api_key_secret_ref.as_ref()
 }
@@ -240,6 +259,14 @@ fn container(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> Container {
                 format!("{API_KEYS_DIR}/{ro}"),
             ]);
         }
+    }
+    if peer_tls(vi) {
+        args.extend([
+            "--peer-tls-dir".to_owned(),
+            PEER_TLS_DIR.to_owned(),
+            "--peer-tls-server-name".to_owned(),
+            kindex_crds::spec::peer_tls::server_name(&vi.name, &vi.namespace),
+        ]);
     }
     // Structural fields are immutable, so literal values never change the template.
     let env = [
@@ -351,6 +378,12 @@ fn container(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> Container {
             .chain(api_key_secret(vi).map(|_| VolumeMount {
                 name: API_KEYS_VOLUME.to_owned(),
                 mount_path: API_KEYS_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }))
+            .chain(peer_tls(vi).then(|| VolumeMount {
+                name: PEER_TLS_VOLUME.to_owned(),
+                mount_path: PEER_TLS_DIR.to_owned(),
                 read_only: Some(true),
                 ..VolumeMount::default()
             }))

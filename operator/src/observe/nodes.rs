@@ -131,6 +131,8 @@ pub trait NodeClient: Send + Sync {
 pub struct GrpcNodeClient {
     pub addresses: Arc<dyn AddressBook>,
     pub timeout: Duration,
+    /// Indexes with peer mTLS: the admin port is dialled with the operator's certificate.
+    pub identities: crate::peer_tls::PeerIdentities,
 }
 
 impl GrpcNodeClient {
@@ -141,6 +143,10 @@ impl GrpcNodeClient {
         pod: &PodRef,
     ) -> Result<(AdminClient<tonic::transport::Channel>, String), NodeError> {
         let endpoint = self.addresses.admin_endpoint(pod);
+        if let Some(id) = self.identities.get(&pod.namespace, &pod.index) {
+            // No fallback: a node with peer mTLS never serves Admin on the data port.
+            return Ok((self.dial_tls(endpoint.clone(), &id).await?, endpoint));
+        }
         match self.dial(endpoint.clone()).await {
             Ok(c) => Ok((c, endpoint)),
             Err(e) => match self.addresses.pre_admin_port_endpoint(pod) {
@@ -168,6 +174,31 @@ impl GrpcNodeClient {
             .connect()
             .await
             .map_err(|e| connect_err(e.to_string()))?;
+        Ok(AdminClient::new(channel))
+    }
+}
+
+impl GrpcNodeClient {
+    async fn dial_tls(
+        &self,
+        endpoint: String,
+        id: &crate::peer_tls::Identity,
+    ) -> Result<AdminClient<tonic::transport::Channel>, NodeError> {
+        let connect_err = |reason: String| NodeError::Connect {
+            endpoint: endpoint.clone(),
+            reason,
+        };
+        let connector = kindex_node::tls::Connector::with_config(
+            id.config.clone(),
+            Some(id.server_name.clone()),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| connect_err(e.to_string()))?
+            .connect_timeout(self.timeout)
+            .timeout(self.timeout)
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| connect_err(format!("{e:?}")))?;
         Ok(AdminClient::new(channel))
     }
 }

@@ -68,6 +68,8 @@ pub enum ReconcileError {
     Fetch(#[from] FetchError),
     #[error("validate: {0}")]
     Validate(#[from] ValidateError),
+    #[error("peer TLS: {0}")]
+    PeerTls(#[from] crate::peer_tls::PeerTlsError),
     #[error("observe: {0}")]
     Observe(#[from] ObserveError),
     #[error("apply: {0}")]
@@ -84,6 +86,7 @@ impl ReconcileError {
         match self {
             Self::Fetch(_) => "fetch",
             Self::Validate(_) => "validate",
+            Self::PeerTls(_) => "peer_tls",
             Self::Observe(_) => "observe",
             Self::Apply(_) => "apply",
             Self::Act(_) => "act",
@@ -98,6 +101,16 @@ impl ReconcileError {
             Self::Validate(ValidateError::Spec(_)) => "spec",
             Self::Validate(ValidateError::Identity(_)) => "identity",
             Self::Validate(ValidateError::Serialize { .. }) => "serialize",
+            Self::PeerTls(e) => {
+                use crate::peer_tls::PeerTlsError as E;
+                match e {
+                    E::Read { .. } => "read",
+                    E::BadSecret(_) => "bad_secret",
+                    E::Issue(_) => "issue",
+                    E::Client(_) => "client",
+                    E::Apply(_) => "apply",
+                }
+            }
             Self::Observe(ObserveError::ConfigMap { .. }) => "config_map",
             Self::Observe(ObserveError::List { .. }) => "list",
             Self::Apply(ApplyError::Apply { .. }) => "apply",

@@ -5,16 +5,19 @@
 //! 2. **validate**: `kindex_crds::validate` plus the operator's own name check, into a
 //!    [`ValidIndex`](crate::validate::ValidIndex), the builders' only input; an
 //!    invalid spec gets a status condition and a Warning event, nothing else is touched;
-//! 3. **observe**: the existing ConfigMap (structural fields recorded at creation, for
+//! 3. **peer TLS**: with `spec.peerTls.enabled`, the index's CA and certificate Secrets
+//!    created, renewed or rotated, and the operator's client certificate for the admin
+//!    ports (see [`crate::peer_tls`]);
+//! 4. **observe**: the existing ConfigMap (structural fields recorded at creation, for
 //!    the immutability check), StatefulSets, pods, and every running node's `Status`;
-//! 4. **build**: pure, infallible functions from the valid index + observations to the
+//! 5. **build**: pure, infallible functions from the valid index + observations to the
 //!    desired objects ([`Desired`](crate::build::Desired));
-//! 5. **apply**: server-side apply (field manager `kindex-operator`, owner references);
-//! 6. **orphans**: delete owned objects that are no longer desired;
-//! 7. **act**: at most one membership or rollout step for the whole index;
-//! 8. **policies**: `spec.policies` sent to every shard leader that does not apply them yet
+//! 6. **apply**: server-side apply (field manager `kindex-operator`, owner references);
+//! 7. **orphans**: delete owned objects that are no longer desired;
+//! 8. **act**: at most one membership or rollout step for the whole index;
+//! 9. **policies**: `spec.policies` sent to every shard leader that does not apply them yet
 //!    (see [`crate::policies`]), reported as `PoliciesSynced`;
-//! 9. **status**: server-side apply of the status subresource.
+//! 10. **status**: server-side apply of the status subresource.
 //!
 //! Each step fails with its own error type (see [`error`]), counted by step and variant.
 //!
@@ -50,6 +53,32 @@ use crate::membership::{self, Limits, Step};
 use crate::observe::{self, ObserveCtx, Observed};
 use crate::status::{self, Executed};
 use crate::validate::{self, ValidIndex};
+
+async fn peer_tls_events(vi: &VectorIndex, ctx: &Context, changes: crate::peer_tls::Changes) {
+    use crate::peer_tls::CaStep;
+    let ca = match changes.ca {
+        CaStep::Keep => None,
+        CaStep::Create => Some("created the index's peer CA"),
+        CaStep::AddNext => Some("CA rotation 1/3: a new peer CA is trusted next to the old one"),
+        CaStep::PromoteNext => {
+            Some("CA rotation 2/3: the new peer CA signs; the pods' certificate is reissued")
+        }
+        CaStep::DropPrevious => Some("CA rotation 3/3: the old peer CA is no longer trusted"),
+    };
+    if let Some(message) = ca {
+        ctx.events.normal(vi, "PeerCA", message.to_string()).await;
+    }
+    if changes.node_issued {
+        ctx.events
+            .normal(
+                vi,
+                "PeerCertificate",
+                "issued the pods' peer certificate (Secret updated; the nodes reload it)"
+                    .to_string(),
+            )
+            .await;
+    }
+}
 
 /// Entry point used by the controller: runs the pipeline and records metrics.
 #[tracing::instrument(
@@ -98,6 +127,17 @@ async fn run(vi: &VectorIndex, ctx: &Context) -> Result<Requeue, ReconcileError>
         Err(ValidateError::Spec(errors)) => return invalid(vi, ctx, &ns, &errors, now).await,
         Err(e) => return Err(e.into()),
     };
+
+    // peer TLS: before observing, which calls the admin ports.
+    let changes = crate::peer_tls::ensure(
+        &ctx.client,
+        &valid,
+        &ctx.identities,
+        &cfg.peer_lifetimes,
+        now.as_second(),
+    )
+    .await?;
+    peer_tls_events(vi, ctx, changes).await;
 
     // observe
     let obs = observe::observe(
