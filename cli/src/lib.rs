@@ -92,6 +92,12 @@ pub struct Global {
     /// data-plane calls; the environment variable keeps it out of shell history and `ps`).
     #[arg(long, global = true, env = "KINDEX_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Data-plane calls (upsert, search, get, delete, count) over TLS, trusting the CA
+    /// certificate(s) in this PEM file: for nodes started with `--client-tls-dir`. Every
+    /// --addr is then dialled with TLS (`host:port` or `https://host:port`) and the node's
+    /// certificate must name the host dialled. See docs/security.md.
+    #[arg(long, global = true, env = "KINDEX_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Admin calls (`status`, `snapshot`) over peer mTLS, for nodes started with
     /// `--peer-tls-dir`: a directory with `tls.crt`, `tls.key` (a certificate of the index's
     /// CA) and `ca.crt`. See docs/security.md.

@@ -573,3 +573,110 @@ fn status_reaches_a_peer_mtls_node_with_peer_tls_dir() {
         "{without}"
     );
 }
+
+/// `--ca-cert`: data-plane calls over TLS to a node with `--client-tls-dir`, with an
+/// `https://` or a bare `host:port` --addr; the hints when TLS and plaintext are mixed up.
+#[test]
+fn data_plane_over_client_tls_with_ca_cert() {
+    use kindex_node::tls::issue::{Ca, Validity};
+    let tmp = tempfile::tempdir().unwrap();
+    let validity = Validity::from_now(Duration::from_secs(3600));
+    let ca = Ca::generate("cli client CA", validity).unwrap();
+    let tls_dir = tmp.path().join("client-tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let write_pair = |names: &[String]| {
+        let c = ca.issue(names, validity).unwrap();
+        for (name, text) in [("tls.key", &c.key_pem), ("tls.crt", &c.cert_pem)] {
+            let t = tls_dir.join(format!(".{name}.tmp"));
+            std::fs::write(&t, text).unwrap();
+            std::fs::rename(&t, tls_dir.join(name)).unwrap();
+        }
+    };
+    // The node's loopback address is known once it starts: a certificate for another name
+    // first, then one for its address (reloaded within 2 s).
+    write_pair(&["placeholder.invalid".to_string()]);
+    let ca_pem = tmp.path().join("ca.pem");
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    let ca_pem = ca_pem.to_str().unwrap();
+    let node = Standalone::new(4, "l2")
+        .data_dir(tmp.path().join("data"))
+        .args(&["--client-tls-dir", tls_dir.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .start();
+    write_pair(std::slice::from_ref(&node.ip));
+    let https = format!("https://{}", node.grpc_addr());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = kindex(&["--addr", &https, "--ca-cert", ca_pem, "count"]);
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            text(&o),
+            node.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let jsonl = tmp.path().join("docs.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"id\": \"tls-1\", \"vector\": [10, 5, 1, -10]}\n{\"id\": \"tls-2\", \"vector\": [0, 0, 1, 1]}\n",
+    )
+    .unwrap();
+    let o = kindex(&[
+        "--addr",
+        &https,
+        "--ca-cert",
+        ca_pem,
+        "upsert",
+        "--file",
+        jsonl.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // A bare host:port with --ca-cert is TLS too; KINDEX_CA_CERT works like the flag.
+    let o = Command::new(common::KINDEX)
+        .args([
+            "--addr",
+            &node.grpc_addr(),
+            "search",
+            "--vector",
+            "[10, 5, 1, -10]",
+            "-k",
+            "1",
+            "-o",
+            "json",
+        ])
+        .env("KINDEX_CA_CERT", ca_pem)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["hits"][0]["id"], "tls-1", "{s}");
+
+    // Plaintext to the TLS port: refused, with a hint naming --ca-cert.
+    let o = kindex(&["--addr", &node.grpc_addr(), "count", "--timeout", "5"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--ca-cert"), "{}", text(&o));
+    // https:// without --ca-cert: said before dialling.
+    let o = kindex(&["--addr", &https, "count"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("needs --ca-cert"), "{}", text(&o));
+    // TLS to a plaintext port (the admin port has no TLS here): the hint says so.
+    let o = kindex(&[
+        "--addr",
+        &node.admin_addr(),
+        "--ca-cert",
+        ca_pem,
+        "count",
+        "--timeout",
+        "5",
+    ]);
+    assert!(!o.status.success());
+    println!("TLS to a plaintext port: {}", text(&o));
+    assert!(text(&o).contains("does not serve TLS"), "{}", text(&o));
+}

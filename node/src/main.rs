@@ -26,6 +26,7 @@ use kindex_node::node::{
     self, Bootstrap, DEFAULT_ADMIN_PORT, DEFAULT_RAFT_PORT, Node, NodeConfig, RaftTuning,
 };
 use kindex_node::server::{grpc, http};
+use kindex_node::tls::ClientTls;
 use kindex_node::tls::PeerTls;
 use kindex_proto as pb;
 
@@ -159,6 +160,13 @@ struct Args {
     /// instead of the host dialled. Default: the host dialled.
     #[arg(long, env = "KINDEX_PEER_TLS_SERVER_NAME", requires = "peer_tls_dir")]
     peer_tls_server_name: Option<String>,
+    /// Client TLS: a directory with `tls.crt` and `tls.key` (a mounted TLS Secret; `ca.crt` is
+    /// not needed). The gRPC client port and the HTTP port then serve TLS only (no client
+    /// certificate is asked for: clients authenticate with API keys), probes included: give
+    /// them `scheme: HTTPS`. Re-read every 2 s (rotation without a restart). Off when not
+    /// given. See docs/security.md.
+    #[arg(long, env = "KINDEX_CLIENT_TLS_DIR")]
+    client_tls_dir: Option<PathBuf>,
     /// Runtime knobs as JSON (a mounted ConfigMap key); reloaded on change.
     #[arg(long, env = "KINDEX_RUNTIME_CONFIG")]
     runtime_config: Option<PathBuf>,
@@ -355,6 +363,15 @@ async fn run(
         }
         None => None,
     };
+    let client_tls = match &args.client_tls_dir {
+        Some(dir) => {
+            let tls =
+                std::sync::Arc::new(ClientTls::load(dir).context("loading --client-tls-dir")?);
+            ClientTls::spawn_reload(&tls, kindex_node::tls::RELOAD_EVERY);
+            Some(tls)
+        }
+        None => None,
+    };
 
     // Bind everything first so a busy port fails start-up with a clear error.
     let grpc_addr = SocketAddr::new(args.listen, args.grpc_port);
@@ -445,7 +462,7 @@ async fn run(
         tokio::spawn(kindex_node::tls::serve(
             router,
             grpc_listener,
-            None,
+            client_tls.as_ref().map(|t| t.grpc_acceptor()),
             async move {
                 let _ = stop.changed().await;
             },
@@ -462,7 +479,7 @@ async fn run(
         tokio::spawn(kindex_node::tls::serve(
             router,
             admin_listener,
-            peer_tls.clone(),
+            peer_tls.as_ref().map(|t| t.acceptor()),
             async move {
                 let _ = stop.changed().await;
             },
@@ -477,13 +494,25 @@ async fn run(
                 metrics_need_key: args.metrics_require_key,
             },
         );
-        tokio::spawn(async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
+        let shutdown = async move {
+            let _ = stop.changed().await;
+        };
+        match &client_tls {
+            None => tokio::spawn(async move {
+                axum::serve(http_listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }),
+            Some(tls) => {
+                let listener =
+                    kindex_node::tls::TlsListener::new(http_listener, tls.http_acceptor())?;
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
                 })
-                .await
-        })
+            }
+        }
     };
     tracing::info!(
         %grpc_addr,
@@ -491,6 +520,7 @@ async fn run(
         %admin_addr,
         api_keys = api_keys.is_some(),
         peer_tls = peer_tls.is_some(),
+        client_tls = client_tls.is_some(),
         "serving"
     );
 

@@ -157,6 +157,34 @@ pub fn peer_tls_handshake_failures() -> &'static IntCounter {
     &PEER_TLS.handshake_failures
 }
 
+/// Client TLS counters (`--client-tls-dir`), process-wide like [`PeerTlsCounters`].
+struct ClientTlsCounters {
+    reloads: IntCounter,
+    handshake_failures: IntCounter,
+}
+
+static CLIENT_TLS: std::sync::LazyLock<ClientTlsCounters> = std::sync::LazyLock::new(|| {
+    let c = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric name");
+    ClientTlsCounters {
+        reloads: c(
+            "kindex_client_tls_reloads_total",
+            "Times a changed client TLS directory (certificate, key) was loaded without a restart",
+        ),
+        handshake_failures: c(
+            "kindex_client_tls_handshake_failures_total",
+            "Incoming TLS handshakes on the client ports (gRPC, HTTP) that failed or timed out (e.g. a plaintext client)",
+        ),
+    }
+});
+
+pub fn client_tls_reloads() -> &'static IntCounter {
+    &CLIENT_TLS.reloads
+}
+
+pub fn client_tls_handshake_failures() -> &'static IntCounter {
+    &CLIENT_TLS.handshake_failures
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -170,6 +198,8 @@ impl Metrics {
         register(r, PEER_TLS.reloads.clone());
         register(r, PEER_TLS.refused.clone());
         register(r, PEER_TLS.handshake_failures.clone());
+        register(r, CLIENT_TLS.reloads.clone());
+        register(r, CLIENT_TLS.handshake_failures.clone());
         let requests = register(
             r,
             HistogramVec::new(

@@ -276,7 +276,7 @@ async fn admin_calls_use_the_index_identity_over_mtls() {
     tokio::spawn(kindex_node::tls::serve(
         router,
         listener,
-        Some(tls),
+        Some(tls.acceptor()),
         std::future::pending(),
     ));
 

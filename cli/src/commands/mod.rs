@@ -77,6 +77,16 @@ pub struct Ctx {
     /// How admin calls reach nodes with peer mTLS: `--peer-tls-dir`, or (Kubernetes mode)
     /// the index's peer TLS Secret.
     pub peer_tls: Option<kindex_node::tls::Connector>,
+    /// Data-plane calls over TLS trusting `--ca-cert` (nodes with `--client-tls-dir`).
+    pub data_tls: Option<std::sync::Arc<kindex_node::tls::ClientConfig>>,
+}
+
+fn data_tls(g: &Global) -> anyhow::Result<Option<std::sync::Arc<kindex_node::tls::ClientConfig>>> {
+    let Some(file) = &g.ca_cert else {
+        return Ok(None);
+    };
+    let c = kindex_node::tls::client_config_trusting(file).context("--ca-cert")?;
+    Ok(Some(c))
 }
 
 fn peer_tls(g: &Global) -> anyhow::Result<Option<kindex_node::tls::Connector>> {
@@ -146,6 +156,7 @@ impl Ctx {
             timeout: Duration::from_secs(g.timeout.max(1)),
             api_key: ApiKey::new(g.api_key.as_deref())?,
             peer_tls: peer_tls(g)?,
+            data_tls: data_tls(g)?,
         })
     }
 
@@ -174,6 +185,7 @@ impl Ctx {
                 Some(id) => Some(peer_tls_of(id)?),
                 None => peer_tls(g)?,
             },
+            data_tls: data_tls(g)?,
         };
         for t in found.targets {
             match t.addr {
@@ -219,9 +231,35 @@ impl Ctx {
         Ok(ep.connect_lazy())
     }
 
+    /// The data-plane channel: over TLS trusting `--ca-cert` when given (an `https://` URL
+    /// is dialled as `http://` with our own TLS connector, as for peer mTLS), else plain.
+    fn data_channel(&self, addr: &str) -> anyhow::Result<Channel> {
+        let Some(tls) = &self.data_tls else {
+            anyhow::ensure!(
+                !addr.starts_with("https://"),
+                "--addr {addr}: https:// needs --ca-cert FILE with the CA of the node's certificate (system roots are not used)"
+            );
+            return self.channel(addr);
+        };
+        let plain = match addr.strip_prefix("https://") {
+            Some(rest) => format!("http://{rest}"),
+            None => addr.to_string(),
+        };
+        let ep = Endpoint::from_shared(plain)
+            .with_context(|| format!("invalid --addr {addr:?}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(self.timeout);
+        Ok(
+            ep.connect_with_connector_lazy(kindex_node::tls::Connector::with_config(
+                tls.clone(),
+                None,
+            )),
+        )
+    }
+
     pub fn points(&self, addr: &str) -> anyhow::Result<Points> {
         Ok(
-            PointsClient::with_interceptor(self.channel(addr)?, self.api_key.clone())
+            PointsClient::with_interceptor(self.data_channel(addr)?, self.api_key.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
@@ -277,33 +315,68 @@ pub fn rpc_error(addr: &str, what: &str, s: &tonic::Status) -> anyhow::Error {
     rpc_error_on(addr, false, what, s)
 }
 
+/// The status message and the errors under it (a transport error's cause: a refused TLS
+/// handshake, a reset connection).
+fn status_detail(s: &tonic::Status) -> String {
+    let mut text = s.message().to_string();
+    let mut cause = std::error::Error::source(s);
+    while let Some(e) = cause {
+        let e_text = e.to_string();
+        if !text.contains(&e_text) {
+            text.push_str(": ");
+            text.push_str(&e_text);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+/// The hint for a plaintext call that a TLS-only listener cut off.
+const PLAIN_TO_TLS: &str = " (the node may serve TLS on this port: for data-plane calls to a node with --client-tls-dir pass --ca-cert with its CA; status and snapshot to a node with --peer-tls-dir need --peer-tls-dir with a certificate of its CA)";
+
 /// [`rpc_error`]; `forwarded`: the node was reached by a port-forward.
 pub fn rpc_error_on(addr: &str, forwarded: bool, what: &str, s: &tonic::Status) -> anyhow::Error {
+    let detail = status_detail(s);
+    // TLS spoken to a plaintext port: rustls reads an HTTP/2 frame as a TLS record.
+    let tls_to_plain = detail.contains("InvalidContentType") || detail.contains("corrupt message");
+    let untrusted = detail.contains("invalid peer certificate");
     let hint = match s.code() {
+        _ if tls_to_plain => {
+            " (the node does not serve TLS on this port: drop --ca-cert, or start the node with --client-tls-dir)"
+        }
+        _ if untrusted => {
+            " (the node's TLS certificate is not trusted: --ca-cert must hold the CA that issued it, and the certificate must name the host in --addr)"
+        }
         tonic::Code::Unavailable if forwarded => {
             " (the port-forward to the pod failed or the node is not serving; see the warnings above)"
         }
         tonic::Code::Unavailable => {
-            " (is the node running and --addr right (--admin-addr for status and snapshot)? In Kubernetes use `kubectl kindex`, which port-forwards by itself)"
+            " (is the node running and --addr right (--admin-addr for status and snapshot)? A node started with --client-tls-dir needs --ca-cert. In Kubernetes use `kubectl kindex`, which port-forwards by itself)"
         }
         tonic::Code::Unauthenticated => {
             " (give the node's API key with --api-key or KINDEX_API_KEY)"
         }
-        // What a plain client gets from a TLS-only listener (a node with peer mTLS).
-        tonic::Code::Internal | tonic::Code::Unknown
-            if s.message().contains("h2 protocol error") =>
-        {
-            " (a node started with --peer-tls-dir serves Admin over mTLS only: pass --peer-tls-dir with a certificate of its CA)"
+        // What a plain client gets from a TLS-only listener (client TLS, or peer mTLS on the
+        // admin port).
+        tonic::Code::Internal | tonic::Code::Unknown if detail.contains("h2 protocol error") => {
+            PLAIN_TO_TLS
         }
+        // A TLS server closes a plaintext HTTP/2 connection: seen as "connection closed",
+        // or "broken pipe" when the client was still writing.
+        tonic::Code::Cancelled | tonic::Code::Unknown
+            if detail.contains("connection closed") || detail.contains("broken pipe") =>
+        {
+            PLAIN_TO_TLS
+        }
+
         tonic::Code::NotFound if what != "Get" => {
             " (check --index; empty means the node's own index)"
         }
         _ => "",
     };
     anyhow::anyhow!(
-        "{what} on {addr} failed: {}: {}{hint}",
+        "{what} on {addr} failed: {}: {detail}{hint}",
         code_name(s.code()),
-        s.message()
     )
 }
 

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 pub const KINDEX: &str = env!("CARGO_BIN_EXE_kindex");
 
 /// Runs `kindex` with `args`, ignoring the caller's KINDEX_ADDR, KINDEX_INDEX, KINDEX_ADMIN_ADDR
-/// and KINDEX_API_KEY.
+/// KINDEX_API_KEY and KINDEX_CA_CERT.
 pub fn kindex(args: &[&str]) -> Output {
     Command::new(KINDEX)
         .args(args)
@@ -17,6 +17,7 @@ pub fn kindex(args: &[&str]) -> Output {
         .env_remove("KINDEX_INDEX")
         .env_remove("KINDEX_ADMIN_ADDR")
         .env_remove("KINDEX_API_KEY")
+        .env_remove("KINDEX_CA_CERT")
         .output()
         .unwrap()
 }

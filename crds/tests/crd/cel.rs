@@ -160,10 +160,18 @@ fn peer_tls_is_set_at_creation() {
         vi
     };
     // Unset and `enabled: false` are the same; an unchanged setting passes.
-    for (old, new) in [(None, Some(false)), (Some(false), None), (Some(true), Some(true))] {
+    for (old, new) in [
+        (None, Some(false)),
+        (Some(false), None),
+        (Some(true), Some(true)),
+    ] {
         validate_cel_update(&on(new), &on(old)).expect("no switch");
     }
-    for (old, new) in [(None, Some(true)), (Some(true), Some(false)), (Some(true), None)] {
+    for (old, new) in [
+        (None, Some(true)),
+        (Some(true), Some(false)),
+        (Some(true), None),
+    ] {
         let errors = validate_cel_update(&on(new), &on(old)).expect_err("a switch");
         assert!(
             errors.iter().any(|e| e.message.contains(MESSAGE)),

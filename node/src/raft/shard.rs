@@ -256,7 +256,7 @@ impl<S: ShardState> RaftShard<S> {
                 let server = tokio::spawn(crate::tls::serve(
                     router,
                     listener,
-                    cfg.network.tls.clone(),
+                    cfg.network.tls.as_ref().map(|t| t.acceptor()),
                     async {
                         let _ = stop_rx.await;
                     },

@@ -1,4 +1,4 @@
-//! Peer mTLS: what guards the Raft port (7071) and the internal port (Admin, 7072, and the
+//! TLS of a node. Peer mTLS ([`PeerTls`]): what guards the Raft port (7071) and the internal port (Admin, 7072, and the
 //! node-to-node `Points` calls) when `--peer-tls-dir` is set.
 //!
 //! The directory holds `tls.crt` (this node's certificate chain), `tls.key` (its key) and
@@ -10,6 +10,10 @@
 //! next handshakes without a restart (connections already open keep theirs). A set that does
 //! not load (a half-written rotation, a key that does not match the certificate) is logged
 //! and the previous one stays in force.
+//!
+//! Client TLS ([`ClientTls`], `--client-tls-dir`): the client ports (gRPC 7070, HTTP 7080)
+//! over TLS with `tls.crt` and `tls.key` only, no client certificate asked for; reloaded the
+//! same way ([`Reloading`] is shared).
 //!
 //! rustls with the ring provider (no OpenSSL). We accept and connect ourselves
 //! ([`incoming`], [`Connector`]) instead of using tonic's TLS settings because those are
@@ -31,12 +35,15 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use parking_lot::RwLock;
-use rustls::ClientConfig;
+pub use rustls::ClientConfig;
 use rustls::ServerConfig;
 
 pub use connect::Connector;
+use files::Layout;
 pub use files::Material;
 pub use files::TlsFileError;
+pub use files::client_config_trusting;
+pub use incoming::TlsListener;
 pub use incoming::incoming;
 
 /// Names of the files in a peer TLS directory.
@@ -56,18 +63,125 @@ pub(crate) struct Shared {
     current: RwLock<Arc<Material>>,
 }
 
-/// Peer mTLS settings of a node (see the module docs).
-pub struct PeerTls {
+/// A TLS directory re-read every few seconds, shared by [`PeerTls`] and [`ClientTls`]: the
+/// set in force lives in [`Shared`], which the rustls hooks (`verify`) read per handshake.
+pub(crate) struct Reloading {
     dir: PathBuf,
-    /// The name checked in the other side's certificate (None: the host we dial).
-    server_name: Option<String>,
+    layout: Layout,
+    /// `peer` or `client`, for logs.
+    what: &'static str,
+    reloads: &'static prometheus::IntCounter,
     shared: Arc<Shared>,
     /// Digest of the files last loaded: unchanged files are not parsed again.
     loaded: Mutex<u64>,
-    /// Bumped by every reload that changed the set: channel caches drop their connections
-    /// when it moves, so the next calls handshake with the new certificate and CAs (a CA
-    /// removed from `ca.crt` then stops being trusted by connections this node opens).
+    /// Bumped by every reload that changed the set.
     generation: AtomicU64,
+}
+
+impl Reloading {
+    fn load(
+        dir: &Path,
+        layout: Layout,
+        what: &'static str,
+        reloads: &'static prometheus::IntCounter,
+    ) -> Result<Reloading, TlsFileError> {
+        let (material, digest) = files::load(dir, layout)?;
+        Ok(Reloading {
+            dir: dir.to_path_buf(),
+            layout,
+            what,
+            reloads,
+            shared: Arc::new(Shared {
+                current: RwLock::new(Arc::new(material)),
+            }),
+            loaded: Mutex::new(digest),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    fn material(&self) -> Arc<Material> {
+        self.shared.current.read().clone()
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn reload(&self) -> Result<bool, TlsFileError> {
+        let digest = files::digest(&self.dir, self.layout)?;
+        if digest == *self.loaded.lock() {
+            return Ok(false);
+        }
+        let (material, digest) = files::load(&self.dir, self.layout)?;
+        *self.shared.current.write() = Arc::new(material);
+        *self.loaded.lock() = digest;
+        self.generation.fetch_add(1, Ordering::Release);
+        self.reloads.inc();
+        Ok(true)
+    }
+
+    /// Re-reads the directory every `every` until `files` is dropped.
+    fn spawn_reload(files: &Arc<Reloading>, every: Duration) {
+        let weak: Weak<Reloading> = Arc::downgrade(files);
+        tokio::spawn(async move {
+            let mut last_error: Option<String> = None;
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(files) = weak.upgrade() else {
+                    return;
+                };
+                match files.reload() {
+                    Ok(true) => {
+                        let m = files.material();
+                        tracing::info!(
+                            dir = %files.dir.display(),
+                            cas = m.ca_count(),
+                            "{} TLS certificates reloaded",
+                            files.what
+                        );
+                        last_error = None;
+                    }
+                    Ok(false) => last_error = None,
+                    Err(e) => {
+                        let e = e.to_string();
+                        if last_error.as_ref() != Some(&e) {
+                            tracing::warn!(
+                                error = %e,
+                                "{} TLS certificates not reloaded; the previous ones stay in force",
+                                files.what
+                            );
+                            last_error = Some(e);
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// What a listener needs to accept TLS: the server config (which resolves the certificate in
+/// force per handshake) and the counter of failed handshakes.
+#[derive(Clone)]
+pub struct Acceptor {
+    config: Arc<ServerConfig>,
+    failures: &'static prometheus::IntCounter,
+    /// `peer` or `client`, for logs.
+    what: &'static str,
+}
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acceptor")
+            .field("what", &self.what)
+            .finish()
+    }
+}
+
+/// Peer mTLS settings of a node (see the module docs).
+pub struct PeerTls {
+    files: Arc<Reloading>,
+    /// The name checked in the other side's certificate (None: the host we dial).
+    server_name: Option<String>,
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
 }
@@ -75,7 +189,7 @@ pub struct PeerTls {
 impl std::fmt::Debug for PeerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerTls")
-            .field("dir", &self.dir)
+            .field("dir", &self.files.dir)
             .field("server_name", &self.server_name)
             .finish()
     }
@@ -87,29 +201,37 @@ impl PeerTls {
     /// (e.g. one the operator puts in every certificate of an index); None checks the host
     /// part of the address dialled.
     pub fn load(dir: &Path, server_name: Option<String>) -> Result<PeerTls, TlsFileError> {
-        let (material, digest) = files::load(dir)?;
-        let shared = Arc::new(Shared {
-            current: RwLock::new(Arc::new(material)),
-        });
-        let server = verify::server_config(shared.clone());
-        let client = verify::client_config(shared.clone());
+        let files = Reloading::load(
+            dir,
+            Layout::WithCa,
+            "peer",
+            crate::metrics::peer_tls_reloads(),
+        )?;
+        let server = verify::server_config(files.shared.clone(), true, &[verify::ALPN_H2]);
+        let client = verify::client_config(files.shared.clone());
         Ok(PeerTls {
-            dir: dir.to_path_buf(),
+            files: Arc::new(files),
             server_name,
-            shared,
-            loaded: Mutex::new(digest),
-            generation: AtomicU64::new(0),
             server,
             client,
         })
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.files.dir
     }
 
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.server.clone()
+    }
+
+    /// For [`serve`]: mTLS on the Raft and admin ports.
+    pub fn acceptor(&self) -> Acceptor {
+        Acceptor {
+            config: self.server.clone(),
+            failures: crate::metrics::peer_tls_handshake_failures(),
+            what: "peer",
+        }
     }
 
     pub fn client_config(&self) -> Arc<ClientConfig> {
@@ -120,61 +242,111 @@ impl PeerTls {
         self.server_name.as_deref()
     }
 
-    /// How many reloads changed the set (see the field).
+    /// How many reloads changed the set. Channel caches drop their connections when it
+    /// moves, so the next calls handshake with the new certificate and CAs (a CA removed
+    /// from `ca.crt` then stops being trusted by connections this node opens).
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.files.generation()
     }
 
     /// The set in force.
     pub fn material(&self) -> Arc<Material> {
-        self.shared.current.read().clone()
+        self.files.material()
     }
 
     /// Re-reads the directory; returns whether a new set is now in force.
     pub fn reload(&self) -> Result<bool, TlsFileError> {
-        let digest = files::digest(&self.dir)?;
-        if digest == *self.loaded.lock() {
-            return Ok(false);
-        }
-        let (material, digest) = files::load(&self.dir)?;
-        *self.shared.current.write() = Arc::new(material);
-        *self.loaded.lock() = digest;
-        self.generation.fetch_add(1, Ordering::Release);
-        crate::metrics::peer_tls_reloads().inc();
-        Ok(true)
+        self.files.reload()
     }
 
     /// Re-reads the directory every `every` until `tls` is dropped.
     pub fn spawn_reload(tls: &Arc<PeerTls>, every: Duration) {
-        let weak: Weak<PeerTls> = Arc::downgrade(tls);
-        tokio::spawn(async move {
-            let mut last_error: Option<String> = None;
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(tls) = weak.upgrade() else {
-                    return;
-                };
-                match tls.reload() {
-                    Ok(true) => {
-                        let m = tls.material();
-                        tracing::info!(
-                            dir = %tls.dir.display(),
-                            cas = m.ca_count(),
-                            "peer TLS certificates reloaded"
-                        );
-                        last_error = None;
-                    }
-                    Ok(false) => last_error = None,
-                    Err(e) => {
-                        let e = e.to_string();
-                        if last_error.as_ref() != Some(&e) {
-                            tracing::warn!(error = %e, "peer TLS certificates not reloaded; the previous ones stay in force");
-                            last_error = Some(e);
-                        }
-                    }
-                }
-            }
-        });
+        Reloading::spawn_reload(&tls.files, every);
+    }
+}
+
+/// Client TLS: what the client ports (gRPC 7070, HTTP 7080) serve with `--client-tls-dir`.
+///
+/// The directory holds `tls.crt` and `tls.key` (a mounted TLS Secret; a `ca.crt` in it is
+/// ignored). No client certificate is asked for: applications authenticate with API keys.
+/// Re-read every few seconds like [`PeerTls`]; new handshakes present the new certificate.
+pub struct ClientTls {
+    files: Arc<Reloading>,
+    grpc: Arc<ServerConfig>,
+    http: Arc<ServerConfig>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("dir", &self.files.dir)
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// Loads `dir` (fails if `tls.crt` / `tls.key` are missing, unreadable or do not match:
+    /// a node told to serve TLS never serves in plaintext instead).
+    pub fn load(dir: &Path) -> Result<ClientTls, TlsFileError> {
+        let files = Reloading::load(
+            dir,
+            Layout::KeyPairOnly,
+            "client",
+            crate::metrics::client_tls_reloads(),
+        )?;
+        let grpc = verify::server_config(files.shared.clone(), false, &[verify::ALPN_H2]);
+        let http = verify::server_config(
+            files.shared.clone(),
+            false,
+            &[verify::ALPN_H2, verify::ALPN_HTTP11],
+        );
+        Ok(ClientTls {
+            files: Arc::new(files),
+            grpc,
+            http,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.files.dir
+    }
+
+    /// For the gRPC client port (ALPN `h2`).
+    pub fn grpc_acceptor(&self) -> Acceptor {
+        Acceptor {
+            config: self.grpc.clone(),
+            failures: crate::metrics::client_tls_handshake_failures(),
+            what: "client",
+        }
+    }
+
+    /// For the HTTP port (ALPN `h2` and `http/1.1`).
+    pub fn http_acceptor(&self) -> Acceptor {
+        Acceptor {
+            config: self.http.clone(),
+            failures: crate::metrics::client_tls_handshake_failures(),
+            what: "client",
+        }
+    }
+
+    /// How many reloads changed the set.
+    pub fn generation(&self) -> u64 {
+        self.files.generation()
+    }
+
+    /// The set in force.
+    pub fn material(&self) -> Arc<Material> {
+        self.files.material()
+    }
+
+    /// Re-reads the directory; returns whether a new set is now in force.
+    pub fn reload(&self) -> Result<bool, TlsFileError> {
+        self.files.reload()
+    }
+
+    /// Re-reads the directory every `every` until `tls` is dropped.
+    pub fn spawn_reload(tls: &Arc<ClientTls>, every: Duration) {
+        Reloading::spawn_reload(&tls.files, every);
     }
 }
 
@@ -189,7 +361,7 @@ pub fn client_config_from_pem(
     let material = files::parse(
         (Path::new(CERT_FILE), cert_pem),
         (Path::new(KEY_FILE), key_pem),
-        (Path::new(CA_FILE), ca_pem),
+        Some((Path::new(CA_FILE), ca_pem)),
     )?;
     let shared = Arc::new(Shared {
         current: RwLock::new(Arc::new(material)),
@@ -197,13 +369,14 @@ pub fn client_config_from_pem(
     Ok(verify::client_config(shared))
 }
 
-/// Serves `router` on `listener`: over mTLS when `tls` is set, else plain TCP. Every accepted
+/// Serves `router` on `listener`: over TLS when `tls` is set (mTLS for a [`PeerTls`]
+/// acceptor), else plain TCP. Every accepted
 /// socket gets `TCP_NODELAY` (`Server::tcp_nodelay` does not apply to a caller-supplied
 /// listener): without it small replies wait out Nagle and delayed ACKs (~40 ms).
 pub async fn serve(
     router: tonic::transport::server::Router,
     listener: tokio::net::TcpListener,
-    tls: Option<Arc<PeerTls>>,
+    tls: Option<Acceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     match tls {

@@ -105,3 +105,33 @@ async fn channels_reconnect_after_a_reload() {
         "the channels made with the old set are dropped"
     );
 }
+
+#[test]
+fn client_tls_needs_no_ca_and_serves_the_new_certificate_after_a_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = ca();
+    let a = ca.issue(&names(), week()).unwrap();
+    std::fs::write(tmp.path().join(CERT_FILE), &a.cert_pem).unwrap();
+    std::fs::write(tmp.path().join(KEY_FILE), &a.key_pem).unwrap();
+    let tls = ClientTls::load(tmp.path()).unwrap();
+    assert_eq!(tls.material().ca_count(), 0, "no ca.crt needed");
+    let first = tls.material().certificate().to_vec();
+    assert!(!tls.reload().unwrap(), "nothing changed");
+
+    // A ca.crt appearing changes nothing: it is not read.
+    std::fs::write(tmp.path().join(CA_FILE), ca.cert_pem()).unwrap();
+    assert!(!tls.reload().unwrap());
+
+    let b = ca.issue(&names(), week()).unwrap();
+    std::fs::write(tmp.path().join(CERT_FILE), &b.cert_pem).unwrap();
+    std::fs::write(tmp.path().join(KEY_FILE), &b.key_pem).unwrap();
+    assert!(tls.reload().unwrap());
+    assert_eq!(tls.generation(), 1);
+    assert_ne!(first, tls.material().certificate());
+
+    // Missing key: refused at load, with the file named.
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join(CERT_FILE), &a.cert_pem).unwrap();
+    let e = ClientTls::load(empty.path()).unwrap_err().to_string();
+    assert!(e.contains("tls.key"), "{e}");
+}

@@ -23,17 +23,61 @@ use rustls::sign::CertifiedKey;
 use super::Shared;
 
 /// gRPC is HTTP/2.
-const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
+/// The HTTP port also speaks HTTP/1.1 (curl, probes, most REST clients).
+pub(crate) const ALPN_HTTP11: &[u8] = b"http/1.1";
 
-pub(crate) fn server_config(shared: Arc<Shared>) -> Arc<ServerConfig> {
+/// A server config presenting the certificate in force at each handshake. `mutual`: require a
+/// client certificate of a CA in force (peer mTLS); else ask for none (client TLS, where
+/// callers authenticate with API keys).
+pub(crate) fn server_config(
+    shared: Arc<Shared>,
+    mutual: bool,
+    alpn: &[&[u8]],
+) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut c = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_client_cert_verifier(shared.clone())
-        .with_cert_resolver(shared);
-    c.alpn_protocols = vec![ALPN_H2.to_vec()];
+        .expect("ring supports the default protocol versions");
+    let builder = if mutual {
+        builder.with_client_cert_verifier(shared.clone())
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut c = builder.with_cert_resolver(shared);
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // No session resumption: a resumed session skips the certificates, so after a rotation a
+    // client would go on accepting the old server certificate (and a peer whose CA was
+    // removed would get back in). Every handshake is a full one with the set in force.
+    c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    c.send_tls13_tickets = 0;
     Arc::new(c)
+}
+
+/// A refusal when the set in force has no `ca.crt` (never reached: such a set is only used
+/// by server configs that check no certificate).
+fn no_trust() -> rustls::Error {
+    rustls::Error::General("no CA certificates loaded (no ca.crt)".into())
+}
+
+impl Shared {
+    fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        let m = self.current.read();
+        Ok(m.trust
+            .as_ref()
+            .ok_or_else(no_trust)?
+            .client_verifier
+            .clone())
+    }
+
+    fn server_verifier(&self) -> Result<Arc<rustls::client::WebPkiServerVerifier>, rustls::Error> {
+        let m = self.current.read();
+        Ok(m.trust
+            .as_ref()
+            .ok_or_else(no_trust)?
+            .server_verifier
+            .clone())
+    }
 }
 
 pub(crate) fn client_config(shared: Arc<Shared>) -> Arc<ClientConfig> {
@@ -84,7 +128,7 @@ impl ClientCertVerifier for Shared {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let v = self.current.read().client_verifier.clone();
+        let v = self.client_verifier()?;
         let r = v.verify_client_cert(end_entity, intermediates, now);
         if r.is_err() {
             crate::metrics::peer_tls_refused().inc();
@@ -98,7 +142,7 @@ impl ClientCertVerifier for Shared {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let v = self.current.read().client_verifier.clone();
+        let v = self.client_verifier()?;
         v.verify_tls12_signature(message, cert, dss)
     }
 
@@ -108,15 +152,14 @@ impl ClientCertVerifier for Shared {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let v = self.current.read().client_verifier.clone();
+        let v = self.client_verifier()?;
         v.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current
-            .read()
-            .client_verifier
-            .supported_verify_schemes()
+        self.client_verifier()
+            .map(|v| v.supported_verify_schemes())
+            .unwrap_or_default()
     }
 }
 
@@ -129,7 +172,7 @@ impl ServerCertVerifier for Shared {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let v = self.current.read().server_verifier.clone();
+        let v = self.server_verifier()?;
         v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
@@ -139,7 +182,7 @@ impl ServerCertVerifier for Shared {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let v = self.current.read().server_verifier.clone();
+        let v = self.server_verifier()?;
         v.verify_tls12_signature(message, cert, dss)
     }
 
@@ -149,14 +192,13 @@ impl ServerCertVerifier for Shared {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let v = self.current.read().server_verifier.clone();
+        let v = self.server_verifier()?;
         v.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current
-            .read()
-            .server_verifier
-            .supported_verify_schemes()
+        self.server_verifier()
+            .map(|v| v.supported_verify_schemes())
+            .unwrap_or_default()
     }
 }
