@@ -25,7 +25,7 @@ use kindex_node::coordinator::topology::{self, ShardSeeds};
 use kindex_node::node::{
     self, Bootstrap, DEFAULT_ADMIN_PORT, DEFAULT_RAFT_PORT, Node, NodeConfig, RaftTuning,
 };
-use kindex_node::server::{grpc, http};
+use kindex_node::server::{admin_http, grpc, http};
 use kindex_node::tls::ClientTls;
 use kindex_node::tls::PeerTls;
 use kindex_proto as pb;
@@ -471,7 +471,11 @@ async fn run(
     let admin = {
         let mut stop = stop_rx.clone();
         let admin = pb::admin_server::AdminServer::new(grpc::AdminService { node: node.clone() });
-        let mut router = tonic::transport::Server::builder().add_service(admin);
+        // HTTP/1.1 too: the policy API (`admin_http`) answers curl and REST clients here.
+        let mut router = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(admin_http::router(node.clone()).into())
+            .add_service(admin);
         if peer_tls.is_some() {
             // Calls between nodes (forwarding, fan-out) arrive here, with a certificate.
             router = router.add_service(points(grpc::InternalCalls::Peers));
@@ -479,7 +483,7 @@ async fn run(
         tokio::spawn(kindex_node::tls::serve(
             router,
             admin_listener,
-            peer_tls.as_ref().map(|t| t.acceptor()),
+            peer_tls.as_ref().map(|t| t.admin_acceptor()),
             async move {
                 let _ = stop.changed().await;
             },

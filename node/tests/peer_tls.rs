@@ -114,6 +114,38 @@ async fn reaches(
     )
 }
 
+/// A GET over TLS with `config` (HTTP/1.0: the server closes after the answer).
+async fn https_get(
+    addr: &str,
+    config: rustls::ClientConfig,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(NAME).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .map_err(std::io::Error::other)??;
+    tls.write_all(format!("GET {path} HTTP/1.0\r\nHost: kindex\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    // A peer that closes without close_notify ends in UnexpectedEof: keep what arrived.
+    match tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Ok(Err(e)) => return Err(e),
+        Err(e) => return Err(std::io::Error::other(e)),
+    }
+    let text = String::from_utf8_lossy(&out).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {text:?}")))?;
+    Ok((code, text))
+}
+
 fn upsert(id: &str, v: u64) -> pb::UpsertRequest {
     pb::UpsertRequest {
         index: String::new(),
@@ -226,11 +258,28 @@ async fn peer_ports_refuse_calls_without_a_certificate_of_the_ca() {
         .with_root_certificates(roots)
         .with_no_client_auth();
         config.alpn_protocols = vec![b"h2".to_vec()];
-        let none = kindex_node::tls::Connector::with_config(Arc::new(config), Some(NAME.into()));
+        let none =
+            kindex_node::tls::Connector::with_config(Arc::new(config.clone()), Some(NAME.into()));
         assert_eq!(
             reaches(&admin, &raft, none).await,
             (false, false),
             "no certificate"
+        );
+        // The admin port's HTTP policy API (HTTP/1.1 over the same mTLS): answered with a
+        // certificate of the CA, refused without one.
+        let policies = "/v1/indexes/default/policies";
+        let mut with_cert = (*harness.client_config()).clone();
+        with_cert.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let (code, body) = https_get(&admin, with_cert, policies)
+            .await
+            .expect("the policy API over mTLS");
+        assert!(code == 200 && body.contains("\"store\""), "{code} {body}");
+        let mut bare = config;
+        bare.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let r = https_get(&admin, bare, policies).await;
+        assert!(
+            !matches!(r, Ok((200, _))),
+            "the policy API answered a client without a certificate: {r:?}"
         );
         // Plain TCP (no TLS).
         let plain = pb::admin_client::AdminClient::new(

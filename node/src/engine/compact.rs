@@ -25,12 +25,6 @@ impl Engine {
         self.inner.tombstoned.load(Ordering::Relaxed)
     }
 
-    /// Compacts when linked tombstones exceed `ratio` of live points.
-    pub fn maybe_compact(&self, ratio: f64) -> Option<CompactStats> {
-        let t = self.pending_tombstones() as f64;
-        (t > 0.0 && t >= ratio * self.count().max(1) as f64).then(|| self.compact())
-    }
-
     /// Repairs every list that points at a deleted node and purges those nodes.
     /// Pauses indexing (not searches) while it runs.
     pub fn compact(&self) -> CompactStats {

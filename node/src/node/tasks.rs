@@ -91,12 +91,28 @@ pub fn spawn_runtime_reload(node: Arc<Node>, path: PathBuf, every: Duration) {
     });
 }
 
+/// Tombstones (deleted points still linked in the graph) above this share of live points are
+/// compacted at once.
+const COMPACT_RATIO: f64 = 0.1;
+/// Fewer tombstones are compacted once their number stopped changing for this long: the tail
+/// of a mass delete or a retention sweep would otherwise hold its memory until more deletes.
+const TOMBSTONES_SETTLED: Duration = Duration::from_secs(30);
+
+/// Whether `tombstones` should be compacted now, `unchanged_for` after their number last moved.
+fn compaction_due(tombstones: u64, live: u64, unchanged_for: Duration) -> bool {
+    tombstones > 0
+        && (tombstones as f64 >= COMPACT_RATIO * live.max(1) as f64
+            || unchanged_for >= TOMBSTONES_SETTLED)
+}
+
 /// Snapshot triggers (runtime config: `snapshotIntervalSecs`, `snapshotLogEntries`; openraft's
-/// own policy is off) and compaction.
+/// own policy is off) and compaction ([`compaction_due`]).
 pub fn spawn_maintenance(node: Arc<Node>) {
     tokio::spawn(async move {
         let mut last_trigger = Instant::now();
         let mut last_snapshot_index = node.raft_metrics().snapshot.map_or(0, |s| s.index);
+        let mut last_tombstones = 0;
+        let mut tombstones_since = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             if node.stopping.load(Ordering::Acquire) {
@@ -130,8 +146,19 @@ pub fn spawn_maintenance(node: Arc<Node>) {
                 last_trigger = Instant::now();
             }
             let engine = node.engine();
+            let tombstones = engine.pending_tombstones();
+            if tombstones != last_tombstones {
+                last_tombstones = tombstones;
+                tombstones_since = Instant::now();
+            }
+            let due = compaction_due(tombstones, engine.count(), tombstones_since.elapsed());
+            if due {
+                // At most one compaction per settle period, even if it leaves some behind.
+                tombstones_since = Instant::now();
+            }
             let _ = tokio::task::spawn_blocking(move || {
-                if let Some(s) = engine.maybe_compact(0.1) {
+                if due {
+                    let s = engine.compact();
                     tracing::info!(
                         purged = s.purged,
                         relinked = s.relinked_lists,
@@ -143,4 +170,22 @@ pub fn spawn_maintenance(node: Arc<Node>) {
             .await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tombstones_are_compacted_over_the_ratio_or_once_settled() {
+        let s = Duration::from_secs;
+        assert!(!compaction_due(0, 100, s(3600)));
+        assert!(compaction_due(10, 100, s(0)));
+        assert!(!compaction_due(9, 100, s(29)));
+        assert!(compaction_due(9, 100, s(30)));
+        assert!(
+            compaction_due(1, 0, s(0)),
+            "nothing live: any tombstone is over the ratio"
+        );
+    }
 }

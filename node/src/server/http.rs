@@ -196,6 +196,12 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
 /// JSON error body: `{"error": {"code": ..., "message": ...}}`.
 pub struct ApiError(StatusCode, &'static str, String);
 
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: String) -> ApiError {
+        ApiError(status, code, message)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
@@ -596,19 +602,16 @@ async fn count(
 }
 
 /// The policy store of the shard this node serves, as it applied it (changes go through the
-/// Admin API: `kindex policy`).
+/// admin port: `kindex policy` or its HTTP API, see `admin_http`).
 async fn policies(
     State(c): State<Arc<Coordinator>>,
     Path(index): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let node = &c.local().node;
     node.check_index(&index)?;
-    let r = super::grpc::policies_of(node);
-    let store: Value = serde_json::from_str(&r.store_json).unwrap_or(Value::Null);
-    Ok(Json(json!({
-        "shard": node.shard, "node": node.node_id, "appliedIndex": r.applied_index,
-        "checksum": format!("{:016x}", r.checksum), "store": store,
-    })))
+    let (mut head, store) = super::admin_http::store_of(node);
+    head["store"] = store;
+    Ok(Json(head))
 }
 
 async fn info(

@@ -183,6 +183,8 @@ pub struct PeerTls {
     /// The name checked in the other side's certificate (None: the host we dial).
     server_name: Option<String>,
     server: Arc<ServerConfig>,
+    /// The admin port's: also HTTP/1.1 (its policy API answers REST clients).
+    admin: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
 }
 
@@ -208,11 +210,17 @@ impl PeerTls {
             crate::metrics::peer_tls_reloads(),
         )?;
         let server = verify::server_config(files.shared.clone(), true, &[verify::ALPN_H2]);
+        let admin = verify::server_config(
+            files.shared.clone(),
+            true,
+            &[verify::ALPN_H2, verify::ALPN_HTTP11],
+        );
         let client = verify::client_config(files.shared.clone());
         Ok(PeerTls {
             files: Arc::new(files),
             server_name,
             server,
+            admin,
             client,
         })
     }
@@ -225,10 +233,19 @@ impl PeerTls {
         self.server.clone()
     }
 
-    /// For [`serve`]: mTLS on the Raft and admin ports.
+    /// For [`serve`]: mTLS on the Raft port (gRPC only).
     pub fn acceptor(&self) -> Acceptor {
+        self.acceptor_with(&self.server)
+    }
+
+    /// For [`serve`]: mTLS on the admin port (gRPC, and HTTP/1.1 for the policy API).
+    pub fn admin_acceptor(&self) -> Acceptor {
+        self.acceptor_with(&self.admin)
+    }
+
+    fn acceptor_with(&self, config: &Arc<ServerConfig>) -> Acceptor {
         Acceptor {
-            config: self.server.clone(),
+            config: config.clone(),
             failures: crate::metrics::peer_tls_handshake_failures(),
             what: "peer",
         }

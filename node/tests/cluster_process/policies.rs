@@ -794,3 +794,191 @@ async fn schema_and_search_defaults_hold_on_every_replica() {
     })
     .await;
 }
+
+/// A policy call over HTTP on node `via`'s admin port; retried (like [`change`]) while the
+/// leader waits for members' feature reports or an election runs (503).
+fn admin_http(
+    c: &Cluster,
+    via: u64,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let addr = c.node(0, via).admin_addr();
+        let (code, text) = procs::http_with(&addr, method, path, &[], body)
+            .unwrap_or_else(|| panic!("{method} {path} on {addr}: no answer"));
+        if code == 503 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        let v = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: {code} {text:?} is not JSON: {e}"));
+        return (code, v);
+    }
+}
+
+/// The policy API over HTTP on the admin port (issue 16): put, compare-and-swap, delete,
+/// restore and reads, through a follower and the leader; refusals carry the API's JSON error;
+/// the data port serves no change; what HTTP put is in force on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_policy_api_over_http_on_the_admin_port() {
+    let _serial = serial().await;
+    let c = cluster(3, 3, &[]);
+    with_timeout(Duration::from_secs(120), async {
+        wait_answering(&c, &[0, 1, 2]).await;
+        initialize(&c, 0, &[0, 1, 2]).await;
+        let leader = wait_leader(&c, None).await;
+        let follower = (leader + 1) % 3;
+        let path = "/v1/indexes/default/policies/cap";
+
+        let (code, v) = admin_http(
+            &c,
+            follower,
+            "PUT",
+            &format!("{path}?actor=ops"),
+            Some(&quota(5)),
+        );
+        assert_eq!(
+            (code, v["version"].as_u64(), v["shard"].as_u64()),
+            (200, Some(1), Some(0)),
+            "{v}"
+        );
+        // The same content again makes no version.
+        let (code, v) = admin_http(&c, leader, "PUT", path, Some(&quota(5)));
+        assert_eq!((code, v["version"].as_u64()), (200, Some(1)), "{v}");
+        let (code, v) = admin_http(
+            &c,
+            follower,
+            "PUT",
+            &format!("{path}?expectedVersion=0"),
+            Some(&quota(7)),
+        );
+        assert_eq!(
+            (code, v["error"]["code"].as_str()),
+            (409, Some("conflict")),
+            "{v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("expected version 0"),
+            "{v}"
+        );
+        let (code, v) = admin_http(
+            &c,
+            follower,
+            "PUT",
+            &format!("{path}?expectedVersion=1&actor=ops"),
+            Some(&quota(7)),
+        );
+        assert_eq!((code, v["version"].as_u64()), (200, Some(2)), "{v}");
+        let (code, v) = admin_http(
+            &c,
+            leader,
+            "PUT",
+            path,
+            Some(r#"{"kind":"quota","maxVector":3}"#),
+        );
+        assert_eq!(
+            (code, v["error"]["code"].as_str()),
+            (400, Some("invalid_argument")),
+            "{v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("maxVector"),
+            "{v}"
+        );
+        let (code, v) = admin_http(
+            &c,
+            leader,
+            "PUT",
+            &format!("{path}?expectedVersoin=1"),
+            Some(&quota(7)),
+        );
+        assert_eq!(code, 400, "an unknown query parameter is refused: {v}");
+
+        let (code, v) = admin_http(&c, follower, "DELETE", path, None);
+        assert_eq!((code, v["version"].as_u64()), (200, Some(3)), "{v}");
+        let (code, v) = admin_http(&c, follower, "DELETE", path, None);
+        assert_eq!(
+            (code, v["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "{v}"
+        );
+        let (code, v) = admin_http(
+            &c,
+            follower,
+            "POST",
+            &format!("{path}/restore?actor=ops"),
+            Some(r#"{"version":1}"#),
+        );
+        assert_eq!((code, v["version"].as_u64()), (200, Some(4)), "{v}");
+        let (code, v) = admin_http(
+            &c,
+            follower,
+            "GET",
+            "/v1/indexes/default/policies/nope",
+            None,
+        );
+        assert_eq!(
+            (code, v["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "{v}"
+        );
+        let (code, v) = admin_http(&c, follower, "GET", "/v1/indexes/other/policies", None);
+        assert_eq!(code, 404, "another index: {v}");
+
+        // No change on the data port: its HTTP API is read-only for policies.
+        let data = c.node(0, leader).http.clone();
+        let (code, _) = procs::http_with(&data, "PUT", path, &[], Some(&quota(9))).unwrap();
+        assert!(
+            code == 404 || code == 405,
+            "the data port took a policy change: {code}"
+        );
+
+        // Every replica holds the history the HTTP calls made, and enforces the restored quota.
+        let w = upsert(c.node(0, leader), batch("p", 0, 5)).await.unwrap();
+        policies_converge(&c, token_index(&w)).await;
+        for id in 0..3 {
+            let (code, v) = admin_http(&c, id, "GET", path, None);
+            assert_eq!(code, 200, "{v}");
+            let versions: Vec<_> = v["policy"]["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| {
+                    (
+                        x["version"].as_u64().unwrap(),
+                        x["actor"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                versions.iter().map(|x| x.0).collect::<Vec<_>>(),
+                vec![1, 2, 3, 4],
+                "{v}"
+            );
+            assert_eq!(versions[3].1, "ops", "{v}");
+            assert_eq!(
+                v["policy"]["versions"][3]["restoredFrom"].as_u64(),
+                Some(1),
+                "{v}"
+            );
+        }
+        let e = upsert(c.node(0, follower), batch("q", 0, 1))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::ResourceExhausted,
+            "the restored quota of 5 holds: {e:?}"
+        );
+    })
+    .await;
+}
