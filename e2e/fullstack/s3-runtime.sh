@@ -52,3 +52,68 @@ s3_policies() {
 }
 
 check 3.2 "spec.policies: PoliciesSynced, every pod's store has the resource's quota, no version on re-reconcile, removal soft-deletes" s3_policies
+
+# The other policy kinds of spec.policies on live pods (issue 16): a schema, a searchDefaults
+# and a retention policy from the resource reach all 6 pods (PoliciesSynced; every pod's
+# store holds each, made by the resource, checksums equal per shard), and the pods enforce
+# them through the index's client Service: an upsert without the required field is refused
+# naming it, a search over maxK and one without the required tenant match are refused, one
+# matching a tenant answers. Removed at the end (later scenarios write points without one).
+s3_policy_kinds() {
+  local t polj cip vec code
+  t=$(now)
+  k -n "$NS1" patch vidx demo --type merge -p '{"spec":{"policies":[
+    {"name":"shape","kind":"schema","fields":{"tenant":{"type":"string","required":true}}},
+    {"name":"search","kind":"searchDefaults","maxK":50,"requireMatch":["tenant"]},
+    {"name":"keep","kind":"retention","maxAgeSeconds":8640000}]}}' >/dev/null
+  waitfor 120 bash -c "[[ \$($KUBECTL --kubeconfig $KC -n $NS1 get vidx demo -o 'jsonpath={.status.conditions[?(@.type==\"PoliciesSynced\")].status}') == True ]]" ||
+    fail "PoliciesSynced not True: $(k -n "$NS1" get vidx demo -o 'jsonpath={.status.conditions[?(@.type=="PoliciesSynced")]}')"
+  echo "PoliciesSynced True $(since "$t")s after the change"
+  polj="$RUN/policy-kinds.json"
+  s3_stores() {
+    PATH="$RUN/bin:$PATH" "$KUBECTL" kindex policy list -n "$NS1" --index demo -o json >"$polj" 2>"$RUN/policies.err" &&
+      python3 e2e/fullstack/py/policies_check.py "$polj" 6 shape kind=schema 1 &&
+      python3 e2e/fullstack/py/policies_check.py "$polj" 6 search kind=searchDefaults 1 &&
+      python3 e2e/fullstack/py/policies_check.py "$polj" 6 keep kind=retention 1
+  }
+  waitfor 60 s3_stores >/dev/null 2>&1 || { s3_stores; fail "policy stores: $(cat "$RUN/policies.err")"; }
+  s3_stores
+
+  cip=$(k -n "$NS1" get svc demo -o jsonpath='{.spec.clusterIP}')
+  vec=$(python3 -c 'print([0.5] * 16)')
+  # Each replica serving a request applies what it applied itself: retry briefly until every
+  # pod behind the Service has it (the stores above are already equal, so this is at once).
+  code=$(curl -s -o "$RUN/s33.out" -w '%{http_code}' -XPOST "http://$cip:7080/v1/indexes/demo/points" \
+    -d "{\"points\":[{\"id\":\"no-tenant\",\"vector\":$vec,\"payload\":{\"x\":1}}]}")
+  [[ $code == 400 ]] && grep -q tenant "$RUN/s33.out" ||
+    fail "upsert without the required field: $code $(cat "$RUN/s33.out")"
+  echo "upsert without 'tenant': $code $(cat "$RUN/s33.out")"
+  code=$(curl -s -o "$RUN/s33.out" -w '%{http_code}' -XPOST "http://$cip:7080/v1/indexes/demo/points" \
+    -d "{\"points\":[{\"id\":\"with-tenant\",\"vector\":$vec,\"payload\":{\"tenant\":\"a\"}}]}")
+  [[ $code == 200 ]] || fail "upsert with the required field: $code $(cat "$RUN/s33.out")"
+  code=$(curl -s -o "$RUN/s33.out" -w '%{http_code}' -XPOST "http://$cip:7080/v1/indexes/demo/search" \
+    -d "{\"vector\":$vec,\"k\":100,\"filter\":{\"must\":[{\"field\":\"tenant\",\"match\":\"a\"}]}}")
+  [[ $code == 400 ]] && grep -q "allows k up to 50" "$RUN/s33.out" || fail "search with k 100 > maxK 50: $code $(cat "$RUN/s33.out")"
+  echo "search k=100: $code $(cat "$RUN/s33.out")"
+  code=$(curl -s -o "$RUN/s33.out" -w '%{http_code}' -XPOST "http://$cip:7080/v1/indexes/demo/search" \
+    -d "{\"vector\":$vec,\"k\":5}")
+  [[ $code == 400 ]] && grep -q tenant "$RUN/s33.out" || fail "search without the tenant match: $code $(cat "$RUN/s33.out")"
+  echo "search without a tenant match: $code $(cat "$RUN/s33.out")"
+  code=$(curl -s -o "$RUN/s33.out" -w '%{http_code}' -XPOST "http://$cip:7080/v1/indexes/demo/search" \
+    -d "{\"vector\":$vec,\"k\":5,\"filter\":{\"must\":[{\"field\":\"tenant\",\"match\":\"a\"}]}}")
+  [[ $code == 200 ]] && grep -q with-tenant "$RUN/s33.out" || fail "search of tenant a: $code $(cat "$RUN/s33.out")"
+  echo "search of tenant a: $code $(cat "$RUN/s33.out")"
+
+  k -n "$NS1" patch vidx demo --type merge -p '{"spec":{"policies":[]}}' >/dev/null
+  s3_removed() {
+    PATH="$RUN/bin:$PATH" "$KUBECTL" kindex policy list -n "$NS1" --index demo -o json >"$polj" 2>"$RUN/policies.err" &&
+      for n in shape search keep; do python3 e2e/fullstack/py/policies_check.py "$polj" 6 "$n" deleted 2 || return 1; done
+  }
+  waitfor 60 s3_removed >/dev/null 2>&1 || { s3_removed; fail "after removing the policies: $(cat "$RUN/policies.err")"; }
+  code=$(curl -s -o "$RUN/s33.out" -w '%{http_code}' -XPOST "http://$cip:7080/v1/indexes/demo/points/delete" \
+    -d '{"ids":["with-tenant"]}')
+  [[ $code == 200 ]] || fail "deleting the test point: $code $(cat "$RUN/s33.out")"
+  echo "removed from the spec: all three soft-deleted (version 2) on all 6 pods"
+}
+
+check 3.3 "spec.policies schema, searchDefaults, retention: on every pod's store, enforced through the client Service, removal soft-deletes" s3_policy_kinds

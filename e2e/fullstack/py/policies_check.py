@@ -1,8 +1,8 @@
 """Checks `kubectl kindex policy list -o json`: every one of N pods reports policy NAME at
-VERSION with maxVectors MAX (or deleted), made by the resource, and the pods of one shard
-report equal store checksums (pods are named <index>-s<shard>-<ordinal>).
+VERSION with maxVectors MAX (or deleted, or of kind KIND), made by the resource, and the pods
+of one shard report equal store checksums (pods are named <index>-s<shard>-<ordinal>).
 
-    python3 policies_check.py FILE N NAME MAX|deleted VERSION
+    python3 policies_check.py FILE N NAME MAX|deleted|kind=KIND VERSION
 """
 
 import json
@@ -28,7 +28,12 @@ def main() -> int:
             continue
         cur = h["versions"][-1]
         content = cur["policy"]
-        got = "deleted" if content is None else str(content.get("maxVectors"))
+        if content is None:
+            got = "deleted"
+        elif want.startswith("kind="):
+            got = f"kind={content.get('kind')}"
+        else:
+            got = str(content.get("maxVectors"))
         if got != want or h["latest"] != int(version) or cur["source"] != "resource":
             problems.append(
                 f"{addr}: {name} version {h['latest']} {got} source {cur['source']}, want version {version} {want} source resource"
