@@ -44,24 +44,37 @@ func TestShouldRestart(t *testing.T) {
 }
 
 func TestImageMap(t *testing.T) {
-	m, err := parseImageMap("# comment\n\nkindex/kindex-node:0.1.0 /bin/node user=65532:65533 workdir=/data\nregistry:5000/kindex/op@sha256:abc /bin/op\n")
+	m, err := parseImageMap("# comment\n\nkindex/kindex-node /bin/node user=65532:65533 workdir=/data\n" +
+		"kindex/kindex-node:broken /bin/broken user=1:2\nregistry:5000/kindex/op@sha256:abc /bin/op\n" +
+		"registry:5000/kindex/old:0.1.0 /bin/old\n")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for image, want := range map[string]string{
-		"kindex/kindex-node:9.9":       "/bin/node",
-		"kindex/kindex-node":           "/bin/node",
-		"registry:5000/kindex/op:v1":   "/bin/op",
-		"registry:5000/kindex/op@sha1": "/bin/op",
+		"kindex/kindex-node:9.9":             "/bin/node",
+		"kindex/kindex-node":                 "/bin/node",
+		"kindex/kindex-node@sha256:1":        "/bin/node",
+		"kindex/kindex-node:broken":          "/bin/broken",
+		"kindex/kindex-node:broken@sha256:1": "/bin/broken",
+		"kindex/kindex-node:broken2":         "/bin/node",
+		"registry:5000/kindex/op:v1":         "/bin/op",
+		"registry:5000/kindex/op@sha1":       "/bin/op",
+		"registry:5000/kindex/old:0.1.0":     "/bin/old",
+		"registry:5000/kindex/old:0.2.0":     "",
+		"registry:5000/kindex/old":           "",
 	} {
-		if got := m[imageRepo(image)].bin; got != want {
-			t.Errorf("%s -> %q, want %q", image, got, want)
+		got, ok := lookupImage(m, image)
+		if got.bin != want || ok != (want != "") {
+			t.Errorf("%s -> %q (found %v), want %q", image, got.bin, ok, want)
 		}
 	}
-	if n := m["kindex/kindex-node"]; n.uid == nil || *n.uid != 65532 || n.gid == nil || *n.gid != 65533 || n.workdir != "/data" {
+	if n, _ := lookupImage(m, "kindex/kindex-node"); n.uid == nil || *n.uid != 65532 || n.gid == nil || *n.gid != 65533 || n.workdir != "/data" {
 		t.Errorf("image user/workdir not parsed: %+v", n)
 	}
-	for _, bad := range []string{"just-one-field\n", "a /b user=x\n", "a /b color=red\n"} {
+	if b, _ := lookupImage(m, "kindex/kindex-node:broken"); b.uid == nil || *b.uid != 1 || b.workdir != "" {
+		t.Errorf("a tagged entry takes nothing from the untagged one: %+v", b)
+	}
+	for _, bad := range []string{"just-one-field\n", "a /b user=x\n", "a /b color=red\n", "a:1 /b\na:1@sha256:x /c\n"} {
 		if _, err := parseImageMap(bad); err == nil {
 			t.Errorf("%q was accepted", bad)
 		}

@@ -76,7 +76,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&nodes, "nodes", "kindex-node-1", "comma-separated Node names this agent serves")
 	fs.StringVar(&c.nodeIP, "node-ip", "10.244.0.1", "the agent's address on the pod bridge")
 	fs.IntVar(&c.portBase, "port-base", 10250, "kubelet API port of the first node; node i listens on port-base+i")
-	fs.StringVar(&c.imagesFile, "images", "", "image map file: lines `IMAGE BINARY` (image without tag or digest)")
+	fs.StringVar(&c.imagesFile, "images", "", "image map file: lines `IMAGE[:TAG] BINARY [user=UID[:GID]] [workdir=DIR]` (untagged: every tag without its own line)")
 	fs.StringVar(&c.runDir, "run-dir", "", "directory for pod state, logs and volumes")
 	fs.StringVar(&c.bridge, "bridge", "kbr0", "bridge the pods' veth links are attached to")
 	fs.StringVar(&cidr, "pod-cidr", "10.244.0.0/24", "pod addresses are taken from this range")

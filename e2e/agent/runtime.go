@@ -232,7 +232,9 @@ type imageInfo struct {
 }
 
 // parseImageMap reads `IMAGE BINARY [user=UID[:GID]] [workdir=DIR]` lines
-// (# comments, blank lines). IMAGE is matched without its tag or digest.
+// (# comments, blank lines). An IMAGE without a tag matches every tag of its
+// repository; one with a tag (`repo:broken`) only that tag, and wins over the
+// untagged entry. A digest is ignored. See lookupImage.
 func parseImageMap(s string) (map[string]imageInfo, error) {
 	m := map[string]imageInfo{}
 	for i, line := range strings.Split(s, "\n") {
@@ -268,17 +270,37 @@ func parseImageMap(s string) (map[string]imageInfo, error) {
 				return nil, fmt.Errorf("line %d: unknown option %q", i+1, opt)
 			}
 		}
-		m[imageRepo(f[0])] = info
+		key := stripDigest(f[0])
+		if _, dup := m[key]; dup {
+			return nil, fmt.Errorf("line %d: image %q is mapped twice", i+1, key)
+		}
+		m[key] = info
 	}
 	return m, nil
+}
+
+// lookupImage finds the entry for an image reference: the entry of its exact
+// repository and tag if there is one, else its repository's untagged entry.
+func lookupImage(m map[string]imageInfo, image string) (imageInfo, bool) {
+	if info, ok := m[stripDigest(image)]; ok {
+		return info, true
+	}
+	info, ok := m[imageRepo(image)]
+	return info, ok
+}
+
+// stripDigest drops a digest (@sha256:...) from an image reference.
+func stripDigest(image string) string {
+	if i := strings.Index(image, "@"); i >= 0 {
+		return image[:i]
+	}
+	return image
 }
 
 // imageRepo strips a digest (@sha256:...) and a tag (:v1, but not a
 // registry port) from an image reference.
 func imageRepo(image string) string {
-	if i := strings.Index(image, "@"); i >= 0 {
-		image = image[:i]
-	}
+	image = stripDigest(image)
 	if i := strings.LastIndex(image, ":"); i > strings.LastIndex(image, "/") {
 		image = image[:i]
 	}

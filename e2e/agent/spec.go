@@ -49,7 +49,7 @@ func (p *podRT) podIP() string {
 // ids is the uid and gid the container's process runs as: the container's
 // securityContext over the pod's over the image's USER (nil: root).
 func (c *ctrRT) ids() (uid, gid *int64) {
-	img := c.p.rt.cfg.images[imageRepo(c.spec.Image)]
+	img, _ := lookupImage(c.p.rt.cfg.images, c.spec.Image)
 	uid, gid = img.uid, img.gid
 	if psc := c.p.pod.Spec.SecurityContext; psc != nil {
 		if psc.RunAsUser != nil {
@@ -73,7 +73,7 @@ func (c *ctrRT) ids() (uid, gid *int64) {
 func (c *ctrRT) buildInitSpec() (*initSpec, error) {
 	p := c.p
 	rt := p.rt
-	img, ok := rt.cfg.images[imageRepo(c.spec.Image)]
+	img, ok := lookupImage(rt.cfg.images, c.spec.Image)
 	if !ok {
 		return nil, fmt.Errorf("image %q is not in the agent's image map", c.spec.Image)
 	}

@@ -64,11 +64,21 @@ reclaimPolicy: Delete
 volumeBindingMode: Immediate
 EOF
 
+# A node image that cannot start (scenario 10's rollout to a broken image): named
+# kindex-node like the real one, since the pod's command is `kindex-node`.
+mkdir -p "$RUN/bin/broken"
+cat >"$RUN/bin/broken/kindex-node" <<'EOF'
+#!/bin/sh
+echo "kindex-node: this image is broken on purpose (the full-stack tier's kindex/kindex-node:broken)" >&2
+exit 1
+EOF
+chmod 755 "$RUN/bin/broken" "$RUN/bin/broken/kindex-node"
 cat >"$RUN/images" <<EOF
-# image (tag ignored)   binary                        image USER / WORKDIR
-kindex/kindex-node      $RUN/bin/kindex-node          user=65532:65532 workdir=/data
-kindex/kindex-operator  $RUN/bin/kindex-operator      user=65532:65532
-kindex-e2e/shell        /bin/sh
+# image (untagged: every tag without its own line)   binary   image USER / WORKDIR
+kindex/kindex-node         $RUN/bin/kindex-node          user=65532:65532 workdir=/data
+kindex/kindex-node:broken  $RUN/bin/broken/kindex-node   user=65532:65532 workdir=/data
+kindex/kindex-operator     $RUN/bin/kindex-operator      user=65532:65532
+kindex-e2e/shell           /bin/sh
 EOF
 
 t=$(now)
@@ -99,7 +109,7 @@ waitfor 120 bash -c '[[ $(curl -s -o /dev/null -w "%{http_code}" http://127.0.0.
 info "kube-proxy (nftables) routing ClusterIP Services in $(since "$t")s"
 
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(0 1 2 3 4 5 6 7 8)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(0 1 2 3 4 5 6 7 8 9 10)
 for s in "${scenarios[@]}"; do
   f=$(ls e2e/fullstack/s"$s"-*.sh 2>/dev/null | head -1)
   [[ -n "$f" ]] || fatal "no scenario $s"

@@ -8,7 +8,8 @@
 //!    outdated pod is in that position (no data to protect).
 //! 3. Otherwise every pod must be ready and caught up before the next disruption; a pod
 //!    that does not come back within the pod-ready timeout pauses the rollout
-//!    (Blocked → Degraded).
+//!    (Blocked → Degraded), and so does, at once, an up-to-date pod that crash-loops
+//!    (it will not come back by waiting; fixing the template replaces it by step 2).
 //! 4. Outdated followers are restarted one at a time (highest ordinal first).
 //! 5. Last the leader: leadership is transferred to an up-to-date caught-up voter, and
 //!    the old leader is restarted once it is a follower. A single-replica shard has no
@@ -61,6 +62,17 @@ pub fn decide(shard: &ShardObs, limits: &Limits) -> Step {
     for ord in 0..u32::try_from(sts.replicas).unwrap_or(0) {
         let p = shard.pod(ord);
         let ready = p.is_some_and(|p| p.ready && !p.terminating);
+        // A pod crash-looping on the new template (a broken image, a bad flag) will not
+        // come back by waiting: pause now, naming it, instead of after the timeout.
+        if let Some(p) = p.filter(|p| !ready && !p.terminating)
+            && let Some(crash) = &p.crash
+        {
+            return Step::Blocked(format!(
+                "shard {s}: rollout paused, pod {} crash-loops with the new pod template ({crash}); \
+                 fix the spec (e.g. spec.image) and the rollout resumes",
+                p.name
+            ));
+        }
         let behind = lag(shard, leader, ord);
         if ready && behind.is_some_and(|l| l <= limits.max_lag) {
             continue;
@@ -171,7 +183,7 @@ mod tests {
                     terminating: false,
                     revision: Some((*rev).into()),
                     created: Some(Timestamp::from_second(NOW - 3600).unwrap()),
-                    crash_looping: false,
+                    crash: None,
                     drift_message: None,
                     node: NodeObs::answered(status(ord.into(), ord == leader, 1000, n)),
                 })
@@ -251,6 +263,24 @@ mod tests {
         s.pods[2].ready = false;
         s.pods[2].created = Some(Timestamp::from_second(NOW - 700).unwrap());
         assert!(matches!(decide(&s, &limits()), Step::Blocked(m) if m.contains("paused")));
+    }
+
+    #[test]
+    fn pauses_at_once_when_the_restarted_pod_crash_loops() {
+        let mut s = shard(&["old", "old", "new"], 0);
+        s.pods[2].ready = false;
+        s.pods[2].node = NodeObs::NotRunning;
+        s.pods[2].created = Some(Timestamp::from_second(NOW - 20).unwrap());
+        s.pods[2].crash = Some("CrashLoopBackOff, 2 restarts, last exit code 1".into());
+        assert!(matches!(decide(&s, &limits()),
+            Step::Blocked(m) if m.contains("rollout paused, pod idx-s0-2 crash-loops")
+                && m.contains("last exit code 1")));
+        // Fixed template: the crash-looping pod is outdated now and replaced first.
+        for p in &mut s.pods[..2] {
+            p.revision = Some("new".into());
+        }
+        s.pods[2].revision = Some("broken".into());
+        assert_eq!(deletes(decide(&s, &limits())), 2);
     }
 
     #[test]

@@ -54,7 +54,7 @@ fn pod(ord: u32, node: NodeObs) -> PodObs {
         terminating: false,
         revision: Some("r1".into()),
         created: Some(Timestamp::from_second(OLD).unwrap()),
-        crash_looping: false,
+        crash: None,
         drift_message: None,
         node,
     }

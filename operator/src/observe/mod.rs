@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
 use kindex_crds::VectorIndex;
@@ -54,8 +54,9 @@ pub struct PodObs {
     /// `controller-revision-hash`: the StatefulSet revision the pod was made from.
     pub revision: Option<String>,
     pub created: Option<Timestamp>,
-    /// The node container is in CrashLoopBackOff.
-    pub crash_looping: bool,
+    /// The node container crash-loops: it is in CrashLoopBackOff, or it is not ready
+    /// and its last run ended with a non-zero exit code. What it says about that exit.
+    pub crash: Option<String>,
     /// The node's last exit message names a structural drift.
     pub drift_message: Option<String>,
     pub node: NodeObs,
@@ -309,6 +310,17 @@ fn pod_running(pod: &Pod) -> bool {
 /// Text of the node's structural-drift start-up error (node/src/config/structural.rs).
 pub const DRIFT_MARKER: &str = "structural config drift";
 
+/// The drift error out of a termination message, which is the tail of the node's log
+/// (`FallbackToLogsOnError`): earlier log lines, then `Error: ...` and the cause chain.
+/// From the last mention of [`DRIFT_MARKER`] to the end of its line (or a quote or an
+/// escape sequence, should it sit in a JSON or coloured log line).
+pub fn drift_sentence(message: &str) -> Option<String> {
+    let start = message.rfind(DRIFT_MARKER)?;
+    let rest = &message[start..];
+    let end = rest.find(['\n', '"', '\u{1b}']).unwrap_or(rest.len());
+    Some(rest[..end].trim_end().to_owned())
+}
+
 fn pod_obs(pod: &Pod, ordinal: u32) -> PodObs {
     let status = pod.status.as_ref();
     let ready = status
@@ -320,16 +332,13 @@ fn pod_obs(pod: &Pod, ordinal: u32) -> PodObs {
             cs.iter()
                 .find(|c| c.name == crate::build::statefulset::CONTAINER)
         });
-    let crash_looping = container
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.waiting.as_ref())
-        .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"));
+    let crash = container.and_then(|c| crash(c, ready));
     let drift_message = container.and_then(|c| {
         [c.state.as_ref(), c.last_state.as_ref()]
             .into_iter()
             .flatten()
-            .filter_map(|s| s.terminated.as_ref()?.message.clone())
-            .find(|m| m.contains(DRIFT_MARKER))
+            .filter_map(|s| s.terminated.as_ref()?.message.as_deref())
+            .find_map(drift_sentence)
     });
     PodObs {
         name: pod.name_any(),
@@ -338,10 +347,61 @@ fn pod_obs(pod: &Pod, ordinal: u32) -> PodObs {
         terminating: pod.metadata.deletion_timestamp.is_some(),
         revision: pod.labels().get(labels::REVISION).cloned(),
         created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        crash_looping,
+        crash,
         drift_message,
         node: NodeObs::NotRunning,
     }
+}
+
+/// Longest part of a termination message quoted in a crash description.
+const CRASH_MESSAGE_CHARS: usize = 300;
+
+/// "CrashLoopBackOff, 3 restarts, last exit code 1 (Error): ..." if the container
+/// crash-loops: in CrashLoopBackOff, or not ready after a run that ended with a non-zero
+/// exit code (between back-offs, while it starts again).
+fn crash(c: &ContainerStatus, ready: bool) -> Option<String> {
+    let back_off = c
+        .state
+        .as_ref()
+        .and_then(|s| s.waiting.as_ref())
+        .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"));
+    // The run that ended: the current state if it is Terminated, else the last one.
+    let ended = [c.state.as_ref(), c.last_state.as_ref()]
+        .into_iter()
+        .flatten()
+        .find_map(|s| s.terminated.as_ref());
+    let failed = ended.is_some_and(|t| t.exit_code != 0);
+    if !back_off && (ready || !failed || c.restart_count == 0) {
+        return None;
+    }
+    let mut out = format!(
+        "{}{} restart{}",
+        if back_off { "CrashLoopBackOff, " } else { "" },
+        c.restart_count,
+        if c.restart_count == 1 { "" } else { "s" }
+    );
+    if let Some(t) = ended {
+        out.push_str(&format!(", last exit code {}", t.exit_code));
+        if let Some(r) = t.reason.as_deref().filter(|r| !r.is_empty()) {
+            out.push_str(&format!(" ({r})"));
+        }
+        // The message is the log's tail (FallbackToLogsOnError): its last lines say most.
+        if let Some(m) = t
+            .message
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+        {
+            let start = m
+                .char_indices()
+                .rev()
+                .nth(CRASH_MESSAGE_CHARS - 1)
+                .map_or(0, |(i, _)| i);
+            let cut = if start > 0 { "..." } else { "" };
+            out.push_str(&format!(": {cut}{}", m[start..].replace('\n', " | ")));
+        }
+    }
+    Some(out)
 }
 
 fn sts_obs(sts: &StatefulSet) -> StsObs {

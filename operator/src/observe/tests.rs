@@ -42,3 +42,83 @@ fn tracker_forgets_old_deletions() {
     let since = Timestamp::from_second(999_000).unwrap();
     assert_eq!(t.since("ns", since), BTreeSet::from(["a".to_owned()]));
 }
+
+#[test]
+fn crash_loops_are_described() {
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    };
+    let terminated = |code: i32, message: &str| ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: code,
+            reason: Some("Error".into()),
+            message: Some(message.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut c = ContainerStatus {
+        name: "node".into(),
+        restart_count: 2,
+        state: Some(ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("CrashLoopBackOff".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        last_state: Some(terminated(1, "line one\nbad image\n")),
+        ..Default::default()
+    };
+    assert_eq!(
+        crash(&c, false).as_deref(),
+        Some("CrashLoopBackOff, 2 restarts, last exit code 1 (Error): line one | bad image")
+    );
+    // Started again between back-offs, not ready: still crash-looping.
+    c.state = Some(ContainerState {
+        running: Some(ContainerStateRunning::default()),
+        ..Default::default()
+    });
+    assert_eq!(
+        crash(&c, false).as_deref(),
+        Some("2 restarts, last exit code 1 (Error): line one | bad image")
+    );
+    // Ready again, or never restarted, or the last run ended cleanly: not a crash loop.
+    assert_eq!(crash(&c, true), None);
+    c.last_state = Some(terminated(0, ""));
+    assert_eq!(crash(&c, false), None);
+    // A long message keeps its end.
+    c.last_state = Some(terminated(1, &format!("{}END", "x".repeat(1000))));
+    let d = crash(&c, false).unwrap();
+    assert!(
+        d.ends_with("xxEND") && d.contains(": ...x") && d.len() < 400,
+        "{d}"
+    );
+}
+
+#[test]
+fn drift_sentence_is_cut_out_of_the_log_tail() {
+    let tail = "{\"level\":\"INFO\",\"fields\":{\"message\":\"opening /data\"}}\n\
+                Error: opening the node\n\nCaused by:\n    structural config drift: the data in \
+                /data was built with dimension=8; the node is configured with dimension=16. \
+                Structural fields cannot change on existing data: restore the original values \
+                or create a new index\n";
+    assert_eq!(
+        drift_sentence(tail).as_deref(),
+        Some(
+            "structural config drift: the data in /data was built with dimension=8; the node is \
+             configured with dimension=16. Structural fields cannot change on existing data: \
+             restore the original values or create a new index"
+        )
+    );
+    let json = "{\"fields\":{\"error\":\"structural config drift: the data in /data was built \
+                with m=16; the node is configured with m=32\"}}";
+    assert_eq!(
+        drift_sentence(json).as_deref(),
+        Some(
+            "structural config drift: the data in /data was built with m=16; the node is \
+             configured with m=32"
+        )
+    );
+    assert_eq!(drift_sentence("Error: bind: address in use"), None);
+}

@@ -202,12 +202,21 @@ pub fn build(
         }
     }
     let failed = executed.and_then(|e| e.result.as_ref().err().map(|err| (e, err)));
+    // A paused rollout (a pod that does not come back, crash-looping on the new template)
+    // is not upgrading any more: Degraded, with the reason in the condition.
+    let rollout_paused: Vec<&String> = plans
+        .iter()
+        .filter_map(|p| match &p.rollout {
+            Step::Blocked(m) => Some(m),
+            _ => None,
+        })
+        .collect();
 
     let phase = if !drift.is_empty() || !no_leader.is_empty() {
         Phase::Failed
     } else if creating {
         Phase::Creating
-    } else if rolling {
+    } else if rolling && rollout_paused.is_empty() {
         Phase::Upgrading
     } else if scaling {
         Phase::Scaling
@@ -253,6 +262,16 @@ pub fn build(
         _ => None,
     };
     let progressing = match progressing_reason {
+        _ if !rollout_paused.is_empty() => cond(
+            ct::PROGRESSING,
+            false,
+            "RolloutPaused",
+            rollout_paused
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
         Some(reason) => {
             let msg = if progress.is_empty() {
                 "waiting for pods to start".to_owned()

@@ -54,7 +54,7 @@ fn healthy(hash: &str) -> Observed {
                     terminating: false,
                     revision: Some("r".into()),
                     created: None,
-                    crash_looping: false,
+                    crash: None,
                     drift_message: None,
                     node: node(o.into(), o == 0, hash),
                 })
@@ -228,4 +228,37 @@ fn invalid_spec_keeps_observations() {
     assert_eq!(condition(&s, ct::READY).reason, "InvalidSpec");
     assert!(condition(&s, ct::DEGRADED).message.contains("dimension"));
     assert_eq!(s.shards.len(), 1);
+}
+
+#[test]
+fn a_paused_rollout_is_degraded_not_upgrading() {
+    let mut obs = healthy("h");
+    obs.shards[0].pods[2].ready = false;
+    let msg = "shard 0: rollout paused, pod idx-s0-2 crash-loops with the new pod template \
+               (CrashLoopBackOff, 2 restarts, last exit code 1 (Error))";
+    let plans = vec![ShardPlan {
+        membership: Step::Done,
+        rollout: Step::Blocked(msg.into()),
+    }];
+    let now = Timestamp::from_second(1_700_000_100).unwrap();
+    let s = build(&vi(), &obs, &plans, None, "h", now);
+    assert_eq!(s.phase, Some(Phase::Degraded));
+    let c = condition(&s, ct::DEGRADED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+        ("True", "RolloutPaused", msg)
+    );
+    let p = condition(&s, ct::PROGRESSING);
+    assert_eq!(
+        (p.status.as_str(), p.reason.as_str(), p.message.as_str()),
+        ("False", "RolloutPaused", msg)
+    );
+    // Still waiting for the restarted pod (not paused): Upgrading.
+    let plans = vec![ShardPlan {
+        membership: Step::Done,
+        rollout: Step::Wait("shard 0: waiting for pod 2 to become ready".into()),
+    }];
+    let s = build(&vi(), &obs, &plans, None, "h", now);
+    assert_eq!(s.phase, Some(Phase::Upgrading));
+    assert_eq!(condition(&s, ct::PROGRESSING).reason, "RollingUpdate");
 }
