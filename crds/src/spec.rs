@@ -208,7 +208,7 @@ pub struct VectorIndexSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
 
-    /// Policies synced by the operator into every shard's Raft state machine (condition PoliciesSynced, status.shards[].policiesSynced; docs/policies.md). Enforced: quota maxVectors (index-wide, split over the shards), schema and searchDefaults (each shard gets them unchanged). Not enforced yet (PoliciesSynced False, reason Unsupported): retention and quota maxPayloadBytes.
+    /// Policies synced by the operator into every shard's Raft state machine (condition PoliciesSynced, status.shards[].policiesSynced; docs/policies.md). Enforced by the nodes: quota and retention (index-wide maxVectors and quota maxPayloadBytes split over the shards; maxAgeSeconds, timestampField and tenantField the same on every shard), schema and searchDefaults (each shard gets them unchanged).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
@@ -521,7 +521,14 @@ pub const MAX_FIELD_NAME: usize = 256;
     validation = Rule::new("self.kind == 'schema' || !has(self.fields)")
         .message("fields applies to schema policies only"),
     validation = Rule::new("self.kind == 'searchDefaults' || !(has(self.maxK) || has(self.maxEfSearch) || has(self.filter) || has(self.requireMatch))")
-        .message("maxK, maxEfSearch, filter and requireMatch apply to searchDefaults policies only")
+        .message("maxK, maxEfSearch, filter and requireMatch apply to searchDefaults policies only"),
+    validation = Rule::new("self.kind == 'retention' || !has(self.timestampField)")
+        .message("timestampField applies to retention policies only"),
+    // The nodes refuse a timestampField without an age to measure (it would do nothing).
+    validation = Rule::new("!has(self.timestampField) || has(self.maxAgeSeconds)")
+        .message("timestampField needs maxAgeSeconds"),
+    validation = Rule::new("self.kind == 'quota' || !has(self.tenantField)")
+        .message("tenantField applies to quota policies only")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PolicySpec {
@@ -536,6 +543,13 @@ pub struct PolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_age_seconds: Option<u64>,
+    /// retention (needs maxAgeSeconds): age a point from this top-level payload field, read
+    /// as Unix seconds (a JSON number, fractions allowed), instead of its ingest time. A point
+    /// without a number in the field ages from its ingest time. maxVectors still removes the
+    /// oldest by ingest time. The same on every shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_FIELD_NAME))]
+    pub timestamp_field: Option<String>,
     /// quota: refuse writes that would take the index above this many vectors (index-wide:
     /// each shard gets ceil(maxVectors / shards)). retention: the sweep removes the oldest
     /// points beyond this count (index-wide, split the same way).
@@ -548,6 +562,15 @@ pub struct PolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_payload_bytes: Option<u64>,
+    /// quota: maxVectors and maxPayloadBytes hold per value of this top-level payload field
+    /// (e.g. `tenant`; strings as they are, other values as JSON) instead of for all points;
+    /// points without the field are not counted. Split like the index-wide limits: each
+    /// shard allows each tenant ceil(limit / shards). Points go to shards by id hash and no
+    /// shard knows the others' counts, so a tenant is refused once it fills its share on one
+    /// shard, which can be before it holds the whole limit index-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_FIELD_NAME))]
+    pub tenant_field: Option<String>,
     /// schema: top-level payload fields by name. A listed field that is present must have
     /// its type; a `required` one must be present and not null in every upserted point.
     /// Points stored before the policy are not re-checked.
@@ -581,8 +604,10 @@ impl PolicySpec {
             name: name.into(),
             kind,
             max_age_seconds: None,
+            timestamp_field: None,
             max_vectors: None,
             max_payload_bytes: None,
+            tenant_field: None,
             fields: BTreeMap::new(),
             max_k: None,
             max_ef_search: None,
@@ -595,7 +620,6 @@ impl PolicySpec {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
 pub enum PolicyKind {
-    /// Not enforced yet: the operator does not send it (PoliciesSynced reason Unsupported).
     Retention,
     Quota,
     Schema,

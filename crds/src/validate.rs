@@ -282,6 +282,12 @@ fn validate_policy(p: &PolicySpec, errors: &mut Vec<SpecError>) {
     if kind != PolicyKind::SearchDefaults && search_fields {
         bad("maxK, maxEfSearch, filter and requireMatch apply to searchDefaults policies only");
     }
+    if kind != PolicyKind::Retention && p.timestamp_field.is_some() {
+        bad("timestampField applies to retention policies only");
+    }
+    if kind != PolicyKind::Quota && p.tenant_field.is_some() {
+        bad("tenantField applies to quota policies only");
+    }
 
     let mut field = |field: String, reason: String| {
         errors.push(SpecError::InvalidPolicyField {
@@ -290,6 +296,28 @@ fn validate_policy(p: &PolicySpec, errors: &mut Vec<SpecError>) {
             reason,
         });
     };
+    // The nodes refuse both (retention.rs, command.rs); caught here so the operator reports
+    // InvalidSpec naming the field instead of a refused sync.
+    if p.timestamp_field.is_some() && p.max_age_seconds.is_none() {
+        field(
+            "timestampField".into(),
+            "needs maxAgeSeconds (the age it measures)".into(),
+        );
+    }
+    for (name, value) in [
+        ("timestampField", &p.timestamp_field),
+        ("tenantField", &p.tenant_field),
+    ] {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > MAX_FIELD_NAME)
+        {
+            field(
+                name.into(),
+                format!("a payload field name has 1 to {MAX_FIELD_NAME} characters"),
+            );
+        }
+    }
     if p.fields.len() > MAX_SCHEMA_FIELDS {
         field(
             "fields".into(),
@@ -897,6 +925,102 @@ mod tests {
             },
         ];
         spec.policies = vec![p];
+        assert_eq!(validate(&spec), Ok(()));
+    }
+
+    /// `events`: retention by a payload timestamp; `per-tenant`: a quota per tenant.
+    fn timestamp_and_tenant_policies() -> Vec<PolicySpec> {
+        vec![
+            PolicySpec {
+                max_age_seconds: Some(86_400),
+                timestamp_field: Some("created".into()),
+                ..PolicySpec::new("events", PolicyKind::Retention)
+            },
+            PolicySpec {
+                max_vectors: Some(10_000),
+                tenant_field: Some("tenant".into()),
+                ..PolicySpec::new("per-tenant", PolicyKind::Quota)
+            },
+        ]
+    }
+
+    /// The node's rules for `timestampField` and `tenantField` (retention.rs, command.rs),
+    /// each refusal naming the policy and the field.
+    #[test]
+    fn timestamp_and_tenant_fields_are_checked_naming_the_field() {
+        let mut spec = good();
+        spec.policies = timestamp_and_tenant_policies();
+        assert_eq!(validate(&spec), Ok(()));
+
+        type Edit = fn(&mut PolicySpec);
+        // (policy to edit: 0 retention / 1 quota, edit, the start of the error)
+        let table: &[(usize, Edit, &str)] = &[
+            (
+                0,
+                |p| {
+                    p.max_age_seconds = None;
+                    p.max_vectors = Some(5);
+                },
+                "spec.policies[events].timestampField: needs maxAgeSeconds",
+            ),
+            (
+                0,
+                |p| p.timestamp_field = Some(String::new()),
+                "spec.policies[events].timestampField: a payload field name has 1 to 256",
+            ),
+            (
+                0,
+                |p| p.timestamp_field = Some("t".repeat(MAX_FIELD_NAME + 1)),
+                "spec.policies[events].timestampField: a payload field name has 1 to 256",
+            ),
+            (
+                0,
+                |p| p.tenant_field = Some("tenant".into()),
+                "spec.policies[events]: tenantField applies to quota policies only",
+            ),
+            (
+                1,
+                |p| p.tenant_field = Some(String::new()),
+                "spec.policies[per-tenant].tenantField: a payload field name has 1 to 256",
+            ),
+            (
+                1,
+                |p| p.timestamp_field = Some("created".into()),
+                "spec.policies[per-tenant]: timestampField applies to retention policies only",
+            ),
+            (
+                1,
+                |p| p.max_vectors = None,
+                "spec.policies[per-tenant]: a quota policy needs maxVectors and/or maxPayloadBytes",
+            ),
+            (
+                1,
+                |p| {
+                    *p = PolicySpec {
+                        tenant_field: Some("tenant".into()),
+                        ..schema_policy()
+                    }
+                },
+                "spec.policies[shape]: tenantField applies to quota policies only",
+            ),
+        ];
+        for (i, (which, edit, expected)) in table.iter().enumerate() {
+            let mut spec = good();
+            spec.policies = timestamp_and_tenant_policies();
+            edit(&mut spec.policies[*which]);
+            let errors = validate(&spec).expect_err(expected);
+            assert!(
+                errors.iter().any(|e| e.to_string().starts_with(expected)),
+                "case {i}: expected {expected:?}, got {:?}",
+                errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+            );
+        }
+        // A per-tenant payload cap alone, and an age with a count, are fine.
+        let mut spec = good();
+        spec.policies = timestamp_and_tenant_policies();
+        spec.policies[0].max_vectors = Some(5);
+        spec.policies[1].max_vectors = None;
+        spec.policies[1].max_payload_bytes = Some(1 << 20);
         assert_eq!(validate(&spec), Ok(()));
     }
 

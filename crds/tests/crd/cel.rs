@@ -60,10 +60,10 @@ fn all_rules_compile_and_fit_the_cost_budget() {
     let (mut problems, mut rules) = (Vec::new(), 0);
     walk(&compile_schema(&schema()), "", &mut problems, &mut rules);
     assert!(problems.is_empty(), "{problems:#?}");
-    // 6 immutability + 5 presence + 1 interval + 9 policy + 2 filter rules, a range rule in
+    // 6 immutability + 5 presence + 1 interval + 12 policy + 2 filter rules, a range rule in
     // each of must and mustNot, the admission rules: 2 on metadata.name, image,
     // storage.size, resources.limits and .requests; and peerTls set at creation.
-    assert_eq!(rules, 32);
+    assert_eq!(rules, 35);
 }
 
 /// The API server's CEL does not see a property without a type (`x-kubernetes-preserve-
@@ -375,6 +375,64 @@ fn policy_rules() {
             search(|p| p.filter = Some(PolicyFilter::default())),
             Some("filter needs must and/or mustNot"),
         ),
+        // timestampField: retention only, and only with an age to measure.
+        (
+            PolicySpec {
+                timestamp_field: Some("created".into()),
+                ..policy(Retention, Some(60), Some(10), None)
+            },
+            None,
+        ),
+        (
+            PolicySpec {
+                timestamp_field: Some("created".into()),
+                ..policy(Retention, None, Some(10), None)
+            },
+            Some("timestampField needs maxAgeSeconds"),
+        ),
+        (
+            PolicySpec {
+                timestamp_field: Some("created".into()),
+                ..policy(Quota, None, Some(10), None)
+            },
+            Some("timestampField applies to retention policies only"),
+        ),
+        // tenantField: quota only, and a quota still needs a limit.
+        (
+            PolicySpec {
+                tenant_field: Some("tenant".into()),
+                ..policy(Quota, None, Some(10), None)
+            },
+            None,
+        ),
+        (
+            PolicySpec {
+                tenant_field: Some("tenant".into()),
+                ..policy(Quota, None, None, Some(10))
+            },
+            None,
+        ),
+        (
+            PolicySpec {
+                tenant_field: Some("tenant".into()),
+                ..policy(Quota, None, None, None)
+            },
+            Some("a quota policy needs maxVectors and/or maxPayloadBytes"),
+        ),
+        (
+            PolicySpec {
+                tenant_field: Some("tenant".into()),
+                ..policy(Retention, Some(60), None, None)
+            },
+            Some("tenantField applies to quota policies only"),
+        ),
+        (
+            PolicySpec {
+                tenant_field: Some("tenant".into()),
+                ..with_fields(Schema)
+            },
+            Some("tenantField applies to quota policies only"),
+        ),
     ];
     // Filters: a range needs a bound, a filter at most 16 conditions. (Exactly one of match
     // and range is the operator's check only, see `FilterCondition`.)
@@ -422,6 +480,34 @@ fn policy_rules() {
             "{p:?}"
         );
     }
+}
+
+/// An empty `timestampField` or `tenantField` is refused by the schema (minLength, which
+/// the API server checks and kube's offline CEL does not), as the nodes and `validate` do.
+#[test]
+fn timestamp_and_tenant_fields_are_non_empty_strings() {
+    let policy = &schema()["properties"]["spec"]["properties"]["policies"]["items"];
+    for name in ["timestampField", "tenantField"] {
+        let field = &policy["properties"][name];
+        assert_eq!(field["type"], "string", "{name}: {field}");
+        assert_eq!(field["minLength"], 1, "{name}: {field}");
+        assert_eq!(field["maxLength"], 256, "{name}: {field}");
+        let description = field["description"].as_str().unwrap_or_default();
+        assert!(!description.is_empty(), "{name} has a description");
+    }
+    let mut vi = demo();
+    vi.spec.policies = vec![PolicySpec {
+        max_vectors: Some(10),
+        tenant_field: Some(String::new()),
+        ..PolicySpec::new("p", PolicyKind::Quota)
+    }];
+    let errors = kindex_crds::validate(&vi.spec).expect_err("empty tenantField");
+    assert!(
+        errors[0]
+            .to_string()
+            .starts_with("spec.policies[p].tenantField: a payload field name"),
+        "{errors:?}"
+    );
 }
 
 /// What the operator refuses (its Rust validation, its index-name check), the API server

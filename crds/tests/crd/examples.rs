@@ -48,7 +48,13 @@ fn production_is_valid_and_warning_free() {
         pod.topology_spread_constraints.as_ref().map(Vec::len),
         Some(1)
     );
-    assert_eq!(s.policies.len(), 4);
+    assert_eq!(s.policies.len(), 6);
+    let named = |n: &str| s.policies.iter().find(|p| p.name == n).expect(n);
+    assert_eq!(named("per-tenant").tenant_field.as_deref(), Some("tenant"));
+    assert_eq!(
+        named("offers-1y").timestamp_field.as_deref(),
+        Some("listedAt")
+    );
     assert_eq!(validate(s), Ok(()));
     assert!(warnings(s).is_empty(), "{:?}", warnings(s));
     validate_cel(&vi).expect("CEL");
@@ -102,6 +108,18 @@ fn invalid_objects_are_rejected() {
             "policy-filter-empty-range.yaml",
             "a range needs at least one of gt, gte, lt, lte",
             true,
+        ),
+        (
+            "policy-timestamp-field-without-age.yaml",
+            "timestampField needs maxAgeSeconds",
+            true,
+        ),
+        // Refused by the schema's minLength (the API server) and validate(); kube's offline
+        // CEL does not check lengths.
+        (
+            "policy-tenant-field-empty.yaml",
+            "spec.policies[per-tenant].tenantField: a payload field name",
+            false,
         ),
     ];
     let names: BTreeSet<String> = expected.iter().map(|(n, _, _)| n.to_string()).collect();

@@ -1,9 +1,10 @@
 //! `spec.policies` → the policy store of every shard (issue 16, docs/policies.md).
 //!
 //! Pure: [`desired`] turns the spec into the policies each shard should apply (index-wide
-//! `maxVectors` and quota `maxPayloadBytes` split over the shards; retention `maxAgeSeconds`,
-//! `schema` and `searchDefaults` unchanged on every shard), [`plan`] compares them with a shard's store (as its leader reports it,
-//! `ListPolicies`) and lists the changes. The reconciler sends them to the
+//! `maxVectors` and quota `maxPayloadBytes` split over the shards, per tenant when the quota
+//! has a `tenantField`; retention `maxAgeSeconds` and `timestampField`, `schema` and
+//! `searchDefaults` unchanged on every shard), [`plan`] compares them with a shard's store (as
+//! its leader reports it, `ListPolicies`) and lists the changes. The reconciler sends them to the
 //! shard leader with `from_resource` set, so people cannot change these policies through the
 //! API, and the operator never touches policies made through the API. Content already in
 //! force makes no change: re-applying an unchanged resource or restarting the operator makes
@@ -62,6 +63,11 @@ pub fn desired(spec: &[PolicySpec], shards: u32) -> (Vec<Desired>, Vec<String>) 
                 if let Some(max) = p.max_payload_bytes {
                     body["maxPayloadBytes"] = share(max).into();
                 }
+                // With a tenant field the shard's share holds per tenant: a tenant's points
+                // are spread over the shards by id like all others.
+                if let Some(field) = &p.tenant_field {
+                    body["tenantField"] = field.as_str().into();
+                }
                 out.push(Desired {
                     name: p.name.clone(),
                     policy: body,
@@ -73,10 +79,18 @@ pub fn desired(spec: &[PolicySpec], shards: u32) -> (Vec<Desired>, Vec<String>) 
                     p.name
                 ))
             }
+            // The node refuses it (nothing to measure the field's age against); validation
+            // already reports it as InvalidSpec, this keeps it from being sent regardless.
+            PolicyKind::Retention if p.timestamp_field.is_some() && p.max_age_seconds.is_none() => {
+                unsupported.push(format!("{}: timestampField needs maxAgeSeconds", p.name))
+            }
             PolicyKind::Retention => {
                 let mut body = json!({"kind": "retention"});
                 if let Some(age) = p.max_age_seconds {
                     body["maxAgeSeconds"] = age.into();
+                }
+                if let Some(field) = &p.timestamp_field {
+                    body["timestampField"] = field.as_str().into();
                 }
                 if let Some(max) = p.max_vectors {
                     body["maxVectors"] = share(max).into();

@@ -101,18 +101,43 @@ fn store(entries: &[(&str, Value, &str)]) -> Value {
     json!({"clockMs": 0, "policies": policies})
 }
 
+/// `per-tenant`: a quota per value of the payload field `tenant`, both limits set.
+fn tenant_quota_spec() -> PolicySpec {
+    PolicySpec {
+        max_payload_bytes: Some(1_000_001),
+        tenant_field: Some("tenant".into()),
+        ..spec("per-tenant", PolicyKind::Quota, Some(10_001))
+    }
+}
+
+/// `events`: retention by the payload field `created`, and a count.
+fn timestamp_retention_spec() -> PolicySpec {
+    PolicySpec {
+        max_age_seconds: Some(86_400),
+        timestamp_field: Some("created".into()),
+        ..spec("events", PolicyKind::Retention, Some(9))
+    }
+}
+
 #[test]
 fn index_wide_limits_are_split_over_the_shards_and_ages_are_not() {
     let mut payload = spec("bytes", PolicyKind::Quota, None);
     payload.max_payload_bytes = Some(10);
     let mut old = spec("old", PolicyKind::Retention, Some(5));
     old.max_age_seconds = Some(3600);
+    let ageless = PolicySpec {
+        timestamp_field: Some("created".into()),
+        ..spec("ageless", PolicyKind::Retention, Some(5))
+    };
     let (d, unsupported) = desired(
         &[
             spec("cap", PolicyKind::Quota, Some(1001)),
             old,
             payload,
             spec("empty", PolicyKind::Retention, None),
+            tenant_quota_spec(),
+            timestamp_retention_spec(),
+            ageless,
         ],
         2,
     );
@@ -129,11 +154,36 @@ fn index_wide_limits_are_split_over_the_shards_and_ages_are_not() {
         policy("bytes"),
         Some(json!({"kind": "quota", "maxPayloadBytes": 5}))
     );
-    assert_eq!(unsupported.len(), 1, "{unsupported:?}");
+    // Per tenant: each shard allows each tenant its share of both limits.
+    assert_eq!(
+        policy("per-tenant"),
+        Some(json!({
+            "kind": "quota",
+            "maxVectors": 5001,
+            "maxPayloadBytes": 500_001,
+            "tenantField": "tenant",
+        }))
+    );
+    // The timestamp field and the age the same on every shard; the count split.
+    assert_eq!(
+        policy("events"),
+        Some(json!({
+            "kind": "retention",
+            "maxAgeSeconds": 86_400,
+            "timestampField": "created",
+            "maxVectors": 5,
+        }))
+    );
+    assert_eq!(unsupported.len(), 2, "{unsupported:?}");
     assert!(
         unsupported[0].starts_with("empty: a retention"),
         "{unsupported:?}"
     );
+    assert_eq!(
+        unsupported[1], "ageless: timestampField needs maxAgeSeconds",
+        "{unsupported:?}"
+    );
+    assert!(policy("ageless").is_none());
     // The node reads and reports each one back unchanged (no new version on re-sync).
     for x in &d {
         let body = kindex_node::policy::command::parse_policy(&x.policy.to_string())
@@ -273,6 +323,8 @@ fn what_the_operator_sends_the_node_applies_and_reports_back_as_in_force() {
             max_ef_search: Some(64),
             ..PolicySpec::new("ef", PolicyKind::SearchDefaults)
         },
+        tenant_quota_spec(),
+        timestamp_retention_spec(),
     ];
     let (d, _) = desired(&specs, 4);
     let mut store = PolicyStore::default();
@@ -304,5 +356,27 @@ fn what_the_operator_sends_the_node_applies_and_reports_back_as_in_force() {
         policy: policy.clone(),
     };
     assert_eq!(leader_applies(&mut store, &changed, 100), 2);
+    assert_eq!(plan(&d, &listed(&store)).unwrap(), vec![]);
+    // So is a changed tenant or timestamp field, each put once.
+    specs[5].tenant_field = Some("org".into());
+    specs[6].timestamp_field = Some("updated".into());
+    let (d, _) = desired(&specs, 4);
+    let changes = plan(&d, &listed(&store)).unwrap();
+    let names: Vec<&str> = changes.iter().map(Change::name).collect();
+    assert_eq!(names, ["per-tenant", "events"], "{changes:?}");
+    for (i, c) in changes.iter().enumerate() {
+        let Change::Put { name, policy } = c else {
+            panic!("{changes:?}")
+        };
+        let put = Desired {
+            name: name.clone(),
+            policy: policy.clone(),
+        };
+        assert_eq!(
+            leader_applies(&mut store, &put, 101 + i as u64),
+            2,
+            "{name}"
+        );
+    }
     assert_eq!(plan(&d, &listed(&store)).unwrap(), vec![]);
 }
