@@ -53,19 +53,21 @@ s3_policies() {
 
 check 3.2 "spec.policies: PoliciesSynced, every pod's store has the resource's quota, no version on re-reconcile, removal soft-deletes" s3_policies
 
-# The other policy kinds of spec.policies on live pods (issue 16): a schema, a searchDefaults
-# and a retention policy from the resource reach all 6 pods (PoliciesSynced; every pod's
-# store holds each, made by the resource, checksums equal per shard), and the pods enforce
-# them through the index's client Service: an upsert without the required field is refused
-# naming it, a search over maxK and one without the required tenant match are refused, one
-# matching a tenant answers. Removed at the end (later scenarios write points without one).
+# The other policy kinds of spec.policies on live pods (issue 16): a schema, a
+# searchDefaults, a retention by a timestamp field and a per-tenant quota from the resource
+# reach all 6 pods (PoliciesSynced; every pod's store holds each as written, made by the
+# resource, checksums equal per shard), and the pods enforce them through the index's client
+# Service: an upsert without the required field is refused naming it, a search over maxK and
+# one without the required tenant match are refused, one matching a tenant answers. Removed
+# at the end (later scenarios write points without a tenant).
 s3_policy_kinds() {
   local t polj cip vec code
   t=$(now)
   k -n "$NS1" patch vidx demo --type merge -p '{"spec":{"policies":[
     {"name":"shape","kind":"schema","fields":{"tenant":{"type":"string","required":true}}},
     {"name":"search","kind":"searchDefaults","maxK":50,"requireMatch":["tenant"]},
-    {"name":"keep","kind":"retention","maxAgeSeconds":8640000}]}}' >/dev/null
+    {"name":"keep","kind":"retention","maxAgeSeconds":8640000,"timestampField":"ts"},
+    {"name":"per-tenant","kind":"quota","maxVectors":100000,"tenantField":"tenant"}]}}' >/dev/null
   waitfor 120 bash -c "[[ \$($KUBECTL --kubeconfig $KC -n $NS1 get vidx demo -o 'jsonpath={.status.conditions[?(@.type==\"PoliciesSynced\")].status}') == True ]]" ||
     fail "PoliciesSynced not True: $(k -n "$NS1" get vidx demo -o 'jsonpath={.status.conditions[?(@.type=="PoliciesSynced")]}')"
   echo "PoliciesSynced True $(since "$t")s after the change"
@@ -74,7 +76,18 @@ s3_policy_kinds() {
     PATH="$RUN/bin:$PATH" "$KUBECTL" kindex policy list -n "$NS1" --index demo -o json >"$polj" 2>"$RUN/policies.err" &&
       python3 e2e/fullstack/py/policies_check.py "$polj" 6 shape kind=schema 1 &&
       python3 e2e/fullstack/py/policies_check.py "$polj" 6 search kind=searchDefaults 1 &&
-      python3 e2e/fullstack/py/policies_check.py "$polj" 6 keep kind=retention 1
+      python3 e2e/fullstack/py/policies_check.py "$polj" 6 keep kind=retention 1 &&
+      python3 e2e/fullstack/py/policies_check.py "$polj" 6 per-tenant 50000 1 &&
+      python3 - "$polj" <<'PY'
+import json, sys
+# The fields the node has only through spec.policies' typed fields: on every pod as written.
+for n in json.load(open(sys.argv[1]))["nodes"]:
+    p = n["store"]["policies"]
+    keep, tenant = p["keep"]["versions"][-1]["policy"], p["per-tenant"]["versions"][-1]["policy"]
+    if keep.get("timestampField") != "ts" or tenant.get("tenantField") != "tenant":
+        sys.exit(f"{n['addr']}: keep {keep}, per-tenant {tenant}")
+print("timestampField ts and tenantField tenant on all 6 pods")
+PY
   }
   waitfor 60 s3_stores >/dev/null 2>&1 || { s3_stores; fail "policy stores: $(cat "$RUN/policies.err")"; }
   s3_stores
@@ -107,13 +120,13 @@ s3_policy_kinds() {
   k -n "$NS1" patch vidx demo --type merge -p '{"spec":{"policies":[]}}' >/dev/null
   s3_removed() {
     PATH="$RUN/bin:$PATH" "$KUBECTL" kindex policy list -n "$NS1" --index demo -o json >"$polj" 2>"$RUN/policies.err" &&
-      for n in shape search keep; do python3 e2e/fullstack/py/policies_check.py "$polj" 6 "$n" deleted 2 || return 1; done
+      for n in shape search keep per-tenant; do python3 e2e/fullstack/py/policies_check.py "$polj" 6 "$n" deleted 2 || return 1; done
   }
   waitfor 60 s3_removed >/dev/null 2>&1 || { s3_removed; fail "after removing the policies: $(cat "$RUN/policies.err")"; }
   code=$(curl -s -o "$RUN/s33.out" -w '%{http_code}' -XPOST "http://$cip:7080/v1/indexes/demo/points/delete" \
     -d '{"ids":["with-tenant"]}')
   [[ $code == 200 ]] || fail "deleting the test point: $code $(cat "$RUN/s33.out")"
-  echo "removed from the spec: all three soft-deleted (version 2) on all 6 pods"
+  echo "removed from the spec: all four soft-deleted (version 2) on all 6 pods"
 }
 
-check 3.3 "spec.policies schema, searchDefaults, retention: on every pod's store, enforced through the client Service, removal soft-deletes" s3_policy_kinds
+check 3.3 "spec.policies schema, searchDefaults, retention by timestampField, per-tenant quota: on every pod's store, enforced through the client Service, removal soft-deletes" s3_policy_kinds
