@@ -472,9 +472,15 @@ async fn run(
         let mut stop = stop_rx.clone();
         let admin = pb::admin_server::AdminServer::new(grpc::AdminService { node: node.clone() });
         // HTTP/1.1 too: the policy API (`admin_http`) answers curl and REST clients here.
+        // Merged into tonic's default routes, whose fallback answers an unknown gRPC method
+        // UNIMPLEMENTED (an HTTP 404 would reach gRPC clients as a protocol error).
+        let mut routes = tonic::service::Routes::default();
+        let merged =
+            std::mem::take(routes.axum_router_mut()).merge(admin_http::router(node.clone()));
+        *routes.axum_router_mut() = merged;
         let mut router = tonic::transport::Server::builder()
             .accept_http1(true)
-            .add_routes(admin_http::router(node.clone()).into())
+            .add_routes(routes)
             .add_service(admin);
         if peer_tls.is_some() {
             // Calls between nodes (forwarding, fan-out) arrive here, with a certificate.
