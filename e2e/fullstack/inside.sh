@@ -30,6 +30,16 @@ ip route add 10.96.0.0/16 dev kbr0
 # provisioner's /tmp/hostpath_pv and anything a component writes to /tmp
 # never touch the machine's /tmp.
 mkdir -p "$RUN/tmp"
+# A checkout under /tmp would vanish behind that mount (every later `cd`, helm's chart path,
+# the Python checkers): reach it through a bind mount in the run directory instead.
+case "$ROOT/" in
+  /tmp/*)
+    mkdir -p "$RUN/src"
+    mount --bind "$ROOT" "$RUN/src"
+    export ROOT="$RUN/src"
+    cd "$ROOT"
+    ;;
+esac
 mount --bind "$RUN/tmp" /tmp
 chmod 1777 /tmp
 mkdir -p /tmp/hostpath_pv
