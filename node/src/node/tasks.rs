@@ -156,8 +156,8 @@ pub fn spawn_maintenance(node: Arc<Node>) {
                 // At most one compaction per settle period, even if it leaves some behind.
                 tombstones_since = Instant::now();
             }
-            let _ = tokio::task::spawn_blocking(move || {
-                if due {
+            if due {
+                let _ = tokio::task::spawn_blocking(move || {
                     let s = engine.compact();
                     tracing::info!(
                         purged = s.purged,
@@ -165,9 +165,9 @@ pub fn spawn_maintenance(node: Arc<Node>) {
                         millis = s.millis,
                         "compaction"
                     );
-                }
-            })
-            .await;
+                })
+                .await;
+            }
         }
     });
 }
