@@ -105,7 +105,9 @@ pub struct ShardStatus {
     /// Pod name of the current Raft leader, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
-    /// Pod names of the Raft voters.
+    /// Pod names of the Raft voters. A voter whose pod came back on a new, empty volume
+    /// (a new Raft identity) reads `<pod> (replaced: lost volume)` until the operator has
+    /// replaced it in the membership.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
     /// Ready pods of this shard.

@@ -60,11 +60,12 @@ struct Args {
     /// is given (a group of one needs none).
     #[arg(long, env = "KINDEX_RAFT_PORT")]
     raft_port: Option<u16>,
-    /// This node's Raft id. Default: the ordinal suffix `-<n>` of `--pod-name` (or of
-    /// `$HOSTNAME` in cluster mode), else 0.
+    /// This node's Raft id. Default: from the ordinal suffix `-<n>` of `--pod-name` (or of
+    /// `$HOSTNAME` in cluster mode) and the data dir's incarnation (a new one for an empty
+    /// data dir; the ordinal itself for data written before incarnations), else 0.
     #[arg(long, env = "KINDEX_NODE_ID")]
     node_id: Option<u64>,
-    /// The pod name (`<index>-s<shard>-<ordinal>`); its ordinal is the node id.
+    /// The pod name (`<index>-s<shard>-<ordinal>`); its ordinal is part of the node id.
     #[arg(long, env = "KINDEX_POD_NAME")]
     pod_name: Option<String>,
     /// The shard this replica serves.
@@ -214,7 +215,7 @@ fn parse_peers(s: &str) -> Result<Peers, String> {
 }
 
 /// `kindex-a-s0-2` → 2.
-fn ordinal(name: &str) -> Option<u64> {
+fn ordinal(name: &str) -> Option<u32> {
     name.rsplit_once('-')?.1.parse().ok()
 }
 
@@ -268,12 +269,29 @@ async fn run(
         .pod_name
         .clone()
         .or_else(|| cluster.then(|| std::env::var("HOSTNAME").ok()).flatten());
-    let node_id = match (args.node_id, &pod) {
-        (Some(id), _) => id,
-        (None, Some(p)) => ordinal(p).with_context(|| {
+    let pod_ordinal = match &pod {
+        Some(p) => Some(ordinal(p).with_context(|| {
             format!("cannot derive the node id from the pod name {p:?} (no -<ordinal> suffix); pass --node-id")
-        })?,
-        (None, None) if cluster => bail!("cluster mode needs --node-id (or --pod-name with an ordinal)"),
+        })?),
+        None => None,
+    };
+    let node_id = match (args.node_id, pod_ordinal) {
+        (Some(id), _) => id,
+        // The ordinal plus the volume's incarnation: a pod on a new, empty volume gets a new
+        // identity (see `node::pod_node_id`).
+        (None, Some(ord)) => {
+            let id = node::pod_node_id(&args.data_dir, ord)?;
+            tracing::info!(
+                node_id = id,
+                ordinal = ord,
+                incarnation = kindex_common::node_id::incarnation_of(id),
+                "raft identity"
+            );
+            id
+        }
+        (None, None) if cluster => {
+            bail!("cluster mode needs --node-id (or --pod-name with an ordinal)")
+        }
         (None, None) => 0,
     };
     let raft_port = args.raft_port.unwrap_or(DEFAULT_RAFT_PORT);
@@ -289,7 +307,10 @@ async fn run(
                 ("pod", pod.clone()),
                 ("service", args.service.clone()),
                 ("namespace", args.namespace.clone()),
-                ("ordinal", Some(node_id.to_string())),
+                (
+                    "ordinal",
+                    Some(pod_ordinal.map_or(node_id, u64::from).to_string()),
+                ),
                 ("shard", Some(args.shard.to_string())),
                 ("index", Some(args.index.clone())),
             ],

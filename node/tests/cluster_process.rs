@@ -11,6 +11,10 @@
 //! - a partitioned leader never acknowledges and rejoins;
 //! - a replica whose data dir was wiped rejoins by snapshot after snapshot + log purge;
 //! - a fourth node is added as a learner, promoted, leads, and is removed again (`membership`);
+//! - a replica whose volume was lost comes back under a new Raft identity: while it is empty
+//!   and the leader is down, a lagging follower cannot be elected with its vote; it is
+//!   replaced in the membership (learner, snapshot, one change) and nothing acknowledged is
+//!   lost; a control run under the old id loses writes (`identity`);
 //! - a quota holds exactly under concurrent writers on every path, a quota change racing writes
 //!   is settled by log order, policy versions survive restarts and snapshot installs, policy
 //!   changes wait for a member of an older build (`policies`);
@@ -29,6 +33,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "cluster_process/identity.rs"]
+mod identity;
 #[path = "cluster_process/membership.rs"]
 mod membership;
 #[path = "cluster_process/policies.rs"]

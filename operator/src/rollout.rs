@@ -15,7 +15,7 @@
 //!    the old leader is restarted once it is a follower. A single-replica shard has no
 //!    one to hand over to: its pod is simply restarted.
 
-use crate::membership::{Action, Limits, Step, coming_back, lag};
+use crate::membership::{Action, Limits, Step, coming_back, lag, ordinal};
 use crate::observe::{ShardObs, voters};
 
 /// The next rollout step for `shard`, which runs `replicas` pods.
@@ -102,18 +102,21 @@ pub fn decide(shard: &ShardObs, limits: &Limits) -> Step {
     // Only the leader is outdated.
     let target = voters(leader)
         .into_iter()
-        .filter_map(|id| u32::try_from(id).ok())
-        .filter(|&o| o != leader_pod.ordinal)
-        .find(|&o| {
-            shard
-                .pod(o)
-                .is_some_and(|p| p.ready && p.revision.as_ref() == Some(update))
+        .map(|id| (ordinal(id), id))
+        .filter(|&(o, _)| o != leader_pod.ordinal)
+        .find(|&(o, id)| {
+            shard.pod(o).is_some_and(|p| {
+                p.ready
+                    && p.revision.as_ref() == Some(update)
+                    && p.status().is_some_and(|st| st.node_id == id)
+            })
         });
     match target {
-        Some(to) => Step::Act(Action::TransferLeader {
+        Some((to, to_id)) => Step::Act(Action::TransferLeader {
             shard: s,
             from: leader_pod.ordinal,
             to,
+            to_id,
         }),
         None if voters(leader).len() <= 1 => delete(leader_pod),
         None => Step::Wait(format!(
@@ -223,7 +226,8 @@ mod tests {
             Step::Act(Action::TransferLeader {
                 shard: 0,
                 from: 0,
-                to: 1
+                to: 1,
+                to_id: 1
             })
         );
         // Leadership moved to 1: pod 0 is an outdated follower now.

@@ -847,3 +847,59 @@ async fn schema_and_search_defaults_reach_the_leader_and_a_restarted_operator_ma
     );
     assert_eq!(status["shards"][0]["policiesSynced"], true, "{status}");
 }
+
+#[tokio::test]
+async fn a_pod_on_a_new_volume_replaces_its_old_member() {
+    // Pod 2 lost its volume: it answers, empty, as a new incarnation (id ordinal 2, incarnation 5).
+    let new = kindex_common::node_id::compose(2, 5);
+    let vi = index(3);
+    let e = env(&vi);
+    seed_statefulset(&e.api, 3, "r1");
+    for o in 0..3 {
+        seed_pod(&e.api, o, "r1");
+    }
+    e.nodes.set("idx-s0-0", Ok(member(0, 3)));
+    e.nodes.set("idx-s0-1", Ok(member(1, 3)));
+    e.nodes.set("idx-s0-2", Ok(fresh(new)));
+    reconcile(Arc::new(vi.clone()), e.ctx.clone())
+        .await
+        .unwrap();
+    let actions = e.nodes.actions();
+    assert_eq!(
+        actions,
+        [format!(
+            "AddLearner idx-s0-0 [{new}@idx-s0-2.idx-s0-headless.ns.svc:7071(learner)]"
+        )],
+        "the new incarnation joins as a learner, never as the old member"
+    );
+    let status = applied_status(&e.api);
+    assert_eq!(
+        status["shards"][0]["members"],
+        json!(["idx-s0-0", "idx-s0-1", "idx-s0-2 (replaced: lost volume)"])
+    );
+
+    // Caught up: one membership change swaps the members.
+    let mut leader = member(0, 3);
+    leader.members.push(Member {
+        node_id: new,
+        addr: String::new(),
+        voter: false,
+    });
+    e.nodes.set("idx-s0-0", Ok(leader));
+    let mut learner = member(2, 3);
+    learner.node_id = new;
+    learner.role = "learner".into();
+    e.nodes.set("idx-s0-2", Ok(learner));
+    reconcile(Arc::new(vi), e.ctx.clone()).await.unwrap();
+    let actions = e.nodes.actions();
+    assert_eq!(
+        actions.last().cloned(),
+        Some(format!("ChangeMembership idx-s0-0 [0, 1, {new}]")),
+        "{actions:?}"
+    );
+    assert!(
+        events(&e.api).contains(&("Normal".into(), "ReplaceMember".into())),
+        "{:?}",
+        events(&e.api)
+    );
+}

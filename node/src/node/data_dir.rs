@@ -83,6 +83,54 @@ pub(super) fn prepare_data_dir(
     Ok(())
 }
 
+/// The Raft node id of pod `ordinal` whose volume is `dir` (ids: `kindex_common::node_id`).
+///
+/// - The volume names its node (`node.json`): that id, so restarts keep their identity.
+/// - It holds a Raft log but no `node.json` (written before identities were recorded):
+///   the pre-incarnation id, the ordinal.
+/// - It is empty (a new pod, or a lost volume replaced): a new random incarnation. An
+///   empty replica must never answer under the id of the member it replaces: a voter
+///   with no log can elect a leader that lacks committed entries.
+///
+/// Only reads; `prepare_data_dir` records the id in `node.json` before Raft opens.
+pub fn pod_node_id(dir: &Path, ordinal: u32) -> Result<NodeId, NodeError> {
+    use kindex_common::node_id;
+    let data_err = |reason: String| NodeError::DataDir {
+        dir: dir.display().to_string(),
+        reason,
+    };
+    if ordinal > node_id::MAX_ORDINAL {
+        return Err(data_err(format!(
+            "pod ordinal {ordinal} is above {}, the largest a node id can carry",
+            node_id::MAX_ORDINAL
+        )));
+    }
+    match std::fs::read(dir.join(IDENTITY_FILE)) {
+        Ok(bytes) => {
+            let stored: Identity = serde_json::from_slice(&bytes)
+                .map_err(|e| data_err(format!("{IDENTITY_FILE} is not valid: {e}")))?;
+            if node_id::ordinal_of(stored.node_id) != ordinal {
+                return Err(data_err(format!(
+                    "belongs to node {} (pod ordinal {}), but this pod's ordinal is {ordinal} \
+                     (check the volume mounted here)",
+                    stored.node_id,
+                    node_id::ordinal_of(stored.node_id)
+                )));
+            }
+            Ok(stored.node_id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if dir.join("raft-log").exists() {
+                return Ok(u64::from(ordinal));
+            }
+            use rand::Rng;
+            let incarnation = rand::rng().random_range(1..=node_id::MAX_INCARNATION);
+            Ok(node_id::compose(ordinal, incarnation))
+        }
+        Err(e) => Err(data_err(format!("cannot read {IDENTITY_FILE}: {e}"))),
+    }
+}
+
 /// Refuses a data dir we cannot write durably, with the reason.
 fn probe_writable(dir: &Path) -> Result<(), NodeError> {
     let probe = dir.join(".kindex-write-probe");

@@ -28,6 +28,7 @@ mod shutdown;
 mod tasks;
 mod write;
 
+pub use self::data_dir::pod_node_id;
 pub use self::error::NodeError;
 pub use self::forward::member_admin_addr;
 pub use self::forward::member_grpc_addr;

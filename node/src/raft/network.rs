@@ -240,6 +240,7 @@ impl PeerClient {
         let mut client = self.client()?;
         let mut request = tonic::Request::new(RaftRequest { data });
         request.set_timeout(timeout);
+        address_to(&mut request, self.target);
         let fut = async {
             match action {
                 RPCTypes::AppendEntries => client.append_entries(request).await,
@@ -256,6 +257,17 @@ impl PeerClient {
         };
         decode_reply(reply).map_err(|e| self.unreachable(e).into())
     }
+}
+
+/// Metadata key naming the member a Raft message is for (see `RaftGrpcService`'s check).
+pub(crate) const ADDRESSEE: &str = "kindex-raft-to";
+
+/// Names the member `target` in the request, so that a new incarnation of it (an empty
+/// volume at the same address, with a new node id) refuses messages meant for the old one.
+fn address_to<T>(request: &mut tonic::Request<T>, target: NodeId) {
+    request
+        .metadata_mut()
+        .insert(ADDRESSEE, tonic::metadata::MetadataValue::from(target));
 }
 
 /// Decode a `RaftReply`: the peer's error, or the encoded response.
@@ -332,6 +344,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let timeout = self.cfg.snapshot_timeout;
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         request.set_timeout(timeout);
+        address_to(&mut request, self.target);
         tracing::info!(target_node = self.target, meta = %snapshot.meta, "sending snapshot");
         let res = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),

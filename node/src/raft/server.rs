@@ -32,6 +32,10 @@ use crate::snapshot::store::SnapshotStore;
 
 /// The gRPC service of one Raft member.
 pub struct RaftGrpcService<S: ShardState> {
+    /// This member's node id: messages addressed to another id are refused.
+    id: super::NodeId,
+    /// When a message for another member was last logged.
+    misaddressed_logged: Arc<parking_lot::Mutex<Option<Instant>>>,
     raft: KindexRaft<S>,
     /// The state machine's snapshot store: snapshots are received into it, so installing one
     /// is a rename on the same filesystem.
@@ -40,8 +44,15 @@ pub struct RaftGrpcService<S: ShardState> {
 }
 
 impl<S: ShardState> RaftGrpcService<S> {
-    pub fn new(raft: KindexRaft<S>, store: SnapshotStore, cfg: NetworkConfig) -> Self {
+    pub fn new(
+        id: super::NodeId,
+        raft: KindexRaft<S>,
+        store: SnapshotStore,
+        cfg: NetworkConfig,
+    ) -> Self {
         Self {
+            id,
+            misaddressed_logged: Arc::default(),
             raft,
             store,
             cfg: Arc::new(cfg),
@@ -80,6 +91,43 @@ fn bad_request(e: impl Display) -> Status {
 }
 
 impl<S: ShardState> RaftGrpcService<S> {
+    /// Refuse a message meant for another member. A replica whose volume was lost comes
+    /// back empty, at the same address, under a new node id; the rest of the group still
+    /// sends it the old member's messages until the operator replaces that member. Were it
+    /// to answer them (a vote above all), an empty log would count as the old member's and
+    /// could elect a leader that lacks committed entries. Messages without the header
+    /// (builds before it) are accepted.
+    fn check_addressee(&self, md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let Some(to) = md.get(super::network::ADDRESSEE) else {
+            return Ok(());
+        };
+        match to
+            .to_str()
+            .ok()
+            .and_then(|t| t.parse::<super::NodeId>().ok())
+        {
+            Some(to) if to == self.id => Ok(()),
+            Some(to) => {
+                let msg = format!(
+                    "raft message for node {to} reached node {}: this member is a new incarnation \
+                     (its volume was replaced) and is not node {to}",
+                    self.id
+                );
+                // The old member's peers retry every heartbeat: say it every 10 s at most.
+                let mut last = self.misaddressed_logged.lock();
+                if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+                    *last = Some(Instant::now());
+                    tracing::warn!("refused: {msg}; the operator replaces node {to} by this one");
+                }
+                Err(Status::failed_precondition(msg))
+            }
+            None => Err(bad_request(format!(
+                "bad {} header",
+                super::network::ADDRESSEE
+            ))),
+        }
+    }
+
     /// Fault injection: refuse a message from a peer whose link is cut.
     fn check_link(&self, from: &super::Vote) -> Result<(), Status> {
         let peer = from.leader_id.node_id;
@@ -190,6 +238,7 @@ impl<S: ShardState> RaftRpc for RaftGrpcService<S> {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        self.check_addressee(request.metadata())?;
         let rpc: AppendEntriesRequest<TypeConfig> =
             wire::decode(&request.into_inner().data).map_err(bad_request)?;
         self.check_link(&rpc.vote)?;
@@ -197,6 +246,7 @@ impl<S: ShardState> RaftRpc for RaftGrpcService<S> {
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.check_addressee(request.metadata())?;
         match wire::decode(&request.into_inner().data).map_err(bad_request)? {
             VoteRpc::Vote(rpc) => {
                 self.check_link(&rpc.vote)?;
@@ -217,6 +267,7 @@ impl<S: ShardState> RaftRpc for RaftGrpcService<S> {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftReply>, Status> {
+        self.check_addressee(request.metadata())?;
         let mut stream = request.into_inner();
         let received = super::transfer::receive(&self.store, &mut stream, &self.cfg).await;
         let (vote, meta, dir) = received.map_err(|e| {

@@ -249,8 +249,13 @@ impl<S: ShardState> RaftShard<S> {
             None => (None, None, None),
             Some(listener) => {
                 let local_addr = listener.local_addr().map_err(RaftShardError::Listener)?;
-                let svc = RaftGrpcService::new(raft.clone(), store.clone(), cfg.network.clone())
-                    .into_server();
+                let svc = RaftGrpcService::new(
+                    cfg.node_id,
+                    raft.clone(),
+                    store.clone(),
+                    cfg.network.clone(),
+                )
+                .into_server();
                 let (stop_tx, stop_rx) = oneshot::channel::<()>();
                 let router = tonic::transport::Server::builder().add_service(svc);
                 let server = tokio::spawn(crate::tls::serve(

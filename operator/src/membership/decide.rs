@@ -55,13 +55,21 @@ pub fn decide(shard: &ShardObs, replicas: u32, limits: &Limits) -> Step {
     let voters = voters(leader);
     let learners = learners(leader);
 
+    // A voter whose pod answers under another id lost its volume: that member is gone for
+    // good and is replaced below, not waited for.
+    let mut replaced = Vec::new();
     // Never change membership while a voter is away.
     let mut waiting = Vec::new();
     let mut lost = Vec::new();
     for &id in &voters {
-        let Some(ord) = ordinal(id) else { continue };
-        if shard.status_of(ord).is_some() {
-            continue;
+        let ord = ordinal(id);
+        match shard.status_of(ord) {
+            Some(st) if st.node_id == id => continue,
+            Some(st) => {
+                replaced.push((id, ord, st.node_id));
+                continue;
+            }
+            None => {}
         }
         if coming_back(shard, ord, limits) {
             waiting.push(id);
@@ -82,17 +90,48 @@ pub fn decide(shard: &ShardObs, replicas: u32, limits: &Limits) -> Step {
         ));
     }
 
-    // Scale-up: the lowest missing ordinal, one at a time.
-    if let Some(ord) = (0..replicas).find(|&o| !voters.contains(&u64::from(o))) {
-        let id = u64::from(ord);
-        if shard.status_of(ord).is_none() {
-            return Step::Wait(format!("shard {s}: waiting for pod {ord} to start"));
+    // Replacement (pods that stay; a replaced voter above `replicas` is just removed by the
+    // scale-down): the new incarnation joins as a learner, catches up, then takes the old
+    // member's place in one change (joint consensus: a majority of both sets).
+    if let Some(&(old, ord, new)) = replaced.iter().find(|(_, o, _)| *o < replicas) {
+        if !learners.contains(&new) {
+            return Step::Act(Action::AddLearner {
+                shard: s,
+                leader: leader_ord,
+                node: ord,
+                id: new,
+            });
         }
+        let behind = lag(shard, leader, ord).unwrap_or(u64::MAX);
+        if behind > limits.max_lag {
+            return Step::Wait(format!(
+                "shard {s}: node {new} (pod {ord}, a new volume) is catching up to replace node {old} \
+                 ({behind} entries behind)"
+            ));
+        }
+        let mut new_voters = voters.clone();
+        new_voters.remove(&old);
+        new_voters.insert(new);
+        return Step::Act(Action::Replace {
+            shard: s,
+            leader: leader_ord,
+            node: ord,
+            old,
+            voters: new_voters.into_iter().collect(),
+        });
+    }
+
+    // Scale-up: the lowest missing ordinal, one at a time.
+    if let Some(ord) = (0..replicas).find(|&o| !voters.iter().any(|&v| ordinal(v) == o)) {
+        let Some(id) = shard.status_of(ord).map(|st| st.node_id) else {
+            return Step::Wait(format!("shard {s}: waiting for pod {ord} to start"));
+        };
         if !learners.contains(&id) {
             return Step::Act(Action::AddLearner {
                 shard: s,
                 leader: leader_ord,
                 node: ord,
+                id,
             });
         }
         let behind = lag(shard, leader, ord).unwrap_or(u64::MAX);
@@ -112,27 +151,30 @@ pub fn decide(shard: &ShardObs, replicas: u32, limits: &Limits) -> Step {
     }
 
     // Scale-down: highest ordinals first.
-    let extra: Vec<u64> = voters
+    let mut extra: Vec<u64> = voters
         .iter()
-        .rev()
         .copied()
-        .filter(|&id| id >= u64::from(replicas))
+        .filter(|&id| ordinal(id) >= replicas)
         .collect();
+    extra.sort_by_key(|&id| std::cmp::Reverse(ordinal(id)));
     if extra.is_empty() {
         return Step::Done;
     }
-    if extra.contains(&u64::from(leader_ord)) {
+    if extra.iter().any(|&id| ordinal(id) == leader_ord) {
         // Hand leadership to a staying voter that is caught up.
         let target = voters
             .iter()
-            .filter_map(|&id| ordinal(id))
-            .filter(|&o| o < replicas)
-            .find(|&o| lag(shard, leader, o).is_some_and(|l| l <= limits.max_lag));
+            .map(|&id| (ordinal(id), id))
+            .filter(|&(o, id)| {
+                o < replicas && shard.status_of(o).is_some_and(|st| st.node_id == id)
+            })
+            .find(|&(o, _)| lag(shard, leader, o).is_some_and(|l| l <= limits.max_lag));
         return match target {
-            Some(to) => Step::Act(Action::TransferLeader {
+            Some((to, to_id)) => Step::Act(Action::TransferLeader {
                 shard: s,
                 from: leader_ord,
                 to,
+                to_id,
             }),
             None => Step::Wait(format!(
                 "shard {s}: no caught-up voter to take over leadership from {leader_ord}"
@@ -170,8 +212,11 @@ fn decide_initialize(shard: &ShardObs, replicas: u32) -> Step {
              refusing to re-initialize: restore the volumes, or delete and recreate the index"
         ));
     }
+    // Every pod answered (above): the ids they report are the members.
     Step::Act(Action::Initialize {
         shard: s,
-        members: (0..u64::from(replicas)).collect(),
+        members: (0..replicas)
+            .filter_map(|o| shard.status_of(o).map(|st| st.node_id))
+            .collect(),
     })
 }

@@ -1,5 +1,6 @@
 //! Raft membership of one shard: a pure decision from observed state to at most one
-//! step. Node ids are pod ordinals.
+//! step. A node id carries its pod's ordinal and its volume's incarnation
+//! (`kindex_common::node_id`): a pod on a new, empty volume answers with a new id.
 //!
 //! Order of precedence:
 //! 1. Not initialized: once pods `0..replicas` all answer and none is initialized,
@@ -7,9 +8,13 @@
 //! 2. Initialized: no step without a leader, or while a voter does not answer
 //!    (a member coming back from a restart only makes us wait; one lost for longer
 //!    than the pod-ready timeout is reported as degraded).
-//! 3. Scale-up, lowest missing ordinal first: add it as a learner, wait until its
+//! 3. Replacement: a voter whose pod answers under another id lost its volume; the new
+//!    incarnation is added as a learner, catches up (a snapshot), and takes the old
+//!    member's place in one membership change. The old one is never waited for, and the
+//!    empty one never votes before it holds the log.
+//! 4. Scale-up, lowest missing ordinal first: add it as a learner, wait until its
 //!    applied index is within `max_lag` of the leader's, then promote it to voter.
-//! 4. Scale-down, highest ordinal first: move leadership off a voter that is to go,
+//! 5. Scale-down, highest ordinal first: move leadership off a voter that is to go,
 //!    then remove voters, never more per step than keeps a majority of the current
 //!    voters (at least one, so 2 → 1 can finish).
 //!
@@ -33,13 +38,27 @@ pub use size::{pdb_voters, statefulset_replicas};
 pub enum Action {
     /// `Initialize` on ordinal 0 with `members` as voters.
     Initialize { shard: u32, members: Vec<u64> },
-    /// `AddLearner(node)` on the leader.
-    AddLearner { shard: u32, leader: u32, node: u32 },
+    /// `AddLearner(id)` on the leader; `node` is the pod ordinal of `id`.
+    AddLearner {
+        shard: u32,
+        leader: u32,
+        node: u32,
+        id: u64,
+    },
     /// `ChangeMembership(voters)` on the leader, `voters` including `node`.
     Promote {
         shard: u32,
         leader: u32,
         node: u32,
+        voters: Vec<u64>,
+    },
+    /// `ChangeMembership(voters)` on the leader: the member `old` of pod `node` replaced
+    /// by that pod's new incarnation (in `voters`).
+    Replace {
+        shard: u32,
+        leader: u32,
+        node: u32,
+        old: u64,
         voters: Vec<u64>,
     },
     /// `ChangeMembership(voters)` on the leader, without `removed`.
@@ -49,8 +68,13 @@ pub enum Action {
         removed: Vec<u64>,
         voters: Vec<u64>,
     },
-    /// `TransferLeader(to)` on the leader `from`.
-    TransferLeader { shard: u32, from: u32, to: u32 },
+    /// `TransferLeader(to_id)` on the leader `from`; `to` is the pod ordinal of `to_id`.
+    TransferLeader {
+        shard: u32,
+        from: u32,
+        to: u32,
+        to_id: u64,
+    },
     /// Delete a pod so the StatefulSet controller recreates it from the new template.
     DeletePod {
         shard: u32,
@@ -65,6 +89,7 @@ impl Action {
             Action::Initialize { shard, .. }
             | Action::AddLearner { shard, .. }
             | Action::Promote { shard, .. }
+            | Action::Replace { shard, .. }
             | Action::RemoveVoters { shard, .. }
             | Action::TransferLeader { shard, .. }
             | Action::DeletePod { shard, .. } => *shard,
@@ -72,10 +97,12 @@ impl Action {
     }
     /// Ordinal of the pod the step is about (events name it).
     pub fn subject(&self) -> u32 {
-        let first = |ids: &[u64]| ids.first().and_then(|&i| u32::try_from(i).ok());
+        let first = |ids: &[u64]| ids.first().map(|&i| ordinal(i));
         match self {
             Action::Initialize { .. } => 0,
-            Action::AddLearner { node, .. } | Action::Promote { node, .. } => *node,
+            Action::AddLearner { node, .. }
+            | Action::Promote { node, .. }
+            | Action::Replace { node, .. } => *node,
             Action::RemoveVoters {
                 removed, leader, ..
             } => first(removed).unwrap_or(*leader),
@@ -89,6 +116,7 @@ impl Action {
             Action::Initialize { .. } => "Initialize",
             Action::AddLearner { .. } => "AddLearner",
             Action::Promote { .. } => "PromoteVoter",
+            Action::Replace { .. } => "ReplaceMember",
             Action::RemoveVoters { .. } => "RemoveVoters",
             Action::TransferLeader { .. } => "TransferLeader",
             Action::DeletePod { .. } => "RestartPod",
@@ -118,8 +146,9 @@ pub struct Limits {
     pub now: Timestamp,
 }
 
-fn ordinal(id: u64) -> Option<u32> {
-    u32::try_from(id).ok()
+/// The pod ordinal of a node id.
+pub fn ordinal(id: u64) -> u32 {
+    kindex_common::node_id::ordinal_of(id)
 }
 
 fn join(ids: impl IntoIterator<Item = u64>) -> String {

@@ -11,8 +11,10 @@ use crate::observe::{ShardObs, voters};
 pub fn statefulset_replicas(shard: &ShardObs, replicas: u32) -> i32 {
     let spec = replicas as i32;
     let highest = |ids: &BTreeSet<u64>| {
-        ids.last()
-            .and_then(|&id| i32::try_from(id).ok())
+        ids.iter()
+            .map(|&id| super::ordinal(id))
+            .max()
+            .and_then(|o| i32::try_from(o).ok())
             .map_or(0, |o| o + 1)
     };
     if let Some((_, leader)) = shard.leader() {

@@ -143,7 +143,8 @@ fn scale_up_adds_learner_waits_then_promotes() {
         Step::Act(Action::AddLearner {
             shard: 0,
             leader: 0,
-            node: 3
+            node: 3,
+            id: 3
         })
     );
     // Learner behind by 400 entries: wait.
@@ -253,7 +254,8 @@ fn scale_down_moves_leadership_first() {
         Step::Act(Action::TransferLeader {
             shard: 0,
             from: 2,
-            to: 0
+            to: 0,
+            to_id: 0
         })
     );
 }
@@ -318,4 +320,150 @@ fn pdb_follows_the_smaller_voter_count() {
     assert_eq!(pdb_voters(&s, 5), 3);
     assert_eq!(pdb_voters(&s, 1), 1);
     assert_eq!(pdb_voters(&shard(vec![]), 5), 5);
+}
+
+/// Node id of incarnation `inc` of pod `ord`.
+fn inc(ord: u32, inc: u64) -> u64 {
+    kindex_common::node_id::compose(ord, inc)
+}
+
+#[test]
+fn initializes_with_the_ids_the_pods_report() {
+    let pods = (0..3)
+        .map(|o| {
+            pod(
+                o,
+                NodeObs::answered(node(inc(o, 40 + u64::from(o)), "learner", 0, &[], &[])),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decide(&shard(pods), 3, &limits()),
+        Step::Act(Action::Initialize {
+            shard: 0,
+            members: vec![inc(0, 40), inc(1, 41), inc(2, 42)]
+        })
+    );
+}
+
+#[test]
+fn a_lost_volume_is_replaced_under_a_new_identity() {
+    // Voters are incarnation 1 of pods 0..3; pod 2 lost its volume and answers as
+    // incarnation 9, empty. It is not waited for as the old member, nor treated as it.
+    let voters = [inc(0, 1), inc(1, 1), inc(2, 1)];
+    let member = |o: u32, role: &str, applied, learners: &[u64]| {
+        pod(
+            o,
+            NodeObs::answered(node(inc(o, 1), role, applied, &voters, learners)),
+        )
+    };
+    let new = inc(2, 9);
+    let mut pods = vec![
+        member(0, "leader", 500, &[]),
+        member(1, "follower", 500, &[]),
+        pod(2, NodeObs::answered(node(new, "learner", 0, &[], &[]))),
+    ];
+    assert_eq!(
+        decide(&shard(pods.clone()), 3, &limits()),
+        Step::Act(Action::AddLearner {
+            shard: 0,
+            leader: 0,
+            node: 2,
+            id: new
+        })
+    );
+    // Added, catching up: wait, naming both ids.
+    pods[0] = member(0, "leader", 500, &[new]);
+    pods[2] = pod(
+        2,
+        NodeObs::answered(node(new, "learner", 10, &voters, &[new])),
+    );
+    let step = decide(&shard(pods.clone()), 3, &limits());
+    assert!(
+        matches!(&step, Step::Wait(m) if m.contains(&format!("node {new}")) && m.contains("490 entries")),
+        "{step:?}"
+    );
+    // Caught up: one change swaps the old member for the new one.
+    pods[2] = pod(
+        2,
+        NodeObs::answered(node(new, "learner", 480, &voters, &[new])),
+    );
+    let mut expected = vec![inc(0, 1), inc(1, 1), new];
+    expected.sort();
+    assert_eq!(
+        decide(&shard(pods.clone()), 3, &limits()),
+        Step::Act(Action::Replace {
+            shard: 0,
+            leader: 0,
+            node: 2,
+            old: inc(2, 1),
+            voters: expected.clone()
+        })
+    );
+    // Done: the leader reports the new voters.
+    let pods: Vec<PodObs> = (0..3)
+        .map(|o| {
+            let role = if o == 0 { "leader" } else { "follower" };
+            pod(
+                o,
+                NodeObs::answered(node(expected[o as usize], role, 500, &expected, &[])),
+            )
+        })
+        .collect();
+    let s = shard(pods);
+    assert_eq!(decide(&s, 3, &limits()), Step::Done);
+    assert_eq!(statefulset_replicas(&s, 3), 3);
+}
+
+#[test]
+fn a_replacement_waits_while_another_voter_is_away() {
+    // Two of five members away: one lost its volume (answers under a new id), one is
+    // restarting. Nothing changes until the restarting one is back.
+    let voters: Vec<u64> = (0..5).map(|o| inc(o, 1)).collect();
+    let mut pods: Vec<PodObs> = (0..5)
+        .map(|o| {
+            let role = if o == 0 { "leader" } else { "follower" };
+            pod(
+                o,
+                NodeObs::answered(node(inc(o, 1), role, 500, &voters, &[])),
+            )
+        })
+        .collect();
+    pods[4] = pod(
+        4,
+        NodeObs::answered(node(inc(4, 2), "learner", 0, &[], &[])),
+    );
+    let mut p = pod(3, NodeObs::NotRunning);
+    p.created = Some(Timestamp::from_second(NOW - 30).unwrap());
+    pods[3] = p;
+    assert!(matches!(decide(&shard(pods), 5, &limits()), Step::Wait(m) if m.contains("come back")));
+}
+
+#[test]
+fn a_replaced_member_above_the_replicas_is_removed_not_replaced() {
+    // 3 → 2 while pod 2 answers under a new id: its old member is removed.
+    let voters = [inc(0, 1), inc(1, 1), inc(2, 1)];
+    let pods = vec![
+        pod(
+            0,
+            NodeObs::answered(node(inc(0, 1), "leader", 500, &voters, &[])),
+        ),
+        pod(
+            1,
+            NodeObs::answered(node(inc(1, 1), "follower", 500, &voters, &[])),
+        ),
+        pod(
+            2,
+            NodeObs::answered(node(inc(2, 7), "learner", 0, &[], &[])),
+        ),
+    ];
+    assert_eq!(
+        decide(&shard(pods), 2, &limits()),
+        Step::Act(Action::RemoveVoters {
+            shard: 0,
+            leader: 0,
+            removed: vec![inc(2, 1)],
+            voters: vec![inc(0, 1), inc(1, 1)]
+        })
+    );
 }

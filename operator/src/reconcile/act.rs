@@ -69,7 +69,7 @@ pub(super) async fn execute(
         node_id: id,
         addr: ctx
             .addresses
-            .raft_addr(&pod(shard, u32::try_from(id).unwrap_or(u32::MAX))),
+            .raft_addr(&pod(shard, membership::ordinal(id))),
         voter,
     };
     let nodes = ctx.nodes.as_ref();
@@ -90,17 +90,18 @@ pub(super) async fn execute(
                 .map_err(node_err(0))
         }
         Action::AddLearner {
-            shard,
-            leader,
-            node,
+            shard, leader, id, ..
         } => nodes
-            .add_learner(
-                &pod(*shard, *leader),
-                member(*shard, u64::from(*node), false),
-            )
+            .add_learner(&pod(*shard, *leader), member(*shard, *id, false))
             .await
             .map_err(node_err(*leader)),
         Action::Promote {
+            shard,
+            leader,
+            voters,
+            ..
+        }
+        | Action::Replace {
             shard,
             leader,
             voters,
@@ -115,8 +116,10 @@ pub(super) async fn execute(
             .change_membership(&pod(*shard, *leader), voters.clone())
             .await
             .map_err(node_err(*leader)),
-        Action::TransferLeader { shard, from, to } => nodes
-            .transfer_leader(&pod(*shard, *from), u64::from(*to))
+        Action::TransferLeader {
+            shard, from, to_id, ..
+        } => nodes
+            .transfer_leader(&pod(*shard, *from), *to_id)
             .await
             .map_err(node_err(*from)),
         Action::DeletePod { pod: name, .. } => {

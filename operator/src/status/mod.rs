@@ -54,10 +54,18 @@ pub fn describe(vi: &VectorIndex, a: &Action) -> String {
         Action::Promote { shard, node, .. } => {
             format!("promoting {} to voter of shard {shard}", pod(*shard, *node))
         }
+        Action::Replace {
+            shard, node, old, ..
+        } => format!(
+            "replacing node {old} of shard {shard} by {} on its new volume (new Raft identity)",
+            pod(*shard, *node)
+        ),
         Action::RemoveVoters { shard, removed, .. } => {
             format!("removing voters {} from shard {shard}", list(removed))
         }
-        Action::TransferLeader { shard, from, to } => format!(
+        Action::TransferLeader {
+            shard, from, to, ..
+        } => format!(
             "transferring leadership of shard {shard} from {} to {}",
             pod(*shard, *from),
             pod(*shard, *to)
@@ -87,7 +95,16 @@ pub fn drift(obs: &Observed, expected_hash: &str) -> Vec<String> {
 
 fn shard_status(vi: &VectorIndex, s: &ShardObs) -> ShardStatus {
     let name = vi.name_any();
-    let pod = |id: u64| labels::pod_name(&name, s.shard, u32::try_from(id).unwrap_or(u32::MAX));
+    // A voter's pod name; a voter whose pod answers under another id lost its volume (the
+    // pod is its replacement, not the voter), so it is marked and never counts as ready.
+    let pod = |id: u64| {
+        let ord = crate::membership::ordinal(id);
+        let name = labels::pod_name(&name, s.shard, ord);
+        match s.status_of(ord) {
+            Some(st) if st.node_id != id => format!("{name} (replaced: lost volume)"),
+            _ => name,
+        }
+    };
     let previous = vi
         .status
         .as_ref()
