@@ -156,6 +156,7 @@ s12_round() {
   waitfor 60 s12_status_says "$leader" || fail "status does not name $leader's full volume"
   echo "status names the pod $(since "$t")s after the fill: $(s12_status_says "$leader")"
   waitfor 30 s12_event "$leader" || fail "no Warning event VolumeFull naming $leader"
+  echo "event: $(s12_event "$leader" | tail -1)"
   k -n $NS12 get vidx demo
   sleep 3 # the writer meets the refusal too
   t=$(now)
