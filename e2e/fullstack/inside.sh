@@ -119,7 +119,7 @@ waitfor 120 bash -c '[[ $(curl -s -o /dev/null -w "%{http_code}" http://127.0.0.
 info "kube-proxy (nftables) routing ClusterIP Services in $(since "$t")s"
 
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(0 1 2 3 4 5 6 7 8 9 10 11 14)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(0 1 2 3 4 5 6 7 8 9 10 11 12 14)
 for s in "${scenarios[@]}"; do
   f=$(ls e2e/fullstack/s"$s"-*.sh 2>/dev/null | head -1)
   [[ -n "$f" ]] || fatal "no scenario $s"

@@ -15,3 +15,4 @@ pub mod raft;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod volume;

@@ -108,6 +108,11 @@ struct Args {
     /// are purged after each snapshot (a follower further behind gets the snapshot).
     #[arg(long, env = "KINDEX_RAFT_LOG_KEEP", default_value_t = 1000)]
     raft_log_keep: u64,
+    /// Free space kept on the data volume: below it the node refuses writes (as leader),
+    /// entries and snapshots from its leader, and snapshot builds, until space is freed; reads
+    /// keep working. 0: 5% of the volume, between 4 MiB and 1 GiB.
+    #[arg(long, env = "KINDEX_VOLUME_RESERVE_BYTES", default_value_t = 0)]
+    volume_reserve_bytes: u64,
     /// Testing only: a fault file, re-read every 50 ms (missing or empty = no faults): node ids
     /// whose Raft links to this node are cut (both directions), `flush-delay-ms=N`,
     /// `diverge-at=INDEX` (see node/src/raft/fault.rs). Partition and fault tests use it.
@@ -427,6 +432,11 @@ async fn run(
             unsafe_leader_restore: args.unsafe_raft_leader_restore,
         },
         peer_tls: peer_tls.clone(),
+        volume_reserve: kindex_node::volume::Reserve::from_flag(args.volume_reserve_bytes),
+        name: args
+            .pod_name
+            .clone()
+            .unwrap_or_else(|| format!("node {node_id}")),
     })
     .await
     .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;

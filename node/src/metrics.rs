@@ -39,6 +39,8 @@ pub struct RaftGauges {
     pub snapshot_bytes: Option<u64>,
     /// Snapshots that failed to load and were set aside (`corrupt-*` dirs on disk).
     pub snapshots_set_aside: u64,
+    /// The data volume (None: it could not be asked).
+    pub volume: Option<crate::volume::Sample>,
 }
 
 /// `kindex_raft_role` values.
@@ -90,6 +92,9 @@ pub struct Metrics {
     raft_purged_index: IntGauge,
     raft_replication_lag: IntGaugeVec,
     raft_log_bytes: IntGauge,
+    volume_free_bytes: IntGauge,
+    volume_reserve_bytes: IntGauge,
+    volume_full: IntGauge,
     /// Divergence guard: comparisons of this replica's apply digest with the leader's, by
     /// outcome (`equal`, `diverged`, `incomparable`, `error`).
     pub digest_checks: IntCounterVec,
@@ -380,6 +385,21 @@ impl Metrics {
                 "Highest log index purged from the log",
             ),
             raft_log_bytes: gauge(r, "kindex_raft_log_bytes", "Bytes of the Raft log on disk"),
+            volume_free_bytes: gauge(
+                r,
+                "kindex_volume_free_bytes",
+                "Bytes still free on the data volume (statvfs f_bavail)",
+            ),
+            volume_reserve_bytes: gauge(
+                r,
+                "kindex_volume_reserve_bytes",
+                "Free space the node keeps on its data volume (--volume-reserve-bytes)",
+            ),
+            volume_full: gauge(
+                r,
+                "kindex_volume_full",
+                "1 while the data volume is below its reserve: writes, appends and snapshots refused",
+            ),
             raft_replication_lag,
             requests,
             snapshot_duration,
@@ -438,6 +458,11 @@ impl Metrics {
                 self.snapshot_bytes.set(b as i64);
             }
             self.snapshots_set_aside.set(r.snapshots_set_aside as i64);
+            if let Some(v) = r.volume {
+                self.volume_free_bytes.set(v.free as i64);
+                self.volume_reserve_bytes.set(v.reserve as i64);
+                self.volume_full.set(i64::from(v.full()));
+            }
             // Only current followers: a removed member's series disappears.
             self.raft_replication_lag.reset();
             for (id, lag) in &r.replication_lag {

@@ -24,7 +24,12 @@
 //! - a per-tenant quota holds per tenant under writers racing through every replica
 //!   (`tenants`);
 //! - retention hides expired points on every replica before the sweep, the sweep removes
-//!   exactly them, and a leader killed mid-sweep loses no acknowledged write (`retention`).
+//!   exactly them, and a leader killed mid-sweep loses no acknowledged write (`retention`);
+//! - a replica whose data volume (its own small tmpfs) fills up: as leader it refuses writes
+//!   at once (RESOURCE_EXHAUSTED, "volume full on ..."), reads keep working, Status says so; as
+//!   follower it takes no entries while the others commit; freed, it recovers and catches up
+//!   without a restart or a Raft step; every acknowledged write on every replica (`volume`;
+//!   needs root).
 //!
 //! The tests of this file run one at a time, also under nextest (each starts 3–4 processes).
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
@@ -48,6 +53,8 @@ mod replication;
 mod retention;
 #[path = "cluster_process/tenants.rs"]
 mod tenants;
+#[path = "cluster_process/volume.rs"]
+mod volume;
 
 use kindex_proto as pb;
 use pb::points_client::PointsClient;

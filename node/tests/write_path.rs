@@ -40,6 +40,8 @@ async fn a_leader_parses_each_payload_once() {
         bootstrap: Bootstrap::Standalone,
         tuning: RaftTuning::default(),
         peer_tls: None,
+        volume_reserve: kindex_node::volume::Reserve::Auto,
+        name: "docs-s0-0".into(),
     })
     .await
     .unwrap();

@@ -33,7 +33,9 @@ pub fn status_of(e: NodeError) -> Status {
             );
             s
         }
-        NodeError::Engine(EngineError::Full(_)) => Status::resource_exhausted(e.to_string()),
+        NodeError::Engine(EngineError::Full(_)) | NodeError::VolumeFull(_) => {
+            Status::resource_exhausted(e.to_string())
+        }
         NodeError::QuotaExceeded(_) => {
             let mut s = Status::resource_exhausted(e.to_string());
             s.metadata_mut().insert(

@@ -154,6 +154,9 @@ impl Node {
 
     /// Build a snapshot of everything applied so far (unless one exists), wait for it.
     pub async fn trigger_snapshot(&self, timeout: Duration) -> Result<SnapshotInfo, NodeError> {
+        // A snapshot needs room for a second copy of the state; one that fails for lack of
+        // space stops the Raft member (openraft treats it as a storage failure).
+        self.check_volume()?;
         let m = self.raft_metrics();
         let Some(target) = m.last_applied else {
             return Err(NodeError::FailedPrecondition(

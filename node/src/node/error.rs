@@ -36,6 +36,10 @@ pub enum NodeError {
     /// A quota policy refused the write (at the leader's pre-check or when applied).
     #[error("{0}")]
     QuotaExceeded(String),
+    /// This node's data volume is below its reserve (see [`crate::volume`]): it leads the
+    /// shard and takes no write until space is freed. Nothing was proposed.
+    #[error("{0}")]
+    VolumeFull(String),
     #[error("{0}")]
     NotFound(String),
     /// A policy change with a stale `expectedVersion`, or to a policy of the other source.

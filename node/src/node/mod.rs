@@ -165,6 +165,8 @@ pub struct Node {
     member_features: Mutex<std::collections::HashMap<NodeId, (Vec<String>, std::time::Instant)>>,
     /// Test faults (`--raft-fault-file`); here for the clock skew of [`Node::now_ms`].
     faults: crate::raft::fault::FaultSwitch,
+    /// The data volume's low-water mark (see [`crate::volume`]).
+    volume: Arc<crate::volume::VolumeGuard>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -305,6 +307,18 @@ impl Node {
                 serves: self.index.clone(),
             })
         }
+    }
+
+    /// The data volume's free space now (None: it cannot be asked).
+    pub fn volume(&self) -> Option<crate::volume::Sample> {
+        self.volume.sample()
+    }
+
+    /// Err while the data volume is below its reserve: nothing may be added to it.
+    pub fn check_volume(&self) -> Result<(), NodeError> {
+        self.volume
+            .check()
+            .map_err(|e| NodeError::VolumeFull(e.to_string()))
     }
 
     /// Last applied log index (blank and membership entries included).

@@ -88,6 +88,10 @@ pub struct NodeConfig {
     /// Peer mTLS (`--peer-tls-dir`, see [`crate::tls`]): on the Raft port and on every call
     /// this node makes to another node. None: plain TCP.
     pub peer_tls: Option<Arc<crate::tls::PeerTls>>,
+    /// Free space kept on the data volume (`--volume-reserve-bytes`, see [`crate::volume`]).
+    pub volume_reserve: crate::volume::Reserve,
+    /// This replica's name in messages (its pod name; else `node <id>`).
+    pub name: String,
 }
 
 impl Node {
@@ -133,6 +137,12 @@ impl Node {
             rc.raft.enable_leader_restore = Some(true);
         }
         rc.network.tls = cfg.peer_tls.clone();
+        let volume = Arc::new(crate::volume::VolumeGuard::new(
+            data_dir.clone(),
+            cfg.name.clone(),
+            cfg.volume_reserve,
+        ));
+        rc.network.volume = Some(volume.clone());
         rc.state_machine.keep_snapshots = cfg.runtime.snapshot_keep.max(1) as usize;
         let faults = rc.faults.clone();
         let shard = RaftShard::start(rc, state.clone(), cfg.raft_listener)
@@ -170,6 +180,7 @@ impl Node {
             divergence: crate::divergence::Guard::default(),
             member_features: Mutex::new(std::collections::HashMap::new()),
             faults,
+            volume,
             metrics,
         });
         node.form_group(&cfg.bootstrap).await?;

@@ -40,6 +40,7 @@ impl Node {
             snapshot_age_secs,
             snapshot_bytes: snap.map(|s| s.bytes),
             snapshots_set_aside: self.store.set_aside().map_or(0, |v| v.len() as u64),
+            volume: self.volume(),
         }
     }
 
@@ -71,6 +72,9 @@ impl Node {
                     tracing::info!(path = %s.path.display(), bytes = s.bytes, log_id = ?s.log_id, "shutdown snapshot")
                 }
                 Err(NodeError::FailedPrecondition(_)) => {}
+                Err(e @ NodeError::VolumeFull(_)) => {
+                    tracing::warn!(error = %e, "no shutdown snapshot; the log is replayed on start")
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "shutdown snapshot failed; the log is replayed on start")
                 }

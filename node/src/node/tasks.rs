@@ -129,8 +129,12 @@ pub fn spawn_maintenance(node: Arc<Node>) {
             }
             let due_entries = applied.saturating_sub(snap) >= rt.snapshot_log_entries.max(1);
             let due_time = applied > snap && last_trigger.elapsed() >= rt.snapshot_interval();
+            // A snapshot needs room for a second copy of the state: not on a full volume
+            // (samples it every second, which also logs a change of state).
+            let room = !node.volume.is_full();
             // Give a running build time before asking again.
             if (due_entries || due_time)
+                && room
                 && last_trigger.elapsed() >= Duration::from_secs(10).min(rt.snapshot_interval())
             {
                 tracing::info!(

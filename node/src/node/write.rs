@@ -62,6 +62,11 @@ impl Node {
     /// (bounded), returns NotLeader when another node leads.
     pub(super) async fn propose(&self, cmd: &Command) -> Result<CommandResult, NodeError> {
         self.check_quorum()?;
+        // A leader whose volume is full appends nothing (a follower forwards: the leader's
+        // volume decides). Checked before proposing, so the refusal is definite.
+        if self.is_leader() {
+            self.check_volume()?;
+        }
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let res = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(cmd.clone()))
@@ -239,6 +244,7 @@ fn partial(e: NodeError, written: usize) -> NodeError {
     match e {
         NodeError::Unavailable(_) | NodeError::NotLeader { .. } => NodeError::Unavailable(msg),
         NodeError::Timeout(_) => NodeError::Timeout(msg),
+        NodeError::VolumeFull(_) => NodeError::VolumeFull(msg),
         _ => NodeError::Raft(msg),
     }
 }

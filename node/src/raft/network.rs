@@ -81,6 +81,9 @@ pub struct NetworkConfig {
     /// Peer mTLS (`--peer-tls-dir`): both ends of every Raft connection present a
     /// certificate of the index's CA. None: plain TCP.
     pub tls: Option<std::sync::Arc<crate::tls::PeerTls>>,
+    /// The data volume's low-water mark (see [`crate::volume`]): while it is below, incoming
+    /// entries and snapshots are refused (never acknowledged). None: not checked.
+    pub volume: Option<std::sync::Arc<crate::volume::VolumeGuard>>,
 }
 
 impl Default for NetworkConfig {
@@ -98,6 +101,7 @@ impl Default for NetworkConfig {
             fetch_deadline: Duration::from_secs(120),
             faults: FaultSwitch::default(),
             tls: None,
+            volume: None,
         }
     }
 }

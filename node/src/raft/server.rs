@@ -142,6 +142,20 @@ impl<S: ShardState> RaftGrpcService<S> {
 }
 
 impl<S: ShardState> RaftGrpcService<S> {
+    /// A full data volume takes no entries and no snapshot: what it cannot store it must not
+    /// acknowledge (see [`crate::volume`]). The leader retries later; heartbeats still pass.
+    fn check_volume(&self) -> Result<(), Status> {
+        match self
+            .cfg
+            .volume
+            .as_deref()
+            .map(crate::volume::VolumeGuard::check)
+        {
+            Some(Err(full)) => Err(Status::resource_exhausted(full.to_string())),
+            _ => Ok(()),
+        }
+    }
+
     /// The newest complete snapshot if it covers the log up to `min_index`; otherwise trigger
     /// one (again every 2 s while needed: a build already running ignores the trigger) once
     /// this member applied that far, and wait for it up to `fetch_serve_wait`.
@@ -164,6 +178,10 @@ impl<S: ShardState> RaftGrpcService<S> {
             let have = have.map_or(0, |l| l.index);
             let applied = self.raft.metrics().borrow_watched().last_applied;
             let applied = applied.map_or(0, |l| l.index);
+            if applied >= min_index {
+                // No build on a full volume (it would stop this member); the peer asks another.
+                self.check_volume()?;
+            }
             if applied >= min_index
                 && last_trigger.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(2))
             {
@@ -242,6 +260,9 @@ impl<S: ShardState> RaftRpc for RaftGrpcService<S> {
         let rpc: AppendEntriesRequest<TypeConfig> =
             wire::decode(&request.into_inner().data).map_err(bad_request)?;
         self.check_link(&rpc.vote)?;
+        if !rpc.entries.is_empty() {
+            self.check_volume()?;
+        }
         reply(self.raft.append_entries(rpc).await)
     }
 
@@ -268,6 +289,7 @@ impl<S: ShardState> RaftRpc for RaftGrpcService<S> {
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftReply>, Status> {
         self.check_addressee(request.metadata())?;
+        self.check_volume()?;
         let mut stream = request.into_inner();
         let received = super::transfer::receive(&self.store, &mut stream, &self.cfg).await;
         let (vote, meta, dir) = received.map_err(|e| {

@@ -409,6 +409,17 @@ pub async fn status(node: &Node) -> pb::StatusResponse {
         last_log_index: m.last_log_index.unwrap_or(0),
         apply_digest: Some(crate::divergence::digest_to_pb(node.apply_digest())),
         divergence: node.divergence.found().map(Into::into),
+        volume: node.volume().map(|v| pb::VolumeStatus {
+            free_bytes: v.free,
+            total_bytes: v.total,
+            reserve_bytes: v.reserve,
+            full: v.full(),
+            message: node
+                .check_volume()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        }),
     }
 }
 

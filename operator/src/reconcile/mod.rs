@@ -234,9 +234,11 @@ async fn run(vi: &VectorIndex, ctx: &Context) -> Result<Requeue, ReconcileError>
         matches!(p.membership, Step::Wait(_) | Step::Act(_))
             || matches!(p.rollout, Step::Wait(_) | Step::Act(_))
     });
+    // Nor is a full volume freed (no pod changes): poll, so that recovery shows soon.
+    let volume_full = !crate::status::volume_full(&obs).is_empty();
     Ok(Requeue::requeue(if executed.is_some() {
         cfg.step_requeue
-    } else if waiting {
+    } else if waiting || volume_full {
         cfg.wait_requeue
     } else {
         cfg.requeue
@@ -313,18 +315,19 @@ async fn storage_warnings(vi: &VectorIndex, ctx: &Context, params: &[ShardParams
     }
 }
 
-/// Warning events when Degraded or ConfigDrift turns true.
+/// Warning events when Degraded or ConfigDrift turns true, and when Degraded turns to
+/// `VolumeFull` from another reason (a full volume needs someone to act).
 async fn transition_events(vi: &VectorIndex, ctx: &Context, new: &VectorIndexStatus) {
-    let was_true = |t: &str| {
+    let old = |t: &str| {
         vi.status
             .as_ref()
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
-            .is_some_and(|c| c.status == "True")
+            .filter(|c| c.status == "True")
     };
     for t in [ct::DEGRADED, ct::CONFIG_DRIFT] {
         if let Some(c) = new.conditions.iter().find(|c| c.type_ == t)
             && c.status == "True"
-            && !was_true(t)
+            && old(t).is_none_or(|o| c.reason == "VolumeFull" && o.reason != c.reason)
         {
             ctx.events.warning(vi, &c.reason, c.message.clone()).await;
         }

@@ -93,6 +93,21 @@ pub fn drift(obs: &Observed, expected_hash: &str) -> Vec<String> {
     out
 }
 
+/// "<pod>: volume full on <pod>: N MiB free of M MiB, below the reserve ..." for every pod
+/// whose node reports its data volume below the reserve (it refuses the writes it leads and
+/// takes no entries from its leader until space is freed).
+pub fn volume_full(obs: &Observed) -> Vec<String> {
+    obs.shards
+        .iter()
+        .flat_map(|s| &s.pods)
+        .filter_map(|p| {
+            let v = p.status()?.volume.as_ref().filter(|v| v.full)?;
+            let role = p.status().map_or("", |s| s.role.as_str());
+            Some(format!("{} ({role}): {}", p.name, v.message))
+        })
+        .collect()
+}
+
 fn shard_status(vi: &VectorIndex, s: &ShardObs) -> ShardStatus {
     let name = vi.name_any();
     // A voter's pod name; a voter whose pod answers under another id lost its volume (the
@@ -198,6 +213,7 @@ pub fn build(
         .filter(|(o, _)| o.initialized())
         .filter_map(|(o, st)| quorum_lost(o, st))
         .collect();
+    let volume_full = volume_full(obs);
     let creating = obs.shards.iter().any(|s| !s.initialized());
     let rolling = plans.iter().any(|p| p.rollout != Step::Done);
     let scaling = obs.shards.iter().zip(&shards).any(|(o, st)| {
@@ -241,6 +257,7 @@ pub fn build(
         || ready_pods < desired_pods
         || failed.is_some()
         || !diverged.is_empty()
+        || !volume_full.is_empty()
     {
         Phase::Degraded
     } else {
@@ -321,6 +338,8 @@ pub fn build(
         cond(ct::DEGRADED, true, "QuorumLost", quorum_lost.join("; "))
     } else if !diverged.is_empty() {
         cond(ct::DEGRADED, true, "ReplicaDiverged", diverged.join("; "))
+    } else if !volume_full.is_empty() {
+        cond(ct::DEGRADED, true, "VolumeFull", volume_full.join("; "))
     } else if let Some((e, err)) = failed {
         cond(
             ct::DEGRADED,

@@ -262,3 +262,42 @@ fn a_paused_rollout_is_degraded_not_upgrading() {
     assert_eq!(s.phase, Some(Phase::Upgrading));
     assert_eq!(condition(&s, ct::PROGRESSING).reason, "RollingUpdate");
 }
+
+#[test]
+fn a_full_volume_makes_the_index_degraded_naming_the_pod() {
+    let mut obs = healthy("h");
+    if let NodeObs::Answered(st) = &mut obs.shards[0].pods[0].node {
+        st.volume = Some(kindex_proto::VolumeStatus {
+            free_bytes: 1 << 20,
+            total_bytes: 64 << 20,
+            reserve_bytes: 4 << 20,
+            full: true,
+            message:
+                "volume full on idx-s0-0: 1.0 MiB free of 64.0 MiB, below the reserve of 4.0 MiB"
+                    .into(),
+        });
+    }
+    let now = Timestamp::from_second(1_700_000_100).unwrap();
+    let s = build(&vi(), &obs, &done(), None, "h", now);
+    assert_eq!(s.phase, Some(Phase::Degraded));
+    let c = condition(&s, ct::DEGRADED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "VolumeFull")
+    );
+    assert!(
+        c.message
+            .starts_with("idx-s0-0 (leader): volume full on idx-s0-0: 1.0 MiB free"),
+        "{}",
+        c.message
+    );
+    // Space freed: the report says so and the index is Ready again.
+    if let NodeObs::Answered(st) = &mut obs.shards[0].pods[0].node {
+        let v = st.volume.as_mut().unwrap();
+        v.full = false;
+        v.message.clear();
+    }
+    let s = build(&vi(), &obs, &done(), None, "h", now);
+    assert_eq!(s.phase, Some(Phase::Ready));
+    assert_eq!(condition(&s, ct::DEGRADED).reason, "AsExpected");
+}
