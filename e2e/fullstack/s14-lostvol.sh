@@ -72,10 +72,15 @@ s14_started() {
   [[ -n $u && $u != "$2" && -n $started ]]
 }
 
-# s14_replace_events: the messages of ReplaceMember events about the index.
+# s14_replace_events: the messages of ReplaceMember events about the index, each
+# with how often it was reported ("COUNT MESSAGE"; an earlier run's stay listed).
 s14_replace_events() {
-  k -n "$NS1" get events --field-selector involvedObject.kind=VectorIndex,reason=ReplaceMember \
-    -o jsonpath='{range .items[*]}{.message}{"\n"}{end}'
+  k -n "$NS1" get events --field-selector involvedObject.kind=VectorIndex,reason=ReplaceMember -o json |
+    python3 -c '
+import json, sys
+for e in json.load(sys.stdin)["items"]:
+    n = max(e.get("count") or 1, (e.get("series") or {}).get("count") or 1)
+    print(n, e["message"])'
 }
 
 s14_replaced_gone() {
@@ -85,7 +90,7 @@ s14_replaced_gone() {
 }
 
 s14_lost_volume() {
-  local cip leader follower old_id new_id old_pv pid t t0 ips si uid ip
+  local cip leader follower old_id new_id old_pv pid t t0 ips si uid ip events_before
   cip=$(k -n "$NS1" get svc demo -o jsonpath='{.spec.clusterIP}')
   waitfor 120 vidx_shape 3
   leader=$(k -n "$NS1" get vidx demo -o jsonpath='{.status.shards[0].leader}')
@@ -111,6 +116,7 @@ s14_lost_volume() {
   # The volume is lost: PVC and pod deleted (the PVC goes once the pod is gone; the
   # StatefulSet then makes a new pod and a new PVC).
   uid=$(k -n "$NS1" get pod "$follower" -o jsonpath='{.metadata.uid}')
+  events_before=$(s14_replace_events)
   t0=$(now)
   k -n "$NS1" delete pvc "data-$follower" --wait=false >/dev/null
   k -n "$NS1" delete pod "$follower" --wait=false >/dev/null
@@ -118,7 +124,7 @@ s14_lost_volume() {
   waitfor 120 s14_started "$follower" "$uid" || fail "no new pod $follower running"
   # As soon as the new, empty replica runs (before it can have been caught up and
   # swapped in), the leader (the other up-to-date copy) is SIGKILLed.
-  [[ -z $(s14_replace_events) ]] || fail "a ReplaceMember event before the kill: the window was missed"
+  [[ $(s14_replace_events) == "$events_before" ]] || fail "a ReplaceMember event before the kill: the window was missed"
   pid=$(s14_pid "$leader") || fail "no kindex-node process for $leader"
   kill -KILL "$pid"
   t=$(now)
@@ -135,7 +141,8 @@ s14_lost_volume() {
   waitfor 240 vidx_shape 3
   echo "replaced and Ready after $(since "$t")s (since the volume loss: $(since "$t0")s); members $(s14_members)"
   [[ $(s14_node_id "$follower") == "$new_id" ]] || fail "node id of $follower changed again"
-  s14_replace_events | grep -F "by $follower on its new volume" || fail "no ReplaceMember event for $follower"
+  [[ $(s14_replace_events) != "$events_before" ]] && s14_replace_events | grep -F "by $follower on its new volume" ||
+    fail "no new ReplaceMember event for $follower"
   ip=$(k -n "$NS1" get pod "$follower" -o jsonpath='{.status.podIP}')
   si=$(curl -s "http://$ip:7080/metrics" | sed -n 's/^kindex_raft_snapshot_index \([0-9]*\).*/\1/p')
   echo "$follower: snapshot index ${si:-none}"
