@@ -409,6 +409,7 @@ pub async fn status(node: &Node) -> pb::StatusResponse {
         last_log_index: m.last_log_index.unwrap_or(0),
         apply_digest: Some(crate::divergence::digest_to_pb(node.apply_digest())),
         divergence: node.divergence.found().map(Into::into),
+        data_format: node.data_format(),
     }
 }
 
