@@ -64,6 +64,12 @@ pub struct VectorIndexStatus {
     /// Label selector of the index pods (string form), for the scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+
+    /// The newest on-disk data format any node of the index ever reported (snapshot format
+    /// numbers; unset while only builds that do not report it ran). Never decreases: the
+    /// operator refuses a `spec.image` of an older release that cannot read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_format: Option<u32>,
 }
 
 impl VectorIndexStatus {

@@ -90,6 +90,10 @@ kindex/kindex-node:broken  $RUN/bin/broken/kindex-node   user=65532:65532 workdi
 kindex/kindex-operator     $RUN/bin/kindex-operator      user=65532:65532
 kindex-e2e/shell           /bin/sh
 EOF
+# Release v0.1.0's node (scenario 13's rolling upgrade starts from it), when run.sh provided it.
+if [[ -x $RUN/bin/v0.1.0/kindex-node ]]; then
+  echo "kindex/kindex-node:v0.1.0  $RUN/bin/v0.1.0/kindex-node   user=65532:65532 workdir=/data" >>"$RUN/images"
+fi
 
 t=$(now)
 "$RUN/bin/kindex-agent" --kubeconfig "$KC" --nodes kindex-node-1,kindex-node-2,kindex-node-3 \
@@ -119,7 +123,7 @@ waitfor 120 bash -c '[[ $(curl -s -o /dev/null -w "%{http_code}" http://127.0.0.
 info "kube-proxy (nftables) routing ClusterIP Services in $(since "$t")s"
 
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(0 1 2 3 4 5 6 7 8 9 10 11 12 14)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
 for s in "${scenarios[@]}"; do
   f=$(ls e2e/fullstack/s"$s"-*.sh 2>/dev/null | head -1)
   [[ -n "$f" ]] || fatal "no scenario $s"

@@ -74,6 +74,16 @@ if ((need_kindex)); then
     install -m 755 "$bindir/$b" "$RUN/bin/$b"
   done
 fi
+# Scenario 13 (rolling upgrade) starts from release v0.1.0's kindex-node: the agent runs it
+# for the image tag kindex/kindex-node:v0.1.0 (built once per machine by
+# scripts/compat-node.sh, cached under ~/.cache/kindex/compat).
+if [[ $# == 0 || " $* " == *" 13 "* ]]; then
+  log "kindex-node v0.1.0 (scripts/compat-node.sh) ..."
+  v010=$(bash scripts/compat-node.sh v0.1.0)
+  mkdir -p "$RUN/bin/v0.1.0"
+  install -m 755 "$v010" "$RUN/bin/v0.1.0/kindex-node"
+  chmod 755 "$RUN/bin/v0.1.0"
+fi
 install -m 755 "$KINDEX_AGENT" "$RUN/bin/kindex-agent"
 
 export RUN KUBECTL HELM KINDEX_TESTENV ROOT="$root"

@@ -18,6 +18,7 @@ pub mod peer_tls;
 pub mod policies;
 pub mod preflight;
 pub mod reconcile;
+pub mod release;
 pub mod rollout;
 pub mod status;
 pub mod validate;

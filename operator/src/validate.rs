@@ -40,6 +40,9 @@ pub struct ValidIndex {
     pub structural_hash: String,
     /// `spec.image` or the operator's default.
     pub image: String,
+    /// The older release `image` runs, if it is one (see [`crate::release`]): the pod
+    /// template leaves out what it does not know.
+    pub release: Option<&'static crate::release::Release>,
     /// The ConfigMap's files, serialized.
     pub structural_json: String,
     pub runtime_json: String,
@@ -78,6 +81,10 @@ impl ValidIndex {
             owner,
             structural_hash: structural.hash(),
             structural,
+            release: crate::release::of(
+                vi.spec.image.as_deref().unwrap_or(default_image),
+                default_image,
+            ),
             image: vi
                 .spec
                 .image

@@ -505,3 +505,25 @@ fn network_policy_admits_the_index_and_the_operator_to_raft_and_admin_only() {
     };
     assert!(!allows(&np, vi.namespace.as_str(), &ops, 7072));
 }
+
+/// An image of release v0.1.0 gets the arguments that release knows: no `--admin-port`
+/// (it exits on an unknown flag; it serves Admin on the data port). Everything else is the
+/// same, and this build's image keeps the flag.
+#[test]
+fn a_v010_image_gets_no_admin_port_flag() {
+    let args = |vi: &ValidIndex| {
+        let params = StatefulSetParams::from_spec(vi, 3);
+        let sts = statefulset::build_statefulset(vi, 0, &params);
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        pod.containers[0].args.clone().unwrap()
+    };
+    let mut raw = fixture("minimal");
+    let current = args(&valid(&raw, &kindex_operator::default_image()));
+    assert!(current.windows(2).any(|w| w == ["--admin-port", "7072"]));
+    raw.spec.image = Some("kindex/kindex-node:v0.1.0".into());
+    let old = valid(&raw, &kindex_operator::default_image());
+    assert!(old.release.is_some());
+    let old = args(&old);
+    assert!(!old.iter().any(|a| a == "--admin-port"), "{old:?}");
+    assert_eq!(old.len() + 2, current.len());
+}

@@ -66,12 +66,14 @@ fn status_round_trips() {
         ready: Some(VectorIndexStatus::ready_column(1, 1)),
         observed_generation: Some(1),
         selector: Some("app.kubernetes.io/instance=demo".into()),
+        data_format: Some(4),
     });
     let json = serde_json::to_value(&vi).expect("to json");
     assert_eq!(json["status"]["phase"], "Ready");
     assert_eq!(json["status"]["shards"][0]["appliedIndex"], 42);
     assert_eq!(json["status"]["shards"][0]["policiesSynced"], true);
     assert_eq!(json["status"]["ready"], "1/1");
+    assert_eq!(json["status"]["dataFormat"], 4);
     let back: VectorIndex = serde_json::from_value(json).expect("from json");
     assert_eq!(back, vi);
 }

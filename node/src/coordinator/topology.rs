@@ -283,22 +283,36 @@ impl Topology {
         }
     }
 
+    /// One `Status` call to `addr`, bounded by [`PROBE_TIMEOUT`].
+    async fn status_at(&self, addr: &str) -> Option<pb::StatusResponse> {
+        let channel = self.channel(addr).ok()?;
+        let mut client = pb::admin_client::AdminClient::new(channel);
+        let mut req = tonic::Request::new(pb::StatusRequest {});
+        req.set_timeout(PROBE_TIMEOUT);
+        match tokio::time::timeout(PROBE_TIMEOUT, client.status(req)).await {
+            Ok(Ok(resp)) => Some(resp.into_inner()),
+            _ => None,
+        }
+    }
+
     /// Asks the shard's replicas (leader first) for `Status`, on their Admin port, until one
     /// answers with a leader. Returns whether anything was learned.
     pub async fn refresh(&self, shard: u32) -> bool {
         let mut learned = false;
         for grpc in self.candidates(shard, true) {
             let addr = self.admin_addr(&grpc);
-            let Ok(channel) = self.channel(&addr) else {
-                continue;
+            let status = match self.status_at(&addr).await {
+                Some(st) => st,
+                // A replica of a release from before the admin port (v0.1.0, during a rolling
+                // upgrade) serves Admin on its data port; never with peer mTLS (it has none).
+                None if !self.channels.peer_tls() && addr != grpc => {
+                    match self.status_at(&grpc).await {
+                        Some(st) => st,
+                        None => continue,
+                    }
+                }
+                None => continue,
             };
-            let mut client = pb::admin_client::AdminClient::new(channel);
-            let mut req = tonic::Request::new(pb::StatusRequest {});
-            req.set_timeout(PROBE_TIMEOUT);
-            let Ok(Ok(resp)) = tokio::time::timeout(PROBE_TIMEOUT, client.status(req)).await else {
-                continue;
-            };
-            let status = resp.into_inner();
             if status.shard != shard {
                 tracing::warn!(
                     shard,

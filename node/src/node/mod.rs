@@ -209,6 +209,12 @@ impl Node {
         self.state.engine()
     }
 
+    /// The newest on-disk data format this replica's data may hold (see
+    /// [`crate::raft::engine_state::EngineState::data_format`]).
+    pub fn data_format(&self) -> u32 {
+        self.state.data_format()
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

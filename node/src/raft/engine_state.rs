@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -71,6 +72,8 @@ pub struct EngineState {
     /// Payloads this node parsed when it validated a write it is proposing, by JSON text, with
     /// how many proposals in flight hold each (see [`Self::remember_payloads`]).
     parsed: Mutex<HashMap<String, (Payload, usize)>>,
+    /// The newest data format this replica's data may hold (see [`Self::data_format`]).
+    data_format: AtomicU32,
 }
 
 impl EngineState {
@@ -90,7 +93,21 @@ impl EngineState {
             knobs: Mutex::new(knobs),
             metrics,
             parsed: Mutex::new(HashMap::new()),
+            data_format: AtomicU32::new(snapshot::FORMAT_WITHOUT_POLICIES),
         }
+    }
+
+    /// The newest on-disk data format this replica's data may hold, in snapshot format
+    /// numbers: at least the format of the snapshot it loaded or wrote, 3 once it applied a
+    /// policy command, 4 once it applied a stamped upsert (log entries an older build cannot
+    /// decode). Only grows while the process runs; reported in Admin `Status`, where the
+    /// operator keeps the highest value and refuses a rollback to a release that reads less.
+    pub fn data_format(&self) -> u32 {
+        self.data_format.load(Ordering::Relaxed)
+    }
+
+    fn note_format(&self, format: u32) {
+        self.data_format.fetch_max(format, Ordering::Relaxed);
     }
 
     /// The current engine. Keep the `Arc` for the whole request: slot numbers in search hits
@@ -491,6 +508,7 @@ impl ShardState for EngineState {
         let out = match cmd {
             Command::Upsert { points } => self.apply_upsert(&engine, points, None, log_id)?,
             Command::StampedUpsert { stamp_ms, points } => {
+                self.note_format(snapshot::FORMAT_VERSION);
                 self.apply_upsert(&engine, points, Some(*stamp_ms), log_id)?
             }
             Command::Delete { ids } => {
@@ -502,6 +520,7 @@ impl ShardState for EngineState {
                 out
             }
             Command::Policy { json } => {
+                self.note_format(snapshot::FORMAT_WITHOUT_STAMPS);
                 // A command this build cannot read was proposed by a newer leader: stop rather
                 // than apply something else than the peers (the leader waits for every member
                 // to report support, so this is a bug or a downgrade).
@@ -537,6 +556,10 @@ impl ShardState for EngineState {
         // Between two applies, like the engine's capture: both are at the same log id.
         let policies = self.policies.lock();
         let policies = (!policies.is_blank()).then(|| policies.to_bytes());
+        self.note_format(snapshot::format_for(
+            policies.is_some(),
+            capture.has_stamps(),
+        ));
         Ok(Box::new(EngineSnapshotWriter {
             capture,
             policies,
@@ -562,6 +585,7 @@ impl ShardState for EngineState {
             millis = loaded.duration.as_millis() as u64,
             "engine loaded from snapshot"
         );
+        self.note_format(loaded.manifest.format_version);
         let policies = match &loaded.policies {
             Some(bytes) => PolicyStore::from_bytes(bytes).map_err(|e| {
                 io::Error::new(

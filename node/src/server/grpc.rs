@@ -420,6 +420,7 @@ pub async fn status(node: &Node) -> pb::StatusResponse {
                 .map(|e| e.to_string())
                 .unwrap_or_default(),
         }),
+        data_format: node.data_format(),
     }
 }
 

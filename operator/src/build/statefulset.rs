@@ -248,6 +248,13 @@ fn container(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> Container {
     ]
     .map(str::to_owned)
     .to_vec();
+    if vi.release.is_some_and(|r| !r.admin_port) {
+        // A release from before the admin port (it would refuse the flag and exit): it
+        // serves Admin on the data port, where the operator falls back to.
+        if let Some(i) = args.iter().position(|a| a == "--admin-port") {
+            args.drain(i..i + 2);
+        }
+    }
     if let Some(r) = api_key_secret(vi) {
         args.extend([
             "--api-keys-file".to_owned(),

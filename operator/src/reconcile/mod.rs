@@ -156,6 +156,18 @@ async fn run(vi: &VectorIndex, ctx: &Context) -> Result<Requeue, ReconcileError>
     {
         return invalid(vi, ctx, &ns, &errors, now).await;
     }
+    // A spec.image the index cannot run (a rollback to a release older than its data, or one
+    // that lacks a feature the spec uses): refused before anything is applied, so no pod is
+    // touched. The data format is the highest recorded or reported right now.
+    let refusals = crate::release::refusals(
+        &valid.image,
+        &cfg.default_image,
+        &vi.spec,
+        status::data_format(vi, &obs),
+    );
+    if !refusals.is_empty() {
+        return image_refused(vi, ctx, &ns, &refusals, &obs, now).await;
+    }
     let new_generation =
         vi.status.as_ref().and_then(|s| s.observed_generation) != vi.metadata.generation;
     if new_generation {
@@ -293,6 +305,31 @@ async fn invalid(
     }
     patch_status(ctx, vi, ns, &status).await?;
     // The next spec change triggers a reconcile anyway.
+    Ok(Requeue::requeue(ctx.config.invalid_requeue))
+}
+
+async fn image_refused(
+    vi: &VectorIndex,
+    ctx: &Context,
+    ns: &str,
+    reasons: &[String],
+    obs: &Observed,
+    now: Timestamp,
+) -> Result<Requeue, ReconcileError> {
+    tracing::warn!(?reasons, "spec.image refused");
+    let mut status = status::image_refused(vi, reasons, now);
+    // Keep the format just observed too, so the refusal holds even if no full status was
+    // written since the nodes reported it.
+    status.data_format = status::data_format(vi, obs);
+    if vi.status.as_ref().and_then(|s| s.observed_generation) != vi.metadata.generation
+        || vi.status.as_ref().and_then(|s| s.phase) != status.phase
+    {
+        ctx.events
+            .warning(vi, "ImageRefused", reasons.join("; "))
+            .await;
+    }
+    patch_status(ctx, vi, ns, &status).await?;
+    // Observed again at the next spec change or requeue (the nodes keep serving meanwhile).
     Ok(Requeue::requeue(ctx.config.invalid_requeue))
 }
 

@@ -26,18 +26,36 @@ pub(super) fn truncate(mut s: String) -> String {
 /// Status of an object whose spec is invalid: the last observations are kept, the
 /// conditions say why nothing is done.
 pub fn invalid(vi: &VectorIndex, errors: &[String], now: Timestamp) -> VectorIndexStatus {
-    let prev = vi.status.clone().unwrap_or_default();
     let msg = format!("invalid spec: {}", errors.join("; "));
+    held(vi, Phase::Failed, "InvalidSpec", msg, now)
+}
+
+/// Status of an index whose `spec.image` is refused (see [`crate::release`]): a valid
+/// spec the operator will not carry out, so nothing is changed, the pods keep running
+/// what they run; phase `Degraded`, like a paused rollout.
+pub fn image_refused(vi: &VectorIndex, reasons: &[String], now: Timestamp) -> VectorIndexStatus {
+    held(vi, Phase::Degraded, "ImageRefused", reasons.join("; "), now)
+}
+
+/// The last observations kept; Ready and Progressing false and Degraded true with `reason`.
+fn held(
+    vi: &VectorIndex,
+    phase: Phase,
+    reason: &str,
+    msg: String,
+    now: Timestamp,
+) -> VectorIndexStatus {
+    let prev = vi.status.clone().unwrap_or_default();
     let mut conditions = vec![
-        cond(ct::READY, false, "InvalidSpec", msg.clone()),
-        cond(ct::PROGRESSING, false, "InvalidSpec", msg.clone()),
-        cond(ct::DEGRADED, true, "InvalidSpec", msg),
+        cond(ct::READY, false, reason, msg.clone()),
+        cond(ct::PROGRESSING, false, reason, msg.clone()),
+        cond(ct::DEGRADED, true, reason, msg),
     ];
     if let Some(c) = prev.conditions.iter().find(|c| c.type_ == ct::CONFIG_DRIFT) {
         conditions.push(c.clone());
     }
     VectorIndexStatus {
-        phase: Some(Phase::Failed),
+        phase: Some(phase),
         conditions: merge_conditions(vi, conditions, now),
         observed_generation: vi.metadata.generation,
         selector: Some(labels::selector_string(&labels::index_selector(

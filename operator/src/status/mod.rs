@@ -15,7 +15,7 @@ use crate::membership::{Action, Step};
 use crate::observe::{Observed, ShardObs, applied, voters};
 
 use conditions::{cond, merge_conditions};
-pub use conditions::{invalid, paused, set_condition};
+pub use conditions::{image_refused, invalid, paused, set_condition};
 
 /// What the reconciler decided for one shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,7 +215,27 @@ pub fn build(
         .collect();
     let volume_full = volume_full(obs);
     let creating = obs.shards.iter().any(|s| !s.initialized());
-    let rolling = plans.iter().any(|p| p.rollout != Step::Done);
+    // The rollout's last restarted pod: the rollout decides Done once no pod is outdated,
+    // but the rollout goes on until that pod is back (not Scaling or Degraded meanwhile).
+    let restarting: Vec<String> = obs
+        .shards
+        .iter()
+        .zip(plans)
+        .filter(|(_, p)| p.rollout == Step::Done)
+        .flat_map(|(s, _)| {
+            s.recently_deleted
+                .iter()
+                .filter(|&&o| !s.pod(o).is_some_and(|p| p.ready && !p.terminating))
+                .map(move |o| {
+                    format!(
+                        "shard {}: waiting for {} to be back with the new pod template",
+                        s.shard,
+                        labels::pod_name(&vi.name_any(), s.shard, *o)
+                    )
+                })
+        })
+        .collect();
+    let rolling = plans.iter().any(|p| p.rollout != Step::Done) || !restarting.is_empty();
     let scaling = obs.shards.iter().zip(&shards).any(|(o, st)| {
         st.members.len() as i32 != spec_replicas
             || live(o) != spec_replicas
@@ -224,7 +244,7 @@ pub fn build(
                 .is_some_and(|s| s.replicas != spec_replicas)
     });
     let mut blocked = Vec::new();
-    let mut waiting = Vec::new();
+    let mut waiting = restarting;
     for p in plans {
         for step in [&p.membership, &p.rollout] {
             match step {
@@ -396,6 +416,7 @@ pub fn build(
         )
     };
 
+    let data_format = data_format(vi, obs);
     let vectors = (!shards.is_empty() && obs.shards.iter().any(|s| s.leader().is_some()))
         .then(|| shards.iter().map(|s| s.vectors).sum());
     VectorIndexStatus {
@@ -410,5 +431,21 @@ pub fn build(
         selector: Some(labels::selector_string(&labels::index_selector(
             &vi.name_any(),
         ))),
+        data_format,
     }
+}
+
+/// The highest data format recorded or reported by a node now (0, from builds before the
+/// field, does not count): what a rollback must be able to read.
+pub fn data_format(vi: &VectorIndex, obs: &Observed) -> Option<u32> {
+    let recorded = vi.status.as_ref().and_then(|s| s.data_format);
+    let reported = obs
+        .shards
+        .iter()
+        .flat_map(|s| &s.pods)
+        .filter_map(|p| p.status())
+        .map(|s| s.data_format)
+        .filter(|&f| f > 0)
+        .max();
+    recorded.max(reported)
 }

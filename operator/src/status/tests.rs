@@ -301,3 +301,81 @@ fn a_full_volume_makes_the_index_degraded_naming_the_pod() {
     assert_eq!(s.phase, Some(Phase::Ready));
     assert_eq!(condition(&s, ct::DEGRADED).reason, "AsExpected");
 }
+
+/// `status.dataFormat`: the highest any node reported, kept when the nodes report less (a
+/// restarted node, or v0.1.0 nodes that report 0); unset while nothing reported one.
+#[test]
+fn data_format_is_the_highest_ever_reported() {
+    let now = Timestamp::from_second(1_700_000_100).unwrap();
+    let mut v = vi();
+    let mut obs = healthy("h");
+    assert_eq!(build(&v, &obs, &done(), None, "h", now).data_format, None);
+    let set = |obs: &mut Observed, formats: [u32; 3]| {
+        for (p, f) in obs.shards[0].pods.iter_mut().zip(formats) {
+            if let NodeObs::Answered(st) = &mut p.node {
+                st.data_format = f;
+            }
+        }
+    };
+    set(&mut obs, [0, 2, 4]);
+    let st = build(&v, &obs, &done(), None, "h", now);
+    assert_eq!(st.data_format, Some(4));
+    v.status = Some(st);
+    set(&mut obs, [0, 2, 0]);
+    assert_eq!(
+        build(&v, &obs, &done(), None, "h", now).data_format,
+        Some(4)
+    );
+    // An image refusal keeps it too.
+    assert_eq!(image_refused(&v, &["x".into()], now).data_format, Some(4));
+}
+
+/// A refused image: phase Degraded, the three conditions with reason ImageRefused.
+#[test]
+fn a_refused_image_is_degraded_with_the_reason() {
+    let now = Timestamp::from_second(1_700_000_100).unwrap();
+    let st = image_refused(&vi(), &["rollback to x refused: why".into()], now);
+    assert_eq!(st.phase, Some(Phase::Degraded));
+    for t in [ct::READY, ct::PROGRESSING, ct::DEGRADED] {
+        let c = condition(&st, t);
+        assert_eq!(c.reason, "ImageRefused");
+        assert_eq!(c.message, "rollback to x refused: why");
+    }
+    assert_eq!(condition(&st, ct::DEGRADED).status, "True");
+}
+
+/// The rollout's last restarted pod: no pod is outdated any more (the rollout decides
+/// Done), but until that pod is back the index is still Upgrading, not Scaling or Degraded.
+#[test]
+fn upgrading_until_the_last_restarted_pod_is_back() {
+    let now = Timestamp::from_second(1_700_000_100).unwrap();
+    let mut obs = healthy("h");
+    obs.shards[0].recently_deleted.insert(2);
+    // Deleted and not recreated yet, then recreated and not ready yet.
+    obs.shards[0].pods.remove(2);
+    let s = build(&vi(), &obs, &done(), None, "h", now);
+    assert_eq!(s.phase, Some(Phase::Upgrading));
+    let p = condition(&s, ct::PROGRESSING);
+    assert_eq!(
+        (p.status.as_str(), p.reason.as_str()),
+        ("True", "RollingUpdate")
+    );
+    assert!(
+        p.message.contains("waiting for idx-s0-2 to be back"),
+        "{}",
+        p.message
+    );
+    let mut obs = healthy("h");
+    obs.shards[0].recently_deleted.insert(2);
+    obs.shards[0].pods[2].ready = false;
+    assert_eq!(
+        build(&vi(), &obs, &done(), None, "h", now).phase,
+        Some(Phase::Upgrading)
+    );
+    // Back and ready: Ready.
+    obs.shards[0].pods[2].ready = true;
+    assert_eq!(
+        build(&vi(), &obs, &done(), None, "h", now).phase,
+        Some(Phase::Ready)
+    );
+}

@@ -325,6 +325,55 @@ fn stamps_and_the_clock_survive_a_snapshot() {
 }
 
 /// One generated log entry.
+/// The data format a replica reports (Admin `Status`, for the operator's rollback refusal):
+/// 2 while it holds only what v0.1.0 reads, 3 after a policy command, 4 after a stamped
+/// upsert; a replica that loads a format-4 snapshot reports 4 before applying anything.
+#[test]
+fn the_reported_data_format_follows_what_the_data_holds() {
+    let s = state();
+    assert_eq!(s.data_format(), 2);
+    affected(
+        &s,
+        1,
+        &Command::Upsert {
+            points: vec![point("old", 1.0, None)],
+        },
+    );
+    assert_eq!(
+        s.data_format(),
+        2,
+        "unstamped upserts are what v0.1.0 writes"
+    );
+    affected(
+        &s,
+        2,
+        &policy(
+            PolicyOp::Put,
+            Some(r#"{"kind":"quota","maxVectors":10}"#),
+            None,
+            5,
+        ),
+    );
+    assert_eq!(s.data_format(), 3);
+    affected(
+        &s,
+        3,
+        &Command::StampedUpsert {
+            stamp_ms: 7_000,
+            points: vec![point("a", 1.0, None)],
+        },
+    );
+    assert_eq!(s.data_format(), 4);
+    let dir = tempfile::tempdir().unwrap();
+    s.begin_snapshot(Some(&log_id(3)))
+        .unwrap()
+        .write(dir.path())
+        .unwrap();
+    let t = state();
+    t.load_snapshot(dir.path()).unwrap();
+    assert_eq!(t.data_format(), 4, "the loaded snapshot's format");
+}
+
 fn arb_entry() -> impl Strategy<Value = Command> {
     let id = prop::sample::select(vec!["a", "b", "c", "d", "e", "f"]);
     let ids = prop::collection::vec(id.clone(), 1..4);
