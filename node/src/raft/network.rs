@@ -256,12 +256,32 @@ impl PeerClient {
             Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
                 return Err(self.timeout_err(action, timeout).into());
             }
-            Ok(Err(status)) => return Err(self.unreachable(status).into()),
+            Ok(Err(status)) => {
+                self.forget_if_misrouted(&status);
+                return Err(self.unreachable(status).into());
+            }
             Ok(Ok(r)) => r.into_inner(),
         };
         decode_reply(reply).map_err(|e| self.unreachable(e).into())
     }
+
+    /// Another member answered for this peer: its address now leads elsewhere (a pod IP
+    /// reused, DNS not yet updated when the cached connection was made). Drop the cached
+    /// channel so the next call connects, and resolves the name, again.
+    fn forget_if_misrouted(&self, status: &tonic::Status) {
+        if status.code() == tonic::Code::FailedPrecondition
+            && status.message().contains(MISROUTED)
+        {
+            self.factory
+                .channels
+                .lock()
+                .remove(super::raft_addr_of(&self.addr));
+        }
+    }
 }
+
+/// Part of the refusal of a message meant for another member (`RaftGrpcService`).
+pub(crate) const MISROUTED: &str = "is not node";
 
 /// Metadata key naming the member a Raft message is for (see `RaftGrpcService`'s check).
 pub(crate) const ADDRESSEE: &str = "kindex-raft-to";
@@ -357,6 +377,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let reply = match res {
             Err(_) => return Err(self.timeout_err(RPCTypes::InstallSnapshot, timeout).into()),
             Ok(Err(status)) => {
+                self.forget_if_misrouted(&status);
                 // A local read failure (e.g. the snapshot was pruned mid-transfer) ends the stream
                 // early and shows up here as the receiver's complaint; report the cause. Either
                 // way it is retryable: openraft fetches the current snapshot again.
