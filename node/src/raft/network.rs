@@ -269,8 +269,7 @@ impl PeerClient {
     /// reused, DNS not yet updated when the cached connection was made). Drop the cached
     /// channel so the next call connects, and resolves the name, again.
     fn forget_if_misrouted(&self, status: &tonic::Status) {
-        if status.code() == tonic::Code::FailedPrecondition
-            && status.message().contains(MISROUTED)
+        if status.code() == tonic::Code::FailedPrecondition && status.message().contains(MISROUTED)
         {
             self.factory
                 .channels
