@@ -164,7 +164,7 @@ fn compare_range_modes() {
         .collect();
     for mode in [RangeMode::PerDimension, RangeMode::Global] {
         let ranges = Ranges::train(dim, base.iter().map(|v| v.as_slice()), mode);
-        let state = QuantState::with_ranges(&arena, base.len(), ranges);
+        let state = QuantState::with_ranges(&arena, base.len(), std::sync::Arc::new(ranges));
         let space = kindex_node::engine::quant::QuantSpace::new(&state, &arena, &dist);
         let (mut raw, mut re) = (0usize, 0usize);
         for (q, t) in queries.iter().zip(&truth) {
@@ -354,4 +354,95 @@ fn int8_trains_once_enough_points_and_scans_the_queued_tail() {
             h.distance
         );
     }
+}
+
+/// int8 ranges are replicated state: an engine fed the whole log and one that loaded a
+/// snapshot of it partway (before the first training, and between two trainings) and then
+/// applied the rest hold the same ranges, trained at the same entries, down to the bit.
+/// Overwrites and deletes count towards retraining; compaction on one side only changes
+/// nothing.
+#[test]
+fn int8_ranges_follow_the_log_not_the_replica() {
+    let knobs = EngineKnobs {
+        threads: 1,
+        ..knobs()
+    };
+    let dim = 16;
+    // Batches of 100: new points, overwrites of earlier ones (drifting: later batches are
+    // scaled up, so retrained ranges differ) and some deletes.
+    let data = clustered(6_000, dim, 31);
+    type Batch = (Vec<PointInput>, Vec<String>);
+    let batches: Vec<Batch> = (0..60)
+        .map(|b| {
+            let scale = 1.0 + b as f32 / 20.0;
+            let pts = (0..100)
+                .map(|i| {
+                    let n = b * 100 + i;
+                    // Every 4th point overwrites one written 1,000 points before.
+                    let key = if i % 4 == 0 && n >= 1_000 {
+                        n - 1_000
+                    } else {
+                        n
+                    };
+                    PointInput {
+                        id: format!("p{key}"),
+                        vector: data[n].iter().map(|x| x * scale).collect(),
+                        payload: None,
+                    }
+                })
+                .collect();
+            let dels = (0..5)
+                .map(|i| format!("p{}", b * 100 + i * 7 + 1))
+                .collect();
+            (pts, dels)
+        })
+        .collect();
+    let apply = |e: &Engine, bs: &[Batch]| {
+        for (pts, dels) in bs {
+            e.upsert(pts).unwrap();
+            e.delete(dels).unwrap();
+        }
+    };
+    let whole = Engine::new(int8(dim as u32, Metric::L2), knobs);
+    let mut trainings = Vec::new();
+    for b in &batches {
+        apply(&whole, std::slice::from_ref(b));
+        let p = whole.quant_plan();
+        if trainings.last() != Some(&p.trained_live) && p.ranges.is_some() {
+            trainings.push(p.trained_live);
+        }
+    }
+    assert!(
+        trainings.len() >= 3,
+        "trained at {trainings:?}: the test needs retraining"
+    );
+    whole.compact();
+    for cut in [5, 25, 41] {
+        let first = Engine::new(int8(dim as u32, Metric::L2), knobs);
+        apply(&first, &batches[..cut]);
+        first.compact();
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        save_engine(&store, &first, 1, snapshot::FORMAT_VERSION).unwrap();
+        let loaded = load_newest_engine(&store, first.structural(), knobs)
+            .unwrap()
+            .loaded
+            .unwrap()
+            .1;
+        assert_eq!(
+            loaded.engine.quant_plan(),
+            first.quant_plan(),
+            "cut {cut}: as saved"
+        );
+        apply(&loaded.engine, &batches[cut..]);
+        assert_eq!(
+            loaded.engine.quant_plan(),
+            whole.quant_plan(),
+            "cut {cut}: ranges after the rest of the log"
+        );
+        assert_eq!(loaded.engine.content_checksum(), whole.content_checksum());
+        assert!(loaded.engine.drain(Duration::from_secs(120)));
+        assert!(loaded.engine.quant_trained());
+    }
+    eprintln!("int8 ranges trained at {trainings:?} live points");
 }

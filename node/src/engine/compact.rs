@@ -103,11 +103,8 @@ impl Engine {
             }
             inner.state.first(d).store(PURGED, Ordering::Release);
         }
-        // int8: ranges follow the data; retrain them on the live points and
-        // recode every slot (searches keep the old state until they finish).
-        if inner.quant.read().is_some() {
-            inner.install_quant(|s| state(s) == LIVE);
-        }
+        // int8 ranges stay: they are replicated state, retrained at apply after a turnover
+        // of the data (`quant::Plan`), not at this replica's own compaction time.
         let n = deleted.len() as u64;
         // purged up before tombstoned down (Release): a search never sees
         // both at zero while a dead slot exists (see `Engine::search`).

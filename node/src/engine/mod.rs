@@ -136,6 +136,9 @@ pub struct Inner {
     /// `quantization: none`. Swapped whole under `gate` (write), so a search
     /// holding one Arc sees codes of one set of ranges.
     pub(crate) quant: RwLock<Option<Arc<QuantState>>>,
+    /// int8 ranges as decided at apply time (replicated state, see `quant::Plan`); `quant`
+    /// catches up with it on an indexing worker. Changed only under `writer`.
+    pub(crate) quant_plan: Mutex<quant::Plan>,
     pub(crate) slot_ids: Chunked<OnceLock<Box<str>>>,
     pub(crate) payloads: Chunked<OnceLock<Payload>>,
     /// Ingest stamp of each slot (ms since the Unix epoch, the proposing leader's clock as the
@@ -217,6 +220,7 @@ impl Engine {
             vectors: VectorArena::new(structural.dimension as usize),
             graph: Hnsw::new(params),
             quant: RwLock::new(None),
+            quant_plan: Mutex::new(quant::Plan::default()),
             slot_ids: Chunked::new(1),
             payloads: Chunked::new(1),
             stamps: Chunked::new(1),
@@ -341,6 +345,9 @@ impl Engine {
         }
         inner.live.fetch_add(points.len() as u64, Ordering::Relaxed);
         inner.checksum.fetch_add(added, Ordering::Relaxed);
+        // Before the queue hears of the slots, so the worker that links them installs the
+        // ranges first.
+        inner.plan_quant(points.len() as u64);
         inner.queue.published(inner.vectors.len());
         Ok(points.len() as u64)
     }
@@ -379,6 +386,8 @@ impl Engine {
                 n += 1;
             }
         }
+        drop(map);
+        self.inner.plan_quant(n);
         Ok(n)
     }
 
@@ -527,6 +536,12 @@ impl Engine {
         self.dimension() * 4 + codes + (1 + p.m0()) * 4 + 8 + 24 + 24 + 2 + 8
     }
 
+    /// The int8 ranges decided so far and when they are due again (replicated state; the
+    /// installed codes may lag a moment behind it).
+    pub fn quant_plan(&self) -> quant::Plan {
+        self.inner.quant_plan.lock().clone()
+    }
+
     /// Whether int8 ranges are trained (always false with `quantization: none`).
     pub fn quant_trained(&self) -> bool {
         self.inner.quant.read().is_some()
@@ -547,28 +562,60 @@ impl Drop for Engine {
 }
 
 impl Inner {
-    /// int8: trains the ranges and codes every published slot once there are
-    /// `quant::TRAIN_MIN` points. Takes `gate` (write), so no batch is half
-    /// linked on f32 distances while the codes appear; batches after it code
-    /// their slots before linking them.
-    fn train_quant_when_ready(&self) {
-        if self.structural.quantization != Quantization::Int8
-            || self.quant.read().is_some()
-            || self.vectors.len() < quant::TRAIN_MIN
-        {
+    /// int8, at apply (the caller holds `writer`): counts `changed` points and, when
+    /// [`quant::Plan::due`], trains new ranges on every live point. Only decides: an indexing
+    /// worker installs them ([`Self::install_planned_quant`]).
+    fn plan_quant(&self, changed: u64) {
+        if self.structural.quantization != Quantization::Int8 {
             return;
         }
-        let _pause = self.gate.write();
-        if self.quant.read().is_none() {
-            self.install_quant(|_| true);
+        let mut plan = self.quant_plan.lock();
+        // Counted from the first training on (before it, only the live count matters).
+        if plan.ranges.is_some() {
+            plan.changes = plan.changes.saturating_add(changed);
+        }
+        let live = self.live.load(Ordering::Relaxed);
+        if plan.due(live) {
+            *plan = self.train_plan(live);
         }
     }
 
-    /// Trains ranges on the slots `use_slot` accepts, codes every published
-    /// slot and publishes the new state. The caller holds `gate` (write).
-    pub(crate) fn install_quant(&self, use_slot: impl Fn(u32) -> bool) {
-        let len = self.vectors.len();
-        let state = QuantState::build(&self.vectors, len, use_slot);
+    /// Ranges trained on the live points (the caller holds `writer`, so they stay put).
+    pub(crate) fn train_plan(&self, live: u64) -> quant::Plan {
+        let len = self.vectors.len() as u32;
+        quant::Plan::train(
+            self.vectors.dim(),
+            live,
+            (0..len)
+                .filter(|&s| self.state.first(s).load(Ordering::Acquire) == LIVE)
+                .map(|s| self.vectors.get(s)),
+        )
+    }
+
+    /// Codes every published slot with the planned ranges if they are not the installed
+    /// ones, under `gate` (write): no batch is half linked on other codes (or on f32
+    /// distances) while the new codes appear; batches after it code their slots before
+    /// linking them.
+    pub(crate) fn install_planned_quant(&self) {
+        let Some(planned) = self.quant_plan.lock().ranges.clone() else {
+            return;
+        };
+        let installed = |q: &Option<Arc<QuantState>>| {
+            q.as_ref().is_some_and(|q| Arc::ptr_eq(&q.ranges, &planned))
+        };
+        if installed(&self.quant.read()) {
+            return;
+        }
+        let _pause = self.gate.write();
+        if !installed(&self.quant.read()) {
+            self.code_with(planned);
+        }
+    }
+
+    /// Codes every published slot with `ranges` and publishes them. The caller holds `gate`
+    /// (write).
+    pub(crate) fn code_with(&self, ranges: Arc<quant::Ranges>) {
+        let state = QuantState::with_ranges(&self.vectors, self.vectors.len(), ranges);
         *self.quant.write() = Some(Arc::new(state));
     }
 }
@@ -587,10 +634,12 @@ fn worker_loop(inner: Arc<Inner>, me: usize) {
             if inner.queue.is_shutdown() {
                 return;
             }
+            // Ranges planned by a delete (no batch follows) are installed while idle.
+            inner.install_planned_quant();
             continue;
         };
         let started = Instant::now();
-        inner.train_quant_when_ready();
+        inner.install_planned_quant();
         {
             let _g = inner.gate.read();
             // Ranges change only under `gate` (write): one state for the batch.

@@ -25,10 +25,15 @@
 //!   per dimension: recall@10 0.9913 on codes alone, 1.0000 after rescoring 30;
 //!   global:        recall@10 0.9887 on codes alone, 1.0000 after rescoring 30;
 //! so ranges are per dimension (min/max; no outlier clipping yet).
+//!
+//! Ranges are replicated state (see [`Plan`]): decided while a log entry applies, from the
+//! live points alone, so every replica of a shard codes with the same ranges after the same
+//! entry and a snapshot carries them. Installing them (coding every slot) happens later on
+//! an indexing worker.
 
 use std::cell::UnsafeCell;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use super::arena::{CHUNK_BITS, CHUNK_SLOTS, MAX_CHUNKS, VectorArena};
 use super::distance::{DistanceFn, Metric};
@@ -39,8 +44,6 @@ use super::kernels::{self, DotU8I8};
 /// Points needed before ranges are trained; the graph of the points indexed
 /// before then is built on f32 distances.
 pub const TRAIN_MIN: usize = 1_000;
-/// At most this many vectors (evenly strided over the slots) train the ranges.
-pub const TRAIN_SAMPLE: usize = 20_000;
 
 /// How ranges are shared across dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +107,36 @@ impl Ranges {
             });
         }
         r
+    }
+
+    /// Ranges from stored offsets and steps (a snapshot's `Quant` section). Refuses
+    /// lengths that differ and values that are not finite or steps below zero.
+    pub fn from_parts(offset: Vec<f32>, step: Vec<f32>) -> Result<Ranges, String> {
+        if offset.len() != step.len() {
+            return Err(format!("{} offsets but {} steps", offset.len(), step.len()));
+        }
+        if let Some(i) = (0..offset.len())
+            .find(|&i| !offset[i].is_finite() || !step[i].is_finite() || step[i] < 0.0)
+        {
+            return Err(format!(
+                "dimension {i}: offset {} step {} (finite, step >= 0 expected)",
+                offset[i], step[i]
+            ));
+        }
+        let inv = step
+            .iter()
+            // As `train` computes it, so stored ranges code exactly as trained ones.
+            .map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 })
+            .collect();
+        Ok(Ranges { offset, step, inv })
+    }
+
+    pub fn offset(&self) -> &[f32] {
+        &self.offset
+    }
+
+    pub fn step(&self) -> &[f32] {
+        &self.step
     }
 
     pub fn dim(&self) -> usize {
@@ -291,32 +324,54 @@ impl Codes {
     }
 }
 
+/// The ranges a shard has decided on, and when to decide again: replicated state, a
+/// function of the applied log alone (never of timing), kept in snapshots.
+///
+/// Ranges are trained on every live point (min/max: the order of the points does not
+/// matter, so a replica that replayed the log and one that loaded a snapshot agree) once
+/// there are `TRAIN_MIN`, and again after as many upserts and deletes as there were live
+/// points then (the data has turned over or doubled), so they follow the data at O(d)
+/// amortised cost per write.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub ranges: Option<Arc<Ranges>>,
+    /// Live points when `ranges` were trained.
+    pub trained_live: u64,
+    /// Points upserted or deleted since.
+    pub changes: u64,
+}
+
+impl Plan {
+    /// Whether the ranges are due for (re)training with `live` points live now.
+    pub fn due(&self, live: u64) -> bool {
+        let min = TRAIN_MIN as u64;
+        live >= min && (self.ranges.is_none() || self.changes >= self.trained_live.max(min))
+    }
+
+    /// Trains on `live_vectors` (the `live` live points) and starts counting again.
+    pub fn train<'a>(
+        dim: usize,
+        live: u64,
+        live_vectors: impl IntoIterator<Item = &'a [f32]>,
+    ) -> Plan {
+        Plan {
+            ranges: Some(Arc::new(Ranges::train(dim, live_vectors, RANGE_MODE))),
+            trained_live: live,
+            changes: 0,
+        }
+    }
+}
+
 /// Trained ranges and the codes made with them. Replaced as a whole when the
 /// ranges are refreshed, so a search always sees codes of one set of ranges.
 pub struct QuantState {
-    pub ranges: Ranges,
+    pub ranges: Arc<Ranges>,
     pub codes: Codes,
 }
 
 impl QuantState {
-    /// Trains on up to `TRAIN_SAMPLE` of the first `len` vectors that `use_slot`
-    /// accepts (evenly strided), then codes every slot below `len`.
-    pub fn build(vectors: &VectorArena, len: usize, use_slot: impl Fn(u32) -> bool) -> QuantState {
-        let stride = len.div_ceil(TRAIN_SAMPLE).max(1);
-        let ranges = Ranges::train(
-            vectors.dim(),
-            (0..len)
-                .step_by(stride)
-                .map(|s| s as u32)
-                .filter(|&s| use_slot(s))
-                .map(|s| vectors.get(s)),
-            RANGE_MODE,
-        );
-        Self::with_ranges(vectors, len, ranges)
-    }
-
     /// Codes every slot below `len` with the given ranges.
-    pub fn with_ranges(vectors: &VectorArena, len: usize, ranges: Ranges) -> QuantState {
+    pub fn with_ranges(vectors: &VectorArena, len: usize, ranges: Arc<Ranges>) -> QuantState {
         let codes = Codes::new(vectors.dim());
         for s in 0..len as u32 {
             codes.write(s, &ranges, vectors.get(s));
@@ -451,7 +506,8 @@ mod tests {
             vs.iter_mut().for_each(|v| dist.prepare(v));
             let arena = VectorArena::new(dim);
             arena.extend(&vs.concat()).unwrap();
-            let state = QuantState::build(&arena, vs.len(), |_| true);
+            let plan = Plan::train(dim, vs.len() as u64, vs.iter().map(|v| v.as_slice()));
+            let state = QuantState::with_ranges(&arena, vs.len(), plan.ranges.unwrap());
             let space = QuantSpace::new(&state, &arena, &dist);
             for q in vs.iter().take(20) {
                 let qq = space.query(q);
@@ -498,5 +554,69 @@ mod tests {
         assert!(!codes.write(1, &r, &vs[2]));
         assert_eq!(codes.get(1).map(|(c, n)| (c.to_vec(), n)), first);
         assert!(codes.get(0).is_none());
+    }
+
+    /// Training is due at `TRAIN_MIN` live points, then after as many changes as there
+    /// were live points (at least `TRAIN_MIN`), never below `TRAIN_MIN` live points.
+    #[test]
+    fn plan_retrains_after_a_turnover_of_the_live_points() {
+        let min = TRAIN_MIN as u64;
+        let none = Plan::default();
+        assert!(!none.due(min - 1));
+        assert!(none.due(min));
+        let vs = data(5, 4, 9);
+        let p = Plan::train(4, 5_000, vs.iter().map(|v| v.as_slice()));
+        assert!(p.ranges.is_some() && p.changes == 0 && p.trained_live == 5_000);
+        let after = |changes| Plan {
+            changes,
+            ..p.clone()
+        };
+        assert!(!after(4_999).due(10_000));
+        assert!(after(5_000).due(10_000));
+        assert!(
+            !after(5_000).due(min - 1),
+            "too few live points to train on"
+        );
+        let small = Plan {
+            trained_live: 10,
+            changes: min - 1,
+            ..p.clone()
+        };
+        assert!(!small.due(min));
+        assert!(
+            Plan {
+                changes: min,
+                ..small
+            }
+            .due(min)
+        );
+    }
+
+    /// The ranges do not depend on the order of the points (replicas that replayed the log
+    /// and replicas that loaded a snapshot hold their live points in other slots).
+    #[test]
+    fn trained_ranges_ignore_the_order_of_the_points() {
+        let mut vs = data(200, 7, 4);
+        let a = Plan::train(7, 200, vs.iter().map(|v| v.as_slice()));
+        vs.reverse();
+        vs.swap(3, 150);
+        let b = Plan::train(7, 200, vs.iter().map(|v| v.as_slice()));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn ranges_from_parts_round_trip_and_refuse_bad_values() {
+        let vs = data(50, 6, 5);
+        let r = Ranges::train(6, vs.iter().map(|v| v.as_slice()), RangeMode::PerDimension);
+        let back = Ranges::from_parts(r.offset().to_vec(), r.step().to_vec()).unwrap();
+        assert_eq!(back, r);
+        assert!(Ranges::from_parts(vec![0.0; 3], vec![0.1; 2]).is_err());
+        assert!(Ranges::from_parts(vec![f32::NAN], vec![0.1]).is_err());
+        assert!(Ranges::from_parts(vec![0.0], vec![-0.1]).is_err());
+        assert!(Ranges::from_parts(vec![0.0], vec![f32::INFINITY]).is_err());
+        let zero = Ranges::from_parts(vec![1.0], vec![0.0]).unwrap();
+        let mut c = [9u8];
+        zero.encode(&[5.0], &mut c);
+        assert_eq!(c, [0]);
     }
 }

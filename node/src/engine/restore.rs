@@ -81,7 +81,8 @@ impl Engine {
         applied: Option<AppliedLog>,
     ) -> Result<(), String> {
         let index = self.index_ids(ids, states)?;
-        self.finish_restore(index, ids, payloads, indexed, entry, applied)
+        // Decoded parts carry no int8 ranges: they are trained on the restored points.
+        self.finish_restore(index, ids, payloads, indexed, entry, applied, None)
     }
 
     /// Restore step that needs no vectors (snapshot loading runs it while
@@ -117,7 +118,9 @@ impl Engine {
     }
 
     /// Last restore step: payloads, content checksum (on two threads),
-    /// counters, entry point, applied log id and the indexing queue.
+    /// counters, entry point, applied log id, int8 ranges (`quant`: the snapshot's, if it
+    /// has them) and the indexing queue.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn finish_restore(
         &self,
         index: IdIndex,
@@ -126,6 +129,7 @@ impl Engine {
         indexed: usize,
         entry: Option<u32>,
         applied: Option<AppliedLog>,
+        quant: Option<quant::Plan>,
     ) -> Result<(), String> {
         let inner = &*self.inner;
         let len = ids.len();
@@ -165,12 +169,22 @@ impl Engine {
         let g = &inner.graph;
         g.set_entry_point(entry.map(|e| (e, g.level(e))));
         *inner.applied.lock() = applied;
-        // int8 codes are not in snapshots: they are rebuilt here from the f32
-        // vectors (so the snapshot format is unchanged; storing them is left for
-        // the format bump shared with the policy issue). Before the queue
-        // restarts, so the tail is linked on codes like any later write.
-        if self.structural().quantization == Quantization::Int8 && len >= quant::TRAIN_MIN {
-            inner.install_quant(|s| inner.state.first(s).load(Ordering::Relaxed) == LIVE);
+        // int8: the snapshot's ranges (the shard's, as of its log id), or for a snapshot
+        // written before ranges were stored, ranges trained on its live points. Codes are
+        // not stored: they are rebuilt from the f32 vectors, before the queue restarts, so
+        // the tail is linked on codes like any later write.
+        if self.structural().quantization == Quantization::Int8 {
+            let plan = match quant {
+                Some(plan) => plan,
+                None if index.live >= quant::TRAIN_MIN as u64 => inner.train_plan(index.live),
+                None => quant::Plan::default(),
+            };
+            if let Some(ranges) = plan.ranges.clone() {
+                inner.code_with(ranges);
+            }
+            *inner.quant_plan.lock() = plan;
+        } else if quant.is_some() {
+            return Err("int8 ranges in a snapshot of a shard without quantization".into());
         }
         inner.queue.reset(indexed, len);
         Ok(())

@@ -508,7 +508,8 @@ impl ShardState for EngineState {
         let out = match cmd {
             Command::Upsert { points } => self.apply_upsert(&engine, points, None, log_id)?,
             Command::StampedUpsert { stamp_ms, points } => {
-                self.note_format(snapshot::FORMAT_VERSION);
+                // Stamps need format 4 (5 only adds int8 ranges).
+                self.note_format(snapshot::FORMAT_WITHOUT_QUANT);
                 self.apply_upsert(&engine, points, Some(*stamp_ms), log_id)?
             }
             Command::Delete { ids } => {
@@ -559,6 +560,7 @@ impl ShardState for EngineState {
         self.note_format(snapshot::format_for(
             policies.is_some(),
             capture.has_stamps(),
+            capture.has_quant(),
         ));
         Ok(Box::new(EngineSnapshotWriter {
             capture,
@@ -622,7 +624,11 @@ impl SnapshotWriter for EngineSnapshotWriter {
             .capture
             .write_into(
                 dir,
-                snapshot::format_for(self.policies.is_some(), self.capture.has_stamps()),
+                snapshot::format_for(
+                    self.policies.is_some(),
+                    self.capture.has_stamps(),
+                    self.capture.has_quant(),
+                ),
                 &[],
                 self.policies.as_deref(),
             )

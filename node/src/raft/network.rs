@@ -282,6 +282,14 @@ impl PeerClient {
 /// Part of the refusal of a message meant for another member (`RaftGrpcService`).
 pub(crate) const MISROUTED: &str = "is not node";
 
+/// The refusal of a message for node `to` by node `me` (the one text the sender matches).
+pub(crate) fn misrouted(to: NodeId, me: NodeId) -> String {
+    format!(
+        "raft message for node {to} reached node {me}: this member {MISROUTED} {to} (a new \
+         incarnation of its volume, or the address now leads to another member)"
+    )
+}
+
 /// Metadata key naming the member a Raft message is for (see `RaftGrpcService`'s check).
 pub(crate) const ADDRESSEE: &str = "kindex-raft-to";
 
@@ -396,5 +404,74 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             Err(e) => return Err(self.unreachable(format!("snapshot reader: {e}")).into()),
         }
         decode_reply(reply).map_err(|e| self.unreachable(e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kindex_proto::raft_server::{Raft, RaftServer};
+    use kindex_proto::{FetchSnapshotRequest, SnapshotChunk};
+    use tonic::{Request, Response, Status, Streaming};
+
+    /// A peer that refuses every call with `refusal`.
+    struct Refusing(fn() -> Status);
+
+    type Chunks =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl Raft for Refusing {
+        type FetchSnapshotStream = Chunks;
+        async fn append_entries(
+            &self,
+            _: Request<RaftRequest>,
+        ) -> Result<Response<RaftReply>, Status> {
+            Err((self.0)())
+        }
+        async fn vote(&self, _: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+            Err((self.0)())
+        }
+        async fn install_snapshot(
+            &self,
+            _: Request<Streaming<SnapshotChunk>>,
+        ) -> Result<Response<RaftReply>, Status> {
+            Err((self.0)())
+        }
+        async fn fetch_snapshot(
+            &self,
+            _: Request<FetchSnapshotRequest>,
+        ) -> Result<Response<Chunks>, Status> {
+            Err((self.0)())
+        }
+    }
+
+    /// Calls `vote` on a peer that answers with `refusal`; returns whether the factory still
+    /// caches the channel to it afterwards.
+    async fn channel_kept_after(refusal: fn() -> Status) -> bool {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServer::new(Refusing(refusal)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut factory = RaftNetworkFactoryImpl::new(1, NetworkConfig::default());
+        let mut peer = factory.new_client(0, &Member { addr: addr.clone() }).await;
+        let vote = VoteRequest::new(openraft::Vote::new(1, 1), None);
+        let opt = RPCOption::new(Duration::from_secs(5));
+        assert!(peer.vote(vote, opt).await.is_err());
+        let kept = factory.channels.lock().contains_key(&addr);
+        server.abort();
+        kept
+    }
+
+    /// A reused address (another member answers for the peer) drops the cached channel, so
+    /// the next call connects again and re-resolves the peer's name; other refusals keep it.
+    #[tokio::test]
+    async fn a_misrouted_refusal_drops_the_cached_channel() {
+        assert!(!channel_kept_after(|| Status::failed_precondition(misrouted(0, 2))).await);
+        assert!(channel_kept_after(|| Status::failed_precondition("snapshot not ready")).await);
+        assert!(channel_kept_after(|| Status::unavailable(misrouted(0, 2))).await);
     }
 }

@@ -108,11 +108,7 @@ impl<S: ShardState> RaftGrpcService<S> {
         {
             Some(to) if to == self.id => Ok(()),
             Some(to) => {
-                let msg = format!(
-                    "raft message for node {to} reached node {}: this member is a new incarnation \
-                     (its volume was replaced) and is not node {to}",
-                    self.id
-                );
+                let msg = super::network::misrouted(to, self.id);
                 // The old member's peers retry every heartbeat: say it every 10 s at most.
                 let mut last = self.misaddressed_logged.lock();
                 if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {

@@ -140,8 +140,30 @@ pub fn load(
         raft_meta,
     } = rest?;
     let ids = span_strs(ids_sect.payload(), &id_spans);
+    let listed = |kind: Kind| manifest.sections.iter().any(|s| s.file == kind.file_name());
+    let quant = match (listed(Kind::Quant), version >= 5) {
+        (true, true) => Some(
+            super::quant::decode(read(Kind::Quant)?.payload(), dim).map_err(|e| invalid(dir, e))?,
+        ),
+        (true, false) => {
+            return Err(invalid(
+                dir,
+                format!("format {version} cannot have an int8 ranges section"),
+            ));
+        }
+        // Older formats: ranges are trained on the loaded points (see `finish_restore`).
+        (false, _) => None,
+    };
     engine
-        .finish_restore(index, &ids, payloads, indexed, entry, manifest.applied)
+        .finish_restore(
+            index,
+            &ids,
+            payloads,
+            indexed,
+            entry,
+            manifest.applied,
+            quant,
+        )
         .map_err(|e| invalid(dir, e))?;
     if engine.content_checksum() != manifest.content_checksum && version >= 2 {
         return Err(invalid(

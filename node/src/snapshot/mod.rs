@@ -8,6 +8,7 @@
 //! - [`section`]: one checksummed section file.
 
 pub mod load;
+pub mod quant;
 pub mod section;
 pub mod store;
 pub mod write;
@@ -25,6 +26,8 @@ use section::{Kind, SectionError};
 pub use load::load;
 pub use write::Capture;
 
+/// Format 5: format 4 and a `Quant` section (an int8 shard's ranges, see [`quant`]). Written
+/// only by int8 shards once they have trained ranges; int8 exists only in builds that read it.
 /// Format 4: format 3 and a `Stamps` section (every slot's ingest stamp). Written only when a
 /// point has a stamp, which happens only once every replica of the shard runs a build that
 /// reads format 4 (the `retention-v1` gate); otherwise 3 or 2 (see [`format_for`]).
@@ -33,7 +36,9 @@ pub use write::Capture;
 /// without any (see [`FORMAT_WITHOUT_POLICIES`]).
 /// Format 2: per-slot state section (live / deleted / purged).
 /// Format 1: a deleted-slot bitset; migrated on load.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
+/// The format a replica writes when its shard has stamped points but no int8 ranges.
+pub const FORMAT_WITHOUT_QUANT: u32 = 4;
 /// The format a replica writes when its shard has no policies.
 pub const FORMAT_WITHOUT_POLICIES: u32 = 2;
 /// The format a replica writes when its shard has policies but no stamped point.
@@ -41,11 +46,12 @@ pub const FORMAT_WITHOUT_STAMPS: u32 = 3;
 
 /// The oldest format that holds what a snapshot has: older builds keep reading snapshots of
 /// shards that do not use what they lack.
-pub fn format_for(has_policies: bool, has_stamps: bool) -> u32 {
-    match (has_policies, has_stamps) {
-        (_, true) => FORMAT_VERSION,
-        (true, false) => FORMAT_WITHOUT_STAMPS,
-        (false, false) => FORMAT_WITHOUT_POLICIES,
+pub fn format_for(has_policies: bool, has_stamps: bool, has_quant: bool) -> u32 {
+    match (has_policies, has_stamps, has_quant) {
+        (_, _, true) => FORMAT_VERSION,
+        (_, true, false) => FORMAT_WITHOUT_QUANT,
+        (true, false, false) => FORMAT_WITHOUT_STAMPS,
+        (false, false, false) => FORMAT_WITHOUT_POLICIES,
     }
 }
 pub const OLDEST_READABLE: u32 = 1;

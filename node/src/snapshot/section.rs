@@ -31,10 +31,12 @@ pub enum Kind {
     /// Format 4: the ingest stamp of every slot (u64 LE, ms since the Unix epoch; 0:
     /// unstamped), when any slot has one.
     Stamps = 10,
+    /// Format 5: an int8 shard's ranges (`snapshot::quant`), once it has trained them.
+    Quant = 11,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Manifest,
         Kind::Ids,
         Kind::Vectors,
@@ -45,6 +47,7 @@ impl Kind {
         Kind::TombstonesV1,
         Kind::Policies,
         Kind::Stamps,
+        Kind::Quant,
     ];
 
     pub fn from_file_name(name: &str) -> Option<Kind> {
@@ -63,6 +66,7 @@ impl Kind {
             Kind::TombstonesV1 => "tombstones.sect",
             Kind::Policies => "policies.sect",
             Kind::Stamps => "stamps.sect",
+            Kind::Quant => "quant.sect",
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::section::{Kind, ParallelSection, SectionError, SectionWriter};
 use super::{Counts, Manifest, SectionInfo, SnapshotError};
+use crate::engine::quant::Plan;
 use crate::engine::{AppliedLog, DELETED, Engine, Inner, LIVE, PURGED};
 
 fn now_ms() -> u64 {
@@ -75,6 +76,8 @@ pub struct Capture {
     states: Vec<u8>,
     applied: Option<AppliedLog>,
     checksum: u64,
+    /// int8 ranges as of the same apply (None: no quantization or none trained yet).
+    quant: Option<Plan>,
     saved_at: u64,
 }
 
@@ -82,7 +85,7 @@ impl Capture {
     /// Cheap: holds the apply lock only while copying one byte per slot.
     pub fn take(engine: &Engine) -> Capture {
         let inner = engine.inner.clone();
-        let (len, states, applied, checksum) = {
+        let (len, states, applied, checksum, quant) = {
             let _w = inner.writer.lock();
             let len = inner.vectors.len();
             let states: Vec<u8> = (0..len as u32)
@@ -93,6 +96,7 @@ impl Capture {
                 states,
                 *inner.applied.lock(),
                 inner.checksum.load(Ordering::Relaxed),
+                Some(inner.quant_plan.lock().clone()).filter(|p| p.ranges.is_some()),
             )
         };
         Capture {
@@ -101,6 +105,7 @@ impl Capture {
             states,
             applied,
             checksum,
+            quant,
             saved_at: now_ms(),
         }
     }
@@ -112,6 +117,11 @@ impl Capture {
     /// Whether a captured slot has an ingest stamp (then the snapshot needs format 4).
     pub fn has_stamps(&self) -> bool {
         (0..self.len as u32).any(|s| self.inner.stamps.first(s).load(Ordering::Relaxed) != 0)
+    }
+
+    /// Whether the shard has int8 ranges (then the snapshot needs format 5).
+    pub fn has_quant(&self) -> bool {
+        self.quant.is_some()
     }
 
     /// Writes every section (each fsynced) into the existing, empty `dir`.
@@ -127,6 +137,14 @@ impl Capture {
             return Err(SnapshotError::Invalid {
                 path: dir.to_path_buf(),
                 reason: format!("format {format_version} has no policy section (format 3 has)"),
+            });
+        }
+        if self.quant.is_some() && format_version < 5 {
+            return Err(SnapshotError::Invalid {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "format {format_version} has no int8 ranges section (format 5 has)"
+                ),
             });
         }
         let inner = &*self.inner;
@@ -244,6 +262,9 @@ impl Capture {
                 }
                 s.write(&buf)
             })?;
+        }
+        if let Some(raw) = self.quant.as_ref().and_then(super::quant::encode) {
+            w.section(Kind::Quant, |s| s.write(&raw))?;
         }
         let count = |st: u8| self.states.iter().filter(|&&x| x == st).count() as u64;
         let manifest = Manifest {

@@ -267,7 +267,7 @@ async fn an_empty_replica_never_stands_in_for_the_member_it_replaces() {
         assert_eq!(out.lost, 0, "acknowledged writes lost");
         let refused = c.node(0, 0).log_text() + &c.node(0, 1).log_text() + &c.node(0, 2).log_text();
         assert!(
-            refused.contains("is a new incarnation"),
+            refused.contains("reached node") && refused.contains("a new incarnation of its volume"),
             "the empty replica refused the old member's messages"
         );
     })

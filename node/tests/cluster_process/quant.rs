@@ -350,9 +350,9 @@ async fn int8_shard_survives_a_leader_kill_and_a_wiped_replica_with_equal_search
                 narrow.push(local_search(p, q, Some(K), Some(1)).await);
                 rescore_matters[id as usize] |= narrow[id as usize] != wide[id as usize];
             }
-            // A walk of only k candidates on the codes: each replica trained its int8 ranges
-            // on the points it held at that moment (or at a snapshot load), so these may
-            // differ; reported, not required.
+            // A walk of only k candidates on the codes: the replicas share their int8 ranges
+            // (replicated state) but not their graphs (each links points as its own indexing
+            // runs), so these may differ; reported, not required.
             same_narrow += usize::from(narrow[1] == narrow[0] && narrow[2] == narrow[0]);
             let ids: Vec<&String> = wide[0].iter().map(|(id, _)| id).collect();
             assert_eq!(ids, exact, "query {i}: node 0 vs brute force");
