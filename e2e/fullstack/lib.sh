@@ -3,6 +3,8 @@
 
 PASSED=0
 FAILED=0
+# The full form (e2e/fullstack/full.sh): adds the long checks (e.g. 14.2) to the short ones.
+FULL=${KINDEX_FULLSTACK_FULL:-0}
 FAILURES=()
 KC="$RUN/admin.kubeconfig"
 export KUBECONFIG="$KC"
@@ -77,6 +79,20 @@ check() {
 
 # jp OBJ PATH: kubectl get -o jsonpath.
 jp() { k get "$1" -o "jsonpath=$2"; }
+
+# pod_metric NS POD METRIC: the integer value of METRIC on POD's /metrics (empty if absent).
+pod_metric() {
+  curl -s -m 5 "http://$(k -n "$1" get pod "$2" -o jsonpath='{.status.podIP}'):7080/metrics" |
+    sed -n "s/^$3 \([0-9]*\).*/\1/p"
+}
+
+# log_purged POD: POD's (namespace $NS1) Raft log is purged past index 0 (prints how far).
+log_purged() {
+  local purged
+  purged=$(pod_metric "$NS1" "$1" kindex_raft_purged_index)
+  echo "log purged up to ${purged:-none}"
+  ((${purged:-0} > 0))
+}
 
 pod_ready() { [[ $(k -n "$1" get pod "$2" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == True ]]; }
 pod_unready() { [[ $(k -n "$1" get pod "$2" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == False ]]; }

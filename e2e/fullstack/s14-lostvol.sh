@@ -55,15 +55,6 @@ s14_new_id() {
   [[ -n $id && $id != "$2" ]]
 }
 
-# s14_purged POD: POD's Raft log is purged past index 0 (prints how far).
-s14_purged() {
-  local purged
-  purged=$(curl -s "http://$(k -n "$NS1" get pod "$1" -o jsonpath='{.status.podIP}'):7080/metrics" |
-    sed -n 's/^kindex_raft_purged_index \([0-9]*\).*/\1/p')
-  echo "log purged up to ${purged:-none}"
-  ((${purged:-0} > 0))
-}
-
 # s14_started POD OLD_UID: a new pod POD (another uid) whose container runs.
 s14_started() {
   local got u started
@@ -90,7 +81,7 @@ s14_replaced_gone() {
 }
 
 s14_lost_volume() {
-  local cip leader follower old_id new_id old_pv pid t t0 ips si uid ip events_before
+  local cip leader follower old_id new_id old_pv pid t t0 ips si uid events_before
   cip=$(k -n "$NS1" get svc demo -o jsonpath='{.spec.clusterIP}')
   waitfor 120 vidx_shape 3
   leader=$(k -n "$NS1" get vidx demo -o jsonpath='{.status.shards[0].leader}')
@@ -110,8 +101,8 @@ s14_lost_volume() {
   # --raft-log-keep and snapshot, so the leaders purge (checked).
   python3 "$ROOT"/e2e/fullstack/py/log_filler.py "http://$cip:7080" 2600 8 180
   PATH="$RUN/bin:$PATH" "$KUBECTL" kindex snapshot -n "$NS1" --index demo >/dev/null
-  waitfor 60 s14_purged "$leader" || fail "leader $leader did not purge its log"
-  echo "leader $leader: $(s14_purged "$leader")"
+  waitfor 60 log_purged "$leader" || fail "leader $leader did not purge its log"
+  echo "leader $leader: $(log_purged "$leader")"
 
   # The volume is lost: PVC and pod deleted (the PVC goes once the pod is gone; the
   # StatefulSet then makes a new pod and a new PVC).
@@ -143,8 +134,7 @@ s14_lost_volume() {
   [[ $(s14_node_id "$follower") == "$new_id" ]] || fail "node id of $follower changed again"
   [[ $(s14_replace_events) != "$events_before" ]] && s14_replace_events | grep -F "by $follower on its new volume" ||
     fail "no new ReplaceMember event for $follower"
-  ip=$(k -n "$NS1" get pod "$follower" -o jsonpath='{.status.podIP}')
-  si=$(curl -s "http://$ip:7080/metrics" | sed -n 's/^kindex_raft_snapshot_index \([0-9]*\).*/\1/p')
+  si=$(pod_metric "$NS1" "$follower" kindex_raft_snapshot_index)
   echo "$follower: snapshot index ${si:-none}"
   ((${si:-0} > 0)) || fail "$follower was not rebuilt from a snapshot"
 
@@ -162,3 +152,102 @@ s14_lost_volume() {
 }
 
 check 14.1 "lost volume: PVC + pod deleted under writes, new Raft identity, leader killed mid-rebuild, replaced by snapshot, nothing lost" s14_lost_volume
+
+# 14.2 (full form only: KINDEX_FULLSTACK_FULL=1, see full.sh): the catch-up of a rebuilt
+# replica holding 100,000 x 128-d vectors, timed. An index s14/big (1 shard x 3, 128-d)
+# is loaded with `kubectl kindex upsert`, indexed on every replica and snapshotted; a
+# follower then loses its volume (PVC + pod deleted) and the operator rebuilds it from a
+# snapshot. Printed: volume lost -> new pod running -> replaced (ReplaceMember) and Ready
+# with all 100,000 vectors and the leader's checksum.
+NS14=s14
+N14=100000
+D14=128
+
+s14big_status() {
+  PATH="$RUN/bin:$PATH" "$KUBECTL" kindex status -n "$NS14" --index big -o json
+}
+
+# s14big_agree N: 3 replicas answer, each with N live vectors and an empty indexing queue,
+# all with one content checksum.
+s14big_agree() {
+  s14big_status | python3 -c '
+import json, sys
+n = int(sys.argv[1])
+rows = [m["status"] for m in json.load(sys.stdin)["nodes"] if "status" in m]
+print("replicas", [(r.get("vectorsLive"), r.get("contentChecksum"), r.get("vectorsQueued")) for r in rows])
+ok = len(rows) == 3 and all(int(r.get("vectorsLive") or 0) == n and not r.get("vectorsQueued") for r in rows)
+sys.exit(0 if ok and len({r.get("contentChecksum") for r in rows}) == 1 else 1)' "$1"
+}
+
+s14big_ready() {
+  [[ $(k -n "$NS14" get vidx big -o jsonpath='{.status.phase} {.status.ready}') == "Ready 3/3" ]]
+}
+
+s14big_replaced() {
+  local m
+  m=$(k -n "$NS14" get vidx big -o jsonpath='{.status.shards[0].members}')
+  [[ -n $m && $m != *replaced* ]] && s14big_ready
+}
+
+s14_catchup_100k() {
+  local t t0 t1 leader follower uid old_pv si
+  k create namespace "$NS14" >/dev/null 2>&1 || true
+  k -n "$NS14" apply -f - >/dev/null <<YAML
+apiVersion: kindex.dev/v1alpha1
+kind: VectorIndex
+metadata:
+  name: big
+spec:
+  dimension: $D14
+  metric: l2
+  shards: 1
+  replicas: 3
+  storage:
+    size: 2Gi
+YAML
+  waitfor 300 s14big_ready || fail "index s14/big not Ready"
+  # fvecs (int32 dimension, then the floats, per row): no numpy needed.
+  python3 - "$RUN/big.fvecs" "$N14" "$D14" <<'PY'
+import array, random, struct, sys
+path, n, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rnd = random.Random(14)
+with open(path, "wb") as f:
+    head = struct.pack("<i", d)
+    for _ in range(n):
+        f.write(head)
+        array.array("f", (rnd.random() for _ in range(d))).tofile(f)
+PY
+  t=$(now)
+  PATH="$RUN/bin:$PATH" "$KUBECTL" kindex upsert -n "$NS14" --index big --file "$RUN/big.fvecs" \
+    --id-prefix b -o json >"$RUN/s14big.upsert.json"
+  echo "upsert of $N14 x $D14 through kubectl kindex: $(since "$t")s"
+  waitfor 1800 s14big_agree "$N14" || fail "the replicas did not all index $N14 vectors"
+  echo "indexed on all 3 replicas after $(since "$t")s"
+  PATH="$RUN/bin:$PATH" "$KUBECTL" kindex snapshot -n "$NS14" --index big >/dev/null
+  leader=$(k -n "$NS14" get vidx big -o jsonpath='{.status.shards[0].leader}')
+  follower=big-s0-2
+  [[ $leader != "$follower" ]] || follower=big-s0-1
+  uid=$(k -n "$NS14" get pod "$follower" -o jsonpath='{.metadata.uid}')
+  old_pv=$(k -n "$NS14" get pvc "data-$follower" -o jsonpath='{.spec.volumeName}')
+  t0=$(now)
+  k -n "$NS14" delete pvc "data-$follower" --wait=false >/dev/null
+  k -n "$NS14" delete pod "$follower" --wait=false >/dev/null
+  NS1=$NS14 waitfor 180 s14_new_pvc "data-$follower" "$old_pv" || fail "no new PVC for $follower"
+  NS1=$NS14 waitfor 180 s14_started "$follower" "$uid" || fail "no new pod $follower running"
+  t1=$(now)
+  echo "volume lost -> new $follower running: $(since "$t0")s"
+  waitfor 900 s14big_replaced || {
+    k -n "$NS14" get vidx big -o yaml | sed -n '/^status:/,$p'
+    fail "$follower was not replaced"
+  }
+  waitfor 300 s14big_agree "$N14" || fail "the rebuilt replica does not hold the $N14 vectors"
+  si=$(pod_metric "$NS14" "$follower" kindex_raft_snapshot_index)
+  ((${si:-0} > 0)) || fail "$follower was not rebuilt from a snapshot"
+  echo "catch-up of $follower ($N14 x $D14, snapshot index $si): running -> replaced, Ready" \
+    "and equal in $(since "$t1")s; volume lost -> caught up in $(since "$t0")s"
+  k -n "$NS14" delete vidx big --wait=true --timeout=120s >/dev/null
+}
+
+if ((FULL)); then
+  check 14.2 "catch-up of a rebuilt replica holding 100,000 x 128-d (timed)" s14_catchup_100k
+fi

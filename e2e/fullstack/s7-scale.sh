@@ -13,15 +13,6 @@ s7_leaders() {
   k -n "$NS1" get vidx demo -o jsonpath='{range .status.shards[*]}{.leader}{" "}{end}'
 }
 
-# s7_purged POD: POD's Raft log is purged past index 0 (prints how far).
-s7_purged() {
-  local purged
-  purged=$(curl -s "http://$(k -n "$NS1" get pod "$1" -o jsonpath='{.status.podIP}'):7080/metrics" |
-    sed -n 's/^kindex_raft_purged_index \([0-9]*\).*/\1/p')
-  echo "log purged up to ${purged:-none}"
-  ((${purged:-0} > 0))
-}
-
 # s7_report: on a timeout, the status and why each pod that is not Ready says so.
 s7_report() {
   local p ip
@@ -62,9 +53,9 @@ s7_scale() {
   python3 "$ROOT"/e2e/fullstack/py/log_filler.py "http://$cip:7080" 2600 8 180
   PATH="$RUN/bin:$PATH" "$KUBECTL" kindex snapshot -n "$NS1" --index demo >/dev/null
   for p in $(s7_leaders); do
-    waitfor 30 s7_purged "$p" ||
+    waitfor 30 log_purged "$p" ||
       fail "leader $p did not purge its log: new replicas would catch up by log"
-    echo "leader $p: $(s7_purged "$p")"
+    echo "leader $p: $(log_purged "$p")"
   done
 
   t=$(now)
