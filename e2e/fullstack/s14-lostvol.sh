@@ -218,13 +218,18 @@ with open(path, "wb") as f:
         array.array("f", (rnd.random() for _ in range(d))).tofile(f)
 PY
   t=$(now)
+  # Batches of 50: 2,000 log entries, past the node's --raft-log-keep (1,000), so the
+  # snapshot below lets the leader purge and the new replica must install it (with the
+  # log still there it would replay and re-index all of it instead: the slow path).
   PATH="$RUN/bin:$PATH" "$KUBECTL" kindex upsert -n "$NS14" --index big --file "$RUN/big.fvecs" \
-    --id-prefix b -o json >"$RUN/s14big.upsert.json"
+    --id-prefix b --batch 50 -o json >"$RUN/s14big.upsert.json"
   echo "upsert of $N14 x $D14 through kubectl kindex: $(since "$t")s"
-  waitfor 1800 s14big_agree "$N14" || fail "the replicas did not all index $N14 vectors"
+  waitfor 3600 s14big_agree "$N14" || fail "the replicas did not all index $N14 vectors"
   echo "indexed on all 3 replicas after $(since "$t")s"
   PATH="$RUN/bin:$PATH" "$KUBECTL" kindex snapshot -n "$NS14" --index big >/dev/null
   leader=$(k -n "$NS14" get vidx big -o jsonpath='{.status.shards[0].leader}')
+  NS1=$NS14 waitfor 60 log_purged "$leader" || fail "leader $leader did not purge its log"
+  echo "leader $leader: $(NS1=$NS14 log_purged "$leader")"
   follower=big-s0-2
   [[ $leader != "$follower" ]] || follower=big-s0-1
   uid=$(k -n "$NS14" get pod "$follower" -o jsonpath='{.metadata.uid}')
