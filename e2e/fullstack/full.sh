@@ -5,7 +5,7 @@
 # (the timings are the ones users get; KINDEX_BIN_DIR=DIR takes prebuilt ones instead,
 # e.g. the debug build), RUNS times in a row (default 3). Stops at the
 # first failed run. Each run's output is kept in $KINDEX_FULL_LOGS (default
-# /var/tmp/kindex-full.<date>/run-N.log).
+# /var/tmp/kindex-full.<date>/run-N.log, every check's own output in run-N/).
 #
 # Usage: sudo bash e2e/fullstack/full.sh [RUNS] [SCENARIO...]   (default: 3, all scenarios)
 set -euo pipefail
@@ -30,11 +30,19 @@ for i in $(seq 1 "$runs"); do
   t=$SECONDS
   echo "full.sh: run $i of $runs (log $logs/run-$i.log)" >&2
   set +e
-  KINDEX_FULLSTACK_FULL=1 KINDEX_BIN_DIR="$bindir" \
+  KINDEX_FULLSTACK_FULL=1 KINDEX_FULLSTACK_KEEP=1 KINDEX_BIN_DIR="$bindir" \
     bash e2e/fullstack/run.sh "$@" 2>&1 | tee "$logs/run-$i.log"
   rc=${PIPESTATUS[0]}
   set -e
-  echo "full.sh: run $i of $runs: $(tail -n 1 "$logs/run-$i.log") in $((SECONDS - t))s" >&2
+  # Every check's own output (the timings of a passing check are only in there), then
+  # the run directory goes (PV data of several GB).
+  kept=$(sed -n 's/^fullstack: kept //p' "$logs/run-$i.log" | tail -n 1)
+  if [[ $kept == /var/tmp/kindex-fullstack.* && -d $kept ]]; then
+    mkdir -p "$logs/run-$i"
+    cp "$kept"/check-*.out "$logs/run-$i/" 2>/dev/null || true
+    rm -rf "$kept"
+  fi
+  echo "full.sh: run $i of $runs: $(grep -E '^[0-9]+ passed' "$logs/run-$i.log" | tail -n 1) in $((SECONDS - t))s" >&2
   ((rc == 0)) || { echo "full.sh: run $i failed; stopping" >&2; exit "$rc"; }
 done
 echo "full.sh: $runs runs in a row passed (logs in $logs)" >&2
