@@ -207,6 +207,18 @@ fn grouped_points(vs: &[Vec<f32>]) -> Vec<PointInput> {
         .collect()
 }
 
+/// `e` saved as a snapshot (current format) and loaded into a new engine.
+fn snapshot_round_trip(e: &Engine, knobs: EngineKnobs) -> snapshot::Loaded {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(dir.path()).unwrap();
+    save_engine(&store, e, 1, snapshot::FORMAT_VERSION).unwrap();
+    load_newest_engine(&store, e.structural(), knobs)
+        .unwrap()
+        .loaded
+        .unwrap()
+        .1
+}
+
 fn ids(hits: &[kindex_node::engine::Hit]) -> Vec<String> {
     hits.iter().map(|h| h.id.clone()).collect()
 }
@@ -277,14 +289,7 @@ fn int8_filters_deletes_compaction_and_snapshot_round_trip() {
         }
 
         // Snapshot round trip: same answers, distances included.
-        let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path()).unwrap();
-        save_engine(&store, &e, 3, snapshot::FORMAT_VERSION).unwrap();
-        let l = load_newest_engine(&store, e.structural(), knobs)
-            .unwrap()
-            .loaded
-            .unwrap()
-            .1;
+        let l = snapshot_round_trip(&e, knobs);
         assert!(l.engine.drain(Duration::from_secs(60)));
         assert!(l.engine.quant_trained());
         assert_eq!(l.engine.content_checksum(), e.content_checksum());
@@ -421,14 +426,7 @@ fn int8_ranges_follow_the_log_not_the_replica() {
         let first = Engine::new(int8(dim as u32, Metric::L2), knobs);
         apply(&first, &batches[..cut]);
         first.compact();
-        let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path()).unwrap();
-        save_engine(&store, &first, 1, snapshot::FORMAT_VERSION).unwrap();
-        let loaded = load_newest_engine(&store, first.structural(), knobs)
-            .unwrap()
-            .loaded
-            .unwrap()
-            .1;
+        let loaded = snapshot_round_trip(&first, knobs);
         assert_eq!(
             loaded.engine.quant_plan(),
             first.quant_plan(),

@@ -171,11 +171,7 @@ pub fn load(
             "content checksum of the loaded points does not match the manifest",
         ));
     }
-    let listed = manifest
-        .sections
-        .iter()
-        .any(|s| s.file == Kind::Policies.file_name());
-    let policies = match (listed, version >= 3) {
+    let policies = match (listed(Kind::Policies), version >= 3) {
         (true, true) => Some(read(Kind::Policies)?.payload().to_vec()),
         (true, false) => {
             return Err(invalid(
@@ -185,11 +181,7 @@ pub fn load(
         }
         (false, _) => None,
     };
-    let stamped = manifest
-        .sections
-        .iter()
-        .any(|s| s.file == Kind::Stamps.file_name());
-    match (stamped, version >= 4) {
+    match (listed(Kind::Stamps), version >= 4) {
         (true, true) => {
             let sect = read(Kind::Stamps)?;
             let raw = sect.payload();
