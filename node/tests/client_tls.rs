@@ -168,7 +168,9 @@ fn metric(body: &str, name: &str) -> f64 {
 /// Starts a standalone node with `--client-tls-dir` (and `extra`); waits until `GET /readyz`
 /// answers 200 over TLS to a client trusting `trust`. The node's loopback address is known only
 /// once it starts, so it starts with a certificate for another name and the test then writes
-/// one for its address, which the reload serves within 2 s.
+/// one for its address, which the reload serves within 2 s. The new pair is written only once
+/// the node listens (it loads the files before binding): written earlier, the node could read
+/// the new key beside the old certificate and refuse to start (CI saw that once).
 async fn start_with_tls(
     tmp: &Path,
     ca: &Ca,
@@ -187,6 +189,10 @@ async fn start_with_tls(
         .data_dir(tmp.join("data"))
         .args(&argv)
         .start();
+    wait_for("the HTTPS port to listen", Duration::from_secs(60), || async {
+        tokio::net::TcpStream::connect(&node.http).await.ok().map(|_| ())
+    })
+    .await;
     write_pair(&tls_dir, &server_cert(ca, &node.ip));
     wait_for("readyz over TLS", Duration::from_secs(60), || async {
         match https_get(&node, trust, "/readyz").await {
