@@ -189,9 +189,16 @@ async fn start_with_tls(
         .data_dir(tmp.join("data"))
         .args(&argv)
         .start();
-    wait_for("the HTTPS port to listen", Duration::from_secs(60), || async {
-        tokio::net::TcpStream::connect(&node.http).await.ok().map(|_| ())
-    })
+    wait_for(
+        "the HTTPS port to listen",
+        Duration::from_secs(60),
+        || async {
+            tokio::net::TcpStream::connect(&node.http)
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
     .await;
     write_pair(&tls_dir, &server_cert(ca, &node.ip));
     wait_for("readyz over TLS", Duration::from_secs(60), || async {
