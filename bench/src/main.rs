@@ -21,7 +21,7 @@ use kindex_common::Quantization;
 use kindex_node::config::StructuralConfig;
 use kindex_node::engine::distance::Metric;
 use kindex_node::engine::filter::Filter;
-use kindex_node::engine::{Engine, EngineKnobs, PointInput};
+use kindex_node::engine::{Engine, EngineKnobs, PointInput, VectorStorage};
 use kindex_node::raft::snapshot::{load_newest_engine, save_engine};
 use kindex_node::snapshot::{self, store::SnapshotStore};
 use serde_json::json;
@@ -125,6 +125,10 @@ struct HnswArgs {
     /// int8: candidates re-ranked exactly, as a multiple of k.
     #[arg(long, default_value_t = kindex_common::runtime::DEFAULT_RESCORE as usize)]
     rescore: usize,
+    /// Keep the f32 vectors in mapped files in this directory (the node's
+    /// `--vectors-on-disk`); RssAnon then counts no vector pages.
+    #[arg(long)]
+    vectors_on_disk: Option<PathBuf>,
 }
 
 fn metric(s: &str) -> anyhow::Result<Metric> {
@@ -202,9 +206,13 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
         queue_capacity: base.rows + 1,
         rescore: a.rescore,
     };
+    let storage = match &a.vectors_on_disk {
+        Some(dir) => VectorStorage::Mapped(dir.clone()),
+        None => VectorStorage::Heap,
+    };
     let rss_before = rss_anon_bytes();
     let cached = match &a.index_cache {
-        Some(dir) => load_newest_engine(&SnapshotStore::open(dir)?, &structural, knobs)?
+        Some(dir) => load_newest_engine(&SnapshotStore::open(dir)?, &structural, knobs, &storage)?
             .require(dir)?
             .map(|(_, l)| l),
         None => None,
@@ -212,7 +220,7 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
     let (engine, build_secs) = match cached {
         Some(l) => (l.engine, None),
         None => {
-            let (e, s) = build(&base, &structural, knobs)?;
+            let (e, s) = build(&base, &structural, knobs, storage.clone())?;
             if let Some(dir) = &a.index_cache {
                 save_engine(&SnapshotStore::open(dir)?, &e, 1, snapshot::FORMAT_VERSION)?;
             }
@@ -332,8 +340,9 @@ fn build(
     base: &npy::Matrix<f32>,
     structural: &StructuralConfig,
     knobs: EngineKnobs,
+    storage: VectorStorage,
 ) -> anyhow::Result<(Engine, f64)> {
-    let engine = Engine::new(structural.clone(), knobs);
+    let engine = Engine::with_storage(structural.clone(), knobs, storage);
     let t = Instant::now();
     // Points are made per chunk, so the RssAnon the engine adds is not hidden
     // by a full copy of the input the allocator may keep.
@@ -370,8 +379,8 @@ fn snapshot_speed(
     let mb = bytes as f64 / 1e6;
     let save = mb / secs;
     // Load twice; report the second (warm cache), as the acceptance asks.
-    let _ = snapshot::load(&dir, s, knobs)?;
-    let loaded = snapshot::load(&dir, s, knobs)?;
+    let _ = snapshot::load(&dir, s, knobs, engine.storage())?;
+    let loaded = snapshot::load(&dir, s, knobs, engine.storage())?;
     let load = mb / loaded.duration.as_secs_f64();
     Ok((save, load, bytes))
 }

@@ -463,6 +463,15 @@ pub struct StorageSpec {
     /// Keep the PersistentVolumeClaims when the VectorIndex is deleted.
     #[serde(default = "default_true")]
     pub retain_on_delete: bool,
+
+    /// Keep each replica's f32 vectors in files on its volume (mapped, in the kernel's page
+    /// cache) instead of the pod's anonymous memory: the pages can be evicted under memory
+    /// pressure and read back when needed. Meant for `quantization: int8`, where searches
+    /// read the f32 vectors only to rescore; with `none` every search step reads them. The
+    /// volume then needs 4 × dimension bytes per stored vector more (not counted in
+    /// snapshots). Changing it restarts the pods one by one; no data is rewritten.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vectors_on_disk: bool,
 }
 
 impl Default for StorageSpec {
@@ -471,6 +480,7 @@ impl Default for StorageSpec {
             size: default_storage_size(),
             storage_class_name: None,
             retain_on_delete: default_true(),
+            vectors_on_disk: false,
         }
     }
 }

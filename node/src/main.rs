@@ -113,6 +113,12 @@ struct Args {
     /// keep working. 0: 5% of the volume, between 4 MiB and 1 GiB.
     #[arg(long, env = "KINDEX_VOLUME_RESERVE_BYTES", default_value_t = 0)]
     volume_reserve_bytes: u64,
+    /// Keep the f32 vectors in files on the data volume (`<data-dir>/vectors`, unnamed, mapped)
+    /// instead of anonymous memory: the kernel caches them and evicts them under memory
+    /// pressure. Costs 4 × dimension bytes of volume per slot; worth it with
+    /// `--quantization int8`, where searches read the vectors only to rescore.
+    #[arg(long, env = "KINDEX_VECTORS_ON_DISK")]
+    vectors_on_disk: bool,
     /// Testing only: a fault file, re-read every 50 ms (missing or empty = no faults): node ids
     /// whose Raft links to this node are cut (both directions), `flush-delay-ms=N`,
     /// `diverge-at=INDEX` (see node/src/raft/fault.rs). Partition and fault tests use it.
@@ -433,6 +439,7 @@ async fn run(
         },
         peer_tls: peer_tls.clone(),
         volume_reserve: kindex_node::volume::Reserve::from_flag(args.volume_reserve_bytes),
+        vectors_on_disk: args.vectors_on_disk,
         name: args
             .pod_name
             .clone()

@@ -18,7 +18,8 @@
 //! - a quota holds exactly under concurrent writers on every path, a quota change racing writes
 //!   is settled by log order, policy versions survive restarts and snapshot installs, policy
 //!   changes wait for a member of an older build (`policies`);
-//! - an int8 shard (`--quantization int8`) survives a leader kill -9 under writers and a wiped
+//! - an int8 shard with vectors on disk
+//!   (`--quantization int8 --vectors-on-disk`) survives a leader kill -9 under writers and a wiped
 //!   replica refilled by snapshot: every acknowledged write on every replica (history checker),
 //!   the same search hits on all three (`quant`);
 //! - a per-tenant quota holds per tenant under writers racing through every replica

@@ -13,7 +13,7 @@ use kindex_node::config::StructuralConfig;
 use kindex_node::engine::distance::{DistanceFn, Metric};
 use kindex_node::engine::filter::{Condition, Filter, MatchValue, Predicate};
 use kindex_node::engine::quant::{QuantState, RangeMode, Ranges};
-use kindex_node::engine::{Engine, EngineKnobs, PointInput, SearchOpts};
+use kindex_node::engine::{Engine, EngineKnobs, PointInput, SearchOpts, VectorStorage};
 use kindex_node::raft::snapshot::{load_newest_engine, save_engine};
 use kindex_node::snapshot::{self, store::SnapshotStore};
 use serde_json::json;
@@ -212,7 +212,7 @@ fn snapshot_round_trip(e: &Engine, knobs: EngineKnobs) -> snapshot::Loaded {
     let dir = tempfile::tempdir().unwrap();
     let store = SnapshotStore::open(dir.path()).unwrap();
     save_engine(&store, e, 1, snapshot::FORMAT_VERSION).unwrap();
-    load_newest_engine(&store, e.structural(), knobs)
+    load_newest_engine(&store, e.structural(), knobs, e.storage())
         .unwrap()
         .loaded
         .unwrap()
@@ -223,92 +223,112 @@ fn ids(hits: &[kindex_node::engine::Hit]) -> Vec<String> {
     hits.iter().map(|h| h.id.clone()).collect()
 }
 
-/// Filters, deletes, compaction and a snapshot round trip in int8 mode: results
-/// obey the filter, never return deleted points, keep recall against brute
-/// force, and a restored engine (codes rebuilt from the f32 vectors) answers
-/// exactly as the original.
+/// Filters, deletes, compaction and a snapshot round trip in int8 mode, with the
+/// f32 vectors in memory and on disk (`vectorsOnDisk`): results obey the filter,
+/// never return deleted points, keep recall against brute force, a restored
+/// engine (codes rebuilt from the f32 vectors) answers exactly as the original,
+/// and both storages give the same answers, bit for bit.
 #[test]
 fn int8_filters_deletes_compaction_and_snapshot_round_trip() {
     // Dot (maximum inner product) is no metric space: it needs a wider beam
-    // for the same recall, in f32 as well (see tests/engine.rs). One indexing
-    // worker, so the graph is the same on every run.
+    // for the same recall, in f32 as well (see tests/engine.rs).
     for (metric, ef) in [(Metric::L2, 64), (Metric::Cosine, 64), (Metric::Dot, 128)] {
-        let knobs = EngineKnobs {
-            threads: 1,
-            ..knobs()
-        };
-        let e = Engine::new(int8(32, metric), knobs);
-        let data = clustered(4_000, 32, 21);
-        load(&e, &grouped_points(&data));
-        assert!(e.drain(Duration::from_secs(120)));
-        assert!(
-            e.quant_trained(),
-            "{metric}: trained after {} points",
-            data.len()
-        );
-        let queries = clustered(40, 32, 22);
-        let r = recall(&e, &queries, 10, ef, &Filter::default());
-        assert!(r >= 0.95, "{metric}: recall {r}");
+        let heap = int8_case(metric, ef, VectorStorage::Heap);
+        let dir = tempfile::tempdir().unwrap();
+        let mapped = int8_case(metric, ef, VectorStorage::Mapped(dir.path().to_path_buf()));
+        assert_eq!(heap, mapped, "{metric}: vectors on disk answer differently");
+        // The mapped files are unnamed: nothing is left in the directory.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
 
-        let g2 = Filter {
-            must: vec![Condition {
-                field: "g".into(),
-                predicate: Predicate::Match(MatchValue::Integer(2)),
-            }],
-            ..Default::default()
-        };
-        let rf = recall(&e, &queries, 10, ef, &g2);
-        assert!(rf >= 0.9, "{metric}: filtered recall {rf}");
-        for q in &queries {
-            for h in e.search(q, 10, None, &g2).unwrap() {
-                let p = e.payload(h.slot).unwrap();
-                assert_eq!(p["g"], json!(2));
-            }
-        }
+/// One metric of the test above on `storage`; the answers after compaction and
+/// the snapshot round trip (ids and distance bits).
+fn int8_case(metric: Metric, ef: usize, storage: VectorStorage) -> Vec<Vec<(String, u32)>> {
+    // One indexing worker, so the graph is the same on every run.
+    let knobs = EngineKnobs {
+        threads: 1,
+        ..knobs()
+    };
+    let e = Engine::with_storage(int8(32, metric), knobs, storage.clone());
+    let data = clustered(4_000, 32, 21);
+    load(&e, &grouped_points(&data));
+    assert!(e.drain(Duration::from_secs(120)));
+    assert!(
+        e.quant_trained(),
+        "{metric}: trained after {} points",
+        data.len()
+    );
+    let queries = clustered(40, 32, 22);
+    let r = recall(&e, &queries, 10, ef, &Filter::default());
+    assert!(r >= 0.95, "{metric}: recall {r}");
 
-        // Delete a third; none of them comes back, before or after compaction.
-        let gone: Vec<String> = (0..data.len())
-            .step_by(3)
-            .map(|i| format!("p{i}"))
-            .collect();
-        assert_eq!(e.delete(&gone).unwrap(), gone.len() as u64);
-        let dead = |hits: &[kindex_node::engine::Hit]| {
-            hits.iter()
-                .any(|h| h.id[1..].parse::<usize>().unwrap() % 3 == 0)
-        };
-        for q in &queries {
-            assert!(!dead(&e.search(q, 10, None, &Filter::default()).unwrap()));
-        }
-        let stats = e.compact();
-        assert_eq!(stats.purged, gone.len() as u64);
-        assert!(e.quant_trained());
-        let rc = recall(&e, &queries, 10, ef, &Filter::default());
-        assert!(rc >= 0.95, "{metric}: recall after compaction {rc}");
-        for q in &queries {
-            assert!(!dead(&e.search(q, 10, None, &Filter::default()).unwrap()));
-        }
-
-        // Snapshot round trip: same answers, distances included.
-        let l = snapshot_round_trip(&e, knobs);
-        assert!(l.engine.drain(Duration::from_secs(60)));
-        assert!(l.engine.quant_trained());
-        assert_eq!(l.engine.content_checksum(), e.content_checksum());
-        for q in &queries {
-            for f in [&Filter::default(), &g2] {
-                let (a, b) = (
-                    e.search(q, 10, None, f).unwrap(),
-                    l.engine.search(q, 10, None, f).unwrap(),
-                );
-                assert_eq!(
-                    ids(&a),
-                    ids(&b),
-                    "{metric}: restored engine answers differently"
-                );
-                let same = a.iter().zip(&b).all(|(x, y)| x.distance == y.distance);
-                assert!(same, "{metric}");
-            }
+    let g2 = Filter {
+        must: vec![Condition {
+            field: "g".into(),
+            predicate: Predicate::Match(MatchValue::Integer(2)),
+        }],
+        ..Default::default()
+    };
+    let rf = recall(&e, &queries, 10, ef, &g2);
+    assert!(rf >= 0.9, "{metric}: filtered recall {rf}");
+    for q in &queries {
+        for h in e.search(q, 10, None, &g2).unwrap() {
+            let p = e.payload(h.slot).unwrap();
+            assert_eq!(p["g"], json!(2));
         }
     }
+
+    // Delete a third; none of them comes back, before or after compaction.
+    let gone: Vec<String> = (0..data.len())
+        .step_by(3)
+        .map(|i| format!("p{i}"))
+        .collect();
+    assert_eq!(e.delete(&gone).unwrap(), gone.len() as u64);
+    let dead = |hits: &[kindex_node::engine::Hit]| {
+        hits.iter()
+            .any(|h| h.id[1..].parse::<usize>().unwrap() % 3 == 0)
+    };
+    for q in &queries {
+        assert!(!dead(&e.search(q, 10, None, &Filter::default()).unwrap()));
+    }
+    let stats = e.compact();
+    assert_eq!(stats.purged, gone.len() as u64);
+    assert!(e.quant_trained());
+    let rc = recall(&e, &queries, 10, ef, &Filter::default());
+    assert!(rc >= 0.95, "{metric}: recall after compaction {rc}");
+    for q in &queries {
+        assert!(!dead(&e.search(q, 10, None, &Filter::default()).unwrap()));
+    }
+
+    // Snapshot round trip (into the same storage): same answers, distances included.
+    let l = snapshot_round_trip(&e, knobs);
+    assert_eq!(l.engine.storage(), &storage);
+    assert!(l.engine.drain(Duration::from_secs(60)));
+    assert!(l.engine.quant_trained());
+    assert_eq!(l.engine.content_checksum(), e.content_checksum());
+    let mut answers = Vec::new();
+    for q in &queries {
+        for f in [&Filter::default(), &g2] {
+            let (a, b) = (
+                e.search(q, 10, None, f).unwrap(),
+                l.engine.search(q, 10, None, f).unwrap(),
+            );
+            assert_eq!(
+                ids(&a),
+                ids(&b),
+                "{metric}: restored engine answers differently"
+            );
+            let same = a.iter().zip(&b).all(|(x, y)| x.distance == y.distance);
+            assert!(same, "{metric}");
+            answers.push(
+                a.iter()
+                    .map(|h| (h.id.clone(), h.distance.to_bits()))
+                    .collect(),
+            );
+        }
+    }
+    answers
 }
 
 /// Before training (fewer than TRAIN_MIN points) the graph runs on f32; once

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use kindex_node::engine::distance::Metric;
 use kindex_node::engine::filter::Filter;
-use kindex_node::engine::{AppliedLog, Engine, PointInput};
+use kindex_node::engine::{AppliedLog, Engine, PointInput, VectorStorage};
 use kindex_node::raft::snapshot::{load_newest_engine, save_engine};
 use kindex_node::snapshot::store::{Newest, SnapshotStore};
 use kindex_node::snapshot::{self, Loaded, Manifest, section};
@@ -30,7 +30,7 @@ fn save(e: &Engine, dir: &Path) -> (PathBuf, Manifest) {
 
 /// The newest snapshot that loads, chosen as a starting replica chooses it.
 fn newest(dir: &Path, e: &Engine) -> Newest<Loaded> {
-    load_newest_engine(&store(dir), e.structural(), knobs()).unwrap()
+    load_newest_engine(&store(dir), e.structural(), knobs(), &VectorStorage::Heap).unwrap()
 }
 
 fn loaded(n: Newest<Loaded>) -> Loaded {
@@ -257,7 +257,7 @@ fn structural_mismatch_names_the_field_and_is_fatal() {
         m: 32,
         ..e.structural().clone()
     };
-    let err = load_newest_engine(&store(dir.path()), &other, knobs())
+    let err = load_newest_engine(&store(dir.path()), &other, knobs(), &VectorStorage::Heap)
         .err()
         .unwrap();
     let msg = err.to_string();
@@ -271,9 +271,14 @@ fn newer_format_is_refused_not_skipped() {
     let e = filled(50);
     save(&e, dir.path());
     save_engine(&store(dir.path()), &e, 3, snapshot::FORMAT_VERSION + 1).unwrap();
-    let err = load_newest_engine(&store(dir.path()), e.structural(), knobs())
-        .err()
-        .unwrap();
+    let err = load_newest_engine(
+        &store(dir.path()),
+        e.structural(),
+        knobs(),
+        &VectorStorage::Heap,
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("newer kindex"), "{err}");
     assert_eq!(store(dir.path()).list().unwrap().len(), 2);
 }
@@ -340,7 +345,7 @@ proptest! {
             bytes.extend_from_slice(&garbage);
             std::fs::write(target, bytes).unwrap();
         }
-        let _ = snapshot::load(&dst, e.structural(), knobs());
+        let _ = snapshot::load(&dst, e.structural(), knobs(), &VectorStorage::Heap);
     }
 }
 
@@ -374,7 +379,7 @@ proptest! {
         let mut w = section::SectionWriter::create(target, snapshot::FORMAT_VERSION, kind).unwrap();
         w.write(&payload).unwrap();
         w.finish().unwrap();
-        let _ = snapshot::load(&saved, e.structural(), knobs());
+        let _ = snapshot::load(&saved, e.structural(), knobs(), &VectorStorage::Heap);
     }
 }
 

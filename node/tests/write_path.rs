@@ -41,6 +41,7 @@ async fn a_leader_parses_each_payload_once() {
         tuning: RaftTuning::default(),
         peer_tls: None,
         volume_reserve: kindex_node::volume::Reserve::Auto,
+        vectors_on_disk: false,
         name: "docs-s0-0".into(),
     })
     .await

@@ -22,10 +22,12 @@ pub struct Release {
     /// Whether it has the admin port (`--admin-port`); older builds serve Admin on the data
     /// port.
     pub admin_port: bool,
-    /// Peer mTLS (`--peer-tls-dir`), API keys (`--api-keys-file`), quantization.
+    /// Peer mTLS (`--peer-tls-dir`), API keys (`--api-keys-file`), quantization,
+    /// `--vectors-on-disk`.
     pub peer_tls: bool,
     pub api_keys: bool,
     pub quantization: bool,
+    pub vectors_on_disk: bool,
 }
 
 impl Release {
@@ -43,6 +45,7 @@ pub const RELEASES: &[Release] = &[Release {
     peer_tls: false,
     api_keys: false,
     quantization: false,
+    vectors_on_disk: false,
 }];
 
 /// The older release `image` runs, or `None` for this build (the default image, or a tag
@@ -94,6 +97,11 @@ pub fn unsupported(release: &Release, spec: &kindex_crds::VectorIndexSpec) -> Ve
     if !release.quantization && !spec.quantization.is_none() {
         out.push(format!(
             "kindex {name} has no quantization (spec.quantization)"
+        ));
+    }
+    if !release.vectors_on_disk && spec.storage.vectors_on_disk {
+        out.push(format!(
+            "kindex {name} cannot keep vectors on disk (spec.storage.vectorsOnDisk)"
         ));
     }
     out
@@ -216,5 +224,17 @@ mod tests {
             "{r:?}"
         );
         assert!(refusals(DEFAULT, DEFAULT, &spec, Some(4)).is_empty());
+
+        let mut spec = kindex_crds::VectorIndexSpec::new(8, kindex_crds::Metric::L2);
+        spec.storage.vectors_on_disk = true;
+        let r = refusals(old, DEFAULT, &spec, None);
+        assert_eq!(
+            r,
+            [
+                "spec.image kindex/kindex-node:v0.1.0: kindex v0.1.0 cannot keep vectors on disk \
+              (spec.storage.vectorsOnDisk)"
+            ]
+        );
+        assert!(refusals(DEFAULT, DEFAULT, &spec, None).is_empty());
     }
 }

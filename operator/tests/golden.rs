@@ -300,6 +300,33 @@ fn quantization_reaches_the_pods_only_when_set() {
     assert_ne!(int8.structural_hash, none.structural_hash);
 }
 
+/// `spec.storage.vectorsOnDisk` reaches the node as `--vectors-on-disk`, only when set (the
+/// templates of other indexes stay byte-identical); it is not structural (the hash is the same,
+/// changing it rolls the pods).
+#[test]
+fn vectors_on_disk_reaches_the_pods_only_when_set() {
+    let args_of = |vi: &ValidIndex| -> Vec<String> {
+        let params = StatefulSetParams::from_spec(vi, 3);
+        let sts = statefulset::build_statefulset(vi, 0, &params);
+        let c = sts.spec.unwrap().template.spec.unwrap().containers[0].clone();
+        c.args.unwrap()
+    };
+    let raw = fixture("production");
+    assert!(!raw.spec.storage.vectors_on_disk);
+    let off = valid(&raw, "unused");
+    assert!(!args_of(&off).iter().any(|a| a.contains("vectors-on-disk")));
+    let mut on = raw.clone();
+    on.spec.storage.vectors_on_disk = true;
+    let on = valid(&on, "unused");
+    let args = args_of(&on);
+    assert_eq!(
+        args.iter().filter(|a| *a == "--vectors-on-disk").count(),
+        1,
+        "{args:?}"
+    );
+    assert_eq!(on.structural_hash, off.structural_hash);
+}
+
 /// A pod that may send traffic: its namespace (with the namespace's labels) and labels.
 struct Source<'a> {
     namespace: &'a str,

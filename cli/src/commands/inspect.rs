@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use kindex_node::config::{RuntimeConfig, StructuralConfig, structural};
-use kindex_node::engine::EngineKnobs;
+use kindex_node::engine::{EngineKnobs, VectorStorage};
 use kindex_node::raft::snapshot::read_raft_meta;
 use kindex_node::snapshot::store::SnapshotStore;
 use kindex_node::snapshot::{self, Manifest};
@@ -203,7 +203,7 @@ fn full_load(dir: &Path, configured: &StructuralConfig, m: &Manifest) -> Verify 
     knobs.threads = 1;
     knobs.queue_capacity = knobs.queue_capacity.max(m.counts.slots as usize + 1);
     let started = Instant::now();
-    let ok = snapshot::load(dir, configured, knobs)
+    let ok = snapshot::load(dir, configured, knobs, &VectorStorage::Heap)
         .map(drop)
         .map_err(|e| e.to_string());
     Verify {

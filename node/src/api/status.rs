@@ -22,9 +22,8 @@ pub fn status_of(e: NodeError) -> Status {
     match e {
         NodeError::UnknownIndex { .. } => Status::not_found(e.to_string()),
         NodeError::Engine(EngineError::Input(i)) => Status::invalid_argument(i.to_string()),
-        NodeError::Engine(EngineError::ShuttingDown) | NodeError::Unavailable(_) => {
-            Status::unavailable(e.to_string())
-        }
+        NodeError::Engine(EngineError::ShuttingDown | EngineError::Storage(_))
+        | NodeError::Unavailable(_) => Status::unavailable(e.to_string()),
         NodeError::QuorumLost(_) => {
             let mut s = Status::unavailable(e.to_string());
             s.metadata_mut().insert(
@@ -33,7 +32,7 @@ pub fn status_of(e: NodeError) -> Status {
             );
             s
         }
-        NodeError::Engine(EngineError::Full(_)) | NodeError::VolumeFull(_) => {
+        NodeError::Engine(EngineError::Full) | NodeError::VolumeFull(_) => {
             Status::resource_exhausted(e.to_string())
         }
         NodeError::QuotaExceeded(_) => {

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
+use std::path::PathBuf;
+
 use super::hugebuf::HugeBuf;
+use super::mapped::MappedBuf;
 
 /// Slots per chunk (2^14). Small enough that a fresh chunk is cheap, large
 /// enough that the chunk table stays tiny.
@@ -80,13 +83,55 @@ impl<T: Default + Sync> Chunked<T> {
     }
 }
 
+/// Where an arena keeps its vectors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum VectorStorage {
+    /// Anonymous memory (huge pages where the kernel allows).
+    #[default]
+    Heap,
+    /// `vectorsOnDisk`: shared mappings of unnamed files in this directory (see `mapped`).
+    Mapped(PathBuf),
+}
+
 /// One chunk of vector floats, written once per slot before publication.
-type VectorChunk = HugeBuf<UnsafeCell<f32>>;
+enum VectorChunk {
+    Heap(HugeBuf<UnsafeCell<f32>>),
+    Mapped(MappedBuf),
+}
+
+impl VectorChunk {
+    fn new(storage: &VectorStorage, floats: usize) -> Result<VectorChunk, ArenaError> {
+        Ok(match storage {
+            VectorStorage::Heap => {
+                VectorChunk::Heap(HugeBuf::new(floats, |_| UnsafeCell::new(0.0)))
+            }
+            VectorStorage::Mapped(dir) => {
+                VectorChunk::Mapped(MappedBuf::create(dir, floats).map_err(|e| {
+                    ArenaError::Storage {
+                        dir: dir.clone(),
+                        source: e,
+                    }
+                })?)
+            }
+        })
+    }
+
+    /// The first float; the chunk holds `CHUNK_SLOTS * dim` of them.
+    #[inline(always)]
+    fn base(&self) -> *mut f32 {
+        match self {
+            // UnsafeCell<f32> has the layout of f32.
+            VectorChunk::Heap(b) => b.as_ptr() as *mut f32,
+            VectorChunk::Mapped(m) => m.as_ptr(),
+        }
+    }
+}
 
 /// Vectors of one fixed dimension. One writer appends (serialised by an
 /// internal lock); any number of readers read published slots.
 pub struct VectorArena {
     dim: usize,
+    storage: VectorStorage,
     chunks: Box<[OnceLock<VectorChunk>]>,
     len: AtomicUsize,
     writer: Mutex<()>,
@@ -99,13 +144,27 @@ unsafe impl Sync for VectorArena {}
 unsafe impl Send for VectorArena {}
 
 #[derive(Debug, thiserror::Error)]
-#[error("vector store is full ({MAX_SLOTS} slots per shard)")]
-pub struct ArenaFull;
+pub enum ArenaError {
+    #[error("vector store is full ({MAX_SLOTS} slots per shard)")]
+    Full,
+    /// Local to this replica (a full or failing volume), unlike `Full`.
+    #[error("cannot map vector storage in {dir}: {source}")]
+    Storage {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 impl VectorArena {
     pub fn new(dim: usize) -> Self {
+        VectorArena::with_storage(dim, VectorStorage::Heap)
+    }
+
+    pub fn with_storage(dim: usize, storage: VectorStorage) -> Self {
         VectorArena {
             dim,
+            storage,
             chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect(),
             len: AtomicUsize::new(0),
             writer: Mutex::new(()),
@@ -114,6 +173,10 @@ impl VectorArena {
 
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    pub fn storage(&self) -> &VectorStorage {
+        &self.storage
     }
 
     /// Number of published vectors.
@@ -126,34 +189,51 @@ impl VectorArena {
         self.len() == 0
     }
 
+    /// Allocates the chunks `count` more vectors need, so the next `extend` of at most `count`
+    /// cannot fail for lack of storage. Callers that must not half-apply (the apply path sets
+    /// ids and payloads of the new slots first) call it before anything else.
+    pub fn reserve(&self, count: usize) -> Result<(), ArenaError> {
+        let _guard = self.writer.lock();
+        let start = self.len.load(Ordering::Relaxed);
+        if start + count > MAX_SLOTS {
+            return Err(ArenaError::Full);
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        for c in (start >> CHUNK_BITS)..=((start + count - 1) >> CHUNK_BITS) {
+            self.chunk(c)?;
+        }
+        Ok(())
+    }
+
+    /// Chunk `c`, created if missing. Only with `writer` held (one creator at a time).
+    fn chunk(&self, c: usize) -> Result<&VectorChunk, ArenaError> {
+        if let Some(chunk) = self.chunks[c].get() {
+            return Ok(chunk);
+        }
+        let chunk = VectorChunk::new(&self.storage, CHUNK_SLOTS * self.dim)?;
+        Ok(self.chunks[c].get_or_init(|| chunk))
+    }
+
     /// Appends vectors (each `dim` long, concatenated) and publishes them
     /// together. Returns the first new slot.
-    pub fn extend(&self, flat: &[f32]) -> Result<u32, ArenaFull> {
+    pub fn extend(&self, flat: &[f32]) -> Result<u32, ArenaError> {
         assert_eq!(
             flat.len() % self.dim.max(1),
             0,
             "flat length is a multiple of dim"
         );
-        let _guard = self.writer.lock();
-        let start = self.len.load(Ordering::Relaxed);
         let count = flat.len() / self.dim.max(1);
-        if start + count > MAX_SLOTS {
-            return Err(ArenaFull);
-        }
-        for (k, v) in flat.chunks_exact(self.dim).enumerate() {
-            let i = start + k;
-            let chunk = self.chunks[i >> CHUNK_BITS]
-                .get_or_init(|| HugeBuf::new(CHUNK_SLOTS * self.dim, |_| UnsafeCell::new(0.0)));
-            let off = (i & (CHUNK_SLOTS - 1)) * self.dim;
-            // SAFETY: slot i >= len is not yet visible to readers and we are
-            // the only writer (guard held).
-            unsafe {
-                let dst = chunk[off].get();
-                std::ptr::copy_nonoverlapping(v.as_ptr(), dst, self.dim);
-            }
-        }
-        self.len.store(start + count, Ordering::Release);
-        Ok(start as u32)
+        let mut rest = flat;
+        // Runs come in slot order and cover the new slots exactly once.
+        let filled = self.extend_with(count, |dst| {
+            let (head, tail) = rest.split_at(dst.len());
+            dst.copy_from_slice(head);
+            rest = tail;
+            Ok::<_, std::convert::Infallible>(())
+        })?;
+        Ok(filled.unwrap_or_else(|never| match never {}))
     }
 
     /// Appends `count` vectors produced in place by `fill` (no intermediate
@@ -166,25 +246,23 @@ impl VectorArena {
         &self,
         count: usize,
         mut fill: impl FnMut(&mut [f32]) -> Result<(), E>,
-    ) -> Result<Result<u32, E>, ArenaFull> {
+    ) -> Result<Result<u32, E>, ArenaError> {
         let _guard = self.writer.lock();
         let start = self.len.load(Ordering::Relaxed);
         if start + count > MAX_SLOTS {
-            return Err(ArenaFull);
+            return Err(ArenaError::Full);
         }
         let mut i = start;
         while i < start + count {
-            let chunk = self.chunks[i >> CHUNK_BITS]
-                .get_or_init(|| HugeBuf::new(CHUNK_SLOTS * self.dim, |_| UnsafeCell::new(0.0)));
+            let chunk = self.chunk(i >> CHUNK_BITS)?;
             let in_chunk = (CHUNK_SLOTS - (i & (CHUNK_SLOTS - 1))).min(start + count - i);
             let off = (i & (CHUNK_SLOTS - 1)) * self.dim;
-            let run = &chunk[off..off + in_chunk * self.dim];
             // SAFETY: slots i.. are at or above `len`, so no reader touches
             // them (readers stop at `len`), and we are the only writer (guard
-            // held); `run` is a range of one live allocation and UnsafeCell
-            // permits mutation through a shared reference.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(run.as_ptr() as *mut f32, run.len()) };
+            // held); the run lies inside the chunk (`in_chunk` stops at its end).
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(chunk.base().add(off), in_chunk * self.dim)
+            };
             if let Err(e) = fill(dst) {
                 return Ok(Err(e));
             }
@@ -203,8 +281,9 @@ impl VectorArena {
             .get()
             .expect("published slots have their chunk allocated");
         let off = (i & (CHUNK_SLOTS - 1)) * self.dim;
-        // SAFETY: published slots are never written again (see the Sync impl).
-        unsafe { std::slice::from_raw_parts(chunk[off].get() as *const f32, self.dim) }
+        // SAFETY: published slots are never written again (see the Sync impl); the slot lies
+        // inside its chunk.
+        unsafe { std::slice::from_raw_parts(chunk.base().add(off), self.dim) }
     }
 
     /// Hints the CPU to load slot `i`; a no-op for unpublished slots.
@@ -213,18 +292,16 @@ impl VectorArena {
         #[cfg(target_arch = "x86_64")]
         {
             let i = i as usize;
-            if let Some(chunk) = self.chunks[i >> CHUNK_BITS].get() {
+            if let Some(chunk) = self.chunks.get(i >> CHUNK_BITS).and_then(|c| c.get()) {
                 let off = (i & (CHUNK_SLOTS - 1)) * self.dim;
-                if off < chunk.len() {
-                    let p = chunk[off].get() as *const i8;
-                    // The first few lines; the hardware streams the rest.
-                    let lines = (self.dim * 4).div_ceil(64).min(4);
-                    for l in 0..lines {
-                        // SAFETY: prefetch never faults, whatever the address.
-                        unsafe {
-                            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                            _mm_prefetch(p.wrapping_add(64 * l), _MM_HINT_T0);
-                        }
+                let p = chunk.base().wrapping_add(off) as *const i8;
+                // The first few lines; the hardware streams the rest.
+                let lines = (self.dim * 4).div_ceil(64).min(4);
+                for l in 0..lines {
+                    // SAFETY: prefetch never faults, whatever the address.
+                    unsafe {
+                        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                        _mm_prefetch(p.wrapping_add(64 * l), _MM_HINT_T0);
                     }
                 }
             }
@@ -238,7 +315,7 @@ impl VectorArena {
             let slots = (len - c * CHUNK_SLOTS).min(CHUNK_SLOTS);
             let chunk = self.chunks[c].get().expect("published chunk");
             // SAFETY: as in `get`, for all published slots of this chunk.
-            unsafe { std::slice::from_raw_parts(chunk[0].get() as *const f32, slots * self.dim) }
+            unsafe { std::slice::from_raw_parts(chunk.base(), slots * self.dim) }
         })
     }
 }
@@ -250,7 +327,17 @@ mod tests {
 
     #[test]
     fn vectors_survive_chunk_boundaries() {
-        let a = VectorArena::new(3);
+        let dir = tempfile::tempdir().unwrap();
+        for storage in [
+            VectorStorage::Heap,
+            VectorStorage::Mapped(dir.path().to_path_buf()),
+        ] {
+            vectors_survive_chunk_boundaries_in(storage);
+        }
+    }
+
+    fn vectors_survive_chunk_boundaries_in(storage: VectorStorage) {
+        let a = VectorArena::with_storage(3, storage);
         let n = CHUNK_SLOTS + 10;
         let flat: Vec<f32> = (0..n * 3).map(|x| x as f32).collect();
         assert_eq!(a.extend(&flat[..30]).unwrap(), 0);
@@ -289,6 +376,35 @@ mod tests {
         assert_eq!(r, Err("bad"));
         assert_eq!(a.len(), n + 1);
         assert!(a.extend_with::<()>(MAX_SLOTS, |_| Ok(())).is_err());
+    }
+
+    #[test]
+    fn mapped_storage_errors_are_reported_and_reserve_allocates_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = VectorArena::with_storage(2, VectorStorage::Mapped(dir.path().join("gone")));
+        assert!(matches!(
+            gone.extend(&[1.0, 2.0]),
+            Err(ArenaError::Storage { .. })
+        ));
+        assert!(matches!(gone.reserve(1), Err(ArenaError::Storage { .. })));
+        assert_eq!(gone.len(), 0);
+        assert!(gone.reserve(0).is_ok());
+
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let a = VectorArena::with_storage(2, VectorStorage::Mapped(sub.clone()));
+        a.reserve(CHUNK_SLOTS + 1).unwrap();
+        assert!(a.chunks[0].get().is_some() && a.chunks[1].get().is_some());
+        assert!(a.chunks[2].get().is_none());
+        assert!(matches!(a.reserve(MAX_SLOTS + 1), Err(ArenaError::Full)));
+        // The reserved chunks exist: extending into them no longer needs the directory.
+        std::fs::rename(&sub, dir.path().join("moved")).unwrap();
+        a.extend(&vec![0.5; 2 * (CHUNK_SLOTS + 1)]).unwrap();
+        assert!(matches!(
+            a.extend(&vec![0.5; 2 * CHUNK_SLOTS]),
+            Err(ArenaError::Storage { .. })
+        ));
+        assert_eq!(a.get(CHUNK_SLOTS as u32), &[0.5, 0.5]);
     }
 
     #[test]

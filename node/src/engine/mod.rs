@@ -14,6 +14,7 @@ pub mod hnsw;
 pub mod hugebuf;
 pub mod kernels;
 pub mod limits;
+pub mod mapped;
 pub mod quant;
 pub mod queue;
 mod restore;
@@ -31,7 +32,8 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{RuntimeConfig, StructuralConfig};
-use arena::{ArenaFull, Chunked, VectorArena};
+pub use arena::VectorStorage;
+use arena::{ArenaError, Chunked, VectorArena};
 use distance::DistanceFn;
 pub use expiry::{Expiry, ExpiryRule};
 use filter::{Filter, Payload};
@@ -56,10 +58,24 @@ pub const PURGED: u8 = 2;
 pub enum EngineError {
     #[error(transparent)]
     Input(#[from] InputError),
-    #[error(transparent)]
-    Full(#[from] ArenaFull),
+    /// The shard holds the most slots it can: every replica refuses the same write.
+    #[error("vector store is full ({} slots per shard)", arena::MAX_SLOTS)]
+    Full,
+    /// This replica cannot store vectors (`vectorsOnDisk` and a full or failing volume); unlike
+    /// `Full`, other replicas may succeed.
+    #[error("{0}")]
+    Storage(String),
     #[error("the engine is shutting down")]
     ShuttingDown,
+}
+
+impl From<ArenaError> for EngineError {
+    fn from(e: ArenaError) -> Self {
+        match e {
+            ArenaError::Full => EngineError::Full,
+            e @ ArenaError::Storage { .. } => EngineError::Storage(e.to_string()),
+        }
+    }
 }
 
 /// Raft position of the last applied entry, recorded in snapshots.
@@ -208,8 +224,17 @@ fn point_hash(id: &str, vector: &[f32], payload: Option<&Payload>) -> u64 {
 }
 
 impl Engine {
-    /// An empty engine; indexing workers start at once.
+    /// An empty engine with its vectors in memory; indexing workers start at once.
     pub fn new(structural: StructuralConfig, knobs: EngineKnobs) -> Engine {
+        Engine::with_storage(structural, knobs, VectorStorage::Heap)
+    }
+
+    /// An empty engine keeping its vectors in `storage`.
+    pub fn with_storage(
+        structural: StructuralConfig,
+        knobs: EngineKnobs,
+        storage: VectorStorage,
+    ) -> Engine {
         let dist = DistanceFn::new(structural.metric);
         let params = HnswParams {
             m: structural.m as usize,
@@ -217,7 +242,7 @@ impl Engine {
         };
         let inner = Arc::new(Inner {
             dist,
-            vectors: VectorArena::new(structural.dimension as usize),
+            vectors: VectorArena::with_storage(structural.dimension as usize, storage),
             graph: Hnsw::new(params),
             quant: RwLock::new(None),
             quant_plan: Mutex::new(quant::Plan::default()),
@@ -257,6 +282,11 @@ impl Engine {
 
     pub fn dimension(&self) -> usize {
         self.inner.vectors.dim()
+    }
+
+    /// Where this engine keeps its vectors.
+    pub fn storage(&self) -> &VectorStorage {
+        self.inner.vectors.storage()
     }
 
     pub fn knobs(&self) -> EngineKnobs {
@@ -311,9 +341,8 @@ impl Engine {
 
         let _w = inner.writer.lock();
         let start = inner.vectors.len();
-        if start + points.len() > arena::MAX_SLOTS {
-            return Err(ArenaFull.into());
-        }
+        // Storage first: once ids and payloads of the new slots are set, `extend` must not fail.
+        inner.vectors.reserve(points.len())?;
         let mut flat = Vec::with_capacity(points.len() * dim);
         for p in points {
             let at = flat.len();

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::config::RuntimeConfig;
 use crate::config::StructuralConfig;
 use crate::engine::EngineKnobs;
+use crate::engine::VectorStorage;
 use crate::metrics::Metrics;
 use crate::raft;
 use crate::raft::EngineState;
@@ -66,6 +67,10 @@ pub enum Bootstrap {
     },
 }
 
+/// The directory of `--vectors-on-disk` under the data dir. Its files have no names (see
+/// [`crate::engine::mapped`]): it looks empty even while it holds gigabytes.
+pub const VECTORS_DIR: &str = "vectors";
+
 pub struct NodeConfig {
     pub index: String,
     pub data_dir: PathBuf,
@@ -90,6 +95,9 @@ pub struct NodeConfig {
     pub peer_tls: Option<Arc<crate::tls::PeerTls>>,
     /// Free space kept on the data volume (`--volume-reserve-bytes`, see [`crate::volume`]).
     pub volume_reserve: crate::volume::Reserve,
+    /// `--vectors-on-disk`: vectors in mapped files under `<data_dir>/vectors` (see
+    /// [`crate::engine::mapped`]).
+    pub vectors_on_disk: bool,
     /// This replica's name in messages (its pod name; else `node <id>`).
     pub name: String,
 }
@@ -114,10 +122,19 @@ impl Node {
         }
         let metrics = Arc::new(Metrics::new());
         let knobs = EngineKnobs::from(&cfg.runtime);
-        let state = Arc::new(EngineState::new(
+        let storage = if cfg.vectors_on_disk {
+            let dir = data_dir.join(VECTORS_DIR);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| NodeError::Unavailable(format!("creating {}: {e}", dir.display())))?;
+            VectorStorage::Mapped(dir)
+        } else {
+            VectorStorage::Heap
+        };
+        let state = Arc::new(EngineState::with_storage(
             cfg.structural.clone(),
             knobs,
             Some(metrics.clone()),
+            storage,
         ));
 
         let mut rc = RaftShardConfig::new(cfg.node_id, &data_dir);

@@ -41,6 +41,7 @@ use crate::engine::EngineError;
 use crate::engine::EngineKnobs;
 use crate::engine::InputError;
 use crate::engine::PointInput;
+use crate::engine::VectorStorage;
 use crate::engine::filter::Payload;
 use crate::engine::limits;
 use crate::metrics::Metrics;
@@ -68,6 +69,8 @@ pub struct EngineState {
     structural: StructuralConfig,
     /// Knobs for engines built later (snapshot installs).
     knobs: Mutex<EngineKnobs>,
+    /// Where every engine of this replica keeps its vectors (`--vectors-on-disk`).
+    storage: VectorStorage,
     metrics: Option<Arc<Metrics>>,
     /// Payloads this node parsed when it validated a write it is proposing, by JSON text, with
     /// how many proposals in flight hold each (see [`Self::remember_payloads`]).
@@ -77,13 +80,24 @@ pub struct EngineState {
 }
 
 impl EngineState {
-    /// An empty engine; the Raft layer loads the newest snapshot into it on open.
+    /// An empty engine with its vectors in memory; the Raft layer loads the newest snapshot
+    /// into it on open.
     pub fn new(
         structural: StructuralConfig,
         knobs: EngineKnobs,
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
-        let engine = Engine::new(structural.clone(), knobs);
+        Self::with_storage(structural, knobs, metrics, VectorStorage::Heap)
+    }
+
+    /// [`Self::new`] with every engine keeping its vectors in `storage`.
+    pub fn with_storage(
+        structural: StructuralConfig,
+        knobs: EngineKnobs,
+        metrics: Option<Arc<Metrics>>,
+        storage: VectorStorage,
+    ) -> Self {
+        let engine = Engine::with_storage(structural.clone(), knobs, storage.clone());
         Self {
             engine: RwLock::new(Arc::new(engine)),
             policies: Mutex::new(PolicyStore::default()),
@@ -91,6 +105,7 @@ impl EngineState {
             search_rules: Mutex::new(Arc::new(SearchRules::default())),
             structural,
             knobs: Mutex::new(knobs),
+            storage,
             metrics,
             parsed: Mutex::new(HashMap::new()),
             data_format: AtomicU32::new(snapshot::FORMAT_WITHOUT_POLICIES),
@@ -366,11 +381,14 @@ fn outcome(r: Result<u64, EngineError>) -> io::Result<ApplyOutcome> {
     match r {
         Ok(affected) => Ok(ApplyOutcome::Applied { affected }),
         // Deterministic refusals: every replica refuses the same entry the same way.
-        Err(e @ (EngineError::Input(_) | EngineError::Full(_))) => {
+        Err(e @ (EngineError::Input(_) | EngineError::Full)) => {
             Ok(ApplyOutcome::Rejected(Refusal::invalid(e.to_string())))
         }
-        // Only while stopping: this replica cannot apply any more.
-        Err(e @ EngineError::ShuttingDown) => Err(io::Error::other(e.to_string())),
+        // This replica cannot apply any more: stopping, or its vector storage failed (local, so
+        // refusing the entry here would make it differ from the others; it stops instead).
+        Err(e @ (EngineError::ShuttingDown | EngineError::Storage(_))) => {
+            Err(io::Error::other(e.to_string()))
+        }
     }
 }
 
@@ -571,7 +589,7 @@ impl ShardState for EngineState {
 
     fn load_snapshot(&self, dir: &Path) -> io::Result<()> {
         let knobs = *self.knobs.lock();
-        let loaded = snapshot::load(dir, &self.structural, knobs).map_err(|e| {
+        let loaded = snapshot::load(dir, &self.structural, knobs, &self.storage).map_err(|e| {
             if e.is_fatal() {
                 // Built with other structural parameters or by a newer kindex: no older snapshot
                 // is better, the node must stop and say why.

@@ -20,6 +20,7 @@ use super::digest::ApplyDigest;
 use crate::config::StructuralConfig;
 use crate::engine::Engine;
 use crate::engine::EngineKnobs;
+use crate::engine::VectorStorage;
 use crate::snapshot;
 use crate::snapshot::Capture;
 use crate::snapshot::Loaded;
@@ -185,10 +186,11 @@ pub fn load_newest_engine(
     store: &SnapshotStore,
     configured: &StructuralConfig,
     knobs: EngineKnobs,
+    storage: &VectorStorage,
 ) -> Result<Newest<Loaded>, StoreError> {
     store.load_newest(|dir| {
         read_raft_meta(dir).map_err(|e| LoadFailure::Damaged(e.to_string()))?;
-        snapshot::load(dir, configured, knobs).map_err(|e| {
+        snapshot::load(dir, configured, knobs, storage).map_err(|e| {
             if e.is_fatal() {
                 LoadFailure::Refused(e.to_string())
             } else {

@@ -8,8 +8,9 @@ use super::section::{self, Kind, Section, SectionReader};
 use super::{FORMAT_VERSION, Loaded, OLDEST_READABLE, SnapshotError, read_manifest};
 use crate::config::StructuralConfig;
 use crate::config::structural::{FieldDiff, StructuralError};
+use crate::engine::arena::ArenaError;
 use crate::engine::hnsw::Hnsw;
-use crate::engine::{DELETED, Engine, EngineKnobs, IdIndex, Inner, LIVE, PURGED};
+use crate::engine::{DELETED, Engine, EngineKnobs, IdIndex, Inner, LIVE, PURGED, VectorStorage};
 
 fn invalid(path: &Path, reason: impl Into<String>) -> SnapshotError {
     SnapshotError::Invalid {
@@ -58,11 +59,12 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Loads one snapshot dir into a new engine.
+/// Loads one snapshot dir into a new engine keeping its vectors in `storage`.
 pub fn load(
     dir: &Path,
     configured: &StructuralConfig,
     knobs: EngineKnobs,
+    storage: &VectorStorage,
 ) -> Result<Loaded, SnapshotError> {
     let started = Instant::now();
     let manifest = read_manifest(dir)?;
@@ -114,7 +116,7 @@ pub fn load(
     // thread) while the other sections are parsed and the graph streams
     // into its lists. Nothing is trusted until every checksum has passed;
     // on any error the engine is dropped.
-    let engine = Engine::new(configured.clone(), knobs);
+    let engine = Engine::with_storage(configured.clone(), knobs, storage.clone());
     let inner = &*engine.inner;
     let vec_path = dir.join(Kind::Vectors.file_name());
     let graph_path = dir.join(Kind::Graph.file_name());
@@ -283,7 +285,10 @@ fn load_vectors(
                 Err(invalid(path, "vectors section holds a non-finite value"))
             }
         })
-        .map_err(|e| invalid(path, e.to_string()))?;
+        .map_err(|e| match e {
+            ArenaError::Full => invalid(path, e.to_string()),
+            ArenaError::Storage { .. } => SnapshotError::Storage(e.to_string()),
+        })?;
     match filled {
         Ok(_) => Ok(r.finish()?),
         // Damage is the likelier cause: report the checksum if it fails.

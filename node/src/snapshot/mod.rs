@@ -64,15 +64,22 @@ pub enum SnapshotError {
     Invalid { path: PathBuf, reason: String },
     #[error(transparent)]
     Structural(#[from] StructuralError),
+    /// This node cannot hold the vectors (`vectorsOnDisk` on a full or failing volume): not the
+    /// snapshot's fault, so no reason to set it aside.
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl SnapshotError {
     /// Errors that must stop start-up rather than fall back to an older
-    /// snapshot: data from a newer build or built with other parameters.
+    /// snapshot: data from a newer build or built with other parameters, or no room for the
+    /// vectors.
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            SnapshotError::Section(SectionError::NewerFormat { .. }) | SnapshotError::Structural(_)
+            SnapshotError::Section(SectionError::NewerFormat { .. })
+                | SnapshotError::Structural(_)
+                | SnapshotError::Storage(_)
         )
     }
 }

@@ -1,9 +1,10 @@
-//! An int8 shard (issue 19) under faults: three replicas started with `--quantization int8`,
-//! writers upserting (new points and overwrites) while the leader is killed with -9 and
+//! An int8 shard with its f32 vectors on disk (issue 19) under faults: three replicas started
+//! with `--quantization int8 --vectors-on-disk`, writers upserting (new points and overwrites) while the leader is killed with -9 and
 //! restarted, then a follower's data dir wiped and refilled by a snapshot (taken on demand,
 //! the log behind it purged, so the log cannot serve it). At the end the history checker
-//! finds every acknowledged write on every replica, the three run int8 (structural hash), and
-//! the same searches give the same hits, with the same distances, on all three.
+//! finds every acknowledged write on every replica, the three run int8 (structural hash) with
+//! their vectors in mapped files under `<data dir>/vectors`, and the same searches give the same
+//! hits, with the same distances, on all three.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -144,12 +145,33 @@ async fn local_search(
         .collect()
 }
 
+/// Bytes of node `p`'s address space mapped from (unnamed) files in its `<data dir>/vectors`:
+/// the f32 vectors `--vectors-on-disk` keeps out of anonymous memory.
+fn mapped_vector_bytes(p: &Proc) -> u64 {
+    let pid = p.pid().expect("node running");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let dir = p.dir.join("vectors");
+    let dir = dir.to_str().unwrap();
+    maps.lines()
+        .filter(|l| l.contains(dir))
+        .map(|l| {
+            let (lo, hi) = l
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .split_once('-')
+                .unwrap();
+            u64::from_str_radix(hi, 16).unwrap() - u64::from_str_radix(lo, 16).unwrap()
+        })
+        .sum()
+}
+
 fn l2(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn int8_shard_survives_a_leader_kill_and_a_wiped_replica_with_equal_searches() {
+async fn int8_shard_with_vectors_on_disk_survives_a_leader_kill_and_a_wiped_replica() {
     let _serial = serial().await;
     let mut c = Cluster::start_with(
         1,
@@ -157,7 +179,13 @@ async fn int8_shard_survives_a_leader_kill_and_a_wiped_replica_with_equal_search
         DIM,
         Opts {
             bootstrap: false,
-            extra_args: ["--quantization", "int8", "--raft-log-keep", "5"]
+            extra_args: [
+                "--quantization",
+                "int8",
+                "--vectors-on-disk",
+                "--raft-log-keep",
+                "5",
+            ]
                 .map(String::from)
                 .to_vec(),
             runtime: Some(
@@ -329,6 +357,15 @@ async fn int8_shard_survives_a_leader_kill_and_a_wiped_replica_with_equal_search
             .iter()
             .filter_map(|(k, v)| Some((k, vector_of((*v)?))))
             .collect();
+        // All three hold their f32 vectors in file mappings (the wiped one too, which loaded
+        // them from the snapshot): at least 4 bytes per dimension of every live point.
+        let mut mapped = Vec::new();
+        for id in 0..3 {
+            let bytes = mapped_vector_bytes(c.node(0, id));
+            let need = live.len() as u64 * 4 * u64::from(DIM);
+            assert!(bytes >= need, "node {id}: {bytes} B mapped, {need} B of vectors");
+            mapped.push(bytes);
+        }
         let mut rng = StdRng::seed_from_u64(1919);
         let queries: Vec<Vec<f32>> = (0..20)
             .map(|_| (0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect())
@@ -368,7 +405,7 @@ async fn int8_shard_survives_a_leader_kill_and_a_wiped_replica_with_equal_search
         assert_eq!(rescore_matters, [true; 3], "rescore 1 vs 100 differ on each replica");
         eprintln!(
             "int8 shard: {report}; applied {applied}, checksum {sum:016x}, snapshot {snap_index} \
-             installed on wiped node {lost}; {} live points; of {} queries, {} at the defaults \
+             installed on wiped node {lost}; {} live points, vectors mapped {mapped:?} B; of {} queries, {} at the defaults \
              equal the exact answer, {} at efSearch {K} + rescore 1 equal on all three; {:?}",
             live.len(),
             queries.len(),

@@ -275,6 +275,10 @@ fn container(vi: &ValidIndex, shard: u32, p: &StatefulSetParams) -> Container {
             kindex_crds::spec::peer_tls::server_name(&vi.name, &vi.namespace),
         ]);
     }
+    // Only when set: templates of indexes without it stay byte-identical (no rollout).
+    if vi.spec.storage.vectors_on_disk {
+        args.push("--vectors-on-disk".to_owned());
+    }
     // Structural fields are immutable, so literal values never change the template.
     let env = [
         ("KINDEX_DIMENSION", s.dimension.to_string()),
