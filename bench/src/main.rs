@@ -252,9 +252,11 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    // Anonymous resident memory the engine added (vectors, codes, graph, ids),
-    // per vector; includes allocator slack and whole arena chunks, so it is an
-    // upper bound of what the engine needs (null without /proc).
+    // Anonymous resident memory the engine added (vectors unless on disk, codes,
+    // graph, ids), per vector, after the heap trim a node does once bulk work
+    // ends; includes allocator slack and whole arena chunks, so it is an upper
+    // bound of what the engine needs (null without /proc).
+    kindex_node::memory::release_free();
     let rss_per_vector = rss_anon_bytes()
         .zip(rss_before)
         .map(|(after, before)| after.saturating_sub(before) as f64 / base.rows as f64);

@@ -8,6 +8,7 @@ pub mod coordinator;
 pub mod divergence;
 pub mod engine;
 pub mod fsutil;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod policy;

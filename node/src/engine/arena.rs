@@ -94,7 +94,16 @@ pub enum VectorStorage {
 }
 
 /// One chunk of vector floats, written once per slot before publication.
-enum VectorChunk {
+struct VectorChunk {
+    /// The first float of `_owner`'s memory, kept apart so the search path reads a field
+    /// instead of matching on the storage kind (the memory never moves with the owner).
+    base: *mut f32,
+    _owner: ChunkMemory,
+}
+
+/// Owns a chunk's memory: freed or unmapped when the chunk drops.
+#[expect(dead_code, reason = "held only to be dropped")]
+enum ChunkMemory {
     Heap(HugeBuf<UnsafeCell<f32>>),
     Mapped(MappedBuf),
 }
@@ -103,15 +112,22 @@ impl VectorChunk {
     fn new(storage: &VectorStorage, floats: usize) -> Result<VectorChunk, ArenaError> {
         Ok(match storage {
             VectorStorage::Heap => {
-                VectorChunk::Heap(HugeBuf::new(floats, |_| UnsafeCell::new(0.0)))
+                let b = HugeBuf::new(floats, |_| UnsafeCell::new(0.0));
+                VectorChunk {
+                    // UnsafeCell<f32> has the layout of f32.
+                    base: b.as_ptr() as *mut f32,
+                    _owner: ChunkMemory::Heap(b),
+                }
             }
             VectorStorage::Mapped(dir) => {
-                VectorChunk::Mapped(MappedBuf::create(dir, floats).map_err(|e| {
-                    ArenaError::Storage {
-                        dir: dir.clone(),
-                        source: e,
-                    }
-                })?)
+                let m = MappedBuf::create(dir, floats).map_err(|e| ArenaError::Storage {
+                    dir: dir.clone(),
+                    source: e,
+                })?;
+                VectorChunk {
+                    base: m.as_ptr(),
+                    _owner: ChunkMemory::Mapped(m),
+                }
             }
         })
     }
@@ -119,11 +135,7 @@ impl VectorChunk {
     /// The first float; the chunk holds `CHUNK_SLOTS * dim` of them.
     #[inline(always)]
     fn base(&self) -> *mut f32 {
-        match self {
-            // UnsafeCell<f32> has the layout of f32.
-            VectorChunk::Heap(b) => b.as_ptr() as *mut f32,
-            VectorChunk::Mapped(m) => m.as_ptr(),
-        }
+        self.base
     }
 }
 

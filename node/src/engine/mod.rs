@@ -555,14 +555,19 @@ impl Engine {
         self.inner.checksum.load(Ordering::Relaxed)
     }
 
-    /// Approximate resident bytes per stored vector (vectors + codes + graph + ids).
+    /// Approximate anonymous memory per stored vector (vectors unless they are on disk, codes,
+    /// graph, ids).
     pub fn bytes_per_vector(&self) -> usize {
         let p = self.inner.graph.params();
         let codes = match self.inner.structural.quantization {
             Quantization::None => 0,
             Quantization::Int8 => quant::Codes::new(self.dimension()).bytes_per_slot(),
         };
-        self.dimension() * 4 + codes + (1 + p.m0()) * 4 + 8 + 24 + 24 + 2 + 8
+        let vectors = match self.storage() {
+            VectorStorage::Heap => self.dimension() * 4,
+            VectorStorage::Mapped(_) => 0,
+        };
+        vectors + codes + (1 + p.m0()) * 4 + 8 + 24 + 24 + 2 + 8
     }
 
     /// The int8 ranges decided so far and when they are due again (replicated state; the

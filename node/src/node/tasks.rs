@@ -105,14 +105,21 @@ fn compaction_due(tombstones: u64, live: u64, unchanged_for: Duration) -> bool {
             || unchanged_for >= TOMBSTONES_SETTLED)
 }
 
+/// The least time between two heap trims ([`crate::memory::release_free`]).
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
 /// Snapshot triggers (runtime config: `snapshotIntervalSecs`, `snapshotLogEntries`; openraft's
-/// own policy is off) and compaction ([`compaction_due`]).
+/// own policy is off), compaction ([`compaction_due`]) and heap trims once indexing, a snapshot
+/// or a compaction is over.
 pub fn spawn_maintenance(node: Arc<Node>) {
     tokio::spawn(async move {
         let mut last_trigger = Instant::now();
         let mut last_snapshot_index = node.raft_metrics().snapshot.map_or(0, |s| s.index);
         let mut last_tombstones = 0;
         let mut tombstones_since = Instant::now();
+        // The start loaded a snapshot and replayed the log: trim once that is indexed.
+        let mut worked = true;
+        let mut last_trim: Option<Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             if node.stopping.load(Ordering::Acquire) {
@@ -126,6 +133,7 @@ pub fn spawn_maintenance(node: Arc<Node>) {
                 // A snapshot was built (or installed): the interval counts from it.
                 last_snapshot_index = snap;
                 last_trigger = Instant::now();
+                worked = true;
             }
             let due_entries = applied.saturating_sub(snap) >= rt.snapshot_log_entries.max(1);
             let due_time = applied > snap && last_trigger.elapsed() >= rt.snapshot_interval();
@@ -160,6 +168,8 @@ pub fn spawn_maintenance(node: Arc<Node>) {
                 // At most one compaction per settle period, even if it leaves some behind.
                 tombstones_since = Instant::now();
             }
+            let queued = engine.stats().queued;
+            worked |= due || queued > 0;
             if due {
                 let _ = tokio::task::spawn_blocking(move || {
                     let s = engine.compact();
@@ -171,6 +181,10 @@ pub fn spawn_maintenance(node: Arc<Node>) {
                     );
                 })
                 .await;
+            } else if worked && queued == 0 && last_trim.is_none_or(|t| t.elapsed() >= TRIM_EVERY) {
+                worked = false;
+                last_trim = Some(Instant::now());
+                let _ = tokio::task::spawn_blocking(crate::memory::release_free).await;
             }
         }
     });
