@@ -110,7 +110,8 @@ struct Args {
     raft_log_keep: u64,
     /// Free space kept on the data volume: below it the node refuses writes (as leader),
     /// entries and snapshots from its leader, and snapshot builds, until space is freed; reads
-    /// keep working. 0: 5% of the volume, between 4 MiB and 1 GiB.
+    /// keep working. 0: 5% of the volume, between 4 MiB and 1 GiB (plus one chunk of vectors,
+    /// 16,384 × 4 × dimension bytes, with `--vectors-on-disk`).
     #[arg(long, env = "KINDEX_VOLUME_RESERVE_BYTES", default_value_t = 0)]
     volume_reserve_bytes: u64,
     /// Keep the f32 vectors in files on the data volume (`<data-dir>/vectors`, unnamed, mapped)

@@ -37,6 +37,9 @@ pub const AUTO_RESERVE_MAX: u64 = 1 << 30;
 pub enum Reserve {
     /// 5% of the volume, between [`AUTO_RESERVE_MIN`] and [`AUTO_RESERVE_MAX`].
     Auto,
+    /// [`Reserve::Auto`] plus this many bytes: room for one more chunk of vectors with
+    /// `--vectors-on-disk`, which takes its blocks when a write crosses into it.
+    AutoPlus(u64),
     Bytes(u64),
 }
 
@@ -49,9 +52,20 @@ impl Reserve {
         }
     }
 
+    /// The automatic reserve grown by `extra` bytes; an explicit size stays as it was set.
+    pub fn plus(self, extra: u64) -> Reserve {
+        match self {
+            Reserve::Auto | Reserve::AutoPlus(_) if extra == 0 => self,
+            Reserve::Auto => Reserve::AutoPlus(extra),
+            Reserve::AutoPlus(b) => Reserve::AutoPlus(b.saturating_add(extra)),
+            Reserve::Bytes(_) => self,
+        }
+    }
+
     pub fn bytes(self, total: u64) -> u64 {
         match self {
             Reserve::Auto => (total / 20).clamp(AUTO_RESERVE_MIN, AUTO_RESERVE_MAX),
+            Reserve::AutoPlus(extra) => Reserve::Auto.bytes(total).saturating_add(extra),
             Reserve::Bytes(b) => b,
         }
     }
@@ -180,6 +194,14 @@ mod tests {
         assert_eq!(Reserve::Auto.bytes(1 << 40), AUTO_RESERVE_MAX);
         assert_eq!(Reserve::from_flag(0), Reserve::Auto);
         assert_eq!(Reserve::from_flag(7).bytes(1 << 40), 7);
+        // Room for a vector chunk on top of the automatic reserve, never of an explicit one.
+        assert_eq!(Reserve::Auto.plus(0), Reserve::Auto);
+        assert_eq!(Reserve::Auto.plus(8 << 20).bytes(10 << 30), (512 + 8) << 20);
+        assert_eq!(
+            Reserve::Auto.plus(8 << 20).bytes(64 << 20),
+            AUTO_RESERVE_MIN + (8 << 20)
+        );
+        assert_eq!(Reserve::Bytes(7).plus(8 << 20), Reserve::Bytes(7));
     }
 
     #[test]

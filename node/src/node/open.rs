@@ -154,10 +154,19 @@ impl Node {
             rc.raft.enable_leader_restore = Some(true);
         }
         rc.network.tls = cfg.peer_tls.clone();
+        // With vectors on disk a write that crosses into a new chunk reserves its blocks at
+        // apply, on every replica: the reserve keeps room for one, so a nearly full volume
+        // refuses writes (recoverable) before a follower's chunk fails (its Raft would stop).
+        let chunk_bytes = match state.engine().storage() {
+            VectorStorage::Heap => 0,
+            VectorStorage::Mapped(_) => {
+                (crate::engine::arena::CHUNK_SLOTS * cfg.structural.dimension as usize * 4) as u64
+            }
+        };
         let volume = Arc::new(crate::volume::VolumeGuard::new(
             data_dir.clone(),
             cfg.name.clone(),
-            cfg.volume_reserve,
+            cfg.volume_reserve.plus(chunk_bytes),
         ));
         rc.network.volume = Some(volume.clone());
         rc.state_machine.keep_snapshots = cfg.runtime.snapshot_keep.max(1) as usize;

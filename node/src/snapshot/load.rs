@@ -476,9 +476,6 @@ fn stream_graph(
             ));
         }
     };
-    if entry.is_none() && indexed > 0 {
-        return Err(invalid(path, "indexed nodes but no entry point"));
-    }
     // Sizes are checked against the section before anything is allocated.
     let (stride0, stride) = (1 + m0, 1 + m);
     if (indexed as u64) * (1 + 4 * stride0 as u64) > r.remaining() {
@@ -508,6 +505,10 @@ fn stream_graph(
             "a link list is malformed or points outside the indexed slots",
         )
     };
+    // Indexed slots may all be out of the graph, with no entry point: deleted before the
+    // indexer reached them (never linked), or every node compacted away. Links without an
+    // entry point cannot be searched: that is damage.
+    let mut linked = false;
     let mut buf: Vec<u32> = vec![0; 4096 * stride0];
     // Level-0 lists, in blocks of 4096.
     let mut slot = 0usize;
@@ -521,6 +522,7 @@ fn stream_graph(
                 return Err(bad());
             }
             g.set_list(slot as u32, 0, &l[1..=cnt]);
+            linked |= cnt > 0;
             slot += 1;
         }
     }
@@ -534,7 +536,11 @@ fn stream_graph(
                 return Err(bad());
             }
             g.set_list(slot as u32, level, &one[1..=cnt]);
+            linked |= cnt > 0;
         }
+    }
+    if entry.is_none() && linked {
+        return Err(invalid(path, "linked nodes but no entry point"));
     }
     Ok((indexed, entry))
 }

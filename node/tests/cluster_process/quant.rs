@@ -346,9 +346,14 @@ async fn int8_shard_with_vectors_on_disk_survives_a_leader_kill_and_a_wiped_repl
             shards: 1,
             quantization: Quantization::Int8,
         };
+        // Their automatic volume reserve keeps room for one more chunk of vectors (16,384 slots).
+        let chunk = 16_384 * 4 * u64::from(DIM);
         for id in 0..3 {
             let s = c.node(0, id).status().await.unwrap();
             assert_eq!(s.structural_hash, int8.hash(), "node {id}: {s:?}");
+            let v = s.volume.expect("volume reported");
+            let auto = kindex_node::volume::Reserve::Auto.bytes(v.total_bytes);
+            assert_eq!(v.reserve_bytes, auto + chunk, "node {id}: {v:?}");
         }
 
         // The final state, from the versions the replicas agree on: exact answers by brute force.
