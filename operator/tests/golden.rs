@@ -263,6 +263,13 @@ fn api_key_secret_is_mounted_and_required() {
     assert!(!text.contains("api-keys"), "{text}");
 }
 
+/// The node container of shard 0's StatefulSet as the operator builds it for `vi` (3 replicas).
+fn node_container(vi: &ValidIndex) -> k8s_openapi::api::core::v1::Container {
+    let params = StatefulSetParams::from_spec(vi, 3);
+    let sts = statefulset::build_statefulset(vi, 0, &params);
+    sts.spec.unwrap().template.spec.unwrap().containers[0].clone()
+}
+
 /// `spec.quantization` reaches the node as `KINDEX_QUANTIZATION` and is part of the
 /// structural config the ConfigMap records (and of the hash on the pod template). With
 /// `none`, the default, nothing of it appears: the minimal golden above has neither, so
@@ -271,10 +278,8 @@ fn api_key_secret_is_mounted_and_required() {
 fn quantization_reaches_the_pods_only_when_set() {
     use kindex_common::Quantization;
     let env_of = |vi: &ValidIndex| -> Option<String> {
-        let params = StatefulSetParams::from_spec(vi, 3);
-        let sts = statefulset::build_statefulset(vi, 0, &params);
-        let c = sts.spec.unwrap().template.spec.unwrap().containers[0].clone();
-        c.env
+        node_container(vi)
+            .env
             .unwrap()
             .into_iter()
             .find(|e| e.name == "KINDEX_QUANTIZATION")
@@ -305,12 +310,7 @@ fn quantization_reaches_the_pods_only_when_set() {
 /// changing it rolls the pods).
 #[test]
 fn vectors_on_disk_reaches_the_pods_only_when_set() {
-    let args_of = |vi: &ValidIndex| -> Vec<String> {
-        let params = StatefulSetParams::from_spec(vi, 3);
-        let sts = statefulset::build_statefulset(vi, 0, &params);
-        let c = sts.spec.unwrap().template.spec.unwrap().containers[0].clone();
-        c.args.unwrap()
-    };
+    let args_of = |vi: &ValidIndex| -> Vec<String> { node_container(vi).args.unwrap() };
     let raw = fixture("production");
     assert!(!raw.spec.storage.vectors_on_disk);
     let off = valid(&raw, "unused");

@@ -296,6 +296,17 @@ impl Capture {
     }
 }
 
+/// The slot below `indexed` with the highest level among those `in_graph` (the last of equals).
+fn highest_in_graph(
+    indexed: u32,
+    level: impl Fn(u32) -> u8,
+    mut in_graph: impl FnMut(u32) -> bool,
+) -> Option<u32> {
+    (0..indexed)
+        .filter(|&s| in_graph(s))
+        .max_by_key(|&s| level(s))
+}
+
 /// Graph section: indexed count, entry point, m, m0, levels, level-0 lists,
 /// then upper lists of every node above level 0, in slot order. Links to
 /// slots at or above `indexed` (inserted after the capture) are dropped; those
@@ -306,7 +317,20 @@ fn write_graph(w: &mut Writer, inner: &Inner, indexed: usize) -> Result<(), Sect
     let (m, m0) = (p.m, p.m0());
     let entry = match g.entry_point() {
         Some((e, _)) if (e as usize) < indexed => Some(e),
-        Some(_) => (0..indexed as u32).max_by_key(|&s| g.level(s)),
+        // The entry point is in a batch linked after the capture: the highest node in the
+        // graph below `indexed`. Not a slot deleted before it was linked (no links, level 0):
+        // searches would start, and stop, there.
+        Some(_) => {
+            let mut nbs = Vec::new();
+            highest_in_graph(
+                indexed as u32,
+                |s| g.level(s),
+                |s| {
+                    g.neighbours(s, 0, &mut nbs);
+                    !nbs.is_empty() || inner.state.first(s).load(Ordering::Acquire) == LIVE
+                },
+            )
+        }
         None => None,
     };
     w.section(Kind::Graph, |s| {
@@ -348,4 +372,23 @@ fn write_graph(w: &mut Writer, inner: &Inner, indexed: usize) -> Result<(), Sect
         }
         s.write(bytemuck::cast_slice(&buf))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::highest_in_graph;
+
+    #[test]
+    fn a_fallback_entry_point_is_a_node_in_the_graph() {
+        let levels = [0u8, 1, 0, 0];
+        let level = |s: u32| levels[s as usize];
+        // The highest level wins.
+        assert_eq!(highest_in_graph(4, level, |_| true), Some(1));
+        // Slot 3 was deleted before it was linked: level 0, no links. Never the entry.
+        let flat = |_: u32| 0u8;
+        assert_eq!(highest_in_graph(4, flat, |s| s != 3), Some(2));
+        assert_eq!(highest_in_graph(4, level, |s| s == 3), Some(3));
+        assert_eq!(highest_in_graph(4, level, |_| false), None);
+        assert_eq!(highest_in_graph(0, level, |_| true), None);
+    }
 }
