@@ -210,7 +210,7 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
         Some(dir) => VectorStorage::Mapped(dir.clone()),
         None => VectorStorage::Heap,
     };
-    let rss_before = rss_anon_bytes();
+    let rss_before = kindex_node::memory::rss_anon_bytes();
     let cached = match &a.index_cache {
         Some(dir) => load_newest_engine(&SnapshotStore::open(dir)?, &structural, knobs, &storage)?
             .require(dir)?
@@ -257,7 +257,7 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
     // ends; includes allocator slack and whole arena chunks, so it is an upper
     // bound of what the engine needs (null without /proc).
     kindex_node::memory::release_free();
-    let rss_per_vector = rss_anon_bytes()
+    let rss_per_vector = kindex_node::memory::rss_anon_bytes()
         .zip(rss_before)
         .map(|(after, before)| after.saturating_sub(before) as f64 / base.rows as f64);
     let (save_mbps, load_mbps, snapshot_bytes) = match &a.snapshot_dir {
@@ -318,14 +318,6 @@ fn hnsw(a: HnswArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// `RssAnon` of this process in bytes, from /proc/self/status (None elsewhere).
-fn rss_anon_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// Nanoseconds this thread has run on a CPU (from /proc; 0 if unavailable).

@@ -16,13 +16,18 @@ pub fn release_free() {
     }
 }
 
+/// `RssAnon` of this process in bytes, from /proc/self/status (None elsewhere).
+pub fn rss_anon_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 #[cfg(test)]
 mod tests {
-    /// `RssAnon` of this process in KiB.
     fn rss_anon_kib() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        super::rss_anon_bytes().unwrap() / 1024
     }
 
     /// Memory freed between blocks still in use stays resident until a trim returns it.

@@ -168,6 +168,11 @@ pub enum ArenaError {
     },
 }
 
+/// Bytes of one chunk of `dim`-dimensional vectors (what `--vectors-on-disk` allocates at once).
+pub fn chunk_bytes(dim: usize) -> u64 {
+    (CHUNK_SLOTS * dim * 4) as u64
+}
+
 impl VectorArena {
     pub fn new(dim: usize) -> Self {
         VectorArena::with_storage(dim, VectorStorage::Heap)

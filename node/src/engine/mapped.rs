@@ -64,15 +64,6 @@ impl MappedBuf {
     pub fn as_ptr(&self) -> *mut f32 {
         self.ptr.as_ptr()
     }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Never true (`create` refuses an empty mapping); here for the `len` convention.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 impl Drop for MappedBuf {
@@ -128,7 +119,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let n = (2 << 20) / 4 + 7;
         let b = MappedBuf::create(dir.path(), n).unwrap();
-        assert_eq!(b.len(), n);
+        assert_eq!(b.len, n);
         // SAFETY: `n` floats of our own mapping.
         let s = unsafe { std::slice::from_raw_parts_mut(b.as_ptr(), n) };
         assert!(s.iter().all(|&x| x == 0.0));

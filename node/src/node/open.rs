@@ -160,7 +160,7 @@ impl Node {
         let chunk_bytes = match state.engine().storage() {
             VectorStorage::Heap => 0,
             VectorStorage::Mapped(_) => {
-                (crate::engine::arena::CHUNK_SLOTS * cfg.structural.dimension as usize * 4) as u64
+                crate::engine::arena::chunk_bytes(cfg.structural.dimension as usize)
             }
         };
         let volume = Arc::new(crate::volume::VolumeGuard::new(

@@ -347,7 +347,7 @@ async fn int8_shard_with_vectors_on_disk_survives_a_leader_kill_and_a_wiped_repl
             quantization: Quantization::Int8,
         };
         // Their automatic volume reserve keeps room for one more chunk of vectors (16,384 slots).
-        let chunk = 16_384 * 4 * u64::from(DIM);
+        let chunk = kindex_node::engine::arena::chunk_bytes(DIM as usize);
         for id in 0..3 {
             let s = c.node(0, id).status().await.unwrap();
             assert_eq!(s.structural_hash, int8.hash(), "node {id}: {s:?}");
