@@ -54,6 +54,30 @@ pub const CA_FILE: &str = "ca.crt";
 /// How often the directory is re-read.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
+/// At start, how long a key that does not match its certificate is re-read before the node
+/// gives up: a rotation written file by file (key first, then certificate) can be caught
+/// half-way, and a node must not exit over a state that lasts milliseconds.
+pub const START_SETTLE: Duration = Duration::from_secs(5);
+
+/// [`files::load`], re-read every 100 ms for up to `settle` while the key does not match
+/// the certificate (other errors are returned at once: a missing or unparsable file is not a
+/// rotation in flight). Blocking; used once at start.
+fn load_settled(
+    dir: &Path,
+    layout: Layout,
+    settle: Duration,
+) -> Result<(Material, u64), TlsFileError> {
+    let deadline = std::time::Instant::now() + settle;
+    loop {
+        match files::load(dir, layout) {
+            Err(TlsFileError::KeyMismatch { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A handshake that takes longer is dropped (a silent peer must not hold a slot).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -85,7 +109,7 @@ impl Reloading {
         what: &'static str,
         reloads: &'static prometheus::IntCounter,
     ) -> Result<Reloading, TlsFileError> {
-        let (material, digest) = files::load(dir, layout)?;
+        let (material, digest) = load_settled(dir, layout, START_SETTLE)?;
         Ok(Reloading {
             dir: dir.to_path_buf(),
             layout,
@@ -302,7 +326,8 @@ impl std::fmt::Debug for ClientTls {
 }
 
 impl ClientTls {
-    /// Loads `dir` (fails if `tls.crt` / `tls.key` are missing, unreadable or do not match:
+    /// Loads `dir` (fails if `tls.crt` / `tls.key` are missing, unreadable or, after
+    /// [`START_SETTLE`], still do not match:
     /// a node told to serve TLS never serves in plaintext instead).
     pub fn load(dir: &Path) -> Result<ClientTls, TlsFileError> {
         let files = Reloading::load(

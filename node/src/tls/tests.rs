@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+
 use super::issue::{Ca, Validity, write_dir};
 use super::*;
 
@@ -74,6 +76,48 @@ fn reload_takes_a_new_set_and_keeps_the_old_one_when_the_new_one_is_broken() {
     .unwrap();
     assert!(tls.reload().unwrap());
     assert_eq!(tls.material().ca_count(), 2);
+}
+
+/// A node started while its key pair is rotated file by file loads the pair once both
+/// files are written; a mismatch that lasts is still refused, after the settle time.
+#[test]
+fn start_waits_out_a_rotation_caught_half_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = ca();
+    let a = ca.issue(&names(), week()).unwrap();
+    let b = ca.issue(&names(), week()).unwrap();
+    std::fs::write(tmp.path().join(CERT_FILE), &a.cert_pem).unwrap();
+    std::fs::write(tmp.path().join(KEY_FILE), &b.key_pem).unwrap();
+
+    let started = std::time::Instant::now();
+    let e = load_settled(tmp.path(), Layout::KeyPairOnly, Duration::from_millis(400)).unwrap_err();
+    assert!(matches!(e, TlsFileError::KeyMismatch { .. }), "{e}");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+
+    let dir = tmp.path().to_path_buf();
+    let cert = b.cert_pem.clone();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(dir.join(CERT_FILE), cert).unwrap();
+    });
+    let (m, _) = load_settled(tmp.path(), Layout::KeyPairOnly, Duration::from_secs(10)).unwrap();
+    writer.join().unwrap();
+    let served = rustls::pki_types::CertificateDer::pem_slice_iter(b.cert_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        m.certificate(),
+        served.as_ref(),
+        "the completed pair is loaded"
+    );
+
+    // A missing file is not a rotation in flight: refused at once.
+    std::fs::remove_file(tmp.path().join(KEY_FILE)).unwrap();
+    let started = std::time::Instant::now();
+    let e = load_settled(tmp.path(), Layout::KeyPairOnly, Duration::from_secs(10)).unwrap_err();
+    assert!(matches!(e, TlsFileError::Read { .. }), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]
