@@ -38,6 +38,8 @@ s1_helm() {
 
 s1_index() {
   k create namespace $NS1 >/dev/null
+  local t0
+  t0=$(now)
   k -n $NS1 apply -f - >/dev/null <<'EOF'
 apiVersion: kindex.dev/v1alpha1
 kind: VectorIndex
@@ -59,6 +61,8 @@ EOF
     k -n $NS1 get pods -o wide
     return 1
   }
+  # A timing for bench/RESULTS.md (issue 15): 2 x 3 pods, peer mTLS certificates issued.
+  echo "index Ready after apply: $(since "$t0") s"
   k -n $NS1 get pods -o wide
   ready=$(k -n $NS1 get pods -l app.kubernetes.io/instance=demo -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True)
   [[ $ready == 6 ]] || fail "$ready ready pods, want 6"
