@@ -119,10 +119,10 @@ struct HnswArgs {
     /// Dataset label for the output.
     #[arg(long, default_value = "")]
     name: String,
-    /// Structural quantization: none | int8.
+    /// Structural quantization: none | int8 | binary.
     #[arg(long, default_value = "none")]
     quantization: String,
-    /// int8: candidates re-ranked exactly, as a multiple of k.
+    /// int8 and binary: candidates re-ranked exactly, as a multiple of k.
     #[arg(long, default_value_t = kindex_common::runtime::DEFAULT_RESCORE as usize)]
     rescore: usize,
     /// Keep the f32 vectors in mapped files in this directory (the node's

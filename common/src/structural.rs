@@ -21,6 +21,9 @@ pub enum Quantization {
     None,
     /// Scalar int8 codes for graph traversal, exact rescoring with the f32 vectors.
     Int8,
+    /// One bit per dimension for graph traversal (the graph is linked on f32 distances),
+    /// exact rescoring with the f32 vectors. Meant for high dimensions (≥ 384).
+    Binary,
 }
 
 impl Quantization {
@@ -28,6 +31,7 @@ impl Quantization {
         match self {
             Quantization::None => "none",
             Quantization::Int8 => "int8",
+            Quantization::Binary => "binary",
         }
     }
 
@@ -35,6 +39,7 @@ impl Quantization {
         match s.to_ascii_lowercase().as_str() {
             "none" => Some(Quantization::None),
             "int8" => Some(Quantization::Int8),
+            "binary" => Some(Quantization::Binary),
             _ => None,
         }
     }
@@ -297,7 +302,15 @@ mod tests {
             ("quantization", "none", "int8")
         );
         assert_eq!(Quantization::parse("INT8"), Some(Quantization::Int8));
-        assert_eq!(Quantization::parse("binary"), None);
+        assert_eq!(Quantization::parse("Binary"), Some(Quantization::Binary));
+        assert_eq!(Quantization::parse("pq"), None);
+        let binary = StructuralConfig {
+            quantization: Quantization::Binary,
+            ..none.clone()
+        };
+        assert!(binary.canonical().ends_with(";quantization=binary"));
+        assert_ne!(binary.hash(), int8.hash());
+        assert_ne!(binary.hash(), none.hash());
     }
 
     #[test]

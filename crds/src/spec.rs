@@ -159,8 +159,10 @@ pub struct VectorIndexSpec {
     pub shards: u32,
 
     /// How the graph stores vectors besides the f32 originals (structural, immutable):
-    /// `none` (f32 only) or `int8` (scalar int8 codes for graph traversal, the best
-    /// `rescore × k` candidates re-ranked exactly with the f32 vectors).
+    /// `none` (f32 only), `int8` (scalar int8 codes for graph traversal, the best
+    /// `rescore × k` candidates re-ranked exactly with the f32 vectors) or `binary` (one
+    /// bit per dimension for traversal, the graph linked on f32 distances, the same exact
+    /// re-ranking; meant for 384 dimensions and more, with a larger `rescore`).
     #[serde(default)]
     // maxLength bounds the API server's CEL cost estimate for the rule below.
     #[schemars(extend("maxLength" = 16))]

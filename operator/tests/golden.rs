@@ -303,6 +303,14 @@ fn quantization_reaches_the_pods_only_when_set() {
     assert_eq!(env_of(&none), None);
     assert!(recorded(&none)["structural"].get("quantization").is_none());
     assert_ne!(int8.structural_hash, none.structural_hash);
+
+    let mut binary = raw.clone();
+    binary.spec.quantization = Quantization::Binary;
+    let binary = valid(&binary, "unused");
+    assert_eq!(env_of(&binary).as_deref(), Some("binary"));
+    assert_eq!(recorded(&binary)["structural"]["quantization"], "binary");
+    assert_ne!(binary.structural_hash, int8.structural_hash);
+    assert_ne!(binary.structural_hash, none.structural_hash);
 }
 
 /// `spec.storage.vectorsOnDisk` reaches the node as `--vectors-on-disk`, only when set (the

@@ -131,6 +131,24 @@ fn changing_a_structural_field_is_rejected() {
     }
 }
 
+/// `binary` is a valid value at creation, and moving between quantizations is refused
+/// both ways.
+#[test]
+fn binary_quantization_is_accepted_at_creation_and_immutable() {
+    let mut binary = demo();
+    binary.spec.quantization = Quantization::Binary;
+    validate_cel(&binary).expect("binary on create");
+    let mut int8 = demo();
+    int8.spec.quantization = Quantization::Int8;
+    for (old, new) in [(&int8, &binary), (&binary, &int8), (&binary, &demo())] {
+        let errors = validate_cel_update(new, old).expect_err("quantization changed");
+        assert!(
+            errors[0].message.contains("quantization is immutable"),
+            "{errors:?}"
+        );
+    }
+}
+
 #[test]
 fn updates_that_keep_a_structural_field_are_accepted_for_it() {
     let old = demo();

@@ -75,7 +75,7 @@ fn expect_line(text: &str) -> Option<&str> {
 fn invalid_objects_are_rejected() {
     let expected = [
         ("bad-metric.yaml", "manhattan", false),
-        ("bad-quantization.yaml", "binary", false),
+        ("bad-quantization.yaml", "pq", false),
         ("dimension-zero.yaml", "spec.dimension ", false),
         ("m-out-of-range.yaml", "spec.hnsw.m ", false),
         ("too-many-shards.yaml", "spec.shards ", false),

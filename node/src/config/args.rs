@@ -21,13 +21,14 @@ pub struct StructuralArgs {
     /// Structural: number of shards of the index.
     #[arg(long, env = "KINDEX_SHARDS", default_value_t = 1)]
     pub shards: u32,
-    /// Structural: none | int8 (graph on int8 codes, exact rescoring with f32).
+    /// Structural: none | int8 | binary (graph walked on codes, exact rescoring with f32).
     #[arg(long, env = "KINDEX_QUANTIZATION", default_value = "none", value_parser = parse_quantization)]
     pub quantization: Quantization,
 }
 
 fn parse_quantization(s: &str) -> Result<Quantization, String> {
-    Quantization::parse(s).ok_or_else(|| format!("unknown quantization {s:?}; use none or int8"))
+    Quantization::parse(s)
+        .ok_or_else(|| format!("unknown quantization {s:?}; use none, int8 or binary"))
 }
 
 fn parse_metric(s: &str) -> Result<Metric, String> {

@@ -38,7 +38,6 @@ use distance::DistanceFn;
 pub use expiry::{Expiry, ExpiryRule};
 use filter::{Filter, Payload};
 use hnsw::{Exact, Hnsw, HnswParams, Space};
-use kindex_common::Quantization;
 pub use limits::{InputError, PointInput};
 use quant::{QuantSpace, QuantState};
 use queue::{IndexQueue, QueueStats};
@@ -559,10 +558,9 @@ impl Engine {
     /// graph, ids).
     pub fn bytes_per_vector(&self) -> usize {
         let p = self.inner.graph.params();
-        let codes = match self.inner.structural.quantization {
-            Quantization::None => 0,
-            Quantization::Int8 => quant::Codes::new(self.dimension()).bytes_per_slot(),
-        };
+        let codes = quant::CodeKind::of(self.inner.structural.quantization).map_or(0, |kind| {
+            quant::Codes::new(kind, self.dimension()).bytes_per_slot()
+        });
         let vectors = match self.storage() {
             VectorStorage::Heap => self.dimension() * 4,
             VectorStorage::Mapped(_) => 0,
@@ -576,7 +574,7 @@ impl Engine {
         self.inner.quant_plan.lock().clone()
     }
 
-    /// Whether int8 ranges are trained (always false with `quantization: none`).
+    /// Whether ranges are trained (always false with `quantization: none`).
     pub fn quant_trained(&self) -> bool {
         self.inner.quant.read().is_some()
     }
@@ -596,11 +594,11 @@ impl Drop for Engine {
 }
 
 impl Inner {
-    /// int8, at apply (the caller holds `writer`): counts `changed` points and, when
+    /// int8 and binary, at apply (the caller holds `writer`): counts `changed` points and, when
     /// [`quant::Plan::due`], trains new ranges on every live point. Only decides: an indexing
     /// worker installs them ([`Self::install_planned_quant`]).
     fn plan_quant(&self, changed: u64) {
-        if self.structural.quantization != Quantization::Int8 {
+        if self.structural.quantization.is_none() {
             return;
         }
         let mut plan = self.quant_plan.lock();
@@ -649,7 +647,10 @@ impl Inner {
     /// Codes every published slot with `ranges` and publishes them. The caller holds `gate`
     /// (write).
     pub(crate) fn code_with(&self, ranges: Arc<quant::Ranges>) {
-        let state = QuantState::with_ranges(&self.vectors, self.vectors.len(), ranges);
+        let Some(kind) = quant::CodeKind::of(self.structural.quantization) else {
+            return;
+        };
+        let state = QuantState::with_ranges(&self.vectors, self.vectors.len(), ranges, kind);
         *self.quant.write() = Some(Arc::new(state));
     }
 }
@@ -701,7 +702,11 @@ fn worker_loop(inner: Arc<Inner>, me: usize) {
                             sp.state
                                 .codes
                                 .write(slot, &sp.state.ranges, inner.vectors.get(slot));
-                            inner.graph.insert(sp, slot);
+                            if sp.state.links_on_codes() {
+                                inner.graph.insert(sp, slot);
+                            } else {
+                                inner.graph.insert(&exact, slot);
+                            }
                         }
                         None => inner.graph.insert(&exact, slot),
                     }

@@ -30,6 +30,18 @@
 //! live points alone, so every replica of a shard codes with the same ranges after the same
 //! entry and a snapshot carries them. Installing them (coding every slot) happens later on
 //! an indexing worker.
+//!
+//! Binary codes (`quantization: binary`) use the same ranges: bit i is set when x_i lies in
+//! the upper half of its range, and decodes to the middle of that half,
+//! `x̂_i = a_i + s_i·(bit ? 191.25 : 63.75)`. Then
+//!   q·x̂ = Σ q_i (a_i + 63.75 s_i) + 127.5 Σ_{bit i set} w_i   (w_i = q_i s_i),
+//! and the query's weights are quantized to 4 bits, `u_i = round((w_i − w_min) / Δ)` with
+//! `Δ = (w_max − w_min) / 15`, held as four bit planes, so the sum over set bits is
+//! `w_min·popcount(b) + Δ·Σ_j 2^j·popcount(b & plane_j)`: five `popcnt` per 64 dimensions.
+//! The error against the decoded vector is only that rounding, at most
+//! `127.5·(Δ/2)·popcount(b)` (tested below). One bit per dimension makes a poor graph, so a
+//! binary shard links its graph on f32 distances and searches it on the codes
+//! ([`QuantState::links_on_codes`]).
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -39,7 +51,8 @@ use super::arena::{CHUNK_BITS, CHUNK_SLOTS, MAX_CHUNKS, VectorArena};
 use super::distance::{DistanceFn, Metric};
 use super::hnsw::Space;
 use super::hugebuf::HugeBuf;
-use super::kernels::{self, DotU8I8};
+use super::kernels::{self, BitDot, DotU8I8, PLANES};
+use kindex_common::Quantization;
 
 /// Points needed before ranges are trained; the graph of the points indexed
 /// before then is built on f32 distances.
@@ -157,6 +170,76 @@ impl Ranges {
         norm
     }
 
+    /// Writes the binary codes of `v` into `out` (the whole of it: bits past the last
+    /// dimension are 0) and returns ‖x̂‖² of the decoded vector (see the module comment).
+    pub fn encode_bits(&self, v: &[f32], out: &mut [u8]) -> f32 {
+        out.fill(0);
+        let mut norm = 0.0f32;
+        for i in 0..self.dim().min(v.len()).min(out.len() * 8) {
+            let upper = (v[i] - self.offset[i]) * self.inv[i] >= BIT_SPLIT;
+            if upper {
+                out[i / 8] |= 1 << (i % 8);
+            }
+            let x = self.offset[i] + self.step[i] * if upper { BIT_HI } else { BIT_LO };
+            norm += x * x;
+        }
+        norm
+    }
+
+    /// The vector decoded from binary codes (tests and diagnostics).
+    pub fn decode_bits(&self, codes: &[u8]) -> Vec<f32> {
+        (0..self.dim())
+            .map(|i| {
+                let upper = codes[i / 8] >> (i % 8) & 1 == 1;
+                self.offset[i] + self.step[i] * if upper { BIT_HI } else { BIT_LO }
+            })
+            .collect()
+    }
+
+    /// Per-query constants for binary codes (see the module comment): `planes` is reused
+    /// (cleared and filled with `PLANES` planes of `dim.div_ceil(64)` words).
+    pub fn bit_query<'q>(&self, v: &'q [f32], planes: Vec<u64>) -> QuantQuery<'q> {
+        let dim = self.dim().min(v.len());
+        let words = self.dim().div_ceil(64);
+        let mut planes = planes;
+        planes.clear();
+        planes.resize(PLANES * words, 0);
+        let (mut qa, mut qn) = (0.0f32, 0.0f32);
+        let (mut wmin, mut wmax) = (f32::INFINITY, f32::NEG_INFINITY);
+        for ((&x, &a), &s) in v.iter().zip(&self.offset).zip(&self.step) {
+            qa += x * (a + BIT_LO * s);
+            qn += x * x;
+            let w = x * s;
+            wmin = wmin.min(w);
+            wmax = wmax.max(w);
+        }
+        if dim == 0 {
+            (wmin, wmax) = (0.0, 0.0);
+        }
+        let levels = ((1u32 << PLANES) - 1) as f32;
+        let delta = if wmax > wmin {
+            (wmax - wmin) / levels
+        } else {
+            1.0
+        };
+        let inv = 1.0 / delta;
+        for (i, (&x, &s)) in v.iter().zip(&self.step).enumerate() {
+            let u = ((x * s - wmin) * inv).round().clamp(0.0, levels) as u64;
+            for (j, plane) in planes.chunks_exact_mut(words).enumerate() {
+                plane[i / 64] |= (u >> j & 1) << (i % 64);
+            }
+        }
+        QuantQuery {
+            f32: v,
+            e: Vec::new(),
+            planes,
+            t: (BIT_HI - BIT_LO) * delta,
+            t1: (BIT_HI - BIT_LO) * wmin,
+            qa,
+            qn,
+        }
+    }
+
     /// The decoded vector x̂ (tests and diagnostics).
     pub fn decode(&self, codes: &[u8]) -> Vec<f32> {
         codes
@@ -188,21 +271,63 @@ impl Ranges {
         QuantQuery {
             f32: v,
             e,
+            planes: Vec::new(),
             t,
+            t1: 0.0,
             qa,
             qn,
         }
     }
 }
 
+/// Binary codes: a component at or above this code value (the middle of its range) sets
+/// its bit; a set bit decodes to `BIT_HI`, a clear one to `BIT_LO` (middles of the halves).
+const BIT_SPLIT: f32 = 127.5;
+const BIT_LO: f32 = 63.75;
+const BIT_HI: f32 = 191.25;
+
 /// A query prepared for coded vectors (see the module comment).
 pub struct QuantQuery<'q> {
     /// The f32 query, for slots without codes (see `QuantSpace::dist`).
     pub f32: &'q [f32],
+    /// int8: the i8 weights (empty for binary).
     pub e: Vec<i8>,
+    /// binary: the 4-bit weights as bit planes (empty for int8).
+    pub planes: Vec<u64>,
+    /// int8: the scale of `e`; binary: 127.5·Δ.
     pub t: f32,
+    /// binary: 127.5·w_min, per set bit (0 for int8).
+    pub t1: f32,
     pub qa: f32,
     pub qn: f32,
+}
+
+/// What a slot's codes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeKind {
+    /// One u8 per dimension.
+    Int8,
+    /// One bit per dimension, in 64-bit words.
+    Binary,
+}
+
+impl CodeKind {
+    /// The codes of a quantization (None for `none`).
+    pub fn of(q: Quantization) -> Option<CodeKind> {
+        match q {
+            Quantization::None => None,
+            Quantization::Int8 => Some(CodeKind::Int8),
+            Quantization::Binary => Some(CodeKind::Binary),
+        }
+    }
+
+    /// Code bytes of one vector of `dim` dimensions.
+    pub fn len(self, dim: usize) -> usize {
+        match self {
+            CodeKind::Int8 => dim,
+            CodeKind::Binary => 8 * dim.div_ceil(64),
+        }
+    }
 }
 
 /// Header word of a slot whose codes are not written yet (a NaN: never a norm).
@@ -215,8 +340,10 @@ type CodeChunk = HugeBuf<UnsafeCell<u32>>;
 /// Codes of one set of ranges, one write-once cell per slot: a header word
 /// (‖x̂‖² as f32 bits once written) followed by the codes, padded to 4 bytes.
 pub struct Codes {
-    dim: usize,
-    /// Words per slot: 1 + ceil(dim / 4).
+    kind: CodeKind,
+    /// Code bytes per slot ([`CodeKind::len`]).
+    len: usize,
+    /// Words per slot: 1 + ceil(len / 4).
     stride: usize,
     chunks: Box<[OnceLock<CodeChunk>]>,
 }
@@ -230,10 +357,12 @@ unsafe impl Sync for Codes {}
 unsafe impl Send for Codes {}
 
 impl Codes {
-    pub fn new(dim: usize) -> Codes {
+    pub fn new(kind: CodeKind, dim: usize) -> Codes {
+        let len = kind.len(dim);
         Codes {
-            dim,
-            stride: 1 + dim.div_ceil(4),
+            kind,
+            len,
+            stride: 1 + len.div_ceil(4),
             chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect(),
         }
     }
@@ -274,8 +403,11 @@ impl Codes {
         // SAFETY: the CAS above made this thread the only writer of the slot,
         // and no reader reads its bytes until the Release store below (see the
         // Sync impl); the range lies inside the slot's words of one allocation.
-        let out = unsafe { std::slice::from_raw_parts_mut(Self::codes_ptr(chunk, off), self.dim) };
-        let norm = ranges.encode(v, out);
+        let out = unsafe { std::slice::from_raw_parts_mut(Self::codes_ptr(chunk, off), self.len) };
+        let norm = match self.kind {
+            CodeKind::Int8 => ranges.encode(v, out),
+            CodeKind::Binary => ranges.encode_bits(v, out),
+        };
         h.store(norm.to_bits(), Ordering::Release);
         true
     }
@@ -292,7 +424,7 @@ impl Codes {
         }
         // SAFETY: the header holds a norm, so the codes were written before
         // it was stored (Release/Acquire) and are never written again.
-        let codes = unsafe { std::slice::from_raw_parts(Self::codes_ptr(chunk, off), self.dim) };
+        let codes = unsafe { std::slice::from_raw_parts(Self::codes_ptr(chunk, off), self.len) };
         Some((codes, f32::from_bits(bits)))
     }
 
@@ -321,6 +453,10 @@ impl Codes {
     /// Bytes per slot.
     pub fn bytes_per_slot(&self) -> usize {
         self.stride * 4
+    }
+
+    pub fn kind(&self) -> CodeKind {
+        self.kind
     }
 }
 
@@ -371,12 +507,23 @@ pub struct QuantState {
 
 impl QuantState {
     /// Codes every slot below `len` with the given ranges.
-    pub fn with_ranges(vectors: &VectorArena, len: usize, ranges: Arc<Ranges>) -> QuantState {
-        let codes = Codes::new(vectors.dim());
+    pub fn with_ranges(
+        vectors: &VectorArena,
+        len: usize,
+        ranges: Arc<Ranges>,
+        kind: CodeKind,
+    ) -> QuantState {
+        let codes = Codes::new(kind, vectors.dim());
         for s in 0..len as u32 {
             codes.write(s, &ranges, vectors.get(s));
         }
         QuantState { ranges, codes }
+    }
+
+    /// Whether new slots are linked on code distances (int8) or on f32 ones (binary: one
+    /// bit per dimension ranks neighbours too coarsely to build a graph with).
+    pub fn links_on_codes(&self) -> bool {
+        self.codes.kind == CodeKind::Int8
     }
 }
 
@@ -387,6 +534,7 @@ pub struct QuantSpace<'a> {
     pub vectors: &'a VectorArena,
     pub dist: &'a DistanceFn,
     pub dot: DotU8I8,
+    pub bits: BitDot,
 }
 
 impl<'a> QuantSpace<'a> {
@@ -396,6 +544,7 @@ impl<'a> QuantSpace<'a> {
             vectors,
             dist,
             dot: dot_kernel(),
+            bits: bit_kernel(),
         }
     }
 }
@@ -404,6 +553,12 @@ impl<'a> QuantSpace<'a> {
 fn dot_kernel() -> DotU8I8 {
     static K: OnceLock<DotU8I8> = OnceLock::new();
     *K.get_or_init(kernels::select_dot_u8_i8)
+}
+
+/// The binary kernel for this CPU, selected once.
+fn bit_kernel() -> BitDot {
+    static K: OnceLock<BitDot> = OnceLock::new();
+    *K.get_or_init(kernels::select_bit_dot)
 }
 
 impl Space for QuantSpace<'_> {
@@ -418,7 +573,10 @@ impl Space for QuantSpace<'_> {
     }
 
     fn query<'q>(&'q self, v: &'q [f32]) -> QuantQuery<'q> {
-        self.state.ranges.query(v, Vec::with_capacity(v.len()))
+        match self.state.codes.kind {
+            CodeKind::Int8 => self.state.ranges.query(v, Vec::with_capacity(v.len())),
+            CodeKind::Binary => self.state.ranges.bit_query(v, Vec::new()),
+        }
     }
 
     fn slot_query(&self, slot: u32) -> QuantQuery<'_> {
@@ -432,7 +590,13 @@ impl Space for QuantSpace<'_> {
             // `Engine`): the exact distance is still a valid answer.
             return self.dist.distance(q.f32, self.vectors.get(slot));
         };
-        let ip = q.qa + q.t * (self.dot)(codes, &q.e) as f32;
+        let ip = match self.state.codes.kind {
+            CodeKind::Int8 => q.qa + q.t * (self.dot)(codes, &q.e) as f32,
+            CodeKind::Binary => {
+                let (weighted, ones) = (self.bits)(codes, &q.planes);
+                q.qa + q.t1 * ones as f32 + q.t * weighted as f32
+            }
+        };
         match self.dist.metric() {
             Metric::L2 => q.qn - 2.0 * ip + norm,
             Metric::Dot => -ip,
@@ -507,7 +671,8 @@ mod tests {
             let arena = VectorArena::new(dim);
             arena.extend(&vs.concat()).unwrap();
             let plan = Plan::train(dim, vs.len() as u64, vs.iter().map(|v| v.as_slice()));
-            let state = QuantState::with_ranges(&arena, vs.len(), plan.ranges.unwrap());
+            let state =
+                QuantState::with_ranges(&arena, vs.len(), plan.ranges.unwrap(), CodeKind::Int8);
             let space = QuantSpace::new(&state, &arena, &dist);
             for q in vs.iter().take(20) {
                 let qq = space.query(q);
@@ -542,11 +707,71 @@ mod tests {
         }
     }
 
+    /// Binary: the coded distance equals the exact distance to the decoded vector up to the
+    /// 4-bit rounding of the query's weights (see the module comment), for every metric and
+    /// a dimension that leaves part of the last word unused.
+    #[test]
+    fn binary_distance_error_is_bounded() {
+        let dim = 100;
+        for metric in [Metric::Dot, Metric::L2, Metric::Cosine] {
+            let dist = DistanceFn::new(metric);
+            let mut vs = data(300, dim, 6);
+            vs.iter_mut().for_each(|v| dist.prepare(v));
+            let arena = VectorArena::new(dim);
+            arena.extend(&vs.concat()).unwrap();
+            let plan = Plan::train(dim, vs.len() as u64, vs.iter().map(|v| v.as_slice()));
+            let state =
+                QuantState::with_ranges(&arena, vs.len(), plan.ranges.unwrap(), CodeKind::Binary);
+            assert!(!state.links_on_codes());
+            let space = QuantSpace::new(&state, &arena, &dist);
+            for q in vs.iter().take(20) {
+                let qq = space.query(q);
+                assert_eq!(qq.planes.len(), PLANES * 2);
+                let delta = qq.t / (BIT_HI - BIT_LO);
+                for s in 0..vs.len() as u32 {
+                    let (codes, norm) = state.codes.get(s).unwrap();
+                    assert_eq!(codes.len(), 16);
+                    assert_eq!(codes[13..], [0, 0, 0], "bits past dimension 100 are 0");
+                    let xh = state.ranges.decode_bits(codes);
+                    let n2: f32 = xh.iter().map(|x| x * x).sum();
+                    assert!((n2 - norm).abs() <= 1e-3 * (1.0 + n2));
+                    let ones: u32 = codes.iter().map(|b| b.count_ones()).sum();
+                    let round = (BIT_HI - BIT_LO) * delta / 2.0 * ones as f32;
+                    let k = if metric == Metric::L2 { 2.0 } else { 1.0 };
+                    let exact_dec = dist.distance(q, &xh);
+                    let approx = space.dist(&qq, s);
+                    assert!(
+                        (approx - exact_dec).abs() <= k * round + 1e-3 * (1.0 + exact_dec.abs()),
+                        "{metric}: {approx} vs decoded {exact_dec} (bound {})",
+                        k * round
+                    );
+                }
+            }
+        }
+    }
+
+    /// A bit is set exactly for components in the upper half of their range; a constant
+    /// dimension (step 0) never sets its bit and decodes to its value.
+    #[test]
+    fn binary_bits_split_each_range_in_the_middle() {
+        let r =
+            Ranges::from_parts(vec![-1.0, 0.0, 5.0], vec![2.0 / 255.0, 1.0 / 255.0, 0.0]).unwrap();
+        let mut out = [0xffu8; 8];
+        r.encode_bits(&[0.01, 0.49, 5.0], &mut out);
+        assert_eq!(out, [0b001, 0, 0, 0, 0, 0, 0, 0]);
+        r.encode_bits(&[-0.01, 0.51, 9.0], &mut out);
+        assert_eq!(out[0], 0b010);
+        let back = r.decode_bits(&out);
+        assert!((back[0] - (-0.5)).abs() < 1e-5, "{back:?}");
+        assert!((back[1] - 0.75).abs() < 1e-5, "{back:?}");
+        assert_eq!(back[2], 5.0);
+    }
+
     #[test]
     fn codes_are_write_once_and_absent_until_written() {
         let vs = data(3, 9, 3);
         let r = Ranges::train(9, vs.iter().map(|v| v.as_slice()), RangeMode::PerDimension);
-        let codes = Codes::new(9);
+        let codes = Codes::new(CodeKind::Int8, 9);
         assert!(codes.get(1).is_none());
         assert!(codes.get(CHUNK_SLOTS as u32 * 5).is_none());
         assert!(codes.write(1, &r, &vs[1]));

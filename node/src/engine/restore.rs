@@ -173,7 +173,7 @@ impl Engine {
         // written before ranges were stored, ranges trained on its live points. Codes are
         // not stored: they are rebuilt from the f32 vectors, before the queue restarts, so
         // the tail is linked on codes like any later write.
-        if self.structural().quantization == Quantization::Int8 {
+        if !self.structural().quantization.is_none() {
             let plan = match quant {
                 Some(plan) => plan,
                 None if index.live >= quant::TRAIN_MIN as u64 => inner.train_plan(index.live),
@@ -184,7 +184,7 @@ impl Engine {
             }
             *inner.quant_plan.lock() = plan;
         } else if quant.is_some() {
-            return Err("int8 ranges in a snapshot of a shard without quantization".into());
+            return Err("quantization ranges in a snapshot of a shard without quantization".into());
         }
         inner.queue.reset(indexed, len);
         Ok(())

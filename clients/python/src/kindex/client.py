@@ -270,7 +270,7 @@ class Client(_Base):
         token: Optional[ConsistencyToken] = None,
     ) -> SearchResult:
         """The ``k`` nearest points, closest first; ``filter`` is a dict (see
-        :mod:`kindex.filters`). ``rescore`` (int8 indexes, 1..=100): re-rank the
+        :mod:`kindex.filters`). ``rescore`` (int8 and binary indexes, 1..=100): re-rank the
         best ``rescore × k`` graph candidates exactly instead of the index's
         runtime default; ignored by an index without quantization."""
         q = self._read_args(consistency, token, with_vectors, with_payload)

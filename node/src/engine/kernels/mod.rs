@@ -1,5 +1,6 @@
 //! Integer kernels for int8 quantized vectors: `u8` codes against `i8` query
-//! weights (dot) and `u8` codes against `u8` codes (squared L2).
+//! weights (dot) and `u8` codes against `u8` codes (squared L2); and for binary codes,
+//! bits against a query's 4-bit weights held as bit planes ([`BitDot`]).
 //!
 //! One kernel per CPU level, chosen once at run time: AVX-512 VNNI
 //! (`vpdpbusd` / `vpdpwssd`), AVX2 (widen to i16, `vpmaddwd`), and a scalar
@@ -16,6 +17,55 @@ mod x86;
 pub type DotU8I8 = fn(&[u8], &[i8]) -> i32;
 /// Σ (a_i − b_i)² over the common length.
 pub type L2U8 = fn(&[u8], &[u8]) -> u32;
+
+/// Binary codes against a query's bit planes: `bits` holds `8·W` bytes (W 64-bit words,
+/// little-endian, zero past the last dimension), `planes` `4·W` words (plane j of word k
+/// at `j·W + k`: bit j of each dimension's 4-bit weight). Returns
+/// (Σ over set bits of the weight, number of set bits).
+pub type BitDot = fn(&[u8], &[u64]) -> (u32, u32);
+
+/// Planes per query word (4-bit weights).
+pub const PLANES: usize = 4;
+
+#[inline(always)]
+fn word(bits: &[u8], k: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&bits[8 * k..8 * k + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// The body of every [`BitDot`]: `count_ones` compiles to `popcnt` where the caller is
+/// built with that feature.
+#[inline(always)]
+fn bit_dot_body(bits: &[u8], planes: &[u64]) -> (u32, u32) {
+    let words = (bits.len() / 8).min(planes.len() / PLANES);
+    let (mut weighted, mut ones) = (0u32, 0u32);
+    for k in 0..words {
+        let x = word(bits, k);
+        ones += x.count_ones();
+        for j in 0..PLANES {
+            weighted += (x & planes[j * words + k]).count_ones() << j;
+        }
+    }
+    (weighted, ones)
+}
+
+pub fn bit_dot_scalar(bits: &[u8], planes: &[u64]) -> (u32, u32) {
+    bit_dot_body(bits, planes)
+}
+
+pub fn select_bit_dot() -> BitDot {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("popcnt") {
+            return |a, b| {
+                // SAFETY: the CPU feature was checked above.
+                unsafe { x86::bit_dot_popcnt(a, b) }
+            };
+        }
+    }
+    bit_dot_scalar
+}
 
 pub fn dot_u8_i8_scalar(a: &[u8], b: &[i8]) -> i32 {
     a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
@@ -126,6 +176,47 @@ mod tests {
                         prop_assert_eq!(x86::l2_u8_vnni(&a, &b), l2);
                     }
                 }
+            }
+        }
+    }
+
+    fn bit_case() -> impl Strategy<Value = (Vec<u8>, Vec<u64>)> {
+        (0usize..12).prop_flat_map(|words| {
+            (
+                prop::collection::vec(any::<u8>(), 8 * words),
+                prop::collection::vec(any::<u64>(), PLANES * words),
+            )
+        })
+    }
+
+    /// The reference: per dimension, its bit times its 4-bit weight.
+    fn bit_dot_reference(bits: &[u8], planes: &[u64]) -> (u32, u32) {
+        let words = bits.len() / 8;
+        let (mut weighted, mut ones) = (0u32, 0u32);
+        for d in 0..64 * words {
+            if bits[d / 8] >> (d % 8) & 1 == 1 {
+                ones += 1;
+                for j in 0..PLANES {
+                    weighted += ((planes[j * words + d / 64] >> (d % 64) & 1) as u32) << j;
+                }
+            }
+        }
+        (weighted, ones)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The popcount kernel and the scalar one equal a bit-by-bit reference.
+        #[test]
+        fn bit_kernels_equal_the_reference((bits, planes) in bit_case()) {
+            let want = bit_dot_reference(&bits, &planes);
+            prop_assert_eq!(bit_dot_scalar(&bits, &planes), want);
+            prop_assert_eq!(select_bit_dot()(&bits, &planes), want);
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("popcnt") {
+                // SAFETY: popcnt was detected.
+                prop_assert_eq!(unsafe { x86::bit_dot_popcnt(&bits, &planes) }, want);
             }
         }
     }

@@ -32,6 +32,15 @@ fn sum_i32_256(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+/// `super::BitDot` with the `popcnt` instruction.
+///
+/// # Safety
+/// The CPU must support POPCNT.
+#[target_feature(enable = "popcnt")]
+pub unsafe fn bit_dot_popcnt(bits: &[u8], planes: &[u64]) -> (u32, u32) {
+    super::bit_dot_body(bits, planes)
+}
+
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
