@@ -12,6 +12,17 @@ import hnswlib
 import numpy as np
 
 
+def rss_anon():
+    """Anonymous resident bytes of this process (None without /proc)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True)
@@ -32,12 +43,16 @@ def main():
     gt = np.load(a.gt)[:, : a.k]
     space = {"cosine": "cosine", "l2": "l2", "dot": "ip"}[a.metric]
 
+    before = rss_anon()
     index = hnswlib.Index(space=space, dim=base.shape[1])
     index.init_index(max_elements=base.shape[0], M=a.m, ef_construction=a.ef_construction, random_seed=100)
     index.set_num_threads(a.threads)
     t = time.perf_counter()
     index.add_items(base, np.arange(base.shape[0]))
     build_s = time.perf_counter() - t
+    # What the index added (vectors, links, labels), as kindex-bench reports it.
+    after = rss_anon()
+    rss_per_vector = (after - before) / base.shape[0] if before is not None and after is not None else None
 
     index.set_num_threads(1)
     for ef in [int(x) for x in a.ef.split(",")]:
@@ -62,6 +77,7 @@ def main():
             "metric": a.metric, "m": a.m, "ef_construction": a.ef_construction, "threads": a.threads,
             "ef": ef, "k": a.k, "recall": hits / (len(query) * a.k), "qps": len(query) / secs,
             "p50_us": pct(50), "p99_us": pct(99), "build_s": build_s,
+            "rss_anon_per_vector": rss_per_vector,
         }), flush=True)
 
 
