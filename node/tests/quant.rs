@@ -105,19 +105,16 @@ fn recall_with(e: &Engine, queries: &[Vec<f32>], ef: usize, rescore: usize) -> f
     hit as f64 / total as f64
 }
 
-/// recall@10 ≥ 0.95 with rescoring on real sentence embeddings (the first
-/// 10,000 of docs-minilm-30k, so a debug build stays quick; exact ground truth
-/// by brute force), and rescoring is what gets it there.
-#[test]
-fn int8_recall_on_minilm_with_rescoring() {
+/// An engine of `q` holding the first 10,000 of docs-minilm-30k (cosine, efConstruction
+/// 200), indexed and trained, and 200 queries; None (test skipped) without the dataset.
+fn minilm_engine(q: Quantization) -> Option<(Engine, Vec<Vec<f32>>)> {
     let Some((base, queries)) = minilm(10_000, 200) else {
         eprintln!(
             "skipped: docs-minilm-30k not found under {}",
             datasets().display()
         );
-        return;
+        return None;
     };
-    let dim = base[0].len() as u32;
     let knobs = EngineKnobs {
         threads: 2,
         ..knobs()
@@ -125,13 +122,24 @@ fn int8_recall_on_minilm_with_rescoring() {
     let e = Engine::new(
         StructuralConfig {
             ef_construction: 200,
-            ..int8(dim, Metric::Cosine)
+            ..quantized(q, base[0].len() as u32, Metric::Cosine)
         },
         knobs,
     );
     load(&e, &points(&base));
     assert!(e.drain(Duration::from_secs(600)));
     assert!(e.quant_trained());
+    Some((e, queries))
+}
+
+/// recall@10 ≥ 0.95 with rescoring on real sentence embeddings (the first
+/// 10,000 of docs-minilm-30k, so a debug build stays quick; exact ground truth
+/// by brute force), and rescoring is what gets it there.
+#[test]
+fn int8_recall_on_minilm_with_rescoring() {
+    let Some((e, queries)) = minilm_engine(Quantization::Int8) else {
+        return;
+    };
     let with = recall_with(&e, &queries, 64, 3);
     let without = recall_with(&e, &queries, 64, 1);
     eprintln!("int8 recall@10 at ef 64: rescore 3 {with:.4}, rescore 1 {without:.4}");
@@ -144,28 +152,9 @@ fn int8_recall_on_minilm_with_rescoring() {
 /// itself is linked on f32 distances).
 #[test]
 fn binary_recall_on_minilm_with_rescoring() {
-    let Some((base, queries)) = minilm(10_000, 200) else {
-        eprintln!(
-            "skipped: docs-minilm-30k not found under {}",
-            datasets().display()
-        );
+    let Some((e, queries)) = minilm_engine(Quantization::Binary) else {
         return;
     };
-    let dim = base[0].len() as u32;
-    let knobs = EngineKnobs {
-        threads: 2,
-        ..knobs()
-    };
-    let e = Engine::new(
-        StructuralConfig {
-            ef_construction: 200,
-            ..quantized(Quantization::Binary, dim, Metric::Cosine)
-        },
-        knobs,
-    );
-    load(&e, &points(&base));
-    assert!(e.drain(Duration::from_secs(600)));
-    assert!(e.quant_trained());
     let wide = recall_with(&e, &queries, 64, 10);
     let narrow = recall_with(&e, &queries, 64, 1);
     eprintln!("binary recall@10 at ef 64: rescore 10 {wide:.4}, rescore 1 {narrow:.4}");
